@@ -1,0 +1,1 @@
+"""Fused Triton ops of ExposureDiffusion, each with a plain-PyTorch reference."""

@@ -1,0 +1,176 @@
+"""kernels.poisson: the Triton Poisson sampler against the exact distribution.
+
+Statistical tests use fixed seeds, so they are repeatable; their false-failure rate
+under a fresh seed is ALPHA per test (Bonferroni-corrected where one test makes
+several comparisons).
+"""
+import math
+
+import numpy as np
+import pytest
+import scipy.stats as st
+import torch
+import triton
+import triton.language as tl
+
+import kernels
+from kernels.poisson import MAX_MEAN, _log_poisson_pmf, poisson, poisson_reference
+from tests.conftest import TRITON_DEVICE
+
+ALPHA = 1e-3  # per-test false-failure rate of every statistical test below
+N_SAMPLES = 20_000
+MEANS = [0.0, 1e-3, 0.5, 3.0, 9.99, 10.0, 50.0, 1e3, 1e5, 1e6]
+
+
+def chi_square_pvalue(samples: np.ndarray, mean: float, n_bins: int = 30) -> float:
+    """Chi-square goodness of fit of integer samples to Poisson(mean).
+
+    Bins are intervals of integers between quantiles of the exact distribution, merged
+    so every bin expects at least 5 samples; the two tails are open-ended bins.
+    """
+    dist = st.poisson(mean)
+    edges = np.unique(dist.ppf(np.linspace(0, 1, n_bins + 1)[1:-1]).astype(np.int64))
+    # bin j holds k in (edges[j-1], edges[j]]; first bin k <= edges[0], last k > edges[-1]
+    cdf = dist.cdf(edges)
+    probs = np.diff(np.concatenate([[0.0], cdf, [1.0]]))
+    counts = np.bincount(np.searchsorted(edges, samples, side="left"), minlength=len(probs))
+    expected = probs * len(samples)
+    # merge bins with expected < 5 into their neighbour
+    obs_m, exp_m, acc_o, acc_e = [], [], 0.0, 0.0
+    for o, e in zip(counts, expected):
+        acc_o, acc_e = acc_o + o, acc_e + e
+        if acc_e >= 5:
+            obs_m.append(acc_o), exp_m.append(acc_e)
+            acc_o = acc_e = 0.0
+    if acc_e > 0 and exp_m:
+        obs_m[-1] += acc_o
+        exp_m[-1] += acc_e
+    if len(exp_m) < 2:
+        # (nearly) degenerate distribution: every sample must sit in the one bin
+        return 1.0 if counts.sum() == len(samples) else 0.0
+    return st.chisquare(obs_m, exp_m).pvalue
+
+
+@pytest.mark.parametrize("mean", MEANS)
+def test_triton_matches_exact_poisson_distribution(mean):
+    gen = torch.Generator().manual_seed(1234 + int(mean * 1000) % 9973)
+    mu = torch.full((N_SAMPLES,), mean, device=TRITON_DEVICE)
+    k = poisson(mu, generator=gen, backend="triton").cpu().numpy()
+    assert np.all(k == np.round(k)) and np.all(k >= 0), "counts must be non-negative integers"
+    if mean == 0.0:
+        assert np.all(k == 0)
+        return
+    # Moments: z-tests on the mean (var = mean) and on the variance (var of s^2 ~ (mu + 2 mu^2) / n).
+    z_crit = st.norm.isf(ALPHA / 4)
+    assert abs(k.mean() - mean) <= z_crit * math.sqrt(mean / N_SAMPLES)
+    var_sd = math.sqrt((mean + 2 * mean**2) / N_SAMPLES)
+    assert abs(k.var(ddof=1) - mean) <= z_crit * var_sd
+    assert chi_square_pvalue(k.astype(np.int64), mean) > ALPHA / 2
+
+
+def test_mixed_means_in_one_launch():
+    """Small (inversion) and large (rejection) means interleaved inside every block."""
+    gen = torch.Generator().manual_seed(7)
+    means = torch.tensor([0.7, 2500.0, 0.0, 12.0], device=TRITON_DEVICE).repeat(4000)
+    k = poisson(means, generator=gen, backend="triton").cpu().numpy().astype(np.int64)
+    for j, mean in enumerate([0.7, 2500.0, 0.0, 12.0]):
+        sub = k[j::4]
+        if mean == 0.0:
+            assert np.all(sub == 0)
+        else:
+            assert chi_square_pvalue(sub, mean) > ALPHA / 3
+
+
+def test_shape_dtype_and_noncontiguous_input():
+    gen = torch.Generator().manual_seed(3)
+    base = torch.rand(6, 10, device=TRITON_DEVICE, generator=None) * 40
+    mu = base.t()  # non-contiguous view
+    k = poisson(mu, generator=gen, backend="triton")
+    assert k.shape == mu.shape and k.dtype == torch.float32 and k.device == mu.device
+    assert torch.all(k >= 0) and torch.all(k == k.round())
+    half = poisson(base.half(), generator=gen, backend="triton")
+    assert half.dtype == torch.float32 and half.shape == base.shape
+
+
+def test_empty_input():
+    out = poisson(torch.empty(0, 3, device=TRITON_DEVICE), backend="triton")
+    assert out.shape == (0, 3)
+
+
+def test_same_generator_seed_repeats_and_new_seed_differs():
+    mu = torch.linspace(0, 300, 997, device=TRITON_DEVICE)
+    a = poisson(mu, generator=torch.Generator().manual_seed(11), backend="triton")
+    b = poisson(mu, generator=torch.Generator().manual_seed(11), backend="triton")
+    c = poisson(mu, generator=torch.Generator().manual_seed(12), backend="triton")
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    torch.manual_seed(5)
+    d = poisson(mu, backend="triton")
+    torch.manual_seed(5)
+    e = poisson(mu, backend="triton")
+    assert torch.equal(d, e)
+
+
+def test_reference_path_matches_distribution_and_auto_dispatch():
+    gen = torch.Generator().manual_seed(21)
+    mu = torch.full((N_SAMPLES,), 37.0)
+    k = poisson(mu, generator=gen)  # auto on CPU: the reference
+    assert chi_square_pvalue(k.numpy().astype(np.int64), 37.0) > ALPHA
+    gen2 = torch.Generator().manual_seed(21)
+    assert torch.equal(k, poisson_reference(mu, gen2))
+
+
+@triton.jit
+def _log_pmf_probe(k_ptr, mu_ptr, out_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    k = tl.load(k_ptr + offs, mask=mask, other=0.0)
+    mu = tl.load(mu_ptr + offs, mask=mask, other=10.0)
+    tl.store(out_ptr + offs, _log_poisson_pmf(k, mu), mask=mask)
+
+
+@pytest.mark.skipif(TRITON_DEVICE.type == "cpu" and not kernels._common.triton_interpreter_enabled(), reason="needs CUDA or TRITON_INTERPRET=1")
+def test_log_pmf_accuracy_in_fp32():
+    """The acceptance test's log-pmf is accurate in fp32 even at mu = 1e6, where the
+    naive ``-mu + k log mu - lgamma(k + 1)`` loses about one unit to cancellation."""
+    rows = []
+    for mu in (10.0, 37.5, 1e3, 1e5, 1e6):
+        sd = math.sqrt(mu)
+        ks = np.unique(np.clip(np.round(mu + sd * np.linspace(-6, 6, 41)), 0, None))
+        ks = np.concatenate([ks, np.arange(0, 16)])
+        rows += [(k, mu) for k in ks]
+    k = torch.tensor([r[0] for r in rows], dtype=torch.float32, device=TRITON_DEVICE)
+    mu = torch.tensor([r[1] for r in rows], dtype=torch.float32, device=TRITON_DEVICE)
+    out = torch.empty_like(k)
+    _log_pmf_probe[(triton.cdiv(k.numel(), 128),)](k, mu, out, k.numel(), BLOCK=128)
+    exact = st.poisson.logpmf(k.cpu().double().numpy(), mu.cpu().double().numpy())
+    got = out.cpu().double().numpy()
+    # absolute error in log-probability where the pmf matters (> 1e-30)
+    sel = exact > -69
+    assert np.max(np.abs(got[sel] - exact[sel])) < 2e-4
+
+
+@pytest.mark.parametrize(
+    "bad, exc, match",
+    [
+        (torch.tensor([1.0, -0.5]), ValueError, r"mu must lie in \[0, 8e\+06\]"),
+        (torch.tensor([1.0, float("nan")]), ValueError, "mu must be finite"),
+        (torch.tensor([MAX_MEAN * 2]), ValueError, "mu must lie in"),
+        (torch.tensor([1, 2], dtype=torch.int64), TypeError, r"mu must have dtype in \(float32, float16, bfloat16\), got int64"),
+        ([1.0, 2.0], TypeError, "mu must be a torch.Tensor, got list"),
+    ],
+)
+def test_refusals(bad, exc, match):
+    with pytest.raises(exc, match=match):
+        poisson(bad)
+
+
+def test_unknown_backend_refused():
+    with pytest.raises(ValueError, match=r"backend must be one of \('auto', 'triton', 'torch'\), got 'cuda'"):
+        poisson(torch.ones(3), backend="cuda")
+
+
+def test_forced_triton_on_cpu_without_interpreter_refused(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        poisson(torch.ones(3), backend="triton")
