@@ -20,7 +20,7 @@ import sys
 import tempfile
 
 # Modules whose kernels ship; each defines aot_specs().
-KERNEL_MODULES = ("kernels.poisson", "kernels.bayer", "kernels.noise", "kernels.exposure")
+KERNEL_MODULES = ("kernels.poisson", "kernels.bayer", "kernels.noise", "kernels.exposure", "kernels.isp")
 ARCHS = (80, 90)
 
 
