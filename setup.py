@@ -20,9 +20,12 @@ setup(
         "rawpy>=0.19",
         "nvtx>=0.2",
         "tqdm>=4.60",
+        "tifffile>=2023.1",
+        "pillow>=9",
     ],
+    entry_points={"console_scripts": ["exposure-diffusion=engine.cli:main"]},
     extras_require={
-        "test": ["pytest>=7", "scipy>=1.10", "scikit-image>=0.21", "tifffile>=2023.1"],
+        "test": ["pytest>=7", "scipy>=1.10", "scikit-image>=0.21"],
         "cupy": ["cupy-cuda12x>=13"],
     },
 )

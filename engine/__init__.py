@@ -1,6 +1,18 @@
-"""engine: ExposureDiffusion inference on raw frames (raw I/O, backbones, checkpoints).
+"""engine: ExposureDiffusion inference on raw frames.
 
-The `Pipeline` that ties these together is being built under issue #3; the modules
-here (`engine.rawio`, `engine.dng`, `engine.backbones`, `engine.checkpoint`) are
-usable on their own.
+``Pipeline`` (engine.pipeline) is what applications import; the parts are usable on
+their own: raw I/O (``engine.rawio``, ``engine.dng``), backbones and checkpoints
+(``engine.backbones``, ``engine.checkpoint``), the multi-step loop (``engine.loop``),
+CUDA graphs (``engine.graphs``), tiling (``engine.tiling``) and output writers
+(``engine.output``).
 """
+from .backbones import BackboneConfig, NAFNet, UNet, build_backbone
+from .checkpoint import CheckpointError, export_public, load_checkpoint, save_checkpoint
+from .errors import InvalidRawError, RawDecodeError, RawInputError, UnsupportedSensorError
+from .pipeline import EnhancedFrame, Pipeline
+from .rawio import RawFrame, read_raw, read_raw_batch
+
+__all__ = ["Pipeline", "EnhancedFrame", "BackboneConfig", "UNet", "NAFNet", "build_backbone",
+           "CheckpointError", "load_checkpoint", "save_checkpoint", "export_public",
+           "RawInputError", "RawDecodeError", "UnsupportedSensorError", "InvalidRawError",
+           "RawFrame", "read_raw", "read_raw_batch"]

@@ -1,1 +1,42 @@
-"""Fused Triton ops of ExposureDiffusion, each with a plain-PyTorch reference."""
+"""Fused Triton ops of ExposureDiffusion, each with a plain-PyTorch reference.
+
+Every op dispatches on the device of its data (``backend="auto"``): CUDA tensors run the
+Triton kernel, CPU tensors the reference; ``backend="triton"`` / ``"torch"`` force one.
+Shapes use B = batch, H x W = Bayer sites, h x w = H/2 x W/2 packed pixels. Units:
+DN (digital numbers of the sensor), normalised (0 = black, 1 = white level), photons.
+
+Ops:
+    pack_bayer(cfa, pattern, black_level, white_level, ratio=1.0, *, K=None,
+               with_photon=False, concat_origin=False, out_dtype=float32) -> [B, 4|8|12, h, w]
+        uint16 (or int32/float) CFA [H, W] / [B, H, W] in DN -> packed R, G1, B, G2,
+        normalised, amplified by ratio, clipped to [0, 1]; optionally the first network
+        input (state, photon channel A_T / (r K), origin).
+    unpack_bayer(packed, pattern, black_level, white_level, *, ratio=1.0, to_dn=True)
+        -> [B, H, W] the exact inverse, uint16 DN in the sensor's own pattern.
+    poisson(mu, generator=None) -> float32 counts, exact Poisson for means in [0, 8e6].
+    synthesize_noise(clean, model="P+g", *, ratio, K, sigma_g, sigma_TL, lam, sigma_r, ...)
+        -> [B, 4|8|12, h, w] the ELD noise model from clean normalised [B, 4, h, w] to the
+        clipped, amplified noisy network input (or DN with output="dn").
+    sample_noise_params(batch, cameras=None, ...) -> NoiseParams of float32 [B] tensors.
+    load_profile(name_or_path) -> CameraProfile (ISO -> K, noise fits); available_cameras().
+    exposure_step(net_out, state, origin, *, ratio, K, rho, rho_next=None, stochastic=True)
+        -> (estimate float32 [B, 4, h, w], next network input [B, 4|8|12, h, w] or None).
+    render_srgb(packed, pattern, wb, ccm, *, out_dtype=uint8) -> [B, H, W, 3] sRGB.
+"""
+from ._common import BACKENDS, DEFAULT_DN_SCALE, value_checks_disabled
+from .bayer import pack_bayer, pack_bayer_reference, parse_pattern, unpack_bayer, unpack_bayer_reference
+from .exposure import exposure_step, exposure_step_reference
+from .isp import render_srgb, render_srgb_reference
+from .noise import parse_noise_model, synthesize_noise, synthesize_noise_reference
+from .poisson import poisson, poisson_reference
+from .profiles import CameraProfile, NoiseParams, available_cameras, load_profile, load_profiles, sample_noise_params
+
+__all__ = [
+    "BACKENDS", "DEFAULT_DN_SCALE", "value_checks_disabled",
+    "pack_bayer", "pack_bayer_reference", "parse_pattern", "unpack_bayer", "unpack_bayer_reference",
+    "exposure_step", "exposure_step_reference",
+    "render_srgb", "render_srgb_reference",
+    "parse_noise_model", "synthesize_noise", "synthesize_noise_reference",
+    "poisson", "poisson_reference",
+    "CameraProfile", "NoiseParams", "available_cameras", "load_profile", "load_profiles", "sample_noise_params",
+]

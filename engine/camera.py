@@ -1,0 +1,93 @@
+"""Camera facts the engine needs: gain K from ISO through a noise profile, and colour.
+
+Gain: ``K`` given directly wins; else the ISO (given, or from the file) goes through a
+camera profile (``kernels.profiles``): the one named by the user (a shipped name or a
+JSON path), else the one matched from the file's make/model, else ``DEFAULT_CAMERA``.
+
+Colour: the camera's ``XYZ -> camera`` matrix (DNG ColorMatrix convention, as
+``engine.rawio`` reports it) becomes a ``camera -> linear sRGB`` matrix with rows summing
+to 1, so that a white-balanced neutral stays neutral.
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from kernels.profiles import CameraProfile, load_profile
+
+# The camera profile used when neither the user nor the file names a known camera: the
+# Sony A7S II of the SID dataset, on which the public checkpoints were trained.
+DEFAULT_CAMERA = "SonyA7S2"
+
+# Model strings (upper case, spaces and dashes removed) that identify a shipped profile.
+_MODEL_ALIASES = {
+    "SonyA7S2": ("ILCE7SM2", "A7SII", "A7S2", "ALPHA7SII"),
+    "NikonD850": ("D850",),
+    "CanonEOS5D4": ("EOS5DMARKIV", "5DMARKIV", "EOS5D4"),
+    "CanonEOS700D": ("EOS700D", "EOSREBELT5I", "EOSKISSX7I"),
+    "CanonEOS70D": ("EOS70D",),
+}
+
+# Linear sRGB (D65) -> XYZ, IEC 61966-2-1.
+SRGB_TO_XYZ = np.array(
+    [[0.4124564, 0.3575761, 0.1804375], [0.2126729, 0.7151522, 0.0721750], [0.0193339, 0.1191920, 0.9503041]]
+)
+
+
+def _squash(s: str | None) -> str:
+    return re.sub(r"[\s\-_]", "", s or "").upper()
+
+
+def match_camera(make: str | None, model: str | None) -> str | None:
+    """Name of the shipped profile for a file's make/model, or None if none fits."""
+    key = _squash(model)
+    if not key:
+        return None
+    for name, aliases in _MODEL_ALIASES.items():
+        if any(key == a or key.endswith(a) for a in aliases):
+            return name
+    return None
+
+
+def resolve_profile(camera=None, make: str | None = None, model: str | None = None) -> tuple[CameraProfile, str]:
+    """The profile to use and how it was chosen ("given", "matched" or "default")."""
+    if camera is not None:
+        return load_profile(camera), "given"
+    matched = match_camera(make, model)
+    if matched is not None:
+        return load_profile(matched), "matched"
+    return load_profile(DEFAULT_CAMERA), "default"
+
+
+def resolve_gain(*, K=None, iso=None, camera=None, make=None, model=None, source="input") -> float:
+    """System gain K in DN per photo-electron for one frame.
+
+    ``K`` wins when given (> 0); otherwise ``iso`` through the profile from
+    ``resolve_profile``. Neither known -> ValueError saying what to pass.
+    """
+    if K is not None:
+        K = float(K)
+        if not np.isfinite(K) or K <= 0:
+            raise ValueError(f"{source}: K must be a finite gain > 0 (DN per photo-electron), got {K}")
+        return K
+    if iso is None:
+        raise ValueError(f"{source}: the gain K is unknown: the input carries no ISO; pass K= (DN per "
+                         "photo-electron) or iso= (with camera= for a camera other than the default)")
+    profile, _ = resolve_profile(camera, make, model)
+    return float(profile.K_from_iso(float(iso)))
+
+
+def camera_to_srgb(xyz_to_camera) -> np.ndarray:
+    """3x3 ``camera RGB -> linear sRGB`` from an ``XYZ -> camera`` matrix (float64).
+
+    ``None`` (no colour data in the file) gives the identity.
+    """
+    if xyz_to_camera is None:
+        return np.eye(3)
+    m = np.asarray(xyz_to_camera, dtype=np.float64)
+    if m.shape != (3, 3) or not np.all(np.isfinite(m)) or abs(np.linalg.det(m)) < 1e-12:
+        raise ValueError(f"colour matrix must be a finite, invertible 3x3 XYZ -> camera matrix, got {m.tolist()}")
+    srgb_to_camera = m @ SRGB_TO_XYZ
+    srgb_to_camera /= srgb_to_camera.sum(axis=1, keepdims=True)
+    return np.linalg.inv(srgb_to_camera)

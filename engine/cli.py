@@ -1,0 +1,97 @@
+"""Command line: ``exposure-diffusion enhance *.ARW --ratio 100 -o out/``.
+
+Each file is processed on its own: a file that fails (unreadable, unsupported sensor,
+bad metadata, out of memory, ...) is reported with its reason and the batch goes on;
+the exit status is 1 when any file failed, 2 for a usage error, 0 otherwise.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from pathlib import Path
+
+from tqdm import tqdm
+
+
+def _device(value: str) -> str:
+    if value == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return value
+
+
+def _output_names(files: list[Path], out_dir: Path, fmt: str) -> list[Path]:
+    """``out/<stem>.<fmt>``; inputs sharing a stem keep their extension (a.ARW.png)."""
+    stems = Counter(f.stem for f in files)
+    ext = {"png": ".png", "tiff": ".tiff", "dng": ".dng"}[fmt]
+    return [out_dir / ((f.stem if stems[f.stem] == 1 else f.name) + ext) for f in files]
+
+
+def enhance(args) -> int:
+    from engine.pipeline import Pipeline
+
+    files = [Path(f) for f in args.files]
+    out_dir = Path(args.output)
+    if not out_dir.is_dir():
+        if out_dir.exists():
+            print(f"error: output {out_dir} exists and is not a folder", file=sys.stderr)
+            return 2
+        out_dir.mkdir(parents=True)
+    if len(set(files)) != len(files):
+        print("error: a file is listed more than once", file=sys.stderr)
+        return 2
+    try:
+        pipe = Pipeline.from_checkpoint(args.checkpoint, device=_device(args.device), camera=args.camera,
+                                        max_tile=args.max_tile)
+    except (ValueError, OSError) as e:
+        print(f"error: cannot load the model: {e}", file=sys.stderr)
+        return 2
+    failures = []
+    outputs = _output_names(files, out_dir, args.format)
+    bar = tqdm(list(zip(files, outputs)), desc="enhance", unit="file", disable=args.quiet)
+    for src, dst in bar:
+        bar.set_postfix_str(src.name)
+        try:
+            result = pipe(str(src), ratio=args.ratio, steps=args.steps, K=args.K, iso=args.iso, seed=args.seed,
+                          stochastic=not args.deterministic)
+            result.save(dst, format=args.format)
+        except Exception as e:  # one bad file must not stop the batch: report it and go on
+            failures.append(src)
+            tqdm.write(f"FAILED {src}: {type(e).__name__}: {e}", file=sys.stderr)
+    done = len(files) - len(failures)
+    print(f"{done} of {len(files)} files enhanced into {out_dir}" + (f"; {len(failures)} failed" if failures else ""),
+          file=sys.stderr)
+    return 1 if failures else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="exposure-diffusion", description="ExposureDiffusion raw low-light enhancement")
+    sub = ap.add_subparsers(dest="command", required=True)
+    e = sub.add_parser("enhance", help="enhance raw files (any format rawpy reads)")
+    e.add_argument("files", nargs="+", help="raw files: ARW, NEF, CR2, DNG, ...")
+    e.add_argument("--ratio", type=float, required=True, help="exposure ratio to brighten by (e.g. 100, 300)")
+    e.add_argument("-o", "--output", default=".", help="output folder (created if missing; default: .)")
+    e.add_argument("--checkpoint", required=True, help="model checkpoint (public {'netG': ...} format or ours)")
+    e.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    e.add_argument("--steps", type=int, default=3, help="network evaluations (default 3; 1 = one-shot)")
+    e.add_argument("--camera", default=None, help="camera profile for ISO -> gain (shipped name or JSON path)")
+    e.add_argument("--iso", type=float, default=None, help="override the files' ISO")
+    e.add_argument("--K", type=float, default=None, help="system gain in DN per photo-electron (overrides ISO)")
+    e.add_argument("--seed", type=int, default=None, help="fixed seed: repeatable outputs")
+    e.add_argument("--deterministic", action="store_true", help="use Poisson means instead of draws")
+    e.add_argument("--format", default="png", choices=("png", "tiff", "dng"), help="output format (default png)")
+    e.add_argument("--max-tile", type=int, default=None, help="process in tiles of at most this many packed pixels")
+    e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    e.set_defaults(func=enhance)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""The multi-step exposure diffusion at inference (SPEC §4), independent of I/O.
+
+``exposure_schedule`` gives the exposure multiples ``1 = rho_0 < ... < rho_n = r``;
+``run_exposure_diffusion`` evaluates the backbone at ``rho_0 .. rho_{n-1}`` and returns the
+last estimate, with ``kernels.exposure_step`` doing the blend, the Poisson photon
+increment and the next network input in one fused pass. No ground truth is used
+anywhere; the Poisson draw after the last evaluation is never made.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from kernels import exposure_step
+from kernels._common import DEFAULT_DN_SCALE
+
+# The backbones need spatial sizes that are multiples of this (four 2x2 poolings).
+SIZE_MULTIPLE = 16
+
+
+def exposure_schedule(ratio: torch.Tensor, steps: int, schedule=None) -> torch.Tensor:
+    """Exposure multiples of every step, per sample.
+
+    Args:
+        ratio: float32 ``[B]`` exposure ratios r (> 1 for more than one step).
+        steps: number of network evaluations n >= 1.
+        schedule: None for the default ``linspace(1, r, n + 1)``; or the n + 1 multiples
+            ``[1, rho_1, ..., rho_{n-1}, r]`` as a sequence or tensor ``[n + 1]`` /
+            ``[B, n + 1]``: starting at 1, strictly increasing, ending at each sample's r.
+
+    Returns:
+        float32 ``[B, n + 1]`` on ratio's device; column i is rho_i.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    ratio = ratio.to(torch.float32).reshape(-1)
+    if schedule is None:
+        t = torch.linspace(0, 1, steps + 1, device=ratio.device, dtype=torch.float32)
+        return 1 + (ratio[:, None] - 1) * t[None, :]
+    rho = torch.as_tensor(schedule, dtype=torch.float32, device=ratio.device)
+    if rho.dim() == 1:
+        rho = rho.expand(ratio.numel(), -1)
+    if rho.dim() != 2 or rho.shape != (ratio.numel(), steps + 1):
+        raise ValueError(f"schedule must hold steps + 1 = {steps + 1} exposure multiples (per sample: "
+                         f"[{ratio.numel()}, {steps + 1}]), got shape {tuple(rho.shape)}")
+    if not torch.isfinite(rho).all():
+        raise ValueError("schedule must be finite")
+    if not torch.all(rho[:, 0] == 1):
+        raise ValueError(f"schedule must start at exposure multiple 1 (the input), got {rho[:, 0].tolist()}")
+    if steps > 1 and not torch.all(rho[:, 1:] > rho[:, :-1]):
+        raise ValueError(f"schedule must increase strictly, got {rho.tolist()}")
+    if not torch.allclose(rho[:, -1], ratio, rtol=1e-5, atol=0):
+        raise ValueError(f"schedule must end at the exposure ratio {ratio.tolist()}, got {rho[:, -1].tolist()}")
+    return rho.contiguous()
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int = SIZE_MULTIPLE) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Reflect-pad ``[B, C, h, w]`` on the bottom/right to multiples of ``multiple``.
+
+    Returns the padded tensor and the original (h, w) to crop back to. Reflection needs
+    the pad to be smaller than the size; tiny frames fall back to edge replication.
+    """
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph == 0 and pw == 0:
+        return x, (h, w)
+    mode = "reflect" if ph < h and pw < w else "replicate"
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    padded = F.pad(x, (0, pw, 0, ph), mode=mode)
+    return padded.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format), (h, w)
+
+
+def run_exposure_diffusion(
+    backbone: Callable[[torch.Tensor], torch.Tensor],
+    first_input: torch.Tensor,
+    *,
+    ratio: torch.Tensor,
+    K: torch.Tensor,
+    rho: torch.Tensor,
+    with_photon: bool,
+    concat_origin: bool,
+    stochastic: bool = True,
+    generator: torch.Generator | None = None,
+    seeds: torch.Tensor | None = None,
+    accumulate: bool = False,
+    dn_scale: float = DEFAULT_DN_SCALE,
+    next_dtype: torch.dtype | None = None,
+    memory_format: torch.memory_format = torch.contiguous_format,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Run the n-step exposure diffusion from the first network input.
+
+    Args:
+        backbone: maps ``[B, C, h, w]`` to ``[B, 9 or 4, h, w]`` (h, w multiples of 16).
+        first_input: ``[B, C, h, w]``: ``A_T`` (4 ch), then ``A_T / (r K)`` if with_photon,
+            then ``A_T`` if concat_origin (as ``kernels.pack_bayer`` writes it).
+        ratio, K: float32 ``[B]`` on the data's device.
+        rho: float32 ``[B, n + 1]`` exposure multiples (``exposure_schedule``).
+        stochastic: Poisson draws (False: their means, deterministic).
+        generator: Philox keys drawn from it (one per step) unless ``seeds`` is given.
+        seeds: int64 ``[n]`` device tensor of Philox keys, one per step: the CUDA-graph
+            path rewrites it before each replay (no host work inside the graph).
+        next_dtype / memory_format: layout of the intermediate network inputs (fp16
+            channels_last on the GPU path).
+
+    Returns:
+        The last estimate ``Y_{n-1}``: float32 ``[B, 4, h, w]``, normalised.
+    """
+    steps = rho.shape[1] - 1
+    origin = first_input[:, :4]
+    state, x = origin, first_input
+    estimate = None
+    for i in range(steps):
+        out = backbone(x)
+        last = i == steps - 1
+        estimate, x = exposure_step(
+            out, state, origin, ratio=ratio, K=K, rho=rho[:, i], rho_next=None if last else rho[:, i + 1],
+            stochastic=stochastic, generator=None if seeds is not None else generator,
+            seed=None if seeds is None or last or not stochastic else seeds[i : i + 1],
+            accumulate=accumulate, with_photon=with_photon, concat_origin=concat_origin, dn_scale=dn_scale,
+            out_dtype=next_dtype, out_memory_format=memory_format, backend=backend,
+        )
+        if not last:
+            state = x[:, :4]
+    return estimate

@@ -1,0 +1,253 @@
+"""``engine.Pipeline``: ExposureDiffusion on whole raw frames, from file to enhanced raw.
+
+    from engine import Pipeline
+    pipe = Pipeline.from_checkpoint("SID_Pg.pt")
+    result = pipe("DSC01234.ARW", ratio=100, steps=3)
+    result.raw          # [4, H/2, W/2] float32 in [0, 1], linear packed R, G1, B, G2
+    result.save("DSC01234.png")   # or .tiff (16-bit sRGB) or .dng (linear mosaic)
+
+Stages (each inside an nvtx range): decode (rawpy) -> gain K (given, or ISO through a
+camera profile) -> fused pack to the first network input -> the n-step loop (backbone +
+fused exposure step; one CUDA graph per shape on the GPU) -> crop. On CUDA the backbone
+runs in fp16 channels_last with every photon computation in fp32 inside the kernels; on
+the CPU the same maths runs through the PyTorch reference ops in fp32 (or bf16 autocast).
+Frames too large for the device run in overlapping tiles (``engine.tiling``), chosen
+automatically on out-of-memory or forced with ``max_tile``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import nvtx
+import torch
+from torch import nn
+
+from kernels import pack_bayer
+from kernels._common import DEFAULT_DN_SCALE
+
+from .backbones import BackboneConfig
+from .camera import resolve_gain
+from .checkpoint import load_checkpoint
+from .graphs import GraphedDiffusion
+from .loop import SIZE_MULTIPLE, exposure_schedule, pad_to_multiple, run_exposure_diffusion
+from .output import save_output, srgb_image
+from .rawio import RawFrame, read_raw, read_raw_batch
+from .tiling import UNET_RADIUS, run_tiled
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+MAX_RATIO = 10000.0
+# Smallest tile tried when falling back from an out-of-memory error.
+MIN_AUTO_TILE = 256
+
+
+@dataclasses.dataclass
+class EnhancedFrame:
+    """One enhanced frame.
+
+    raw: float32 ``[4, h, w]`` in [0, 1], linear packed R, G1, B, G2 (h, w = half the
+        input's even-cropped size), on the pipeline's device.
+    frame: the input's metadata (pattern, levels, ISO, colour) and pixels.
+    ratio, K, steps, schedule (exposure multiples rho_0..rho_n), seed: how it was made.
+    """
+
+    raw: torch.Tensor
+    frame: RawFrame
+    ratio: float
+    K: float
+    steps: int
+    schedule: list
+    seed: int | None
+
+    def srgb(self, out_dtype=torch.uint8) -> torch.Tensor:
+        """sRGB rendering ``[2h, 2w, 3]`` (uint8, uint16 or float32) with the camera's colour."""
+        return srgb_image(self.raw, self.frame, out_dtype)
+
+    def save(self, path, format: str | None = None) -> Path:
+        """Write as PNG (8-bit sRGB), TIFF (16-bit sRGB) or DNG (linear mosaic); atomic."""
+        return save_output(path, self.raw, self.frame, format)
+
+
+class Pipeline:
+    """Multi-step ExposureDiffusion inference on raw frames.
+
+    Args:
+        backbone: the network (``engine.backbones``), any device / dtype; the pipeline
+            keeps its own copy in the working precision.
+        config: its ``BackboneConfig`` (input channels, head).
+        device: where to run (default: CUDA if available, else CPU).
+        precision: "fp16" (default on CUDA), "fp32" (default on CPU) or "bf16" (CPU
+            autocast on processors with bf16 support).
+        cuda_graphs: capture the loop in CUDA graphs (default True on CUDA).
+        dn_scale: normalised -> DN scale of the photon maths (SPEC §2; 15583 for the
+            public checkpoints).
+        camera: default camera profile (name or JSON path) for ISO -> K.
+        max_tile: process frames in tiles of at most this many packed pixels a side
+            (None: whole frames, tiling only after an out-of-memory error).
+    """
+
+    def __init__(self, backbone: nn.Module, config: BackboneConfig, *, device=None, precision: str | None = None,
+                 cuda_graphs: bool | None = None, dn_scale: float = DEFAULT_DN_SCALE, camera=None,
+                 max_tile: int | None = None):
+        self.device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device 'cuda' requested but CUDA is not available on this machine")
+        self.precision = precision or ("fp16" if self.device.type == "cuda" else "fp32")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if self.precision == "fp16" and self.device.type != "cuda":
+            raise ValueError("precision 'fp16' needs a CUDA device; use 'fp32' or 'bf16' on the CPU")
+        self.cuda_graphs = (self.device.type == "cuda") if cuda_graphs is None else bool(cuda_graphs)
+        if self.cuda_graphs and self.device.type != "cuda":
+            raise ValueError("cuda_graphs=True needs a CUDA device")
+        if not (np.isfinite(dn_scale) and dn_scale > 0):
+            raise ValueError(f"dn_scale must be a finite number > 0, got {dn_scale!r}")
+        if max_tile is not None and (max_tile < SIZE_MULTIPLE or max_tile % SIZE_MULTIPLE):
+            raise ValueError(f"max_tile must be a multiple of {SIZE_MULTIPLE}, got {max_tile}")
+        self.config, self.dn_scale, self.camera, self.max_tile = config, float(dn_scale), camera, max_tile
+        net = backbone.to(self.device).eval()
+        for p in net.parameters():
+            p.requires_grad_(False)
+        if self.precision == "fp16":
+            net = net.half().to(memory_format=torch.channels_last)
+        self.backbone = net
+        self._graphed: dict[tuple, GraphedDiffusion] = {}
+
+    @classmethod
+    def from_checkpoint(cls, path, *, expect: dict | None = None, **kwargs) -> "Pipeline":
+        """Load a public-format (``{'netG': ...}``) or our-format checkpoint (never
+        executing pickled code) and build a pipeline; ``kwargs`` as for ``Pipeline``."""
+        model, config, _ = load_checkpoint(path, expect=expect)
+        return cls(model, config, **kwargs)
+
+    # ------------------------------------------------------------------ network
+    def _net(self, x: torch.Tensor) -> torch.Tensor:
+        if self.precision == "bf16":
+            with torch.autocast(self.device.type, dtype=torch.bfloat16):
+                return self.backbone(x)
+        return self.backbone(x)
+
+    @property
+    def _act_dtype(self) -> torch.dtype:
+        return torch.float16 if self.precision == "fp16" else torch.float32
+
+    @property
+    def _memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.precision == "fp16" else torch.contiguous_format
+
+    def _loop_kwargs(self, stochastic: bool, accumulate: bool) -> dict:
+        return dict(with_photon=self.config.with_photon, concat_origin=self.config.concat_origin,
+                    stochastic=stochastic, accumulate=accumulate, dn_scale=self.dn_scale,
+                    next_dtype=self._act_dtype, memory_format=self._memory_format)
+
+    def _run_whole(self, x, ratio, K, rho, generator, stochastic, accumulate) -> torch.Tensor:
+        padded, (h, w) = pad_to_multiple(x)
+        kw = self._loop_kwargs(stochastic, accumulate)
+        if self.cuda_graphs:
+            key = (stochastic, accumulate)
+            if key not in self._graphed:
+                self._graphed[key] = GraphedDiffusion(self._net, **kw)
+            estimate = self._graphed[key](padded, ratio=ratio, K=K, rho=rho, generator=generator)
+        else:
+            estimate = run_exposure_diffusion(self._net, padded, ratio=ratio, K=K, rho=rho, generator=generator, **kw)
+        return estimate[:, :, :h, :w]
+
+    def _run(self, x, ratio, K, rho, generator, stochastic, accumulate, tile) -> torch.Tensor:
+        steps = rho.shape[1] - 1
+        margin = steps * UNET_RADIUS
+        run = lambda t: self._run_whole(t, ratio, K, rho, generator, stochastic, accumulate)  # noqa: E731
+        h, w = x.shape[-2:]
+        if tile is not None and max(h, w) > tile:
+            return run_tiled(run, x, tile=max(tile, 2 * margin + 4 * SIZE_MULTIPLE), margin=margin)
+        try:
+            return run(x)
+        except torch.OutOfMemoryError:
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+        # Out of memory: halve the tile until it fits (the core must stay non-empty).
+        tile = 1 << (max(h, w) - 1).bit_length()
+        while True:
+            tile //= 2
+            tile_with_context = max(tile, 2 * margin + 4 * SIZE_MULTIPLE)
+            if tile < MIN_AUTO_TILE or tile_with_context >= max(h, w) + 2 * margin:
+                raise torch.OutOfMemoryError(
+                    f"out of memory on {self.device} even for {tile * 2}-pixel tiles of a {h}x{w} packed frame; "
+                    "use a smaller batch, fewer steps or another device")
+            try:
+                return run_tiled(run, x, tile=tile_with_context, margin=margin)
+            except torch.OutOfMemoryError:
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+
+    # ------------------------------------------------------------------ public
+    def __call__(self, source, *, ratio, steps: int = 3, K=None, iso=None, camera=None, seed: int | None = None,
+                 stochastic: bool = True, schedule=None, accumulate: bool = False,
+                 generator: torch.Generator | None = None, **raw_metadata):
+        """Enhance one frame, or a batch of same-size frames.
+
+        Args:
+            source: a path to any raw rawpy reads, a ``rawpy.RawPy``, a uint16 ``[H, W]``
+                numpy / torch / CuPy array (with ``pattern=``, ``black_level=``,
+                ``white_level=`` and ``iso=`` or ``K=`` as keywords), a ``RawFrame``; or a
+                list of them / a ``[B, H, W]`` array for a batch.
+            ratio: exposure ratio r to brighten by (0 < r <= 10000; > 1 when steps > 1).
+            steps: network evaluations n >= 1 (1 = the one-shot baseline).
+            K: gain in DN per photo-electron; default from the ISO and camera profile.
+            iso: overrides the file's ISO. camera: profile name / JSON path for ISO -> K.
+            seed: fixed seed -> repeatable noise; None -> fresh noise every call.
+            stochastic: False uses Poisson means instead of draws (deterministic).
+            schedule: explicit exposure multiples ``[1, rho_1, ..., r]`` (n + 1 values).
+            accumulate: the paper's accumulating update instead of the reference form.
+            generator: a torch.Generator for the Philox keys (instead of ``seed``).
+
+        Returns:
+            ``EnhancedFrame`` for a single input, a list of them for a batch.
+        """
+        if seed is not None and generator is not None:
+            raise ValueError("give seed= or generator=, not both")
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not np.isfinite(ratio):
+            raise ValueError(f"ratio must be a finite number, got {ratio!r}")
+        if not 0 < ratio <= MAX_RATIO:
+            raise ValueError(f"ratio must lie in (0, {MAX_RATIO:g}], got {ratio}")
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+        if steps > 1 and ratio <= 1 and schedule is None:
+            raise ValueError(f"steps > 1 needs ratio > 1 (the exposure must grow between steps), got ratio {ratio}")
+
+        batched = isinstance(source, (list, tuple)) or (getattr(source, "ndim", 0) == 3)
+        with nvtx.annotate("decode", color="yellow"):
+            if isinstance(source, RawFrame):
+                frames = [source]
+            elif batched and all(isinstance(s, RawFrame) for s in source):
+                frames = list(source)
+            else:
+                frames = read_raw_batch(source if batched else [source], **raw_metadata).frames
+        if any(f.pattern != frames[0].pattern or f.shape != frames[0].shape for f in frames):
+            raise ValueError("a batch needs frames of one size and one CFA pattern; process them one by one")
+        gains = [resolve_gain(K=K, iso=iso if iso is not None else f.iso, camera=camera or self.camera,
+                              make=f.make, model=f.model, source=str(f.source)) for f in frames]
+        if generator is None and seed is not None:
+            generator = torch.Generator(device="cpu").manual_seed(int(seed))
+
+        dev = self.device
+        B = len(frames)
+        ratio_t = torch.full((B,), float(ratio), dtype=torch.float32, device=dev)
+        K_t = torch.tensor(gains, dtype=torch.float32, device=dev)
+        rho = exposure_schedule(ratio_t, steps, schedule)
+        with nvtx.annotate("pack", color="green"):
+            cfa = torch.stack([f.cfa.to(dev, non_blocking=True) for f in frames])
+            black = torch.tensor([f.black_level for f in frames], dtype=torch.float32, device=dev)
+            white = torch.tensor([f.white_level for f in frames], dtype=torch.float32, device=dev)
+            first = pack_bayer(cfa, frames[0].pattern, black, white, ratio_t, K=K_t,
+                               with_photon=self.config.with_photon, concat_origin=self.config.concat_origin,
+                               out_dtype=self._act_dtype)
+            if self._memory_format == torch.channels_last:
+                first = first.contiguous(memory_format=torch.channels_last)
+        with nvtx.annotate("diffusion", color="red"), torch.inference_mode():
+            estimate = self._run(first, ratio_t, K_t, rho, generator, stochastic, accumulate, self.max_tile)
+        results = [EnhancedFrame(raw=estimate[i], frame=f, ratio=float(ratio), K=gains[i], steps=steps,
+                                 schedule=rho[i].tolist(), seed=seed) for i, f in enumerate(frames)]
+        return results if batched else results[0]

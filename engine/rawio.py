@@ -1,0 +1,519 @@
+"""Reading raw Bayer frames: files (through rawpy / LibRaw), rawpy objects and arrays.
+
+``read_raw`` turns any supported input into a :class:`RawFrame`; ``read_raw_batch`` stacks
+same-size frames into a :class:`RawBatch`. Anything that is not a 2x2 Bayer mosaic, or not
+a raw file at all, is refused with an exception from :mod:`engine.errors` naming the input
+and the reason.
+
+Conventions (the same as :mod:`kernels.bayer` for a string pattern):
+
+- ``cfa`` is always a ``torch.Tensor``, uint16, ``[H, W]``, in DN, on the input's device.
+  Files are decoded into a private CPU copy (the rawpy buffer dies with its object);
+  numpy, torch and DLPack inputs (CuPy, JAX, ...) are wrapped **without a copy**, strides
+  and all (a numpy view with negative strides or a read-only array is the exception: it
+  is copied, as torch cannot share it). Treat ``cfa`` as read-only.
+- ``pattern``: the 2x2 colour cell of the **visible** image as 4 letters in raster order
+  (row 0 left, row 0 right, row 1 left, row 1 right): "RGGB", "BGGR", "GRBG" or "GBRG".
+- Per-site values (``black_level``, ``wb_gains``) are 4-tuples in plane order
+  **R, G1, B, G2**, where G1 is the green on red's row and G2 the green on blue's row,
+  whatever the pattern (SPEC §1). This is rawpy's ``black_level_per_channel`` order
+  (indexed by colour code 0=R, 1=G, 2=B, 3=G2) for every file LibRaw numbers that way.
+- ``color_matrix``: float64 ``[3, 3]``, XYZ -> camera RGB (rows camera R, G, B; columns
+  X, Y, Z), the DNG ``ColorMatrix`` convention and rawpy's ``rgb_xyz_matrix[:3]``. For a
+  DNG it is the file's own ColorMatrix (the D65 one when there are two); otherwise LibRaw's
+  built-in matrix for the camera; ``None`` when neither exists.
+
+What rawpy 0.28 does not expose, and the fallback used here: it has no make / model at
+all; it reports ISO 0 for a DNG that stores ISOSpeedRatings in IFD0 rather than in the
+EXIF IFD, and 65535 for speeds above that (EXIF 2.3 moves them to ISOSpeed); its
+``rgb_xyz_matrix`` is LibRaw's built-in table (zeros for an unknown camera), not a DNG's
+own ColorMatrix. For TIFF-based files (DNG, ARW, NEF, CR2, ...) those tags are read from
+IFD0 / the EXIF IFD with tifffile; for other formats they are ``None`` (ISO and exposure
+still come from LibRaw).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import rawpy
+import tifffile
+import torch
+
+from .errors import InvalidRawError, RawDecodeError, UnsupportedSensorError
+
+__all__ = ["RawFrame", "RawBatch", "read_raw", "read_raw_batch", "PATTERNS", "plane_sites",
+           "MAX_SIDE", "MAX_PIXELS"]
+
+PATTERNS = ("RGGB", "BGGR", "GRBG", "GBRG")
+# Absurd-dimension guards, checked from the header before LibRaw allocates anything. The
+# largest sensors (multi-shot 400 MP backs) stay well under both.
+MAX_SIDE = 65535
+MAX_PIXELS = 1 << 29
+# A file must hold at least one byte per this many declared pixels; well below any real
+# raw codec (lossless ~ 1/2, lossy ~ 1/8 byte per pixel), far above a lying header.
+MIN_BYTES_PER_PIXEL = 1.0 / 1024
+_TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def plane_sites(pattern: str) -> tuple[int, int, int, int]:
+    """Raster index (0..3) in the 2x2 cell of the planes R, G1, B, G2 for ``pattern``."""
+    r = pattern.index("R")
+    b = 3 - r
+    g1 = r ^ 1  # the other site of R's row
+    return r, g1, b, 3 - g1
+
+
+@dataclass(frozen=True, eq=False)
+class RawFrame:
+    """One Bayer raw frame and its metadata (conventions in the module docstring).
+
+    Attributes:
+        cfa: uint16 ``[H, W]`` tensor, DN, H and W >= 2 (odd sizes allowed).
+        pattern: "RGGB" | "BGGR" | "GRBG" | "GBRG".
+        black_level: DN per plane (R, G1, B, G2).
+        white_level: DN, saturation level, > every black level, <= 65535.
+        iso: ISO sensitivity, or None when unknown.
+        exposure_time: seconds, or None when unknown.
+        make, model: as written in the file (e.g. "SONY", "ILCE-7SM2"), or None.
+        wb_gains: as-shot white-balance multipliers (R, G1, B, G2) with G1 = 1, or None.
+        color_matrix: float64 [3, 3] XYZ -> camera RGB, or None.
+        source: file path, or a description such as "numpy array".
+    """
+
+    cfa: torch.Tensor
+    pattern: str
+    black_level: tuple[float, float, float, float]
+    white_level: float
+    iso: float | None = None
+    exposure_time: float | None = None
+    make: str | None = None
+    model: str | None = None
+    wb_gains: tuple[float, float, float, float] | None = None
+    color_matrix: np.ndarray | None = None
+    source: str = "array"
+
+    def __post_init__(self):
+        src = self.source
+        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen)
+        _check_cfa(self.cfa, src)
+        set_("pattern", _pattern(self.pattern, src))
+        set_("black_level", _four("black_level", self.black_level, src))
+        set_("white_level", _positive("white_level", self.white_level, src))
+        if self.white_level > 65535:
+            raise InvalidRawError(src, f"white level {self.white_level:g} is above the uint16 range (65535)")
+        if min(self.black_level) < 0:
+            raise InvalidRawError(src, f"black level {self.black_level} must be >= 0")
+        if max(self.black_level) >= self.white_level:
+            raise InvalidRawError(src, f"black level {self.black_level} must be below the white level {self.white_level:g}")
+        set_("iso", None if self.iso is None else _positive("iso", self.iso, src))
+        set_("exposure_time", None if self.exposure_time is None else _positive("exposure_time", self.exposure_time, src))
+        set_("make", _text(self.make))
+        set_("model", _text(self.model))
+        if self.wb_gains is not None:
+            gains = self.wb_gains
+            if len(gains) == 3:  # R, G, B
+                gains = (gains[0], gains[1], gains[2], gains[1])
+            gains = _four("wb_gains", gains, src)
+            if min(gains) <= 0:
+                raise InvalidRawError(src, f"wb_gains {gains} must be > 0")
+            set_("wb_gains", tuple(g / gains[1] for g in gains))
+        if self.color_matrix is not None:
+            m = np.asarray(self.color_matrix, dtype=np.float64)
+            if m.size != 9 or not np.isfinite(m).all():
+                raise InvalidRawError(src, f"color_matrix must be 3x3 finite values (XYZ -> camera), got shape {m.shape}")
+            set_("color_matrix", m.reshape(3, 3).copy())
+
+    def __repr__(self) -> str:  # the pixels themselves would swamp the metadata
+        fields = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self)
+                           if f.name not in ("cfa", "color_matrix"))
+        cm = "None" if self.color_matrix is None else "[3x3]"
+        return (f"RawFrame(cfa=<{self.cfa.dtype} {tuple(self.cfa.shape)} on {self.cfa.device}>, "
+                f"{fields}, color_matrix={cm})")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.cfa.shape)
+
+    @property
+    def device(self) -> torch.device:
+        return self.cfa.device
+
+    def to(self, device) -> "RawFrame":
+        """The same frame with ``cfa`` on ``device`` (no copy when already there)."""
+        return dataclasses.replace(self, cfa=self.cfa.to(device))
+
+
+@dataclass(frozen=True, eq=False)
+class RawBatch:
+    """Same-size, same-pattern frames stacked for the batched kernels.
+
+    Attributes:
+        frames: the individual frames (their metadata: ISO, make, ...).
+        cfa: uint16 ``[B, H, W]`` on the frames' device.
+        pattern: the common pattern.
+        black_level: float32 ``[B, 4]`` (R, G1, B, G2), DN, on ``cfa.device``.
+        white_level: float32 ``[B]``, DN, on ``cfa.device``.
+    """
+
+    frames: list
+    cfa: torch.Tensor
+    pattern: str
+    black_level: torch.Tensor
+    white_level: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __repr__(self) -> str:
+        return (f"RawBatch({len(self.frames)} frames, cfa=<{self.cfa.dtype} {tuple(self.cfa.shape)} on "
+                f"{self.cfa.device}>, pattern={self.pattern!r})")
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def read_raw(source, *, pattern=None, black_level=None, white_level=None, iso=None, exposure_time=None,
+             make=None, model=None, wb_gains=None, color_matrix=None) -> RawFrame:
+    """Read one Bayer frame.
+
+    Args:
+        source: a path (str / os.PathLike) to any raw file rawpy reads; an open
+            ``rawpy.RawPy`` (left open, pixels copied out); a numpy or torch uint16 ``[H, W]``
+            mosaic; or any DLPack array (``__dlpack__``, e.g. CuPy), wrapped zero-copy.
+        pattern, black_level, white_level: required for arrays. ``black_level`` is a number
+            or 4 values (R, G1, B, G2), DN. For a file or rawpy object they override the
+            file's levels; a ``pattern`` that contradicts the file's is refused.
+        iso, exposure_time (s), make, model, wb_gains (R, G1, B, G2 or R, G, B),
+        color_matrix (3x3 XYZ -> camera): optional; override what the file says.
+
+    Raises:
+        FileNotFoundError: no such path.
+        RawDecodeError: empty, truncated, corrupt or non-raw file.
+        UnsupportedSensorError: X-Trans, Foveon, linear / 3-channel DNG, monochrome, non-RGB
+            or non-2x2 colour filter arrays.
+        InvalidRawError: bad array (dtype, rank, size) or metadata (missing, black >= white).
+    """
+    overrides = dict(black_level=black_level, white_level=white_level, iso=iso, exposure_time=exposure_time,
+                     make=make, model=model, wb_gains=wb_gains, color_matrix=color_matrix)
+    if isinstance(source, (str, os.PathLike)):
+        return _read_path(source, pattern, overrides)
+    if isinstance(source, rawpy.RawPy):
+        return _read_rawpy(source, "rawpy.RawPy object", pattern, overrides, {})
+    if isinstance(source, (np.ndarray, torch.Tensor)) or hasattr(source, "__dlpack__"):
+        cfa, name = _as_tensor(source)
+        missing = [k for k, v in (("pattern", pattern), ("black_level", black_level), ("white_level", white_level)) if v is None]
+        if missing:
+            raise InvalidRawError(name, "an array input needs its metadata: missing " + ", ".join(missing)
+                                  + " (pattern such as 'RGGB', black_level in DN, white_level in DN)")
+        return RawFrame(cfa=cfa, pattern=pattern, source=name, **overrides)
+    raise InvalidRawError(type(source).__name__, "unsupported input: expected a path, a rawpy.RawPy object, "
+                          "a numpy / torch uint16 [H, W] array or a DLPack array (e.g. CuPy)")
+
+
+def read_raw_batch(sources, **metadata) -> RawBatch:
+    """Read several same-size, same-pattern frames and stack them.
+
+    ``sources`` is a sequence of anything :func:`read_raw` accepts (``metadata`` is passed
+    to each), or one uint16 ``[B, H, W]`` array / tensor sharing ``metadata`` (then
+    ``cfa`` is that array, zero-copy). Otherwise ``cfa`` is a new stacked tensor.
+    Mixed sizes, patterns or devices are refused: process such frames one by one.
+    """
+    if isinstance(sources, (np.ndarray, torch.Tensor)) or hasattr(sources, "__dlpack__"):
+        stacked, name = _as_tensor(sources, ndim=3)
+        frames = [read_raw(stacked[i], **metadata) for i in range(stacked.shape[0])]
+        frames = [dataclasses.replace(f, source=f"{name}[{i}]") for i, f in enumerate(frames)]
+    else:
+        if isinstance(sources, (str, os.PathLike, rawpy.RawPy)):
+            sources = [sources]
+        frames = [read_raw(s, **metadata) for s in sources]
+        stacked = None
+    name = f"batch of {len(frames)} frames"
+    if not frames:
+        raise InvalidRawError(name, "empty batch: give at least one frame")
+    first = frames[0]
+    for i, f in enumerate(frames[1:], 1):
+        for what, a, b in (("size", first.shape, f.shape), ("pattern", first.pattern, f.pattern),
+                           ("device", first.device, f.device)):
+            if a != b:
+                raise InvalidRawError(name, f"frames differ in {what}: frame 0 ({first.source}) has {_fmt(a)}, "
+                                      f"frame {i} ({f.source}) has {_fmt(b)}; batch only same-{what} frames "
+                                      "or process them one by one")
+    if stacked is None:
+        stacked = torch.stack([f.cfa for f in frames]) if len(frames) > 1 else first.cfa.unsqueeze(0)
+    black = torch.tensor([f.black_level for f in frames], dtype=torch.float32).to(first.device)
+    white = torch.tensor([f.white_level for f in frames], dtype=torch.float32).to(first.device)
+    return RawBatch(frames=frames, cfa=stacked, pattern=first.pattern, black_level=black, white_level=white)
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def _read_path(path, pattern, overrides) -> RawFrame:
+    name = os.fspath(path)
+    if not os.path.exists(name):
+        raise FileNotFoundError(2, "raw file not found", name)
+    if os.path.isdir(name):
+        raise RawDecodeError(name, "is a directory, not a raw file")
+    size = os.path.getsize(name)
+    if size == 0:
+        raise RawDecodeError(name, "empty file (0 bytes)")
+    with open(name, "rb") as f:
+        head = f.read(16)
+    _sniff(name, head)
+    raw = rawpy.RawPy()
+    try:
+        try:
+            raw.open_file(name)
+        except (rawpy.LibRawError, rawpy.NotSupportedError) as e:
+            raise _libraw_error(name, e) from e
+        _check_header_size(name, raw.sizes, size)
+        meta = _tiff_metadata(name) if head[:4] in _TIFF_MAGICS else {}
+        return _read_rawpy(raw, name, pattern, overrides, meta)
+    finally:
+        raw.close()
+
+
+def _sniff(name, head: bytes) -> None:
+    """Clearer reasons than LibRaw's "unsupported format" for common wrong files."""
+    if head.startswith(b"FOVb"):
+        raise UnsupportedSensorError(name, "Foveon X3F raw (3 stacked colour layers, no Bayer CFA) is not supported")
+    if head.startswith(b"\xff\xd8\xff"):
+        raise RawDecodeError(name, "this is a JPEG image, not a raw file (whatever its extension)")
+    if head.startswith(b"\x89PNG"):
+        raise RawDecodeError(name, "this is a PNG image, not a raw file (whatever its extension)")
+
+
+def _check_header_size(name, sizes, file_bytes: int) -> None:
+    h, w = int(sizes.raw_height), int(sizes.raw_width)
+    if min(h, w, sizes.height, sizes.width) < 2 or max(h, w) > MAX_SIDE or h * w > MAX_PIXELS:
+        raise InvalidRawError(name, f"absurd dimensions in metadata: {w}x{h} pixels "
+                              f"(limits: sides 2..{MAX_SIDE}, at most {MAX_PIXELS} pixels)")
+    if file_bytes < h * w * MIN_BYTES_PER_PIXEL:
+        raise InvalidRawError(name, f"absurd dimensions in metadata: {w}x{h} pixels declared but the file "
+                              f"holds only {file_bytes} bytes (truncated or corrupt header)")
+
+
+def _libraw_error(name, e: Exception) -> Exception:
+    msg = e.args[0].decode("utf-8", "replace") if e.args and isinstance(e.args[0], bytes) else str(e)
+    detail = f" (LibRaw: {msg})"
+    if isinstance(e, rawpy.LibRawFileUnsupportedError):
+        return RawDecodeError(name, "not a raw file LibRaw can decode: unsupported format or corrupt header" + detail)
+    if isinstance(e, rawpy.LibRawIOError):
+        return RawDecodeError(name, "truncated or unreadable raw file: data ends before the image does" + detail)
+    if isinstance(e, rawpy.LibRawTooBigError):
+        return InvalidRawError(name, "absurd dimensions in metadata: image too big to decode" + detail)
+    if isinstance(e, rawpy.LibRawDataError):
+        return RawDecodeError(name, "corrupt raw data" + detail)
+    if isinstance(e, rawpy.NotSupportedError):
+        return UnsupportedSensorError(name, "raw layout not supported by rawpy" + detail)
+    return RawDecodeError(name, "raw file could not be decoded" + detail)
+
+
+def _read_rawpy(raw, name, pattern, overrides, meta) -> RawFrame:
+    try:
+        if raw.num_colors == 1:
+            raise UnsupportedSensorError(name, "monochrome sensor (no colour filter array); a Bayer CFA is required")
+        img = raw.raw_image_visible  # decodes (LibRaw unpack) on first access
+        if img is None or img.ndim != 2:
+            raise UnsupportedSensorError(name, "linear / 3-channel raw data (linear DNG, Foveon or demosaiced); "
+                                         "a single-plane Bayer CFA is required")
+        grid = raw.raw_pattern
+        if grid is None or grid.shape != (2, 2):
+            kind = {(6, 6): "X-Trans 6x6", (1, 1): "monochrome 1x1"}.get(getattr(grid, "shape", None), None)
+            kind = kind or f"non-2x2 ({'none' if grid is None else 'x'.join(map(str, grid.shape))})"
+            raise UnsupportedSensorError(name, f"{kind} colour filter array; only 2x2 Bayer (RGGB, BGGR, GRBG, GBRG) is supported")
+        top, left = int(raw.sizes.top_margin), int(raw.sizes.left_margin)
+        codes = [raw.raw_color(top + i, left + j) for i in (0, 1) for j in (0, 1)]  # visible cell
+        desc = raw.color_desc.decode("ascii", "replace")
+        found = "".join(desc[c] if 0 <= c < len(desc) else "?" for c in codes)
+        if found not in PATTERNS:
+            raise UnsupportedSensorError(name, f"colour filter cell {found!r} (colours {desc!r}) is not an RGB Bayer pattern")
+        black = list(raw.black_level_per_channel)
+        cam_mul = list(raw.camera_whitebalance)
+        other = raw.other
+        xyz_cam = np.asarray(raw.rgb_xyz_matrix, dtype=np.float64)[:3]
+        white = float(raw.white_level)
+        cfa = torch.from_numpy(np.array(img, dtype=np.uint16, order="C", copy=True))
+    except (rawpy.LibRawError, rawpy.NotSupportedError) as e:
+        raise _libraw_error(name, e) from e
+    except NotImplementedError as e:  # rawpy's raw_pattern for exotic filter layouts
+        raise UnsupportedSensorError(name, f"colour filter array layout not supported ({e})") from e
+    if pattern is not None and _pattern(pattern, name) != found:
+        raise InvalidRawError(name, f"pattern given as {_pattern(pattern, name)!r} but the file's CFA is {found!r}")
+    sites = plane_sites(found)
+    per_site = lambda values: tuple(float(values[codes[s]]) for s in sites)  # noqa: E731
+    if len(cam_mul) == 4 and cam_mul[3] == 0:  # LibRaw: 0 means "same as the first green"
+        cam_mul[3] = cam_mul[1]
+    gains = per_site(cam_mul)
+    fields = dict(
+        black_level=per_site(black), white_level=white,
+        # LibRaw reads EXIF ISOSpeedRatings only, which saturates at 65535 (EXIF 2.3 puts
+        # higher speeds in ISOSpeed); it ignores a DNG's IFD0 ISO: then ask the TIFF tags.
+        iso=(float(other.iso_speed) if 0 < other.iso_speed < 65535 else meta.get("iso", float(other.iso_speed) or None)),
+        exposure_time=(float(other.shutter_speed) if other.shutter_speed > 0 else meta.get("exposure_time")),
+        make=meta.get("make"), model=meta.get("model"),
+        wb_gains=gains if all(math.isfinite(g) and g > 0 for g in gains) else None,
+        color_matrix=meta.get("color_matrix", xyz_cam if np.any(xyz_cam) else None),
+    )
+    fields.update({k: v for k, v in overrides.items() if v is not None})
+    return RawFrame(cfa=cfa, pattern=found, source=name, **fields)
+
+
+class _Quiet(logging.Filter):
+    def filter(self, record) -> bool:
+        return False
+
+
+def _tiff_metadata(name) -> dict:
+    """Make, model, ISO, exposure and (DNG) colour matrix from a TIFF-based raw's IFD0 and
+    EXIF IFD. Best effort: any problem gives {} (the pixels came from LibRaw anyway)."""
+    log = logging.getLogger("tifffile")
+    quiet = _Quiet()
+    log.addFilter(quiet)  # tifffile logs about vendor tags it does not know
+    try:
+        with tifffile.TiffFile(name) as tf:
+            tags = {t.code: t.value for t in tf.pages[0].tags.values()}
+    except Exception:  # noqa: BLE001 - metadata is optional
+        return {}
+    finally:
+        log.removeFilter(quiet)
+    exif = tags.get(34665) if isinstance(tags.get(34665), dict) else {}
+    out = {}
+    out["make"] = _text(tags.get(271))
+    out["model"] = _text(tags.get(272)) or _text(tags.get(50708))  # DNG UniqueCameraModel
+    iso = exif.get("ISOSpeedRatings", exif.get("PhotographicSensitivity", tags.get(34855)))
+    iso = iso[0] if isinstance(iso, (tuple, list)) and iso else iso
+    if iso == 65535 and exif.get("ISOSpeed"):  # EXIF 2.3: the real value is in ISOSpeed
+        iso = exif["ISOSpeed"]
+    out["iso"] = float(iso) if isinstance(iso, (int, float)) and iso > 0 else None
+    out["exposure_time"] = _rational(exif.get("ExposureTime", tags.get(33434)))
+    if 50706 in tags:  # DNG: the file's own ColorMatrix, preferring the D65 (21) one
+        mats = [(tags.get(50778 + k), _srationals(tags.get(50721 + k))) for k in (0, 1)]
+        mats = [(ill, m) for ill, m in mats if m is not None]
+        mats.sort(key=lambda im: im[0] != 21)
+        if mats:
+            out["color_matrix"] = mats[0][1]
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def _rational(v) -> float | None:
+    try:
+        num, den = (v if isinstance(v, (tuple, list)) else (v, 1))[:2]
+        x = float(num) / float(den)
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+    return x if math.isfinite(x) and x > 0 else None
+
+
+def _srationals(v) -> np.ndarray | None:
+    if not isinstance(v, (tuple, list)) or len(v) != 18:
+        return None
+    num, den = np.asarray(v[0::2], dtype=np.float64), np.asarray(v[1::2], dtype=np.float64)
+    if np.any(den == 0):
+        return None
+    return (num / den).reshape(3, 3)
+
+
+# ----------------------------------------------------------------------------- arrays
+
+
+def _as_tensor(x, ndim: int = 2) -> tuple[torch.Tensor, str]:
+    """Wrap an array without copying; check dtype, rank and size."""
+    if isinstance(x, torch.Tensor):
+        t, name = x, f"torch tensor on {x.device}"
+    elif isinstance(x, np.ndarray):
+        name = "numpy array"
+        if x.dtype != np.uint16:
+            raise InvalidRawError(name, f"dtype {x.dtype}; expected uint16 DN"
+                                  + (" in native byte order" if x.dtype.kind == "u" and x.itemsize == 2 else ""))
+        if not x.flags.writeable or any(s < 0 for s in x.strides):
+            x = np.array(x, order="C", copy=True)  # torch can share neither
+        t = torch.from_numpy(x)
+    else:
+        name = f"{type(x).__module__.split('.')[0]}.{type(x).__name__} array"
+        try:
+            t = torch.from_dlpack(x)
+        except Exception as e:  # noqa: BLE001 - any exporter failure is a bad input
+            raise InvalidRawError(name, f"could not be wrapped through DLPack ({e})") from e
+    if t.dtype != torch.uint16:
+        raise InvalidRawError(name, f"dtype {t.dtype}; expected uint16 DN (a float or signed array is not a raw mosaic: "
+                              "convert integer DN with .astype(uint16))")
+    if t.dim() != ndim:
+        expected = "[H, W]" if ndim == 2 else "[B, H, W]"
+        hint = "; for several frames use read_raw_batch" if ndim == 2 and t.dim() == 3 else ""
+        raise InvalidRawError(name, f"shape {tuple(t.shape)}: expected a {ndim}-D {expected} CFA mosaic{hint}")
+    if t.numel() == 0:
+        raise InvalidRawError(name, f"zero-size array (shape {tuple(t.shape)})")
+    return t, name
+
+
+def _check_cfa(cfa, src) -> None:
+    if not isinstance(cfa, torch.Tensor):
+        raise InvalidRawError(src, f"RawFrame.cfa must be a torch.Tensor (use read_raw for numpy / DLPack arrays), got {type(cfa).__name__}")
+    if cfa.dtype != torch.uint16 or cfa.dim() != 2:
+        raise InvalidRawError(src, f"RawFrame.cfa must be uint16 [H, W], got {cfa.dtype} {tuple(cfa.shape)}")
+    h, w = cfa.shape
+    if h < 2 or w < 2:
+        raise InvalidRawError(src, f"frame {w}x{h} is smaller than one 2x2 CFA cell")
+    if max(h, w) > MAX_SIDE or h * w > MAX_PIXELS:
+        raise InvalidRawError(src, f"absurd dimensions: {w}x{h} pixels (limits: sides <= {MAX_SIDE}, <= {MAX_PIXELS} pixels)")
+
+
+def _pattern(pattern, src) -> str:
+    """A 4-letter pattern string, or a rawpy-style 2x2 colour-code array (0=R, 1/3=G, 2=B)."""
+    if not isinstance(pattern, str):
+        try:
+            codes = [int(v) for v in np.asarray(pattern).reshape(-1)]
+        except (TypeError, ValueError):
+            codes = []
+        if len(codes) == 4 and all(0 <= c <= 3 for c in codes):
+            pattern = "".join("RGBG"[c] for c in codes)
+        else:
+            raise InvalidRawError(src, f"pattern must be one of {PATTERNS} or a 2x2 raw_pattern, got {pattern!r}")
+    key = pattern.upper()
+    if key not in PATTERNS:
+        raise InvalidRawError(src, f"pattern {pattern!r} is not a 2x2 Bayer pattern; expected one of {PATTERNS}")
+    return key
+
+
+def _four(what, value, src) -> tuple[float, float, float, float]:
+    """A number or 4 values -> 4 finite floats."""
+    try:
+        arr = np.asarray(value.tolist() if isinstance(value, torch.Tensor) else value, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise InvalidRawError(src, f"{what} must be a number or 4 values (R, G1, B, G2), got {value!r}") from None
+    if arr.size == 1:
+        arr = np.repeat(arr, 4)
+    if arr.size != 4:
+        raise InvalidRawError(src, f"{what} must be a number or 4 values (R, G1, B, G2), got {arr.size} values")
+    if not np.isfinite(arr).all():
+        raise InvalidRawError(src, f"{what} must be finite, got {arr.tolist()}")
+    return tuple(float(v) for v in arr)
+
+
+def _positive(what, value, src) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise InvalidRawError(src, f"{what} must be a number, got {value!r}") from None
+    if not (math.isfinite(v) and v > 0):
+        raise InvalidRawError(src, f"{what} must be finite and > 0, got {value!r}")
+    return v
+
+
+def _text(v) -> str | None:
+    if v is None:
+        return None
+    if isinstance(v, bytes):
+        v = v.decode("utf-8", "replace")
+    v = str(v).replace("\x00", " ").strip()
+    return v or None
+
+
+def _fmt(v) -> str:
+    return f"{v[1]}x{v[0]} pixels" if isinstance(v, tuple) else str(v)

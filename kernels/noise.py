@@ -1,0 +1,526 @@
+"""ELD noise synthesis (SPEC §3) in one fused pass: clean packed patch -> noisy input.
+
+``synthesize_noise(clean, "P+G+r+u", ratio=..., K=..., ...)`` simulates the short
+exposure of a clean, normalised, packed image ``x`` ``[B, 4, h, w]`` (planes R, G1, B,
+G2) in DN, ``y = x * s / r``, adds the named noise components and returns either the
+clipped, amplified network input ``A_T = clip(z * r / s, 0, 1)`` (optionally with its
+photon and origin channels, SPEC §4) or, for camera calibration, the noisy raw in DN on
+top of a black level.
+
+Components (letters of ``model``, joined by "+", any order):
+
+==  ==========================  ==================================================
+P   Poisson shot noise          ``z = K * Poisson(y / K)``
+p   its Gaussian approximation  ``z = y + sqrt(max(K * y, 1e-10)) * N(0, 1)``
+g   Gaussian read noise         ``z += sigma_g * N(0, 1)``
+G   Tukey-lambda read noise     ``z += sigma_TL * TL(lam)``
+r   row noise                   ``z += N(0, sigma_r)``, one value per CFA row
+u   quantisation noise          ``z += U(-0.5, 0.5)``
+==  ==========================  ==================================================
+
+``TL(lam) = (u^lam - (1-u)^lam) / lam``, the logistic ``log(u / (1-u))`` at lam = 0.
+Row noise: packed planes 0, 1 (R, G1) come from one CFA row and planes 2, 3 (B, G2)
+from the other, so packed row ``y`` of sample ``b`` carries two row values, keyed by
+``(b, y, half)`` with ``half = plane // 2``.
+
+Randomness (Triton path): one Philox key per call (``_common.philox_seed``), counter
+index = the element's flat index in a contiguous ``[B, 4, h, w]`` tensor (int64), one
+stream per component (``_philox.STREAM_*``); row noise uses the index
+``(b * h + y) * 2 + half`` on ``STREAM_ROW``. So the draws depend neither on block
+sizes nor on the input's or output's strides. The reference draws with torch's own
+samplers from the same generator: same distributions, different numbers.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from . import _common
+from ._common import DEFAULT_DN_SCALE, check_tensor, per_sample, philox_seed, use_triton
+from ._philox import (
+    STREAM_GAUSS,
+    STREAM_POISSON,
+    STREAM_QUANT,
+    STREAM_ROW,
+    STREAM_TUKEY,
+    box_muller,
+    open_unit,
+    open_unit_and_complement,
+    philox4,
+    standard_normal,
+)
+from .poisson import MAX_MEAN, poisson_sample
+
+# Shipped tile: BLOCK_H packed rows x BLOCK_W columns of one plane per program
+# (coalesced along w). Read at call time, so tests may change them.
+BLOCK_H = 2
+BLOCK_W = 128
+NUM_WARPS = 4
+
+OUTPUTS = ("network", "dn")
+_LETTERS = {
+    "P": "Poisson shot noise",
+    "p": "Gaussian approximation of shot noise",
+    "g": "Gaussian read noise",
+    "G": "Tukey-lambda read noise",
+    "r": "row noise",
+    "u": "quantisation noise",
+}
+# Below this |lam * (log u - log(1-u))| the Tukey-lambda draw uses a series for
+# expm1(d)/d (no cancellation near lam = 0); the reference switches to the logistic
+# below |lam| < TUKEY_LOGISTIC_EPS (it computes in float64).
+TUKEY_LOGISTIC_EPS = 1e-6
+
+
+class NoiseModel(NamedTuple):
+    """A parsed model name: which component fills each slot (None: absent)."""
+
+    shot: str | None  # "P", "p" or None
+    read: str | None  # "g", "G" or None
+    row: bool
+    quant: bool
+
+    @property
+    def name(self) -> str:
+        parts = [self.shot, self.read, "r" if self.row else None, "u" if self.quant else None]
+        return "+".join(p for p in parts if p)
+
+
+def parse_noise_model(model: str) -> NoiseModel:
+    """Parse a model name like ``"P+G+r+u"`` (letters joined by "+", any order).
+
+    Raises ValueError for unknown letters, repeated letters, both P and p, both g and G,
+    or an empty model.
+    """
+    if not isinstance(model, str):
+        raise TypeError(f"model must be a string like 'P+g' or 'P+G+r+u', got {type(model).__name__}")
+    tokens = [t.strip() for t in model.split("+")]
+    if not model.strip() or any(t == "" for t in tokens):
+        raise ValueError(f"model {model!r} must name components joined by '+', e.g. 'P+g' or 'P+G+r+u'")
+    known = ", ".join(f"{k} ({v})" for k, v in _LETTERS.items())
+    for t in tokens:
+        if t not in _LETTERS:
+            raise ValueError(f"unknown noise component {t!r} in model {model!r}; known: {known}")
+    if len(set(tokens)) != len(tokens):
+        raise ValueError(f"model {model!r} names a component twice")
+    if "P" in tokens and "p" in tokens:
+        raise ValueError(f"model {model!r} has both P (Poisson shot noise) and p (its Gaussian approximation); choose one")
+    if "g" in tokens and "G" in tokens:
+        raise ValueError(f"model {model!r} has both g (Gaussian read noise) and G (Tukey-lambda read noise); choose one")
+    shot = "P" if "P" in tokens else ("p" if "p" in tokens else None)
+    read = "g" if "g" in tokens else ("G" if "G" in tokens else None)
+    return NoiseModel(shot, read, "r" in tokens, "u" in tokens)
+
+
+# --------------------------------------------------------------------------- kernel
+@triton.jit
+def _tukey_lambda(bits, lam):
+    """Tukey-lambda(lam) draws from uint32 bits, stable through lam = 0.
+
+    (u^lam - v^lam) / lam = v^lam * (log u - log v) * expm1(d) / d, d = lam (log u - log v),
+    with v = 1 - u exact; expm1(d)/d by its series for small |d|, so lam = 0 gives the
+    logistic log(u / v) exactly and small lam loses nothing to cancellation.
+    """
+    u, v = open_unit_and_complement(bits)
+    lv = tl.log(v)
+    diff = tl.log(u) - lv
+    d = lam * diff
+    small = tl.abs(d) < 0.1
+    d_safe = tl.where(small, 1.0, d)
+    series = 1.0 + d * (0.5 + d * (0.16666666666666666 + d * (0.041666666666666664 + d * 0.008333333333333333)))
+    phi = tl.where(small, series, (tl.exp(d_safe) - 1.0) / d_safe)
+    return tl.exp(lam * lv) * diff * phi
+
+
+@triton.jit
+def _synthesize_kernel(
+    x_ptr, out_ptr, seed_ptr,
+    ratio_ptr, k_ptr, sigma_g_ptr, sigma_tl_ptr, lam_ptr, sigma_r_ptr, black_ptr,
+    h, w, n_th, n_tw,
+    sxb, sxc, sxh, sxw,
+    sob, soc, soh, sow,
+    dn_scale,
+    SHOT: tl.constexpr,  # 0 none, 1 Poisson (P), 2 Gaussian approximation (p)
+    READ: tl.constexpr,  # 0 none, 1 Gaussian (g), 2 Tukey-lambda (G)
+    ROW: tl.constexpr,
+    QUANT: tl.constexpr,
+    DN_OUT: tl.constexpr,  # 1: write z + black (DN, fp32); 0: the network input
+    WITH_PHOTON: tl.constexpr,
+    CONCAT_ORIGIN: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+):
+    # One program: a BLOCK_H x BLOCK_W tile of plane c of sample b.
+    pid = tl.program_id(0)
+    tw = pid % n_tw
+    rest = pid // n_tw
+    th = rest % n_th
+    bc = rest // n_th
+    b = bc // 4
+    c = bc % 4
+    rows = th * BLOCK_H + tl.arange(0, BLOCK_H)
+    cols = tw * BLOCK_W + tl.arange(0, BLOCK_W)
+    rows64 = rows.to(tl.int64)[:, None]
+    cols64 = cols.to(tl.int64)[None, :]
+    mask = (rows[:, None] < h) & (cols[None, :] < w)
+    b64 = b.to(tl.int64)
+    c64 = c.to(tl.int64)
+    bc64 = bc.to(tl.int64)
+
+    x = tl.load(x_ptr + b64 * sxb + c64 * sxc + rows64 * sxh + cols64 * sxw, mask=mask, other=0.0).to(tl.float32)
+    ratio = tl.load(ratio_ptr + b)
+    gain = tl.load(k_ptr + b)
+    seed = tl.load(seed_ptr)
+    # Philox counter: flat index in a contiguous [B, 4, h, w] tensor.
+    index = (bc64 * h + rows64) * w + cols64
+
+    y = x * dn_scale / ratio  # DN, un-amplified
+    if SHOT == 1:
+        z = gain * poisson_sample(y / gain, seed, index, STREAM_POISSON)
+    elif SHOT == 2:
+        bits_a, bits_b, _, _ = philox4(seed, index, 0, STREAM_GAUSS)
+        n_shot, _ = box_muller(bits_a, bits_b)
+        z = y + tl.sqrt(tl.maximum(gain * y, 1e-10)) * n_shot
+    else:
+        z = y
+    if READ == 1:
+        # Second normal of the same Box-Muller pair as "p" (both use STREAM_GAUSS).
+        bits_a, bits_b, _, _ = philox4(seed, index, 0, STREAM_GAUSS)
+        _, n_read = box_muller(bits_a, bits_b)
+        z += tl.load(sigma_g_ptr + b) * n_read
+    elif READ == 2:
+        bits_t, _, _, _ = philox4(seed, index, 0, STREAM_TUKEY)
+        z += tl.load(sigma_tl_ptr + b) * _tukey_lambda(bits_t, tl.load(lam_ptr + b))
+    if ROW:
+        # Keyed by (b, packed row, CFA half): every tile of planes 2*half and 2*half+1
+        # along this row draws the same value.
+        row_index = (b64 * h + rows.to(tl.int64)) * 2 + c64 // 2
+        row_noise = standard_normal(seed, row_index, 0, STREAM_ROW)
+        z += tl.load(sigma_r_ptr + b) * row_noise[:, None]
+    if QUANT:
+        bits_q, _, _, _ = philox4(seed, index, 0, STREAM_QUANT)
+        z += open_unit(bits_q) - 0.5
+
+    out_offs = b64 * sob + rows64 * soh + cols64 * sow
+    if DN_OUT:
+        black = tl.load(black_ptr + bc)
+        tl.store(out_ptr + out_offs + c64 * soc, z + black, mask=mask)
+    else:
+        a = tl.minimum(tl.maximum(z * ratio / dn_scale, 0.0), 1.0)
+        out_ty = out_ptr.dtype.element_ty
+        tl.store(out_ptr + out_offs + c64 * soc, a.to(out_ty), mask=mask)
+        if WITH_PHOTON:
+            tl.store(out_ptr + out_offs + (c64 + 4) * soc, (a / (ratio * gain)).to(out_ty), mask=mask)
+        if CONCAT_ORIGIN:
+            tl.store(out_ptr + out_offs + (c64 + 4 + 4 * WITH_PHOTON) * soc, a.to(out_ty), mask=mask)
+
+
+# --------------------------------------------------------------------------- checks
+class _Prepared(NamedTuple):
+    clean: torch.Tensor
+    model: NoiseModel
+    ratio: torch.Tensor
+    K: torch.Tensor
+    sigma_g: torch.Tensor | None
+    sigma_TL: torch.Tensor | None
+    lam: torch.Tensor | None
+    sigma_r: torch.Tensor | None
+    black: torch.Tensor | None  # [B, 4] float32 in "dn" mode
+    dn_scale: float
+    out_shape: tuple
+    out_dtype: torch.dtype
+
+
+def _black_level(value, batch: int, device: torch.device) -> torch.Tensor:
+    """Black level -> float32 [B, 4]: a number, [B] (per sample), or [B, 4] / [1, 4] (per plane)."""
+    if value is None:
+        return torch.zeros(batch, 4, dtype=torch.float32, device=device)
+    if isinstance(value, torch.Tensor) and value.dim() == 2:
+        if value.device != device:
+            raise ValueError(f"black_level is on {value.device} but the data is on {device}")
+        if value.shape[1] != 4 or value.shape[0] not in (1, batch):
+            raise ValueError(f"a 2-D black_level must have shape [{batch}, 4] or [1, 4] (per plane), got {tuple(value.shape)}")
+        t = value.detach().to(torch.float32).expand(batch, 4).contiguous()
+        if _common._value_checks_enabled and not torch.isfinite(t).all():
+            raise ValueError("black_level must be finite")
+        return t
+    t = per_sample("black_level", value, batch, device)
+    return t[:, None].expand(batch, 4).contiguous()
+
+
+def _prepare(clean, model, ratio, K, sigma_g, sigma_TL, lam, sigma_r, dn_scale, with_photon, concat_origin,
+             out_dtype, output, black_level, params) -> _Prepared:
+    check_tensor("clean", clean, dtypes=(torch.float32, torch.float16), ndims=(4,))
+    if clean.shape[1] != 4:
+        raise ValueError(f"clean must be a packed image [B, 4, h, w] (planes R, G1, B, G2), got shape {tuple(clean.shape)}")
+    if params is not None:
+        from .profiles import NoiseParams
+
+        if not isinstance(params, NoiseParams):
+            raise TypeError(f"params must be a kernels.NoiseParams (from sample_noise_params), got {type(params).__name__}")
+        given = [n for n, v in (("ratio", ratio), ("K", K), ("sigma_g", sigma_g), ("sigma_TL", sigma_TL), ("lam", lam), ("sigma_r", sigma_r)) if v is not None]
+        if given:
+            raise ValueError(f"pass either params= or individual parameters, not both (also got {', '.join(given)})")
+        ratio, K, sigma_g, sigma_TL, lam, sigma_r = params.ratio, params.K, params.sigma_g, params.sigma_TL, params.lam, params.sigma_r
+        if model is None:
+            model = params.model
+    if model is None:
+        model = "P+g"
+    m = parse_noise_model(model)
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+    if ratio is None:
+        raise ValueError("ratio (exposure ratio r, > 0) is required")
+    if K is None:
+        raise ValueError("K (system gain in DN per photo-electron, > 0) is required")
+    if isinstance(dn_scale, bool) or not isinstance(dn_scale, (int, float)) or not (0 < float(dn_scale) < float("inf")):
+        raise ValueError(f"dn_scale must be a finite number > 0 (DN per normalised unit), got {dn_scale!r}")
+    missing = []
+    if m.read == "g" and sigma_g is None:
+        missing.append("sigma_g (model has g)")
+    if m.read == "G" and sigma_TL is None:
+        missing.append("sigma_TL (model has G)")
+    if m.read == "G" and lam is None:
+        missing.append("lam (model has G)")
+    if m.row and sigma_r is None:
+        missing.append("sigma_r (model has r)")
+    if missing:
+        raise ValueError(f"model {model!r} needs {', '.join(missing)}")
+
+    B, _, h, w = clean.shape
+    dev = clean.device
+    ratio_t = per_sample("ratio", ratio, B, dev, positive=True)
+    K_t = per_sample("K", K, B, dev, positive=True)
+    sg = per_sample("sigma_g", sigma_g, B, dev, nonnegative=True) if m.read == "g" else None
+    stl = per_sample("sigma_TL", sigma_TL, B, dev, nonnegative=True) if m.read == "G" else None
+    lam_t = per_sample("lam", lam, B, dev) if m.read == "G" else None
+    sr = per_sample("sigma_r", sigma_r, B, dev, nonnegative=True) if m.row else None
+
+    if m.shot == "P" and B and _common._value_checks_enabled:
+        mu_at_one = float(dn_scale) / (ratio_t * K_t)
+        if (mu_at_one > MAX_MEAN).any():
+            raise ValueError(
+                f"dn_scale / (ratio * K) = {mu_at_one.max().item():g} photo-electrons at x = 1 exceeds the "
+                f"Poisson sampler's limit {MAX_MEAN:g}: ratio * K is too small"
+            )
+
+    if output == "dn":
+        if with_photon or concat_origin:
+            raise ValueError("with_photon / concat_origin build the network input; they need output='network'")
+        if out_dtype != torch.float32:
+            raise ValueError(f"output='dn' is float32 (DN values exceed fp16's precision), got out_dtype={out_dtype}")
+        black = _black_level(black_level, B, dev)
+        out_shape = (B, 4, h, w)
+    else:
+        if black_level is not None:
+            raise ValueError("black_level applies to output='dn' only (the network input is black-subtracted)")
+        if out_dtype not in (torch.float32, torch.float16):
+            raise TypeError(f"out_dtype must be torch.float32 or torch.float16, got {out_dtype}")
+        black = None
+        out_shape = (B, 4 * (1 + bool(with_photon) + bool(concat_origin)), h, w)
+    return _Prepared(clean, m, ratio_t, K_t, sg, stl, lam_t, sr, black, float(dn_scale), out_shape, out_dtype)
+
+
+def _check_out(out, shape, dtype, device) -> torch.Tensor:
+    if out is None:
+        return torch.empty(shape, dtype=dtype, device=device)
+    check_tensor("out", out, dtypes=(dtype,), ndims=(4,))
+    if tuple(out.shape) != tuple(shape):
+        raise ValueError(f"out must have shape {tuple(shape)}, got {tuple(out.shape)}")
+    if out.device != device:
+        raise ValueError(f"out is on {out.device} but the data is on {device}")
+    return out
+
+
+# --------------------------------------------------------------------------- reference
+def _reference(p: _Prepared, with_photon: bool, concat_origin: bool, output: str, generator) -> torch.Tensor:
+    x = p.clean.to(torch.float32)
+    B = x.shape[0]
+    col = lambda t: t.view(B, 1, 1, 1)  # noqa: E731
+    ratio, K = col(p.ratio), col(p.K)
+    y = x * p.dn_scale / ratio
+    if p.model.shot == "P":
+        z = K * torch.poisson(torch.clamp(y / K, min=0.0), generator=generator)  # as the kernel: x < 0 -> 0 photons
+    elif p.model.shot == "p":
+        z = y + torch.sqrt(torch.clamp(K * y, min=1e-10)) * torch.randn(y.shape, generator=generator, device=y.device)
+    else:
+        z = y
+    if p.model.read == "g":
+        z = z + col(p.sigma_g) * torch.randn(y.shape, generator=generator, device=y.device)
+    elif p.model.read == "G":
+        z = z + col(p.sigma_TL) * tukey_lambda_reference(col(p.lam), y.shape, generator).to(torch.float32)
+    if p.model.row:
+        # one value per (sample, CFA half, packed row): planes 0,1 -> half 0, planes 2,3 -> half 1
+        rows = torch.randn((B, 2, y.shape[2]), generator=generator, device=y.device)
+        z = z + col(p.sigma_r) * rows[:, [0, 0, 1, 1], :, None]
+    if p.model.quant:
+        z = z + (torch.rand(y.shape, generator=generator, device=y.device) - 0.5)
+    if output == "dn":
+        return z + p.black[:, :, None, None]
+    a = torch.clamp(z * ratio / p.dn_scale, 0.0, 1.0)
+    chans = [a]
+    if with_photon:
+        chans.append(a / (ratio * K))
+    if concat_origin:
+        chans.append(a)
+    return torch.cat(chans, dim=1).to(p.out_dtype)
+
+
+def tukey_lambda_reference(lam: torch.Tensor, shape, generator=None) -> torch.Tensor:
+    """Tukey-lambda(lam) draws in float64 by inversion of a uniform (lam broadcasts to shape)."""
+    lam = lam.to(torch.float64)
+    u = torch.rand(shape, generator=generator, dtype=torch.float64, device=lam.device).clamp_min(2.0**-60)
+    logistic = torch.log(u) - torch.log1p(-u)
+    small = lam.abs() < TUKEY_LOGISTIC_EPS
+    lam_safe = torch.where(small, torch.ones_like(lam), lam)
+    return torch.where(small, logistic, (u**lam_safe - (1.0 - u) ** lam_safe) / lam_safe)
+
+
+def synthesize_noise_reference(
+    clean, model=None, *, ratio=None, K=None, sigma_g=None, sigma_TL=None, lam=None, sigma_r=None,
+    dn_scale=DEFAULT_DN_SCALE, generator=None, with_photon=False, concat_origin=False, out_dtype=torch.float32,
+    output="network", black_level=None, params=None,
+) -> torch.Tensor:
+    """Plain-PyTorch ``synthesize_noise`` (same checks and semantics; torch's samplers)."""
+    p = _prepare(clean, model, ratio, K, sigma_g, sigma_TL, lam, sigma_r, dn_scale, with_photon, concat_origin,
+                 out_dtype, output, black_level, params)
+    return _reference(p, with_photon, concat_origin, output, generator)
+
+
+# --------------------------------------------------------------------------- public op
+def synthesize_noise(
+    clean: torch.Tensor,
+    model: str | None = None,
+    *,
+    ratio=None,
+    K=None,
+    sigma_g=None,
+    sigma_TL=None,
+    lam=None,
+    sigma_r=None,
+    dn_scale: float = DEFAULT_DN_SCALE,
+    generator: torch.Generator | None = None,
+    with_photon: bool = False,
+    concat_origin: bool = False,
+    out_dtype: torch.dtype = torch.float32,
+    output: str = "network",
+    black_level=None,
+    params=None,
+    out: torch.Tensor | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Simulate a low-light raw from a clean one with the ELD noise model, in one pass.
+
+    Args:
+        clean: ``[B, 4, h, w]`` float32/float16, normalised packed clean image (planes R,
+            G1, B, G2), nominally in [0, 1]; any strides (read in place, never copied).
+            Values are not checked (a full pass); NaN reads as 0 photons on the Triton path.
+        model: components joined by "+", e.g. "P+g" (default, or ``params.model`` when
+            ``params`` is given) or "P+G+r+u"; see the module docstring.
+        ratio: exposure ratio r > 0; K: system gain > 0 (DN per photo-electron);
+            sigma_g (for g), sigma_TL and lam (for G), sigma_r (for r): >= 0, in DN.
+            Each a number, a sequence or a tensor [B] / [1] on clean's device.
+            Parameters of components not in the model are ignored.
+        params: a ``NoiseParams`` from ``sample_noise_params`` instead of the six above.
+        dn_scale: DN per normalised unit s (default 15583, SPEC §2).
+        generator: torch.Generator for the Philox key (default: the global one).
+        with_photon, concat_origin: add the photon channel ``A_T / (r K)`` and the origin
+            channel ``A_T`` (network input of SPEC §4: 4, 8 or 12 channels).
+        out_dtype: float32 or float16 (network output only).
+        output: "network" -> ``clip(z r / s, 0, 1)`` [B, 4|8|12, h, w] in out_dtype;
+            "dn" -> ``z + black_level`` [B, 4, h, w] float32 in DN, neither amplified nor
+            clipped nor rounded (negative read noise survives). "u" keeps its meaning,
+            adding U(-0.5, 0.5); to emulate an ADC instead, leave "u" out and round.
+        black_level: "dn" only: a number, [B] per sample, or [B, 4] / [1, 4] per plane (DN).
+        out: optional preallocated output of the right shape/dtype/device (any strides,
+            e.g. channels_last); returned.
+        backend: "auto" (Triton on CUDA, reference on CPU), "triton" or "torch".
+
+    Returns:
+        The output tensor described under ``output``.
+    """
+    p = _prepare(clean, model, ratio, K, sigma_g, sigma_TL, lam, sigma_r, dn_scale, with_photon, concat_origin,
+                 out_dtype, output, black_level, params)
+    if out is not None:
+        _check_out(out, p.out_shape, p.out_dtype, clean.device)
+    if not use_triton(clean.device, backend):
+        result = _reference(p, with_photon, concat_origin, output, generator)
+        return result if out is None else out.copy_(result)
+    out = _check_out(out, p.out_shape, p.out_dtype, clean.device)
+    B, _, h, w = clean.shape
+    if out.numel() == 0:
+        return out
+    seed = philox_seed(generator, clean.device)
+    bh, bw = BLOCK_H, BLOCK_W
+    n_th, n_tw = triton.cdiv(h, bh), triton.cdiv(w, bw)
+    dummy = p.ratio  # pointer for parameters a specialisation never reads
+    _synthesize_kernel[(B * 4 * n_th * n_tw,)](
+        clean, out, seed,
+        p.ratio, p.K,
+        p.sigma_g if p.sigma_g is not None else dummy,
+        p.sigma_TL if p.sigma_TL is not None else dummy,
+        p.lam if p.lam is not None else dummy,
+        p.sigma_r if p.sigma_r is not None else dummy,
+        p.black if p.black is not None else dummy,
+        h, w, n_th, n_tw,
+        *clean.stride(), *out.stride(),
+        p.dn_scale,
+        SHOT={None: 0, "P": 1, "p": 2}[p.model.shot],
+        READ={None: 0, "g": 1, "G": 2}[p.model.read],
+        ROW=int(p.model.row),
+        QUANT=int(p.model.quant),
+        DN_OUT=int(output == "dn"),
+        WITH_PHOTON=int(bool(with_photon)),
+        CONCAT_ORIGIN=int(bool(concat_origin)),
+        BLOCK_H=bh,
+        BLOCK_W=bw,
+        num_warps=NUM_WARPS,
+    )
+    return out
+
+
+# --------------------------------------------------------------------------- AOT
+# (model, input dtype, output dtype, with_photon, concat_origin, dn output)
+SHIPPED = (
+    ("P+g", "fp32", "fp32", False, False, False),
+    ("P+g", "fp32", "fp16", True, True, False),
+    ("P+g", "fp16", "fp16", False, False, False),
+    ("P+G+r+u", "fp32", "fp32", False, False, False),
+    ("P+G+r+u", "fp32", "fp16", True, True, False),
+    ("P+G+r+u", "fp32", "fp32", True, True, False),
+    ("p+g", "fp32", "fp32", False, False, False),
+    ("P+G+r+u", "fp32", "fp32", False, False, True),
+    ("P+g+r", "fp32", "fp32", False, False, True),
+)
+
+
+def aot_specs():
+    from .aot import AotSpec
+
+    specs = []
+    for model, in_ty, out_ty, photon, origin, dn in SHIPPED:
+        m = parse_noise_model(model)
+        sig = {
+            "x_ptr": f"*{in_ty}", "out_ptr": f"*{out_ty}", "seed_ptr": "*i64",
+            "ratio_ptr": "*fp32", "k_ptr": "*fp32", "sigma_g_ptr": "*fp32", "sigma_tl_ptr": "*fp32",
+            "lam_ptr": "*fp32", "sigma_r_ptr": "*fp32", "black_ptr": "*fp32",
+            "h": "i32", "w": "i32", "n_th": "i32", "n_tw": "i32",
+            "sxb": "i64", "sxc": "i64", "sxh": "i64", "sxw": "i64",
+            "sob": "i64", "soc": "i64", "soh": "i64", "sow": "i64",
+            "dn_scale": "fp32",
+        }
+        const = {
+            "SHOT": {None: 0, "P": 1, "p": 2}[m.shot], "READ": {None: 0, "g": 1, "G": 2}[m.read],
+            "ROW": int(m.row), "QUANT": int(m.quant), "DN_OUT": int(dn),
+            "WITH_PHOTON": int(photon), "CONCAT_ORIGIN": int(origin),
+            "BLOCK_H": BLOCK_H, "BLOCK_W": BLOCK_W,
+        }
+        for k in const:
+            sig[k] = "constexpr"
+        chans = 4 * (1 + photon + origin)
+        name = f"synthesize_noise[{m.name},{in_ty}->{'dn' if dn else out_ty},{chans}ch]"
+        specs.append(AotSpec(name, _synthesize_kernel, sig, const, NUM_WARPS))
+    return specs
