@@ -8,6 +8,7 @@ from PIL import Image
 
 from engine import BackboneConfig, EnhancedFrame, Pipeline, read_raw
 from engine.camera import DEFAULT_CAMERA, camera_to_srgb, match_camera
+from engine.pipeline import cpu_supports_bf16
 from kernels import load_profile, unpack_bayer
 from tests.dngfactory import make_bayer_dng
 
@@ -17,7 +18,7 @@ PATTERNS = ["RGGB", "BGGR", "GRBG", "GBRG"]
 def small_pipeline(seed=0, **kw):
     torch.manual_seed(seed)
     cfg = BackboneConfig(arch="unet", options={"widths": (8, 16, 16, 32, 32)})
-    return Pipeline(cfg.build(), cfg, device="cpu", **kw)
+    return Pipeline(cfg.build(), cfg, device="cpu", **{"precision": "fp32", **kw})
 
 
 @pytest.fixture(scope="module")
@@ -186,3 +187,29 @@ def test_interrupted_write_keeps_existing_output(tmp_path, pipe, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         res.save(target)
     assert target.read_bytes() == b"previous" and not list(tmp_path.glob(".*.tmp"))
+
+
+@pytest.mark.skipif(not cpu_supports_bf16(), reason="this CPU has no native bf16")
+def test_cpu_bf16_stays_within_45_db_of_fp32():
+    """The CPU may run the backbone in bf16 autocast only if its output stays within
+    45 dB PSNR of fp32 (issue #3); the full-size UNet, deterministic mode, 3 steps."""
+    torch.manual_seed(0)
+    cfg = BackboneConfig()
+    net = cfg.build()
+    cfa = torch.randint(512, 1500, (128, 192), generator=torch.Generator().manual_seed(9), dtype=torch.int32).to(torch.uint16)
+    kw = dict(ratio=100, steps=3, K=2.0, stochastic=False, **ARR)
+    fp32 = Pipeline(net, cfg, device="cpu", precision="fp32")(cfa, **kw).raw
+    bf16 = Pipeline(net, cfg, device="cpu", precision="bf16")(cfa, **kw).raw
+    mse = torch.mean((fp32.double() - bf16.double()) ** 2).item()
+    psnr = 10 * np.log10(1.0 / mse)
+    assert psnr >= 45.0, f"bf16 PSNR vs fp32 {psnr:.1f} dB"
+    assert mse > 0, "bf16 path did not run in bf16"
+
+
+def test_pipeline_does_not_modify_the_callers_model():
+    cfg = BackboneConfig(arch="unet", options={"widths": (8, 16, 16, 32, 32)})
+    net = cfg.build()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    Pipeline(net, cfg, device="cpu", precision="bf16" if cpu_supports_bf16() else "fp32")
+    assert all(torch.equal(before[k], v) and v.dtype == torch.float32 for k, v in net.state_dict().items())
+    assert all(p.requires_grad for p in net.parameters())
