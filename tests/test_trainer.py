@@ -1,0 +1,112 @@
+"""training.trainer: a tiny run lowers the loss, resume is exact, DDP (gloo, 2 processes)
+matches one process accumulating the same micro-batches."""
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from engine import load_checkpoint
+from training.trainer import TrainConfig, Trainer
+
+PATCH = 32
+
+
+class ToyPatches:
+    """Deterministic smooth clean patches (uint16 DN), a function of the index only."""
+
+    def __init__(self, n=8):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, key):
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        g = torch.Generator().manual_seed(1000 + index)
+        base = torch.rand(4, 1, 1, generator=g) * 0.6 + 0.1
+        ramp = torch.linspace(0, 1, PATCH)[None, None, :] * torch.rand(4, 1, 1, generator=g) * 0.3
+        x = (base + ramp).expand(4, PATCH, PATCH).clamp(0, 1)
+        raw = (512 + x * (16383 - 512)).round().to(torch.int32).to(torch.uint16)
+        return {"raw": raw, "black": torch.full((4,), 512.0), "white": 16383.0, "index": index, "source": "toy"}
+
+
+def tiny_config(**kw):
+    base = dict(widths=(8, 8, 16, 16, 16), patch=PATCH, batch=2, steps=2, epochs=100, iters_per_epoch=4,
+                lr=1e-3, noise_model="P+g", ratio_range=(50, 100), save_every=1000, log_every=1000)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_tiny_run_lowers_the_loss(tmp_path):
+    trainer = Trainer(tiny_config(), ToyPatches(), tmp_path, device="cpu", progress=False)
+    losses = []
+    order = None
+    for _ in range(60):
+        if order is None or trainer.iteration == 0:
+            order = trainer._epoch_order(trainer.epoch)
+        losses.append(trainer.train_step(order)["loss"])
+    # the loss is noisy (fresh noise every step): compare the means of 10 iterations
+    first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
+    assert last < 0.8 * first, (first, last)
+
+
+def test_resume_continues_exactly(tmp_path):
+    cfg = tiny_config(save_every=3)
+    straight = Trainer(cfg, ToyPatches(), tmp_path / "a", device="cpu", progress=False)
+    straight.fit(max_steps=6)
+    first = Trainer(cfg, ToyPatches(), tmp_path / "b", device="cpu", progress=False)
+    first.fit(max_steps=3)  # saves at step 3
+    resumed = Trainer(cfg, ToyPatches(), tmp_path / "b", device="cpu", progress=False)
+    assert resumed.resume() and resumed.global_step == 3
+    resumed.fit(max_steps=3)
+    for k, v in straight.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+    assert torch.equal(straight.weights.raw, resumed.weights.raw)
+    model, config, meta = load_checkpoint(tmp_path / "b" / "model.pt")
+    assert meta["format"] == "exposure-diffusion" and meta["global_step"] == 6
+    assert not list((tmp_path / "b").glob(".*.tmp"))
+
+
+def test_resume_refuses_other_options(tmp_path):
+    Trainer(tiny_config(), ToyPatches(), tmp_path, device="cpu", progress=False).fit(max_steps=1)
+    other = Trainer(tiny_config(steps=3), ToyPatches(), tmp_path, device="cpu", progress=False)
+    with pytest.raises(ValueError, match="was written with other options"):
+        other.resume()
+
+
+def test_batch_must_split_into_micro_batches(tmp_path):
+    with pytest.raises(ValueError, match="must split into world_size x accumulate"):
+        Trainer(tiny_config(batch=3, accumulate=2), ToyPatches(), tmp_path, device="cpu")
+
+
+def _ddp_worker(rank, world, port, out_dir, steps):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        trainer = Trainer(tiny_config(batch=4), ToyPatches(), out_dir, device="cpu", progress=False)
+        trainer.fit(max_steps=steps)
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_gloo_matches_single_process(tmp_path):
+    steps = 3
+    mp.start_processes(_ddp_worker, args=(2, _free_port(), str(tmp_path / "ddp"), steps), nprocs=2, join=True,
+                       start_method="spawn")
+    single = Trainer(tiny_config(batch=4, accumulate=2), ToyPatches(), tmp_path / "one", device="cpu", progress=False)
+    single.fit(max_steps=steps)
+    ddp_model, _, _ = load_checkpoint(tmp_path / "ddp" / "model.pt")
+    ddp_state = torch.load(tmp_path / "ddp" / "last.pt", weights_only=True)
+    for k, v in single.model.state_dict().items():
+        assert torch.allclose(v, ddp_model.state_dict()[k], atol=1e-6, rtol=1e-5), k
+    assert torch.allclose(single.weights.raw, ddp_state["step_weights"]["raw"], atol=1e-6)

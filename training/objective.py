@@ -1,0 +1,98 @@
+"""The multi-step training objective of ExposureDiffusion (SPEC §4, Training).
+
+Per sample, ``steps - 1`` distinct integers drawn from ``[2, r - 1]`` are the inner
+exposure multiples; every step is unrolled with gradients, the Poisson draws pass them
+straight through (``kernels.exposure_step``'s autograd), and the loss is
+``sum_i w_i * (L_i + aux_i)`` with ``L_i = mean|Y_i - gt|`` and, for the adaptive
+residual head, ``aux_i = mean(|x0 - gt| * M + |clip(R + A_i) - gt| * (1 - M))``.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from kernels import exposure_step
+from kernels._common import DEFAULT_DN_SCALE
+
+
+def sample_inner_exposures(ratio: torch.Tensor, steps: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Training schedules ``[1, rho_1, ..., rho_{n-1}, r]`` per sample, float32 ``[B, n + 1]``.
+
+    The inner multiples are ``n - 1`` distinct integers drawn uniformly from
+    ``[2, ceil(r) - 1]``, sorted. Vectorised: every candidate gets a random key and the
+    ``n - 1`` smallest keys among the valid candidates win. ``generator`` is a CPU
+    generator; the result lands on ratio's device.
+    """
+    B = ratio.numel()
+    r = ratio.detach().float().cpu()
+    if steps == 1:
+        return torch.stack([torch.ones(B), r], 1).to(ratio.device)
+    top = torch.ceil(r).long() - 1  # largest candidate < r
+    if int((top - 1).min()) < steps - 1:
+        raise ValueError(f"ratio {float(r.min()):g} leaves fewer than steps - 1 = {steps - 1} integer "
+                         "exposure multiples in [2, r - 1]; lower steps or raise the ratio")
+    candidates = torch.arange(2, int(top.max()) + 1)
+    keys = torch.rand(B, candidates.numel(), generator=generator)
+    keys[candidates[None, :] > top[:, None]] = 2.0  # never chosen
+    chosen = candidates[keys.argsort(dim=1)[:, : steps - 1]].sort(dim=1).values.float()
+    rho = torch.cat([torch.ones(B, 1), chosen, r[:, None]], 1)
+    return rho.to(ratio.device)
+
+
+class StepWeights(nn.Module):
+    """Loss weights of the steps: ``w_0 .. w_{n-2}`` (learnable, clipped to [0, 1], init
+    ``1 / n``) and ``1 - sum`` for the last step; or fixed equal weights ``1 / n``."""
+
+    def __init__(self, steps: int, learnable: bool = True):
+        super().__init__()
+        self.steps = steps
+        self.learnable = learnable
+        self.raw = nn.Parameter(torch.full((max(steps - 1, 0),), 1.0 / steps), requires_grad=learnable)
+
+    def forward(self) -> torch.Tensor:
+        if not self.learnable:
+            return torch.full((self.steps,), 1.0 / self.steps, device=self.raw.device)
+        first = self.raw.clamp(0, 1)
+        return torch.cat([first, (1 - first.sum()).reshape(1)])
+
+
+def _aux_loss(out: torch.Tensor, state: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    m = torch.sigmoid(out[:, :1].float())
+    x0, resid = out[:, 1:5].float(), out[:, 5:9].float()
+    return torch.mean((x0 - gt).abs() * m + ((resid + state.float()).clamp(0, 1) - gt).abs() * (1 - m))
+
+
+def unrolled_loss(backbone: nn.Module, first_input: torch.Tensor, gt: torch.Tensor, *, ratio: torch.Tensor,
+                  K: torch.Tensor, rho: torch.Tensor, weights: torch.Tensor, with_photon: bool, concat_origin: bool,
+                  generator: torch.Generator | None = None, accumulate: bool = False,
+                  dn_scale: float = DEFAULT_DN_SCALE) -> tuple[torch.Tensor, list[float]]:
+    """Loss of one batch with all steps unrolled (gradients through every step).
+
+    Args:
+        first_input: ``[B, C, p, p]`` network input at rho_0 = 1 (from
+            ``kernels.synthesize_noise``); gt: clean ``[B, 4, p, p]`` float32.
+        ratio, K: float32 ``[B]``; rho: ``[B, n + 1]`` (``sample_inner_exposures``);
+        weights: ``[n]`` step weights (``StepWeights()``).
+
+    Returns:
+        (total loss, per-step L1 values as floats for logging).
+    """
+    steps = rho.shape[1] - 1
+    origin = first_input[:, :4]
+    state, x = origin, first_input
+    total = first_input.new_zeros((), dtype=torch.float32)
+    per_step = []
+    for i in range(steps):
+        out = backbone(x)
+        last = i == steps - 1
+        estimate, nxt = exposure_step(out, state, origin, ratio=ratio, K=K, rho=rho[:, i],
+                                      rho_next=None if last else rho[:, i + 1], stochastic=True,
+                                      generator=generator, accumulate=accumulate, with_photon=with_photon,
+                                      concat_origin=concat_origin, dn_scale=dn_scale, out_dtype=torch.float32)
+        l1 = (estimate - gt).abs().mean()
+        aux = _aux_loss(out, state, gt) if out.shape[1] == 9 else torch.zeros_like(l1)
+        total = total + weights[i] * (l1 + aux)
+        per_step.append(float(l1.detach()))
+        if not last:
+            state, x = nxt[:, :4], nxt
+    return total, per_step

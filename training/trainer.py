@@ -1,0 +1,296 @@
+"""The ExposureDiffusion training loop: synthesis on the device, unrolled steps, resume.
+
+One iteration takes a *global batch* of clean uint16 patches, split into
+``world_size * accumulate`` micro-batches. Every random choice of a micro-batch (its
+augmentation, its noise parameters, the noise itself, the inner exposures and the
+Poisson draws of the unrolled steps) comes from a generator keyed by
+``(seed, global_step, micro-batch index)``, and the sample order from ``(seed, epoch)``;
+so a run resumed from a checkpoint continues exactly as if it had not stopped, and a
+DistributedDataParallel run on N processes computes the same update as one process
+accumulating N micro-batches.
+
+Checkpoints (``<out>/last.pt``, atomic) hold the model, the step weights, the
+optimiser and scheduler, the epoch / iteration counters and the RNG state; they load
+with ``torch.load(weights_only=True)``. ``<out>/model.pt`` is the model alone in the
+engine's format (``engine.checkpoint``), what ``Pipeline.from_checkpoint`` reads.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from engine.atomic import atomic_path
+from engine.backbones import BackboneConfig
+from engine.checkpoint import save_checkpoint
+from kernels import sample_noise_params, synthesize_noise
+
+from .augment import augment_and_normalise
+from .objective import StepWeights, sample_inner_exposures, unrolled_loss
+from .patches import collate_patches
+
+TRAIN_STATE_FORMAT = "exposure-diffusion-train"
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything a run depends on (saved in its checkpoints).
+
+    Noise: ``noise_model`` ("P+g", "P+G+r+u", ...), ``cameras`` (profile names/paths;
+    None = all shipped), ``K_range`` ((lo, hi) or "camera"), ``ratio_range`` or the
+    ``continuous`` range (SPEC §3). Schedule: ``steps`` unrolled evaluations, step weights
+    ``learnable_weights``. Optimiser: Adam ``lr`` (betas 0.9, 0.999) multiplied by
+    ``lr_factors`` after the epoch fractions ``lr_milestones`` (SPEC §4: halved at
+    epoch 150 and 1e-5 from epoch 270 of 300). ``batch`` is the global batch.
+    """
+
+    arch: str = "unet"
+    widths: tuple | None = None
+    with_photon: bool = True
+    concat_origin: bool = False
+    out_channels: int = 9
+    steps: int = 3
+    learnable_weights: bool = True
+    accumulate_form: bool = False
+    noise_model: str = "P+G+r+u"
+    cameras: tuple | None = None
+    K_range: tuple | str = (0.1, 30.0)
+    ratio_range: tuple | None = None
+    continuous: bool = False
+    patch: int = 512
+    batch: int = 1
+    accumulate: int = 1
+    epochs: int = 300
+    iters_per_epoch: int | None = None
+    lr: float = 1e-4
+    lr_milestones: tuple = (0.5, 0.9)
+    lr_factors: tuple = (0.5, 0.1)
+    clip_grad: float | None = None
+    amp: str | None = None  # None | "bf16" | "fp16"
+    compile: bool = False
+    seed: int = 0
+    save_every: int = 200
+    log_every: int = 20
+
+    def backbone_config(self) -> BackboneConfig:
+        options = {"widths": tuple(self.widths)} if self.widths else {}
+        return BackboneConfig(arch=self.arch, out_channels=self.out_channels, with_photon=self.with_photon,
+                              concat_origin=self.concat_origin, options=options)
+
+    def to_dict(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown training options {sorted(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def _generator(*key: int) -> torch.Generator:
+    """A CPU generator that is a pure function of the integers ``key``."""
+    seed = np.random.SeedSequence([int(k) for k in key]).generate_state(2, np.uint32)
+    return torch.Generator().manual_seed(int(seed[0]) << 32 | int(seed[1]))
+
+
+def lr_factor(cfg: TrainConfig, epoch: int) -> float:
+    """Learning-rate multiplier at ``epoch`` (piecewise constant)."""
+    factor = 1.0
+    for frac, f in zip(cfg.lr_milestones, cfg.lr_factors):
+        if epoch >= math.floor(frac * cfg.epochs):
+            factor = f
+    return factor
+
+
+class Trainer:
+    """Trains a backbone on a dataset of clean packed patches.
+
+    Args:
+        cfg: the run's options.
+        dataset: indexable by ``(epoch, index)`` (or ``index``) returning item dicts of
+            ``training.patches`` (uint16 ``[4, p, p]`` patches with levels).
+        out_dir: where checkpoints and ``log.jsonl`` go.
+        device: the training device (CUDA rank-local under torchrun).
+    """
+
+    def __init__(self, cfg: TrainConfig, dataset, out_dir, *, device=None, progress: bool = True):
+        self.cfg = cfg
+        self.dataset = dataset
+        self.out = Path(out_dir)
+        self.device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.progress = progress
+        self.distributed = dist.is_available() and dist.is_initialized()
+        self.rank = dist.get_rank() if self.distributed else 0
+        self.world = dist.get_world_size() if self.distributed else 1
+        if cfg.batch % (self.world * cfg.accumulate):
+            raise ValueError(f"global batch {cfg.batch} must split into world_size x accumulate = "
+                             f"{self.world} x {cfg.accumulate} equal micro-batches")
+        if cfg.amp not in (None, "bf16", "fp16"):
+            raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {cfg.amp!r}")
+        self.micro = cfg.batch // (self.world * cfg.accumulate)
+        self.iters_per_epoch = cfg.iters_per_epoch or max(1, len(dataset) // cfg.batch)
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        self.backbone_config = cfg.backbone_config()
+        self.model = self.backbone_config.build().to(self.device)
+        self.weights = StepWeights(cfg.steps, learnable=cfg.learnable_weights).to(self.device)
+        params = list(self.model.parameters()) + ([self.weights.raw] if cfg.learnable_weights else [])
+        self.optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999))
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
+        self.net = self.model
+        if self.distributed:
+            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if cfg.compile:
+            self.net = torch.compile(self.net)
+        self.epoch, self.iteration, self.global_step = 0, 0, 0
+
+    # ------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        return {"format": TRAIN_STATE_FORMAT, "version": 1, "config": self.cfg.to_dict(),
+                "model": self.model.state_dict(), "step_weights": self.weights.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                "epoch": self.epoch, "iteration": self.iteration, "global_step": self.global_step}
+
+    def save(self) -> None:
+        """Write ``last.pt`` (training state) and ``model.pt`` (engine format), atomically."""
+        if self.rank != 0:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.out / "last.pt") as tmp:
+            torch.save(self.state_dict(), tmp)
+        save_checkpoint(self.model, self.backbone_config, self.out / "model.pt",
+                        meta={"epoch": self.epoch, "iteration": self.iteration, "global_step": self.global_step,
+                              "noise_model": self.cfg.noise_model, "steps": self.cfg.steps,
+                              "step_weights": [float(w) for w in self.weights().detach().cpu()]})
+
+    def resume(self, path=None) -> bool:
+        """Load ``path`` (default ``<out>/last.pt``) if it exists; True when resumed."""
+        path = Path(path) if path is not None else self.out / "last.pt"
+        if not path.is_file():
+            return False
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        if not isinstance(state, dict) or state.get("format") != TRAIN_STATE_FORMAT:
+            raise ValueError(f"{path} is not a training checkpoint of this project")
+        if state["config"] != self.cfg.to_dict():
+            diff = {k: (state["config"].get(k), v) for k, v in self.cfg.to_dict().items() if state["config"].get(k) != v}
+            raise ValueError(f"{path} was written with other options (saved, now): {diff}")
+        self.model.load_state_dict(state["model"])
+        self.weights.load_state_dict(state["step_weights"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.iteration, self.global_step = state["epoch"], state["iteration"], state["global_step"]
+        return True
+
+    # ------------------------------------------------------------ data
+    def _epoch_order(self, epoch: int) -> torch.Tensor:
+        n = len(self.dataset)
+        g = _generator(self.cfg.seed, 1, epoch)
+        reps = math.ceil(self.iters_per_epoch * self.cfg.batch / n)
+        return torch.cat([torch.randperm(n, generator=g) for _ in range(reps)])
+
+    def _micro_batches(self, order: torch.Tensor):
+        """This rank's micro-batches of the current iteration: (micro index, PackedBatch)."""
+        start = self.iteration * self.cfg.batch
+        for a in range(self.cfg.accumulate):
+            m = self.rank * self.cfg.accumulate + a
+            idx = order[start + m * self.micro : start + (m + 1) * self.micro].tolist()
+            yield m, collate_patches([self.dataset[(self.epoch, i)] for i in idx])
+
+    # ------------------------------------------------------------ one step
+    def _micro_loss(self, batch, m: int) -> tuple[torch.Tensor, list[float]]:
+        cfg = self.cfg
+        g = _generator(cfg.seed, 2, self.global_step, m)
+        b = batch.to(self.device, non_blocking=True)
+        clean = augment_and_normalise(b.raw, b.black, b.white, generator=g)
+        params = sample_noise_params(len(b), cfg.cameras, model=cfg.noise_model, K_range=cfg.K_range,
+                                     ratio_range=cfg.ratio_range, continuous=cfg.continuous, generator=g,
+                                     device=self.device)
+        first = synthesize_noise(clean, cfg.noise_model, params=params, with_photon=cfg.with_photon,
+                                 concat_origin=cfg.concat_origin, generator=g)
+        rho = sample_inner_exposures(params.ratio, cfg.steps, g)
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16 if cfg.amp == "bf16" else torch.float16,
+                                  enabled=cfg.amp is not None)
+        with autocast:
+            return unrolled_loss(self.net, first, clean, ratio=params.ratio, K=params.K, rho=rho, weights=self.weights(),
+                                 with_photon=cfg.with_photon, concat_origin=cfg.concat_origin, generator=g,
+                                 accumulate=cfg.accumulate_form)
+
+    def train_step(self, order: torch.Tensor) -> dict:
+        """One optimiser step over the global batch; returns the logged values."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.cfg.lr * lr_factor(self.cfg, self.epoch)
+        self.optimizer.zero_grad(set_to_none=True)
+        losses, steps_l1 = [], []
+        micro = list(self._micro_batches(order))
+        for j, (m, batch) in enumerate(micro):
+            sync = not self.distributed or j == len(micro) - 1
+            ctx = self.net.no_sync() if not sync else _null()
+            with ctx:
+                loss, per_step = self._micro_loss(batch, m)
+                self.scaler.scale(loss / self.cfg.accumulate).backward()
+            losses.append(float(loss.detach()))
+            steps_l1.append(per_step)
+        if self.cfg.learnable_weights and self.distributed and self.weights.raw.grad is not None:
+            dist.all_reduce(self.weights.raw.grad)
+            self.weights.raw.grad /= self.world
+        if self.cfg.clip_grad:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.global_step += 1
+        self.iteration += 1
+        if self.iteration >= self.iters_per_epoch:
+            self.epoch, self.iteration = self.epoch + 1, 0
+        return {"loss": float(np.mean(losses)), "l1_per_step": np.mean(steps_l1, 0).tolist()}
+
+    def fit(self, max_steps: int | None = None, on_log: Callable[[dict], None] | None = None) -> dict:
+        """Train until ``cfg.epochs`` (or ``max_steps`` more optimiser steps); checkpoints
+        every ``save_every`` steps and at the end. Returns the last logged values."""
+        self.model.train()
+        total = self.cfg.epochs * self.iters_per_epoch
+        todo = total - self.global_step if max_steps is None else min(max_steps, total - self.global_step)
+        bar = tqdm(total=todo, desc="train", unit="it", disable=not self.progress or self.rank != 0)
+        last, t0, order_epoch, order = {}, time.time(), None, None
+        for _ in range(todo):
+            if order_epoch != self.epoch:
+                order, order_epoch = self._epoch_order(self.epoch), self.epoch
+            last = self.train_step(order)
+            last.update(epoch=self.epoch, iteration=self.iteration, global_step=self.global_step,
+                        lr=self.optimizer.param_groups[0]["lr"], seconds=round(time.time() - t0, 2),
+                        step_weights=[round(float(w), 4) for w in self.weights().detach().cpu()])
+            bar.update()
+            bar.set_postfix(loss=f"{last['loss']:.4f}", epoch=self.epoch)
+            if self.rank == 0 and (self.global_step % self.cfg.log_every == 0):
+                self._log(last)
+                if on_log:
+                    on_log(last)
+            if self.global_step % self.cfg.save_every == 0:
+                self.save()
+        bar.close()
+        self.save()
+        return last
+
+    def _log(self, record: dict) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        with open(self.out / "log.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
