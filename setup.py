@@ -23,7 +23,7 @@ setup(
         "tifffile>=2023.1",
         "pillow>=9",
     ],
-    entry_points={"console_scripts": ["exposure-diffusion=engine.cli:main"]},
+    entry_points={"console_scripts": ["exposure-diffusion=training.cli:main"]},
     extras_require={
         "test": ["pytest>=7", "scipy>=1.10", "scikit-image>=0.21"],
         "cupy": ["cupy-cuda12x>=13"],

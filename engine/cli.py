@@ -1,5 +1,8 @@
 """Command line: ``exposure-diffusion enhance *.ARW --ratio 100 -o out/``.
 
+This module holds the engine's subcommands (``add_engine_commands``); the installed
+``exposure-diffusion`` program (``training.cli``) adds the training ones to them.
+
 Each file is processed on its own: a file that fails (unreadable, unsupported sensor,
 bad metadata, out of memory, ...) is reported with its reason and the batch goes on;
 the exit status is 1 when any file failed, 2 for a usage error, 0 otherwise.
@@ -66,9 +69,8 @@ def enhance(args) -> int:
     return 1 if failures else 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="exposure-diffusion", description="ExposureDiffusion raw low-light enhancement")
-    sub = ap.add_subparsers(dest="command", required=True)
+def add_engine_commands(sub) -> None:
+    """Register the engine's subcommands (``enhance``) on an argparse subparsers object."""
     e = sub.add_parser("enhance", help="enhance raw files (any format rawpy reads)")
     e.add_argument("files", nargs="+", help="raw files: ARW, NEF, CR2, DNG, ...")
     e.add_argument("--ratio", type=float, required=True, help="exposure ratio to brighten by (e.g. 100, 300)")
@@ -85,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-tile", type=int, default=None, help="process in tiles of at most this many packed pixels")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=enhance)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="exposure-diffusion", description="ExposureDiffusion raw low-light enhancement")
+    add_engine_commands(ap.add_subparsers(dest="command", required=True))
     return ap
 
 

@@ -143,7 +143,7 @@ class Trainer:
         self.iters_per_epoch = cfg.iters_per_epoch or max(1, len(dataset) // cfg.batch)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.backbone_config = cfg.backbone_config()
-        self.model = self.backbone_config.build().to(self.device)
+        self.model = self.backbone_config.build().to(self.device).to(memory_format=torch.channels_last)
         self.weights = StepWeights(cfg.steps, learnable=cfg.learnable_weights).to(self.device)
         params = list(self.model.parameters()) + ([self.weights.raw] if cfg.learnable_weights else [])
         self.optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999))

@@ -1,0 +1,175 @@
+"""The ``exposure-diffusion`` program: the engine's commands plus ``train`` and ``evaluate``.
+
+    exposure-diffusion train --out runs/ed --epochs 300            # built-in synthetic data
+    exposure-diffusion train --sid-root /data/SID --sid-list Sony_train_list.txt --out runs/sid
+    torchrun --nproc_per_node 4 -m training train --sid-root /data/SID --out runs/sid
+    exposure-diffusion evaluate --checkpoint runs/ed/model.pt --ratios 100 300
+    exposure-diffusion enhance *.ARW --ratio 100 --checkpoint runs/ed/model.pt -o out/
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+
+
+def _device(value: str) -> torch.device:
+    if value == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(value)
+
+
+def _distributed_setup(device_arg: str) -> torch.device:
+    """Under torchrun (WORLD_SIZE > 1): join the process group, return this rank's device."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return _device(device_arg)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() and device_arg != "cpu"
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def train(args) -> int:
+    from .data import build_training_dataset
+    from .evaluate import evaluate_synthetic, format_table
+    from .trainer import TrainConfig, Trainer
+
+    device = _distributed_setup(args.device)
+    try:
+        cfg = TrainConfig(
+            arch=args.arch, widths=tuple(args.widths) if args.widths else None, with_photon=not args.no_photon,
+            concat_origin=args.concat_origin, steps=args.steps, learnable_weights=not args.fixed_weights,
+            noise_model=args.noise_model, cameras=tuple(args.camera) if args.camera else None,
+            ratio_range=tuple(args.ratio_range) if args.ratio_range else None, continuous=args.continuous,
+            patch=args.patch, batch=args.batch, accumulate=args.accumulate, epochs=args.epochs,
+            iters_per_epoch=args.iters_per_epoch, lr=args.lr, clip_grad=args.clip_grad, amp=args.amp,
+            compile=args.compile, seed=args.seed, save_every=args.save_every, log_every=args.log_every)
+        dataset = build_training_dataset(sid_root=args.sid_root, sid_list=args.sid_list, srgb_folder=args.srgb_folder,
+                                         procedural=not (args.sid_root or args.srgb_folder) or args.procedural,
+                                         patch=args.patch, cache=None if args.cache == "none" else args.cache,
+                                         cache_dir=args.cache_dir, seed=args.seed)
+        trainer = Trainer(cfg, dataset, args.out, device=device, progress=not args.quiet)
+        if trainer.resume():
+            print(f"resumed from {args.out}/last.pt at epoch {trainer.epoch}, step {trainer.global_step}", file=sys.stderr)
+
+        def on_log(rec):
+            if args.eval_every and rec["global_step"] % args.eval_every == 0:
+                table = evaluate_synthetic(trainer.model, trainer.backbone_config, steps=cfg.steps, n=8, patch=128,
+                                           device=device)
+                trainer.model.train()
+                print(format_table(table, f"step {rec['global_step']}: synthetic hold-out (8 patches)"), file=sys.stderr)
+
+        trainer.fit(max_steps=args.max_steps, on_log=on_log)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+def evaluate(args) -> int:
+    from engine.checkpoint import load_checkpoint
+
+    from .evaluate import evaluate_sid, evaluate_synthetic, format_table
+    from .sid import SIDPairDataset
+
+    device = _device(args.device)
+    model, config, _ = load_checkpoint(args.checkpoint)
+    results = {}
+    table = evaluate_synthetic(model, config, ratios=args.ratios, steps=args.steps, n=args.holdout, patch=args.patch,
+                               noise_model=args.noise_model, camera=args.camera, device=device, progress=not args.quiet)
+    results["synthetic"] = table
+    print(format_table(table, f"synthetic hold-out ({args.holdout} patches of {args.patch}^2, {args.noise_model}, "
+                              f"{args.camera}), {args.steps} steps"))
+    if args.sid_root:
+        pairs = SIDPairDataset(args.sid_root, args.sid_list, crop="center", patch=512)
+        table = evaluate_sid(model, config, pairs, steps=args.steps, camera=args.camera,
+                             correct_illuminance=args.illuminance_correction, device=device, progress=not args.quiet)
+        results["sid"] = table
+        print(format_table(table, f"SID ({len(pairs)} pairs, centre 512 crop"
+                                  f"{', illuminance-corrected' if args.illuminance_correction else ''}), {args.steps} steps"))
+    if args.json:
+        from engine.atomic import atomic_path
+
+        with atomic_path(args.json) as tmp, open(tmp, "w") as f:
+            json.dump({k: {str(r): m for r, m in v.items()} for k, v in results.items()}, f, indent=1)
+    return 0
+
+
+def add_training_commands(sub) -> None:
+    t = sub.add_parser("train", help="train a backbone (built-in synthetic data unless a dataset is given)")
+    t.add_argument("--out", required=True, help="run folder: checkpoints (last.pt, model.pt) and log.jsonl")
+    t.add_argument("--sid-root", default=None, help="SID dataset root (Sony/long, Sony/short)")
+    t.add_argument("--sid-list", default=None, help="SID list file (default: every file in Sony/long)")
+    t.add_argument("--srgb-folder", default=None, help="a folder of sRGB photos turned into raw")
+    t.add_argument("--procedural", action="store_true", help="add procedural scenes to a dataset given above")
+    t.add_argument("--cache", default="memory", choices=("memory", "disk", "none"), help="SID long-exposure cache")
+    t.add_argument("--cache-dir", default=None, help="folder of the on-disk cache")
+    t.add_argument("--arch", default="unet", choices=("unet", "nafnet"))
+    t.add_argument("--widths", type=int, nargs=5, default=None, help="UNet widths (default 32 64 128 256 512)")
+    t.add_argument("--no-photon", action="store_true", help="no photon channel in the network input")
+    t.add_argument("--concat-origin", action="store_true", help="concatenate the noisy input to every step's input")
+    t.add_argument("--steps", type=int, default=3, help="unrolled exposure steps (1 = one-shot baseline)")
+    t.add_argument("--fixed-weights", action="store_true", help="equal, fixed step weights instead of learnable ones")
+    t.add_argument("--noise-model", default="P+G+r+u", help="ELD components, e.g. P+g or P+G+r+u")
+    t.add_argument("--camera", action="append", default=None, help="camera profile (name or JSON; repeatable)")
+    t.add_argument("--ratio-range", type=float, nargs=2, default=None, help="exposure ratio range (default 100 300)")
+    t.add_argument("--continuous", action="store_true", help="continuous ratio range U(20, 300)")
+    t.add_argument("--patch", type=int, default=512, help="packed patch side")
+    t.add_argument("--batch", type=int, default=1, help="global batch size")
+    t.add_argument("--accumulate", type=int, default=1, help="micro-batches accumulated per step (per process)")
+    t.add_argument("--epochs", type=int, default=300)
+    t.add_argument("--iters-per-epoch", type=int, default=None, help="default: dataset size / batch")
+    t.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps (resumable)")
+    t.add_argument("--lr", type=float, default=1e-4)
+    t.add_argument("--clip-grad", type=float, default=None, help="clip the gradient norm")
+    t.add_argument("--amp", default=None, choices=("bf16", "fp16"), help="mixed precision")
+    t.add_argument("--compile", action="store_true", help="torch.compile the backbone")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--save-every", type=int, default=200, help="checkpoint every N steps")
+    t.add_argument("--log-every", type=int, default=20, help="log every N steps")
+    t.add_argument("--eval-every", type=int, default=0, help="evaluate on 8 hold-out patches every N steps")
+    t.add_argument("--device", default="auto")
+    t.add_argument("-q", "--quiet", action="store_true")
+    t.set_defaults(func=train)
+
+    e = sub.add_parser("evaluate", help="PSNR/SSIM on the synthetic hold-out set and, optionally, SID pairs")
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--ratios", type=float, nargs="+", default=[100, 300])
+    e.add_argument("--steps", type=int, default=3)
+    e.add_argument("--holdout", type=int, default=32, help="synthetic hold-out patches")
+    e.add_argument("--patch", type=int, default=256, help="hold-out patch side")
+    e.add_argument("--noise-model", default="P+G+r+u")
+    e.add_argument("--camera", default="SonyA7S2", help="camera profile of the hold-out noise / SID gains")
+    e.add_argument("--sid-root", default=None)
+    e.add_argument("--sid-list", default=None)
+    e.add_argument("--illuminance-correction", action="store_true", help="SID protocol's ground-truth rescaling")
+    e.add_argument("--json", default=None, help="also write the tables as JSON")
+    e.add_argument("--device", default="auto")
+    e.add_argument("-q", "--quiet", action="store_true")
+    e.set_defaults(func=evaluate)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from engine.cli import add_engine_commands
+
+    ap = argparse.ArgumentParser(prog="exposure-diffusion", description="ExposureDiffusion raw low-light enhancement")
+    sub = ap.add_subparsers(dest="command", required=True)
+    add_engine_commands(sub)
+    add_training_commands(sub)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
