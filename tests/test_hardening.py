@@ -1,0 +1,131 @@
+"""Faults and limits across engine, CLI and training (issue #6): arrays, a killed
+training run, and the CLI over 200 files with bad ones among them."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from engine import BackboneConfig, InvalidRawError, Pipeline, save_checkpoint
+from engine.cli import main as cli_main
+from tests.dngfactory import jpeg_as_raw, make_bayer_dng, random_bytes_file, truncated_copy
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = {"widths": (8, 8, 16, 16, 16)}
+ARR = dict(pattern="RGGB", black_level=512, white_level=16383, K=1.0, ratio=10, steps=1)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    torch.manual_seed(0)
+    cfg = BackboneConfig(options=SMALL)
+    return Pipeline(cfg.build(), cfg, device="cpu", precision="fp32")
+
+
+@pytest.mark.parametrize(
+    "array, match",
+    [
+        (np.random.rand(32, 32).astype(np.float32) * 1000, "dtype float32; expected uint16 DN"),
+        (np.full((32, 32), np.nan, dtype=np.float32), "dtype float32; expected uint16 DN"),
+        (-np.ones((32, 32), dtype=np.int16), "dtype int16; expected uint16 DN"),
+        (np.zeros((0, 32), dtype=np.uint16), r"zero-size array \(shape \(0, 32\)\)"),
+        (np.full((1, 5), 600, dtype=np.uint16), "smaller than one 2x2 CFA cell"),
+        (np.full((2, 3, 32, 32), 600, dtype=np.uint16), r"expected a 2-D \[H, W\] CFA mosaic"),
+    ],
+)
+def test_bad_arrays_are_refused(pipe, array, match):
+    with pytest.raises(InvalidRawError, match=match):
+        pipe(array, **ARR)
+
+
+def test_limits_that_are_accepted(pipe):
+    """Values above white saturate (as the sensor does); frames below the backbone's
+    16-pixel granularity are padded; non-contiguous views are read in place."""
+    above = pipe(np.full((32, 32), 60000, dtype=np.uint16), stochastic=False, **ARR)
+    at_white = pipe(np.full((32, 32), 16383, dtype=np.uint16), stochastic=False, **ARR)
+    assert torch.equal(above.raw, at_white.raw)
+    tiny = pipe(np.full((2, 2), 600, dtype=np.uint16), **ARR)
+    assert tiny.raw.shape == (4, 1, 1)
+    base = np.random.default_rng(0).integers(512, 4000, (64, 64)).astype(np.uint16)
+    view = pipe(base[::2, ::2], stochastic=False, **ARR).raw
+    copy = pipe(np.ascontiguousarray(base[::2, ::2]), stochastic=False, **ARR).raw
+    assert torch.equal(view, copy)
+
+
+def test_same_seed_is_bit_identical_single_and_batch(pipe):
+    frames = np.random.default_rng(1).integers(512, 3000, (3, 32, 48)).astype(np.uint16)
+    kw = dict(ARR, ratio=100, steps=3)
+    for src in (frames[0], frames):
+        a, b = pipe(src, seed=11, **kw), pipe(src, seed=11, **kw)
+        a, b = (a, b) if isinstance(a, list) else ([a], [b])
+        assert all(torch.equal(x.raw, y.raw) for x, y in zip(a, b))
+
+
+def _train_cmd(out, extra=()):
+    return [sys.executable, "-m", "training", "train", "--out", str(out), "--patch", "32", "--batch", "2",
+            "--widths", "8", "8", "16", "16", "16", "--steps", "2", "--epochs", "4", "--iters-per-epoch", "10",
+            "--save-every", "2", "--log-every", "1000", "-q", *extra]
+
+
+def test_training_killed_mid_epoch_resumes_with_nothing_lost(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    straight = subprocess.run(_train_cmd(tmp_path / "straight"), cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert straight.returncode == 0, straight.stderr
+    victim = subprocess.Popen(_train_cmd(tmp_path / "killed"), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    deadline, last = time.time() + 300, tmp_path / "killed" / "last.pt"
+    step = 0
+    while time.time() < deadline and victim.poll() is None:
+        if last.is_file():
+            try:
+                step = torch.load(last, weights_only=True)["global_step"]
+            except Exception:  # noqa: BLE001 - cannot be half-written (atomic), but be safe
+                step = 0
+            if step >= 6:
+                break
+        time.sleep(0.05)
+    assert victim.poll() is None, "the run finished before it could be killed"
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert 6 <= step < 40  # killed in the middle of epoch 0..3
+    resumed = subprocess.run(_train_cmd(tmp_path / "killed"), cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0 and "resumed from" in resumed.stderr
+    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "killed" / "last.pt", weights_only=True)
+    assert a["global_step"] == b["global_step"] == 40
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert not list((tmp_path / "killed").glob(".*.tmp"))
+
+
+def test_cli_over_200_files_with_bad_ones(tmp_path, capsys):
+    torch.manual_seed(0)
+    cfg = BackboneConfig(options=SMALL)
+    save_checkpoint(cfg.build(), cfg, tmp_path / "m.pt")
+    src = tmp_path / "in"
+    src.mkdir()
+    make_bayer_dng(src / "proto.dng", height=32, width=32)
+    proto = (src / "proto.dng").read_bytes()
+    files = []
+    for i in range(196):
+        p = src / f"f{i:03d}.dng"
+        p.write_bytes(proto)
+        files.append(p)
+    bad = [random_bytes_file(src / "bad0.ARW"), truncated_copy(src / "proto.dng", src / "bad1.dng"),
+           jpeg_as_raw(src / "bad2.ARW"), src / "bad3.NEF"]
+    bad[3].write_bytes(b"")
+    (src / "proto.dng").unlink()
+    out = tmp_path / "out"
+    code = cli_main(["enhance", *map(str, files + bad), "--ratio", "20", "--checkpoint", str(tmp_path / "m.pt"),
+                     "-o", str(out), "--device", "cpu", "--steps", "1", "-q"])
+    err = capsys.readouterr().err
+    assert code == 1
+    for b in bad:
+        assert f"FAILED {b}" in err
+    assert err.count("FAILED") == 4 and "196 of 200 files enhanced" in err
+    written = sorted(p.name for p in out.iterdir())
+    assert written == sorted(f.stem + ".png" for f in files)
