@@ -22,10 +22,11 @@ setup(
         "tqdm>=4.60",
         "tifffile>=2023.1",
         "pillow>=9",
+        "scipy>=1.10",  # camera calibration (Tukey-lambda PPCC fits)
     ],
     entry_points={"console_scripts": ["exposure-diffusion=training.cli:main"]},
     extras_require={
-        "test": ["pytest>=7", "scipy>=1.10", "scikit-image>=0.21"],
+        "test": ["pytest>=7", "scikit-image>=0.21"],
         "cupy": ["cupy-cuda12x>=13"],
     },
 )

@@ -70,7 +70,10 @@ def enhance(args) -> int:
 
 
 def add_engine_commands(sub) -> None:
-    """Register the engine's subcommands (``enhance``) on an argparse subparsers object."""
+    """Register the engine's subcommands (``enhance``, ``calibrate``) on an argparse
+    subparsers object."""
+    from engine.calibration import add_calibrate_command
+
     e = sub.add_parser("enhance", help="enhance raw files (any format rawpy reads)")
     e.add_argument("files", nargs="+", help="raw files: ARW, NEF, CR2, DNG, ...")
     e.add_argument("--ratio", type=float, required=True, help="exposure ratio to brighten by (e.g. 100, 300)")
@@ -87,6 +90,7 @@ def add_engine_commands(sub) -> None:
     e.add_argument("--max-tile", type=int, default=None, help="process in tiles of at most this many packed pixels")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=enhance)
+    add_calibrate_command(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,687 @@
+"""Noise calibration of a new camera (issue 7): bias and flat frames -> camera profile.
+
+What to capture, at each of several ISOs (at least 2; 4 or more spanning the camera's
+range give better fits), all raw, same camera, full raw size:
+
+- **bias frames**: lens capped, shortest exposure; at least 2 (8 or more is better);
+- **flat frames**: a uniform, steady light (e.g. a diffuser over the lens facing an evenly
+  lit wall) at at least 3 brightness levels from dark to about 70% of the range, with at
+  least 2 frames per level (pairs at the same exposure and light), never saturated.
+
+Method, per ISO (SPEC §2-3; statistics on the packed planes R, G1, B, G2):
+
+- dark level per plane: the mean of the bias frames (``color_bias`` = dark - file black).
+- K (DN per photo-electron), photon transfer: for every pair of flats at one level and
+  every plane, signal = mean of the pair - dark, variance = var(f1 - f2) / 2 after removing
+  each CFA row's mean of the difference (row noise) and the plane's mean (light drift);
+  the difference removes fixed-pattern noise. ``variance = K * signal + c`` by weighted
+  least squares (weights 1 / variance) over all levels, pairs and planes; c = read
+  variance.
+- row noise sigma_r: per bias frame, the mean of each CFA row (plane offsets removed),
+  minus that row's mean over the frames (fixed row pattern); their variance less the
+  pixels' share ``var_pix / W`` (W = row length) is sigma_r^2.
+- read noise: bias pixels minus their plane offset and their CFA row's mean. sigma_g is
+  their standard deviation, less the quantisation variance 1/12 DN^2 (Sheppard: the noise
+  model adds quantisation as its own component "u"); the Tukey-lambda shape lam maximises
+  the probability-plot correlation (``scipy.stats.ppcc_max``) and sigma_TL is the
+  probability plot's slope.
+
+Across ISOs: ``K = a + b * ISO`` (least squares, relative weights) gives Kmin = K(100) and
+Kmax = K(6400) (SPEC §2; K proportional to ISO when the line's K(100) is not positive);
+``log sigma = slope * log K + bias`` (natural logs, measured K) for g_scale (sigma_g),
+G_scale (sigma_TL) and R_scale (sigma_r), ``sigma`` = the residual standard deviation
+(0 with 2 ISOs); ``G_shape`` = the lambdas, by ISO.
+
+Needs scipy at run time (``scipy.stats.ppcc_max``, ``probplot``, ``ppcc_plot``; imported when
+calibrating, so ``import engine.calibration`` works without it). Plots: PIL only.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from kernels.profiles import ISO_MAX_REF, ISO_MIN_REF, CameraProfile, ScaleFit, load_profile
+
+from .atomic import atomic_path
+from .rawio import RawFrame, plane_sites, read_raw
+
+__all__ = ["calibrate", "find_frames", "add_calibrate_command", "CalibrationResult", "IsoCalibration",
+           "CalibrationError", "RAW_EXTENSIONS"]
+
+MIN_BIAS_FRAMES = 2
+MIN_FLATS_PER_LEVEL = 2
+MIN_FLAT_LEVELS = 3
+MIN_ISOS = 2
+PPCC_SAMPLES = 200_000  # bias pixels per ISO for the Tukey-lambda fit (PPCC is O(n log n))
+SATURATION_MARGIN = 0.02  # a pixel within 2% of (white - black) of the white level is saturated
+MAX_SATURATED = 1e-3  # a flat with more saturated pixels than this fraction is refused
+MAX_BIAS_SIGNAL = 0.02  # a "bias" frame brighter than 2% of (white - black) above black is refused
+LEVEL_TOLERANCE = 0.10  # flats within 10% brightness (and 1 DN) are one level
+QUANT_VAR = 1.0 / 12.0  # DN^2, variance of rounding to integer DN
+RAW_EXTENSIONS = (".dng", ".arw", ".srf", ".sr2", ".nef", ".nrw", ".cr2", ".cr3", ".crw", ".orf", ".rw2",
+                  ".raf", ".pef", ".srw", ".3fr", ".iiq", ".erf", ".kdc", ".mrw", ".raw", ".rwl", ".x3f")
+_ISO_IN_PATH = re.compile(r"(?i)(?:^|[^a-z])iso[ _-]?(\d+)")
+_WHAT_TO_CAPTURE = ("capture, at each ISO, >= 2 bias frames (lens capped, shortest exposure) and flats at >= 3 "
+                    "brightness levels with >= 2 frames per level")
+
+
+class CalibrationError(ValueError):
+    """Frames that cannot calibrate a camera; the message says what to capture instead."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class IsoCalibration:
+    """What one ISO's frames measured (DN, DN^2, DN per photo-electron).
+
+    ``ptc``: photon transfer points, arrays signal, variance, plane (0..3 = R, G1, B, G2).
+    ``probplot``: Tukey-lambda probability plot (theoretical quantiles ``osm`` and ordered
+    residuals ``osr``, thinned for plotting; ``slope``, ``intercept``). ``ppcc_curve``:
+    (lambdas, correlations) around the optimum.
+    """
+
+    iso: float
+    K: float
+    read_variance: float  # photon-transfer intercept (read + quantisation variance)
+    sigma_g: float
+    sigma_TL: float
+    lam: float
+    ppcc: float
+    sigma_r: float
+    dark: tuple
+    color_bias: tuple
+    n_bias: int
+    n_levels: int
+    n_pairs: int
+    ptc: dict = dataclasses.field(repr=False)
+    probplot: dict = dataclasses.field(repr=False)
+    ppcc_curve: tuple = dataclasses.field(repr=False)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class CalibrationResult:
+    """The calibrated profile, the per-ISO measurements and what was written."""
+
+    profile: CameraProfile
+    isos: tuple
+    K_line: tuple  # (a, b): K = a + b * ISO
+    make: str | None
+    model: str | None
+    frame_size: tuple  # (H, W)
+    warnings: tuple = ()
+    profile_path: Path | None = None
+    report_path: Path | None = None
+    plot_paths: dict = dataclasses.field(default_factory=dict)
+
+    def report(self) -> str:
+        """A short text report: per-ISO measurements, the fits, warnings."""
+        p = self.profile
+        n_bias = sum(i.n_bias for i in self.isos)
+        n_pairs = sum(i.n_pairs for i in self.isos)
+        lines = [f"Noise calibration of {p.name}",
+                 f"camera: {self.make or '?'} {self.model or '?'}; frames {self.frame_size[1]}x{self.frame_size[0]}; "
+                 f"{len(self.isos)} ISOs, {n_bias} bias frames, {n_pairs} flat pairs", "",
+                 f"{'ISO':>7} {'K DN/e-':>9} {'readvar':>9} {'sigma_g':>8} {'sigma_TL':>8} {'lambda':>7} "
+                 f"{'PPCC r':>8} {'sigma_r':>8} {'levels':>6} {'pairs':>5} {'bias':>4}"]
+        for i in self.isos:
+            lines.append(f"{i.iso:7g} {i.K:9.4f} {i.read_variance:9.3f} {i.sigma_g:8.4f} {i.sigma_TL:8.4f} "
+                         f"{i.lam:7.3f} {i.ppcc:8.5f} {i.sigma_r:8.4f} {i.n_levels:6d} {i.n_pairs:5d} {i.n_bias:4d}")
+        lines.append("(readvar: photon-transfer intercept, a cross-check of sigma_g^2 + 1/12; sigma_g excludes the "
+                     "1/12 DN^2 of quantisation)")
+        a, b = self.K_line
+        lines += ["", f"gain: K = {a:.6g} + {b:.6g} * ISO  ->  Kmin (ISO 100) = {p.Kmin:.5g}, "
+                      f"Kmax (ISO 6400) = {p.Kmax:.5g}",
+                  "log(sigma) = slope * log(K) + bias + sigma * N(0, 1)  (natural logs, DN):"]
+        for key, what in (("g_scale", "sigma_g"), ("G_scale", "sigma_TL"), ("R_scale", "sigma_r")):
+            f = getattr(p, key)
+            lines.append(f"  {key} ({what}): slope {f.slope:.5f}, bias {f.bias:.5f}, sigma {f.sigma:.5f}")
+        lines.append("G_shape (lambda by ISO): " + ", ".join(f"{v:.4f}" for v in p.G_shape))
+        if self.warnings:
+            lines += ["", "warnings:"] + [f"  - {w}" for w in self.warnings]
+        written = [("profile", self.profile_path), ("report", self.report_path)] + list(self.plot_paths.items())
+        written = [(k, v) for k, v in written if v is not None]
+        if written:
+            lines += ["", "written:"] + [f"  {k}: {v}" for k, v in written]
+        return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+@dataclasses.dataclass
+class _Item:
+    ref: object  # path or RawFrame
+    kind: str  # "bias" | "flat"
+    iso: float | None = None  # from a {iso: frames} key
+    level: int | None = None  # explicit level group (a nested list of flats)
+    # filled from the frame
+    source: str = ""
+    mean: float = 0.0  # flats: mean DN above black
+    exposure: float | None = None
+    stats: dict | None = None  # bias statistics
+
+    def read(self) -> RawFrame:
+        return self.ref if isinstance(self.ref, RawFrame) else read_raw(self.ref)
+
+
+def _is_frame(x) -> bool:
+    return isinstance(x, (str, os.PathLike, RawFrame))
+
+
+def _iso_key(value, where) -> float:
+    try:
+        iso = float(value)
+    except (TypeError, ValueError):
+        raise CalibrationError(f"{where}: ISO keys must be numbers, got {value!r}") from None
+    if not (math.isfinite(iso) and iso > 0):
+        raise CalibrationError(f"{where}: ISO must be > 0, got {value!r}")
+    return iso
+
+
+def _items(frames, kind) -> list:
+    """Flatten ``frames`` (a frame, a sequence, or {iso: sequence}; flats may nest a level
+    as a sequence of frames) into _Items."""
+    what = "bias frames" if kind == "bias" else "flat frames"
+    out, level = [], [0]
+
+    def add(seq, iso):
+        if _is_frame(seq):
+            seq = [seq]
+        if isinstance(seq, (bytes, Mapping)) or not hasattr(seq, "__iter__"):
+            raise CalibrationError(f"{what}: expected paths or RawFrames, got {type(seq).__name__}")
+        for el in seq:
+            if isinstance(el, (str, os.PathLike)) and os.path.isdir(el):
+                out.extend(_Item(f, kind, iso) for f in raw_files(el))
+            elif _is_frame(el):
+                out.append(_Item(el, kind, iso))
+            elif kind == "flat" and hasattr(el, "__iter__") and not isinstance(el, (bytes, Mapping)):
+                level[0] += 1
+                for f in el:
+                    if not _is_frame(f):
+                        raise CalibrationError(f"{what}: a level must list paths or RawFrames, got {type(f).__name__}")
+                    out.append(_Item(f, kind, iso, level[0]))
+            else:
+                raise CalibrationError(f"{what}: expected paths or RawFrames, got {type(el).__name__}")
+
+    if frames is None:
+        frames = []
+    if isinstance(frames, Mapping):
+        for key, seq in frames.items():
+            add(seq, _iso_key(key, what))
+    else:
+        add(frames, None)
+    if not out:
+        raise CalibrationError(f"no {what} given: {_WHAT_TO_CAPTURE}")
+    return out
+
+
+def _iso_from_path(path) -> float | None:
+    for part in reversed(Path(path).parts):
+        m = _ISO_IN_PATH.search(part)
+        if m and int(m.group(1)) > 0:
+            return float(m.group(1))
+    return None
+
+
+def find_frames(folder) -> tuple[list, list]:
+    """Bias and flat files under a capture folder: ``folder/bias`` (or ``dark``, ``darks``)
+    and ``folder/flat`` (or ``flats``), any case, searched recursively for raw files."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CalibrationError(f"{folder}: no such capture folder")
+    found = []
+    for names in (("bias", "dark", "darks"), ("flat", "flats")):
+        sub = next((d for n in names for d in sorted(folder.iterdir()) if d.is_dir() and d.name.lower() == n), None)
+        if sub is None:
+            raise CalibrationError(f"{folder}: no '{names[0]}' sub-folder (expected {folder}/bias/ and {folder}/flat/ "
+                                   "holding the raw files)")
+        found.append(raw_files(sub))
+    return found[0], found[1]
+
+
+def raw_files(path) -> list:
+    """``path`` itself if a file; else the raw files under it (recursively, sorted)."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise CalibrationError(f"{path}: no such file or folder")
+    return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in RAW_EXTENSIONS
+                  and not p.name.startswith("."))
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def _planes(frame: RawFrame) -> np.ndarray:
+    """float64 [4, h, w]: the packed planes R, G1, B, G2 in DN (odd trailing row/column dropped)."""
+    cfa = frame.cfa.detach().cpu().numpy()
+    h, w = cfa.shape[0] // 2, cfa.shape[1] // 2
+    out = np.empty((4, h, w))
+    for plane, site in enumerate(plane_sites(frame.pattern)):
+        i, j = divmod(site, 2)
+        out[plane] = cfa[i:2 * h:2, j:2 * w:2]
+    return out
+
+
+def _remove_rows(p: np.ndarray) -> np.ndarray:
+    """Subtract each CFA row's mean (planes 0,1 share a row, planes 2,3 the other) in place;
+    return the row means [2, h]."""
+    rows = np.stack([p[0:2].mean(axis=(0, 2)), p[2:4].mean(axis=(0, 2))])
+    p[0:2] -= rows[0][None, :, None]
+    p[2:4] -= rows[1][None, :, None]
+    return rows
+
+
+def _bias_stats(frame: RawFrame, n_samples: int, rng) -> dict:
+    p = _planes(frame)
+    offsets = p.mean(axis=(1, 2))
+    p -= offsets[:, None, None]
+    rows = _remove_rows(p)
+    flat = p.reshape(-1)
+    sample = flat.copy() if n_samples >= flat.size else flat[rng.choice(flat.size, n_samples, replace=False)]
+    return {"offsets": offsets, "rows": rows.reshape(-1), "sumsq": float(np.dot(flat, flat)), "count": flat.size,
+            "sample": sample, "row_length": 2 * p.shape[2]}
+
+
+def _pair_points(f1: RawFrame, f2: RawFrame, dark: np.ndarray) -> tuple:
+    """Per plane: (signal above dark, noise variance of one frame) of two flats at one level."""
+    d, b = _planes(f1), _planes(f2)
+    signal = (d.mean(axis=(1, 2)) + b.mean(axis=(1, 2))) / 2 - dark
+    d -= b
+    del b
+    _remove_rows(d)  # row noise of both frames (and any global offset)
+    d -= d.mean(axis=(1, 2), keepdims=True)  # light drift between the two frames
+    W = 2 * d.shape[2]
+    variance = np.einsum("chw,chw->c", d, d) / d[0].size * W / (W - 1) / 2
+    if not np.all(variance > 0):
+        raise CalibrationError(f"{f1.source} and {f2.source} are identical: a flat pair must be two exposures")
+    return signal, variance
+
+
+def _read_noise(sample: np.ndarray, rng) -> dict:
+    from scipy import stats
+
+    lam = float(stats.ppcc_max(sample, brack=(-0.1, 0.1), dist="tukeylambda"))
+    (osm, osr), (slope, intercept, r) = stats.probplot(sample, sparams=(lam,), dist="tukeylambda")
+    n = len(osm)
+    idx = np.unique(np.concatenate([np.linspace(0, n - 1, 1500).astype(int), np.arange(min(40, n)),
+                                    np.arange(max(0, n - 40), n)]))
+    sub = sample if sample.size <= 20_000 else rng.choice(sample, 20_000, replace=False)
+    lams = np.linspace(lam - 0.25, lam + 0.25, 41)
+    _, ppcc = stats.ppcc_plot(sub, lams[0], lams[-1], dist="tukeylambda", N=lams.size)
+    return {"lam": lam, "sigma_TL": float(slope), "ppcc": float(r),
+            "probplot": {"osm": osm[idx], "osr": osr[idx], "slope": float(slope), "intercept": float(intercept)},
+            "ppcc_curve": (lams, np.asarray(ppcc))}
+
+
+def _loglin(K, sigma) -> ScaleFit:
+    x, y = np.log(np.asarray(K)), np.log(np.asarray(sigma))
+    slope, bias = np.polyfit(x, y, 1)
+    res = y - (slope * x + bias)
+    resid = float(np.sqrt(np.sum(res ** 2) / (len(x) - 2))) if len(x) > 2 else 0.0
+    return ScaleFit(float(slope), float(bias), resid)
+
+
+# ----------------------------------------------------------------------------- calibrate
+
+
+def calibrate(bias, flats, *, out=None, camera_name=None, plots=None, report=None,
+              ppcc_samples: int = PPCC_SAMPLES, seed: int = 0, progress=None) -> CalibrationResult:
+    """Calibrate a camera's noise profile (SPEC §2-3) from bias and flat frames.
+
+    Args:
+        bias: bias frames: paths (any raw rawpy reads; a folder stands for the raw files
+            under it) or ``RawFrame``s, as a sequence
+            (ISO from each file's metadata, else from an ``ISO<n>`` folder or file name) or
+            a mapping ``{iso: [frames]}``.
+        flats: flat frames, the same way. Levels are found by exposure time and brightness
+            (within 10%); a nested sequence ``[[f1, f2], [f3, f4], ...]`` gives them
+            explicitly.
+        out: where to write the profile JSON (``{name: profile}``, the shipped format,
+            loadable by ``kernels.load_profile`` and usable as ``camera=`` / ``--camera``);
+            None: not written.
+        camera_name: the profile's name (default: make and model of the frames).
+        plots: folder for the diagnostic PNGs (photon_transfer.png, tukey_lambda.png,
+            noise_fits.png); None: none.
+        report: text report path; None: ``<out stem>_report.txt`` beside ``out`` (if given);
+            False: none.
+        ppcc_samples: bias pixels per ISO used for the Tukey-lambda fit.
+        seed: seed of the pixel subsampling (the calibration is deterministic).
+        progress: callable(str) told about each step (e.g. print), or None.
+
+    Raises:
+        CalibrationError (a ValueError) for frames that cannot calibrate, saying what to
+        capture; the errors of ``engine.read_raw`` for unreadable files.
+    """
+    say = progress or (lambda msg: None)
+    if isinstance(ppcc_samples, bool) or not isinstance(ppcc_samples, int) or ppcc_samples < 1000:
+        raise ValueError(f"ppcc_samples must be an int >= 1000, got {ppcc_samples!r}")
+    rng = np.random.default_rng(seed)
+    items = _items(bias, "bias") + _items(flats, "flat")
+    seen = {}
+    for it in items:
+        key = id(it.ref) if isinstance(it.ref, RawFrame) else os.path.realpath(it.ref)
+        if key in seen:
+            name = it.ref.source if isinstance(it.ref, RawFrame) else os.fspath(it.ref)
+            raise CalibrationError(f"{name} is given twice (as {seen[key]} and as {it.kind} frame): every bias and "
+                                   "flat frame must be a separate exposure")
+        seen[key] = it.kind
+    warnings: list = []
+    first, camera = None, {}
+    for n, it in enumerate(items):  # pass 1: metadata checks, bias statistics, flat brightness
+        f = it.read()
+        it.source = f.source
+        if n % 10 == 0:
+            say(f"reading {it.kind} frames ({n + 1}/{len(items)})")
+        first = _check_same_camera(f, first, camera)
+        iso = f.iso if f.iso is not None else (_iso_from_path(f.source) if not isinstance(it.ref, RawFrame) else None)
+        if it.iso is not None and f.iso is not None and abs(f.iso - it.iso) > 0.5:
+            raise CalibrationError(f"{f.source}: the file says ISO {f.iso:g} but is listed under ISO {it.iso:g}")
+        it.iso = it.iso if it.iso is not None else iso
+        if it.iso is None:
+            raise CalibrationError(f"{f.source}: missing ISO: the file carries none; give the frames as "
+                                   "{iso: [files]} or put them in a folder named ISO<n> (e.g. bias/ISO800/)")
+        it.iso = float(round(it.iso, 3))
+        it.exposure = f.exposure_time
+        black = np.asarray(f.black_level)
+        if it.kind == "bias":
+            it.stats = _bias_stats(f, ppcc_samples, rng)
+            it.stats["black"] = black
+            lit = float(np.mean(it.stats["offsets"] - black) / (f.white_level - black.mean()))
+            if lit > MAX_BIAS_SIGNAL:
+                raise CalibrationError(f"{f.source}: not a bias frame: its mean is {100 * lit:.2g}% of the range above "
+                                       "the black level; capture bias frames with the lens capped at the shortest "
+                                       "exposure (flats go with the flats)")
+        else:
+            cfa = f.cfa.detach().cpu().numpy()
+            sat = float(np.mean(cfa >= f.white_level - SATURATION_MARGIN * (f.white_level - black.max())))
+            if sat > MAX_SATURATED:
+                raise CalibrationError(
+                    f"{f.source}: saturated flat: {100 * sat:.3g}% of its pixels are at the white level "
+                    f"({f.white_level:g} DN) at ISO {it.iso:g}; capture this level with a shorter exposure or "
+                    "dimmer light (keep flats below about 70% of the range)")
+            h, w = cfa.shape[0] // 2 * 2, cfa.shape[1] // 2 * 2
+            it.mean = float(cfa[:h, :w].mean() - black.mean())
+        del f
+
+    by_iso = _group_by_iso(items)
+    measured = []
+    for iso, (bias_items, levels) in sorted(by_iso.items()):
+        say(f"ISO {iso:g}: {len(bias_items)} bias frames, {len(levels)} flat levels")
+        measured.append(_calibrate_iso(iso, bias_items, levels, ppcc_samples, rng, warnings))
+
+    K_iso = np.array([m.K for m in measured])
+    iso_arr = np.array([m.iso for m in measured])
+    b, a = np.polyfit(iso_arr, K_iso, 1, w=1 / K_iso)
+    if b <= 0:
+        raise CalibrationError("the gain K does not grow with ISO (" + ", ".join(
+            f"ISO {m.iso:g}: K {m.K:.4g}" for m in measured) + "); check the files' ISO metadata and that every "
+            "ISO's flats were captured at that ISO")
+    if a + b * ISO_MIN_REF <= 0:
+        b = float(np.sum(iso_arr / K_iso) / np.sum((iso_arr / K_iso) ** 2))  # K = b * ISO, relative errors
+        a = 0.0
+        warnings.append("K(ISO) = a + b ISO gave K <= 0 at ISO 100: fitted K proportional to ISO instead")
+    name = camera_name or _default_name(camera.get("make"), camera.get("model"), out)
+    profile = CameraProfile(
+        name=name, Kmin=float(a + b * ISO_MIN_REF), Kmax=float(a + b * ISO_MAX_REF),
+        G_shape=tuple(m.lam for m in measured),
+        g_scale=_loglin(K_iso, [m.sigma_g for m in measured]),
+        G_scale=_loglin(K_iso, [m.sigma_TL for m in measured]),
+        R_scale=_loglin(K_iso, [m.sigma_r for m in measured]),
+        color_bias=tuple(m.color_bias for m in measured))
+    result = CalibrationResult(profile, tuple(measured), (float(a), float(b)), camera.get("make"),
+                               camera.get("model"), first.shape, tuple(warnings))
+    return _write(result, out, plots, report, say)
+
+
+def _check_same_camera(f: RawFrame, first, camera: dict):
+    if first is None:
+        first = f
+    elif f.shape != first.shape:
+        raise CalibrationError(f"frames differ in size: {first.source} is {first.shape[1]}x{first.shape[0]}, "
+                               f"{f.source} is {f.shape[1]}x{f.shape[0]}; capture every frame at the camera's full "
+                               "raw size (no crop or sensor-window mode)")
+    elif f.pattern != first.pattern:
+        raise CalibrationError(f"frames differ in CFA pattern: {first.source} is {first.pattern}, {f.source} is "
+                               f"{f.pattern}; calibrate one camera at a time")
+    for key in ("make", "model"):
+        value = getattr(f, key)
+        if value is None:
+            continue
+        if key not in camera:
+            camera[key], camera[key + "_source"] = value, f.source
+        elif re.sub(r"\W", "", value).upper() != re.sub(r"\W", "", camera[key]).upper():
+            raise CalibrationError(f"frames come from different cameras: {camera[key + '_source']} has {key} "
+                                   f"{camera[key]!r}, {f.source} has {value!r}; calibrate one camera at a time "
+                                   "(all bias and flat frames from the same body)")
+    return first
+
+
+def _group_by_iso(items) -> dict:
+    """{iso: (bias items, [flat levels: lists of items])}, with the counts checked."""
+    isos = sorted({it.iso for it in items})
+    out = {}
+    for iso in isos:
+        bias = [it for it in items if it.iso == iso and it.kind == "bias"]
+        flats = [it for it in items if it.iso == iso and it.kind == "flat"]
+        if not flats:
+            raise CalibrationError(f"ISO {iso:g} has bias frames but no flats: capture flats at >= "
+                                   f"{MIN_FLAT_LEVELS} brightness levels (>= {MIN_FLATS_PER_LEVEL} frames each) "
+                                   f"at ISO {iso:g}, or drop its bias frames")
+        if len(bias) < MIN_BIAS_FRAMES:
+            raise CalibrationError(f"too few bias frames at ISO {iso:g}: {len(bias)} (need >= {MIN_BIAS_FRAMES}; "
+                                   "8 or more is better): capture them with the lens capped at the shortest exposure")
+        levels = _flat_levels(iso, flats)
+        if len(levels) < MIN_FLAT_LEVELS:
+            raise CalibrationError(
+                f"too few flat levels at ISO {iso:g}: {len(levels)} brightness level(s) (" + ", ".join(
+                    f"{np.mean([i.mean for i in lv]):.0f} DN" for lv in levels) + f"); need >= {MIN_FLAT_LEVELS} "
+                f"levels from dark to ~70% of the range, >= {MIN_FLATS_PER_LEVEL} frames each")
+        out[iso] = (bias, levels)
+    if len(out) < MIN_ISOS:
+        raise CalibrationError(f"frames at {len(out)} ISO ({', '.join(f'{i:g}' for i in out)}) only: need bias "
+                               f"and flat frames at >= {MIN_ISOS} ISOs (4 or more spanning the camera's range is "
+                               "better) to fit the noise against the gain")
+    return out
+
+
+def _flat_levels(iso, flats) -> list:
+    """Flats of one ISO grouped into levels (explicit, or by exposure time then brightness)."""
+    groups: dict = {}
+    for it in flats:
+        key = ("level", it.level) if it.level is not None else ("exposure", None if it.exposure is None
+                                                                 else f"{it.exposure:.4g}")
+        groups.setdefault(key, []).append(it)
+    levels = []
+    for key, group in groups.items():
+        group.sort(key=lambda i: i.mean)
+        if key[0] == "level":
+            lo, hi = group[0].mean, group[-1].mean
+            if hi > lo * (1 + LEVEL_TOLERANCE) + 1.0:
+                raise CalibrationError(f"flats of one level at ISO {iso:g} differ in brightness ({lo:.1f} DN in "
+                                       f"{group[0].source}, {hi:.1f} DN in {group[-1].source}): a level needs "
+                                       "frames at the same exposure and light")
+            levels.append(group)
+            continue
+        current = [group[0]]
+        for it in group[1:]:
+            if it.mean > current[0].mean * (1 + LEVEL_TOLERANCE) + 1.0:
+                levels.append(current)
+                current = []
+            current.append(it)
+        levels.append(current)
+    for lv in levels:
+        if len(lv) < MIN_FLATS_PER_LEVEL:
+            exp = f", exposure {lv[0].exposure:.4g} s" if lv[0].exposure else ""
+            raise CalibrationError(
+                f"too few flats at one level at ISO {iso:g}: {lv[0].source} ({lv[0].mean:.1f} DN above black{exp}) "
+                f"has no partner: capture >= {MIN_FLATS_PER_LEVEL} flats at every level (same exposure and light)")
+    return sorted(levels, key=lambda lv: lv[0].mean)
+
+
+def _calibrate_iso(iso, bias_items, levels, ppcc_samples, rng, warnings) -> IsoCalibration:
+    st = [it.stats for it in bias_items]
+    N, W = len(st), st[0]["row_length"]
+    offsets = np.mean([s["offsets"] for s in st], axis=0)
+    black = np.mean([s["black"] for s in st], axis=0)
+    # Pixel variance with row noise removed (the row mean takes 1/W of it back).
+    var_pix = sum(s["sumsq"] for s in st) / sum(s["count"] for s in st) * W / (W - 1)
+    if not var_pix > 0:
+        raise CalibrationError(f"ISO {iso:g}: the bias frames show no read noise (all pixels equal): capture real "
+                               "raw bias frames (lens capped, shortest exposure), not processed or synthetic images")
+    rows = np.stack([s["rows"] for s in st])  # [N, 2h]: CFA row means, plane offsets removed
+    resid = rows - rows.mean(axis=0)  # minus the fixed row pattern
+    var_rows = np.square(resid).sum() / ((N - 1) * (rows.shape[1] - 2))
+    var_r = var_rows - var_pix / W
+    if var_r <= 0:
+        var_r = (1e-3 * math.sqrt(var_pix)) ** 2
+        warnings.append(f"ISO {iso:g}: no row noise measurable above the pixel noise; sigma_r set to "
+                        f"{math.sqrt(var_r):.3g} DN")
+    if var_pix <= 2 * QUANT_VAR:
+        warnings.append(f"ISO {iso:g}: read noise ({math.sqrt(var_pix):.3g} DN) is close to the quantisation step: "
+                        "sigma_g is uncertain")
+    sigma_g = math.sqrt(max(var_pix - QUANT_VAR, 0.25 * var_pix))
+    sample = np.concatenate([s["sample"] for s in st])
+    if sample.size > ppcc_samples:
+        sample = rng.choice(sample, ppcc_samples, replace=False)
+    tl = _read_noise(sample, rng)
+
+    signal, variance, plane = [], [], []
+    n_pairs = 0
+    for lv in levels:
+        if len(lv) % 2:
+            warnings.append(f"ISO {iso:g}: odd number of flats at {lv[0].mean:.0f} DN; {lv[-1].source} unused")
+        for a, b in zip(lv[0::2], lv[1::2]):
+            s, v = _pair_points(a.read(), b.read(), offsets)
+            signal += list(s)
+            variance += list(v)
+            plane += [0, 1, 2, 3]
+            n_pairs += 1
+    signal, variance = np.array(signal), np.array(variance)
+    K, c = np.polyfit(signal, variance, 1, w=1 / variance)
+    if not K > 0:
+        raise CalibrationError(f"ISO {iso:g}: the flats' noise does not grow with their brightness (photon transfer "
+                               f"slope {K:.3g}): capture flats at clearly different levels, dark to ~70% of the range")
+    return IsoCalibration(
+        iso=iso, K=float(K), read_variance=float(c), sigma_g=sigma_g, sigma_TL=tl["sigma_TL"], lam=tl["lam"],
+        ppcc=tl["ppcc"], sigma_r=math.sqrt(var_r), dark=tuple(float(v) for v in offsets),
+        color_bias=tuple(float(v) for v in offsets - black), n_bias=N, n_levels=len(levels), n_pairs=n_pairs,
+        ptc={"signal": signal, "variance": variance, "plane": np.array(plane), "K": float(K), "c": float(c)},
+        probplot=tl["probplot"], ppcc_curve=tl["ppcc_curve"])
+
+
+def _default_name(make, model, out) -> str:
+    if model:
+        text = model if make and model.upper().startswith(make.upper()) else f"{make or ''} {model}"
+        name = re.sub(r"[^0-9A-Za-z]+", "", text)
+        if name:
+            return name
+    return Path(out).stem if out is not None else "Camera"
+
+
+def _write(result: CalibrationResult, out, plots, report, say) -> CalibrationResult:
+    updates = {}
+    if out is not None:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out) as tmp:
+            tmp.write_text(json.dumps({result.profile.name: result.profile.to_dict()}, indent=1) + "\n")
+        load_profile(out)  # what was written loads back
+        updates["profile_path"] = out
+        say(f"profile written to {out}")
+    if plots is not None:
+        from .calibration_plots import write_plots
+
+        updates["plot_paths"] = write_plots(result, plots)
+        say(f"plots written to {plots}")
+    if report is None and out is not None:
+        report = out.with_name(out.stem + "_report.txt")
+    if report:
+        updates["report_path"] = Path(report)
+    result = dataclasses.replace(result, **updates)
+    if report:
+        Path(report).parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(report) as tmp:
+            tmp.write_text(result.report())
+    return result
+
+
+# ----------------------------------------------------------------------------- CLI
+
+_CLI_HELP = """\
+Calibrate a camera's noise profile from bias and flat frames (raw files rawpy reads).
+
+Capture folder layout (FOLDER):
+  FOLDER/bias/   bias frames: lens capped, shortest exposure, >= 2 per ISO
+  FOLDER/flat/   flats: uniform steady light, >= 3 brightness levels per ISO (dark to
+                 ~70% of the range), >= 2 frames per level, never saturated
+Sub-folders are searched too. Each file's ISO comes from its metadata, else from an
+ISO<n> folder or file name (bias/ISO800/...). Flat levels are found from exposure time and
+brightness. Use bias and flats at >= 2 ISOs (4 or more spanning the camera's range).
+
+The profile (shipped format) is used at once by `enhance --camera PROFILE.json`, by
+Pipeline(camera=...) and by training's --camera.
+"""
+
+
+def add_calibrate_command(subparsers):
+    """Register the ``calibrate`` subcommand on an argparse ``subparsers`` object; the
+    handler (``args.func(args)``) returns 0, 1 when the frames cannot calibrate (the
+    message says what to capture) or 2 for a usage error."""
+    import argparse
+
+    p = subparsers.add_parser("calibrate", help="calibrate a camera's noise profile from bias and flat frames",
+                              description=_CLI_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("folder", nargs="?", help="capture folder holding bias/ and flat/ (see above)")
+    p.add_argument("--bias", nargs="+", metavar="PATH", help="bias files or folders (instead of FOLDER/bias)")
+    p.add_argument("--flat", nargs="+", metavar="PATH", help="flat files or folders (instead of FOLDER/flat)")
+    p.add_argument("-o", "--out", required=True, metavar="PROFILE.json", help="camera profile to write")
+    p.add_argument("--name", default=None, help="profile name (default: the files' make and model)")
+    p.add_argument("--plots", metavar="DIR", default=None,
+                   help="folder for the diagnostic PNGs (default: PROFILE_plots/ beside the profile)")
+    p.add_argument("--no-plots", action="store_true", help="write no plots")
+    p.add_argument("--report", metavar="FILE", default=None,
+                   help="text report (default: PROFILE_report.txt beside the profile)")
+    p.add_argument("--ppcc-samples", type=int, default=PPCC_SAMPLES,
+                   help=f"bias pixels per ISO for the Tukey-lambda fit (default {PPCC_SAMPLES})")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    p.set_defaults(func=run_calibrate)
+    return p
+
+
+def run_calibrate(args) -> int:
+    """Handler of ``exposure-diffusion calibrate``."""
+    out = Path(args.out)
+    if args.folder is None and not (args.bias and args.flat):
+        print("error: give a capture FOLDER (with bias/ and flat/) or both --bias and --flat", file=sys.stderr)
+        return 2
+    try:
+        if args.folder is not None and not Path(args.folder).is_dir():
+            raise FileNotFoundError(f"capture folder {args.folder} does not exist")
+        bias = flat = None
+        if args.folder is not None and not (args.bias and args.flat):
+            bias, flat = find_frames(args.folder)
+        bias = [f for p in args.bias for f in raw_files(p)] if args.bias else bias
+        flat = [f for p in args.flat for f in raw_files(p)] if args.flat else flat
+    except (CalibrationError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    plots = None if args.no_plots else (args.plots or out.with_name(out.stem + "_plots"))
+    say = None if args.quiet else (lambda msg: print(msg, file=sys.stderr))
+    try:
+        result = calibrate(bias, flat, out=out, camera_name=args.name, plots=plots, report=args.report,
+                           ppcc_samples=args.ppcc_samples, progress=say)
+    except (ValueError, OSError) as e:  # CalibrationError, unreadable raw files
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if not args.quiet:
+        print(result.report(), end="")
+    return 0
