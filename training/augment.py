@@ -37,23 +37,29 @@ __all__ = ["normalise_packed", "random_dihedral", "apply_dihedral", "augment_and
 _TRANSPOSE_PLANES = (0, 3, 2, 1)
 
 
+def _per_sample(name: str, v, B: int, dev, width: int | None = None) -> torch.Tensor:
+    """A number, ``width`` values or a per-sample tensor -> float32 ``[B]`` / ``[B, width]`` on
+    ``dev`` (Python numbers become a device-side fill, no host-to-device copy)."""
+    shape = (B,) if width is None else (B, width)
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return torch.full(shape, float(v), dtype=torch.float32, device=dev)
+    t = torch.as_tensor(v, dtype=torch.float32, device=dev)
+    if t.numel() == 1:
+        t = t.reshape(1).expand(shape) if width is None else t.reshape(1, 1).expand(shape)
+    elif width is not None and t.shape in ((width,), (1, width)):
+        t = t.reshape(1, width).expand(shape)
+    elif width is None and t.dim() > 1:
+        t = t.reshape(-1)
+    if t.shape != shape:
+        expected = "a number or [B]" if width is None else f"a number, {width} values or [B, {width}]"
+        raise ValueError(f"{name} must be {expected} with B = {B}, got shape {tuple(t.shape)}")
+    return t
+
+
 def _levels(raw: torch.Tensor, black, white, ratio):
-    B = raw.shape[0]
-    dev = raw.device
-    black = torch.as_tensor(black, dtype=torch.float32, device=dev)
-    if black.numel() == 1:
-        black = black.reshape(1, 1).expand(B, 4)
-    elif black.shape in ((4,), (1, 4)):
-        black = black.reshape(1, 4).expand(B, 4)
-    if black.shape != (B, 4):
-        raise ValueError(f"black must be a number, 4 values or [B, 4] with B = {B}, got shape {tuple(black.shape)}")
-    white = torch.as_tensor(white, dtype=torch.float32, device=dev).reshape(-1)
-    white = white.expand(B) if white.numel() == 1 else white
-    ratio = torch.as_tensor(ratio, dtype=torch.float32, device=dev).reshape(-1)
-    ratio = ratio.expand(B) if ratio.numel() == 1 else ratio
-    if white.shape != (B,) or ratio.shape != (B,):
-        raise ValueError(f"white and ratio must be numbers or [B] with B = {B}, got {tuple(white.shape)} and {tuple(ratio.shape)}")
-    return black, white, ratio
+    B, dev = raw.shape[0], raw.device
+    return (_per_sample("black", black, B, dev, 4), _per_sample("white", white, B, dev),
+            _per_sample("ratio", ratio, B, dev))
 
 
 def normalise_packed(raw: torch.Tensor, black, white, *, ratio=1.0) -> torch.Tensor:
@@ -66,8 +72,8 @@ def normalise_packed(raw: torch.Tensor, black, white, *, ratio=1.0) -> torch.Ten
         raise ValueError(f"raw must be a packed batch [B, 4, h, w], got shape {tuple(raw.shape)}")
     black, white, ratio = _levels(raw, black, white, ratio)
     scale = ratio[:, None] / (white[:, None] - black)  # [B, 4], float32 as in kernels.pack_bayer
-    x = (raw.to(torch.float32) - black[:, :, None, None]) * scale[:, :, None, None]
-    return x.clamp_(0.0, 1.0)
+    x = raw.to(torch.float32, copy=True)  # one new buffer, then in place (same arithmetic order)
+    return x.sub_(black[:, :, None, None]).mul_(scale[:, :, None, None]).clamp_(0.0, 1.0)
 
 
 def random_dihedral(batch: int, *, generator: torch.Generator | None = None, device=None,
@@ -78,8 +84,10 @@ def random_dihedral(batch: int, *, generator: torch.Generator | None = None, dev
     gen_device = generator.device if generator is not None else (torch.device(device) if device is not None else None)
     u = torch.rand(batch, 3, generator=generator, device=gen_device)
     flags = u < 0.5
-    keep = torch.tensor([flips, flips, transpose], device=flags.device)
-    flags = flags & keep
+    if not flips:
+        flags[:, :2] = False
+    if not transpose:
+        flags[:, 2] = False
     return flags.to(device) if device is not None else flags
 
 
@@ -108,9 +116,9 @@ def apply_dihedral(x: torch.Tensor, flags: torch.Tensor) -> torch.Tensor:
     x = torch.where(sel(0), _flip(x, -1), x)
     x = torch.where(sel(1), _flip(x, -2), x)
     if h == w:
-        perm = torch.tensor([g + p for g in range(0, C, 4) for p in _TRANSPOSE_PLANES], device=x.device)
-        xt = x.transpose(-1, -2).index_select(1, perm)
-        x = torch.where(sel(2), xt, x)
+        groups = x.reshape(B, C // 4, 4, h, w)  # permute by slices, not an index tensor: no host copy
+        xt = torch.cat([groups[:, :, p : p + 1] for p in _TRANSPOSE_PLANES], dim=2).reshape(B, C, h, w).transpose(-1, -2)
+        x = torch.where(sel(2), xt, x).contiguous()  # where may follow xt's transposed strides
     elif bool(flags[:, 2].any()):  # only reached for non-square input (a host sync there is fine)
         raise ValueError(f"a transpose needs square patches, got {h}x{w}; pass transpose=False")
     return x
