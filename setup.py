@@ -9,7 +9,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["kernels", "kernels.*", "engine", "engine.*", "training", "training.*"]),
-    package_data={"kernels": ["data/camera_params/*.json", "data/camera_params/*.md"]},
+    package_data={"kernels": ["data/camera_params/*.json", "data/camera_params/*.md"],
+                  "engine": ["data/*.pt", "data/*.md"]},
     include_package_data=True,
     install_requires=[
         # Any torch >= 2.3; on a CPU-only machine install the CPU build first

@@ -78,7 +78,8 @@ def add_engine_commands(sub) -> None:
     e.add_argument("files", nargs="+", help="raw files: ARW, NEF, CR2, DNG, ...")
     e.add_argument("--ratio", type=float, required=True, help="exposure ratio to brighten by (e.g. 100, 300)")
     e.add_argument("-o", "--output", default=".", help="output folder (created if missing; default: .)")
-    e.add_argument("--checkpoint", required=True, help="model checkpoint (public {'netG': ...} format or ours)")
+    e.add_argument("--checkpoint", default=None,
+                   help="model checkpoint (public {'netG': ...} format or ours; default: the shipped model)")
     e.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     e.add_argument("--steps", type=int, default=3, help="network evaluations (default 3; 1 = one-shot)")
     e.add_argument("--camera", default=None, help="camera profile for ISO -> gain (shipped name or JSON path)")

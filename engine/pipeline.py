@@ -39,6 +39,8 @@ from .rawio import RawFrame, read_raw, read_raw_batch
 from .tiling import UNET_RADIUS, run_tiled
 
 PRECISIONS = ("fp32", "fp16", "bf16")
+# The model shipped with the package (see README, "Default model").
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "data" / "default_model.pt"
 MAX_RATIO = 10000.0
 # Smallest tile tried when falling back from an out-of-memory error.
 MIN_AUTO_TILE = 256
@@ -136,10 +138,14 @@ class Pipeline:
         self._graphed: dict[tuple, GraphedDiffusion] = {}
 
     @classmethod
-    def from_checkpoint(cls, path, *, expect: dict | None = None, **kwargs) -> "Pipeline":
+    def from_checkpoint(cls, path=None, *, expect: dict | None = None, **kwargs) -> "Pipeline":
         """Load a public-format (``{'netG': ...}``) or our-format checkpoint (never
-        executing pickled code) and build a pipeline; ``kwargs`` as for ``Pipeline``."""
-        model, config, _ = load_checkpoint(path, expect=expect)
+        executing pickled code) and build a pipeline; ``kwargs`` as for ``Pipeline``.
+
+        ``path=None`` loads the default model shipped with the package
+        (``DEFAULT_CHECKPOINT``, trained with ``training`` on built-in synthetic data).
+        """
+        model, config, _ = load_checkpoint(DEFAULT_CHECKPOINT if path is None else path, expect=expect)
         return cls(model, config, **kwargs)
 
     # ------------------------------------------------------------------ network

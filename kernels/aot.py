@@ -30,6 +30,9 @@ class AotSpec:
 
     signature: argument name -> Triton type string ("*fp32", "i32", "constexpr", ...).
     constexprs: values of the constexpr arguments (block sizes, static options).
+    divisible_by_16: arguments (pointers, strides, sizes) assumed multiples of 16, as
+        Triton's JIT assumes them for typical frames at launch; this compiles the
+        vectorised variant production actually runs.
     """
 
     name: str
@@ -37,6 +40,7 @@ class AotSpec:
     signature: dict
     constexprs: dict
     num_warps: int = 4
+    divisible_by_16: tuple = ()
 
 
 def ptxas_path(arch: int) -> str:
@@ -71,7 +75,9 @@ def compile_spec(spec: AotSpec, arch: int) -> dict:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    src = ASTSource(fn=spec.fn, signature=spec.signature, constexprs=spec.constexprs)
+    arg_names = list(spec.signature)
+    attrs = {(arg_names.index(n),): [["tt.divisibility", 16]] for n in spec.divisible_by_16}
+    src = ASTSource(fn=spec.fn, signature=spec.signature, constexprs=spec.constexprs, attrs=attrs)
     compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": spec.num_warps})
     if not compiled.asm.get("cubin"):
         raise RuntimeError(f"{spec.name}: no cubin produced for sm_{arch}")

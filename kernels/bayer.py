@@ -402,6 +402,9 @@ def aot_specs():
                **ints, **{f"s_{t}": "i32" for t in ("cb", "ch", "cw", "ob", "oc", "oh", "ow")}, **{k: "constexpr" for k in const}}
         name = f"pack_bayer_{in_ty}_{out_ty}_{4 * (1 + photon + origin)}ch{'_photon' * photon}{'' if unit else '_strided'}"
         specs.append(AotSpec(name, _pack_kernel, sig, const, NUM_WARPS))
+        if unit and in_ty == "u16":  # the aligned build typical frames get (16-byte accesses)
+            aligned = ("cfa_ptr", "out_ptr", "w", "s_cb", "s_ch", "s_ob", "s_oc", "s_oh")
+            specs.append(AotSpec(name + "_aligned", _pack_kernel, sig, const, NUM_WARPS, aligned))
     for in_ty in ("fp32", "fp16"):
         for out_ty in ("u16", "fp32"):
             const = {"UNIT_STRIDE": True, "OUT_INT": out_ty == "u16", **blocks}
