@@ -94,14 +94,19 @@ def add_engine_commands(sub) -> None:
     add_calibrate_command(sub)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*more_commands) -> argparse.ArgumentParser:
+    """The ``exposure-diffusion`` parser: the engine's commands, then each of
+    ``more_commands`` (functions registering subcommands, e.g. the training ones)."""
     ap = argparse.ArgumentParser(prog="exposure-diffusion", description="ExposureDiffusion raw low-light enhancement")
-    add_engine_commands(ap.add_subparsers(dest="command", required=True))
+    sub = ap.add_subparsers(dest="command", required=True)
+    add_engine_commands(sub)
+    for add in more_commands:
+        add(sub)
     return ap
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv=None, *more_commands) -> int:
+    args = build_parser(*more_commands).parse_args(argv)
     return args.func(args)
 
 

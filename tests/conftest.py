@@ -20,3 +20,12 @@ TRITON_DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 def triton_device() -> torch.device:
     return TRITON_DEVICE
 
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small CPU convolutions: one thread is as fast and does not stall on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -7,6 +7,8 @@ import torch.nn.functional as F
 from engine.backbones import (BackboneConfig, LayerNorm2d, NAFNet, UNet, build_backbone, count_macs,
                               unet_macs)
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 CHANNELS = [(4, 9), (4, 4), (8, 9), (8, 4), (12, 9), (12, 4)]
 # Exact counts. UNet: 7,758,336 weights shared by all variants + 32*9*in (conv1_1) + 33*out (conv10_1).
 UNET_PARAMS = {(4, 9): 7_760_649, (4, 4): 7_760_484, (8, 9): 7_761_801, (8, 4): 7_761_636,
@@ -22,13 +24,6 @@ PUBLIC_UNET_KEYS = sorted(
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small CPU convolutions: one thread is as fast and does not stall on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 def n_params(model):
     return sum(p.numel() for p in model.parameters())

@@ -11,17 +11,12 @@ import engine.checkpoint as ckpt
 from engine.backbones import BackboneConfig, NAFNet, UNet
 from engine.checkpoint import CheckpointError, export_public, load_checkpoint, save_checkpoint
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SMALL_NAF = dict(width=8, enc_blocks=(1, 2), middle_blocks=3, dec_blocks=(2, 1))
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small CPU convolutions: one thread is as fast and does not stall on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 def randomise_(model, seed=0):
     g = torch.Generator().manual_seed(seed)

@@ -17,7 +17,7 @@ import torch
 from kernels._common import philox_seed, value_checks_disabled
 from kernels.exposure import BLOCK, exposure_step, exposure_step_reference
 from tests.conftest import TRITON_DEVICE
-from tests.helpers import poison_
+from tests.helpers import chi_square_pvalue, poison_
 
 ALPHA = 1e-3  # per-test false-failure rate of every statistical test below
 FP32_TOL = dict(atol=1e-5, rtol=1e-5)
@@ -195,23 +195,6 @@ def test_auto_backend_on_cpu_is_the_reference():
 
 
 # ------------------------------------------------------------------ stochastic mode
-
-def chi_square_pvalue(samples: np.ndarray, mean: float, n_bins: int = 30) -> float:
-    """Chi-square goodness of fit of integer samples to Poisson(mean), bins expecting >= 5."""
-    dist = st.poisson(mean)
-    edges = np.unique(dist.ppf(np.linspace(0, 1, n_bins + 1)[1:-1]).astype(np.int64))
-    probs = np.diff(np.concatenate([[0.0], dist.cdf(edges), [1.0]]))
-    counts = np.bincount(np.searchsorted(edges, samples, side="left"), minlength=len(probs))
-    obs, exp, acc_o, acc_e = [], [], 0.0, 0.0
-    for o, e in zip(counts, probs * len(samples)):
-        acc_o, acc_e = acc_o + o, acc_e + e
-        if acc_e >= 5:
-            obs.append(acc_o), exp.append(acc_e)
-            acc_o = acc_e = 0.0
-    obs[-1] += acc_o
-    exp[-1] += acc_e
-    return st.chisquare(obs, exp).pvalue
-
 
 def photons_from_next(nxt, origin, ratio, K, rho_next, dn_scale):
     """Invert A_next = (clip(A_T) + P r K / s) / rho_next for P (float64, per element)."""

@@ -25,7 +25,7 @@ from kernels._common import DEFAULT_DN_SCALE as S
 from kernels.noise import _tukey_lambda, parse_noise_model, synthesize_noise, synthesize_noise_reference
 from kernels.profiles import sample_noise_params
 from tests.conftest import TRITON_DEVICE
-from tests.helpers import poison_
+from tests.helpers import chi_square_pvalue, poison_
 
 ALPHA = 1e-3  # per-test false-failure rate of every statistical test below
 Z_CRIT = st.norm.isf(ALPHA / 2)  # two-sided z threshold at ALPHA (3.29)
@@ -227,25 +227,6 @@ def test_params_from_sample_noise_params():
 
 
 # ----------------------------------------------------------------------------- statistics
-def chi_square_poisson_pvalue(k: np.ndarray, mean: float) -> float:
-    """Chi-square fit of integer samples to Poisson(mean), bins merged to expect >= 5."""
-    dist = st.poisson(mean)
-    lo, hi = int(dist.ppf(1e-4)), int(dist.ppf(1 - 1e-4))
-    edges = np.arange(lo, hi + 1)
-    probs = np.diff(np.concatenate([[0.0], dist.cdf(edges[:-1]), [1.0]]))  # bins: <=lo, lo+1, ..., >=hi
-    counts = np.bincount(np.clip(k, lo, hi) - lo, minlength=len(probs))
-    exp = probs * len(k)
-    obs_m, exp_m, ao, ae = [], [], 0.0, 0.0
-    for o, e in zip(counts, exp):
-        ao, ae = ao + o, ae + e
-        if ae >= 5:
-            obs_m.append(ao), exp_m.append(ae)
-            ao = ae = 0.0
-    obs_m[-1] += ao
-    exp_m[-1] += ae
-    return st.chisquare(obs_m, exp_m).pvalue
-
-
 def test_shot_noise_is_K_times_poisson_per_sample(big_tiles):
     """P: z / K ~ Poisson(y / K) with per-sample K; means 0.7, 20, 400 (N_PIXELS each):
     integer counts, chi-square fit, mean and variance z-tests (Bonferroni over 3 x 3)."""
@@ -259,7 +240,7 @@ def test_shot_noise_is_K_times_poisson_per_sample(big_tiles):
         mu = (y[b, 0, 0, 0] / k).item()
         assert np.all(np.abs(counts - np.round(counts)) < 1e-3), "z / K must be integer photon counts"
         counts = np.round(counts).astype(np.int64)
-        assert chi_square_poisson_pvalue(counts, mu) > ALPHA / 9
+        assert chi_square_pvalue(counts, mu) > ALPHA / 9
         n = counts.size
         assert abs(counts.mean() - mu) < crit * math.sqrt(mu / n)
         assert abs(counts.var(ddof=1) - mu) < crit * math.sqrt((mu + 2 * mu * mu) / n)

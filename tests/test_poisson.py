@@ -16,39 +16,11 @@ import triton.language as tl
 import kernels
 from kernels.poisson import MAX_MEAN, _log_poisson_pmf, poisson, poisson_reference
 from tests.conftest import TRITON_DEVICE
+from tests.helpers import chi_square_pvalue
 
 ALPHA = 1e-3  # per-test false-failure rate of every statistical test below
 N_SAMPLES = 20_000
 MEANS = [0.0, 1e-3, 0.5, 3.0, 9.99, 10.0, 50.0, 1e3, 1e5, 1e6]
-
-
-def chi_square_pvalue(samples: np.ndarray, mean: float, n_bins: int = 30) -> float:
-    """Chi-square goodness of fit of integer samples to Poisson(mean).
-
-    Bins are intervals of integers between quantiles of the exact distribution, merged
-    so every bin expects at least 5 samples; the two tails are open-ended bins.
-    """
-    dist = st.poisson(mean)
-    edges = np.unique(dist.ppf(np.linspace(0, 1, n_bins + 1)[1:-1]).astype(np.int64))
-    # bin j holds k in (edges[j-1], edges[j]]; first bin k <= edges[0], last k > edges[-1]
-    cdf = dist.cdf(edges)
-    probs = np.diff(np.concatenate([[0.0], cdf, [1.0]]))
-    counts = np.bincount(np.searchsorted(edges, samples, side="left"), minlength=len(probs))
-    expected = probs * len(samples)
-    # merge bins with expected < 5 into their neighbour
-    obs_m, exp_m, acc_o, acc_e = [], [], 0.0, 0.0
-    for o, e in zip(counts, expected):
-        acc_o, acc_e = acc_o + o, acc_e + e
-        if acc_e >= 5:
-            obs_m.append(acc_o), exp_m.append(acc_e)
-            acc_o = acc_e = 0.0
-    if acc_e > 0 and exp_m:
-        obs_m[-1] += acc_o
-        exp_m[-1] += acc_e
-    if len(exp_m) < 2:
-        # (nearly) degenerate distribution: every sample must sit in the one bin
-        return 1.0 if counts.sum() == len(samples) else 0.0
-    return st.chisquare(obs_m, exp_m).pvalue
 
 
 @pytest.mark.parametrize("mean", MEANS)

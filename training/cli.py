@@ -8,7 +8,6 @@
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -156,19 +155,11 @@ def add_training_commands(sub) -> None:
     e.set_defaults(func=evaluate)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from engine.cli import add_engine_commands
-
-    ap = argparse.ArgumentParser(prog="exposure-diffusion", description="ExposureDiffusion raw low-light enhancement")
-    sub = ap.add_subparsers(dest="command", required=True)
-    add_engine_commands(sub)
-    add_training_commands(sub)
-    return ap
-
-
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    """The installed program: the engine's commands plus ``train`` and ``evaluate``."""
+    from engine.cli import main as engine_main
+
+    return engine_main(argv, add_training_commands)
 
 
 if __name__ == "__main__":
