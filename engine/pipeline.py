@@ -159,14 +159,10 @@ class Pipeline:
     def _act_dtype(self) -> torch.dtype:
         return torch.float16 if self.precision == "fp16" else torch.float32
 
-    @property
-    def _memory_format(self) -> torch.memory_format:
-        return torch.channels_last
-
     def _loop_kwargs(self, stochastic: bool, accumulate: bool) -> dict:
         return dict(with_photon=self.config.with_photon, concat_origin=self.config.concat_origin,
                     stochastic=stochastic, accumulate=accumulate, dn_scale=self.dn_scale,
-                    next_dtype=self._act_dtype, memory_format=self._memory_format)
+                    next_dtype=self._act_dtype, memory_format=torch.channels_last)
 
     def _run_whole(self, x, ratio, K, rho, generator, stochastic, accumulate) -> torch.Tensor:
         padded, (h, w) = pad_to_multiple(x)
@@ -269,8 +265,7 @@ class Pipeline:
             first = pack_bayer(cfa, frames[0].pattern, black, white, ratio_t, K=K_t,
                                with_photon=self.config.with_photon, concat_origin=self.config.concat_origin,
                                out_dtype=self._act_dtype)
-            if self._memory_format == torch.channels_last:
-                first = first.contiguous(memory_format=torch.channels_last)
+            first = first.contiguous(memory_format=torch.channels_last)
         with nvtx.annotate("diffusion", color="red"), torch.inference_mode():
             estimate = self._run(first, ratio_t, K_t, rho, generator, stochastic, accumulate, self.max_tile)
         results = [EnhancedFrame(raw=estimate[i], frame=f, ratio=float(ratio), K=gains[i], steps=steps,

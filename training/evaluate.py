@@ -54,16 +54,18 @@ def evaluate_synthetic(backbone: nn.Module, config: BackboneConfig, *, ratios=(1
     holdout = synthetic_holdout(n, patch, seed)
     table = {}
     for r in ratios:
-        gen = torch.Generator().manual_seed(seed * 1000 + int(r))
+        # separate streams: the noisy inputs must not depend on how many steps draw after them
+        noise_gen = torch.Generator().manual_seed(seed * 1000 + int(r))
+        step_gen = torch.Generator().manual_seed(seed * 1000 + int(r) + 500)
         scores = {"psnr": [], "ssim": [], "input_psnr": [], "input_ssim": []}
         for start in tqdm(range(0, n, batch), desc=f"x{r:g}", disable=not progress):
             clean = normalise_packed(holdout.raw[start : start + batch], holdout.black[start : start + batch],
                                      holdout.white[start : start + batch]).to(device)
             params = sample_noise_params(clean.shape[0], [camera], model=noise_model, K_range="camera",
-                                         ratio_range=(float(r), float(r)), generator=gen, device=device)
+                                         ratio_range=(float(r), float(r)), generator=noise_gen, device=device)
             first = synthesize_noise(clean, noise_model, params=params, with_photon=config.with_photon,
-                                     concat_origin=config.concat_origin, generator=gen)
-            y = restore(backbone, config, first, ratio=params.ratio, K=params.K, steps=steps, generator=gen)
+                                     concat_origin=config.concat_origin, generator=noise_gen)
+            y = restore(backbone, config, first, ratio=params.ratio, K=params.K, steps=steps, generator=step_gen)
             scores["psnr"] += psnr(y, clean).tolist()
             scores["ssim"] += ssim(y, clean).tolist()
             scores["input_psnr"] += psnr(first[:, :4], clean).tolist()
