@@ -4,7 +4,6 @@ These tests check the bench itself (it runs, measures the same computation on bo
 sides, writes complete JSON and a table), never its timings.
 """
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path

@@ -1,0 +1,98 @@
+"""The baselines the bench measures against, written plainly on purpose.
+
+``EagerLoop``: the ExposureDiffusion inference loop (SPEC §4) as a researcher would write
+it in plain PyTorch: pack with ``kernels.pack_bayer_reference``, the backbone in fp32
+(contiguous memory, eager), ``kernels.exposure_step_reference`` (torch ops, torch.poisson)
+in a Python loop. No fused kernels, no CUDA graphs, no reduced precision. It computes
+what ``engine.Pipeline`` computes (same padding, schedule, update form and crop), so in
+deterministic mode (``stochastic=False``) the two outputs can be compared by PSNR.
+
+``numpy_eld_synthesis``: the ELD ``P+G+r+u`` synthesis as the public data loaders run it,
+one sample at a time with numpy / scipy (single-threaded).
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import scipy.stats
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.backbones import BackboneConfig
+from engine.camera import resolve_gain
+from engine.rawio import RawFrame, read_raw
+from kernels import DEFAULT_DN_SCALE, exposure_step_reference, pack_bayer_reference
+
+SIZE_MULTIPLE = 16  # four 2x2 poolings in the UNet
+
+
+class EagerLoop:
+    """Plain fp32 eager ExposureDiffusion on one frame.
+
+    Args:
+        backbone: the network; a private fp32, contiguous copy is kept on ``device``.
+        config: its ``BackboneConfig`` (photon / origin channels).
+        device: where to run.
+        dn_scale: normalised -> DN scale of the photon maths (as the engine's default).
+    """
+
+    def __init__(self, backbone: nn.Module, config: BackboneConfig, device, dn_scale: float = DEFAULT_DN_SCALE):
+        self.device = torch.device(device)
+        self.config = config
+        self.dn_scale = float(dn_scale)
+        self.net = copy.deepcopy(backbone).to(device=self.device, dtype=torch.float32,
+                                              memory_format=torch.contiguous_format).eval()
+
+    def __call__(self, source, *, ratio: float, steps: int = 3, K: float | None = None, stochastic: bool = True,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """Enhance a ``RawFrame`` or a raw file path; returns float32 ``[4, h, w]`` in [0, 1]."""
+        frame = source if isinstance(source, RawFrame) else read_raw(source)
+        if K is None:
+            K = resolve_gain(iso=frame.iso, make=frame.make, model=frame.model, source=str(frame.source))
+        cfg = self.config
+        with torch.inference_mode():
+            cfa = frame.cfa.to(self.device)[None]
+            x = pack_bayer_reference(cfa, frame.pattern, torch.tensor([frame.black_level], device=self.device),
+                                     float(frame.white_level), float(ratio), K=float(K), with_photon=cfg.with_photon,
+                                     concat_origin=cfg.concat_origin, out_dtype=torch.float32)
+            h, w = x.shape[-2:]
+            ph, pw = (-h) % SIZE_MULTIPLE, (-w) % SIZE_MULTIPLE
+            if ph or pw:  # bottom / right, reflected (edge-replicated when the frame is tiny)
+                x = F.pad(x, (0, pw, 0, ph), mode="reflect" if ph < h and pw < w else "replicate")
+            rho = torch.linspace(1.0, float(ratio), steps + 1).tolist()
+            origin = x[:, :4]
+            state = origin
+            estimate = None
+            for i in range(steps):
+                out = self.net(x)
+                last = i == steps - 1
+                estimate, x = exposure_step_reference(
+                    out, state, origin, ratio=float(ratio), K=float(K), rho=rho[i],
+                    rho_next=None if last else rho[i + 1], stochastic=stochastic, generator=generator,
+                    with_photon=cfg.with_photon, concat_origin=cfg.concat_origin, dn_scale=self.dn_scale,
+                    out_dtype=torch.float32)
+                if not last:
+                    state = x[:, :4]
+            return estimate[0, :, :h, :w]
+
+
+def numpy_eld_synthesis(clean: np.ndarray, params: list[dict], dn_scale: float, rng: np.random.Generator) -> np.ndarray:
+    """Per-sample numpy/scipy ELD P+G+r+u synthesis, as the public data loaders do it.
+
+    clean: [B, 4, h, w] float32 normalised packed patches; ``params``: one dict per sample
+    (ratio, K, sigma_TL, lam, sigma_r); one Python iteration per sample.
+    Returns the clipped, amplified noisy network input [B, 4, h, w] float32.
+    """
+    out = np.empty_like(clean)
+    for b, p in enumerate(params):
+        y = clean[b] * dn_scale / p["ratio"]
+        z = rng.poisson(y / p["K"]).astype(np.float32) * p["K"]
+        z += scipy.stats.tukeylambda.rvs(p["lam"], scale=p["sigma_TL"], size=y.shape, random_state=rng).astype(np.float32)
+        # one row value per CFA row: planes (0, 1) share one, planes (2, 3) the other
+        rows = rng.standard_normal((2, 1, y.shape[1], 1)).astype(np.float32) * p["sigma_r"]
+        z += np.repeat(rows, 2, axis=0).reshape(4, y.shape[1], 1)
+        z += rng.uniform(-0.5, 0.5, size=y.shape).astype(np.float32)
+        out[b] = np.clip(z * p["ratio"] / dn_scale, 0, 1)
+    return out
