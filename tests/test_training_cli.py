@@ -3,7 +3,7 @@ import json
 
 import torch
 
-from engine import BackboneConfig
+from engine import BackboneConfig, load_checkpoint
 from tests.dngfactory import make_bayer_dng
 from training.cli import main
 from training.evaluate import evaluate_sid, evaluate_synthetic
@@ -27,6 +27,13 @@ def test_train_then_resume_then_evaluate_then_enhance(tmp_path, capsys):
     assert "synthetic hold-out" in printed and "input PSNR" in printed
     table = json.loads(out_json.read_text())["synthetic"]
     assert set(table) == {"100.0", "300.0"} and all(v["psnr"] > 0 for v in table.values())
+    assert main(["export", "--checkpoint", str(run / "model.pt"), "--public", str(tmp_path / "public.pt")]) == 0
+    public = torch.load(tmp_path / "public.pt", weights_only=True)
+    assert set(public) == {"netG", "epoch", "iterations"} and public["iterations"] == 4
+    model, config, meta = load_checkpoint(tmp_path / "public.pt")
+    ours, _, _ = load_checkpoint(run / "model.pt")
+    assert meta["format"] == "public" and config.in_channels == 8
+    assert all(torch.equal(v, ours.state_dict()[k]) for k, v in model.state_dict().items())
     make_bayer_dng(tmp_path / "a.dng", height=64, width=64)
     assert main(["enhance", str(tmp_path / "a.dng"), "--ratio", "50", "--checkpoint", str(run / "model.pt"),
                  "-o", str(tmp_path / "out"), "--device", "cpu", "--steps", "2", "-q"]) == 0

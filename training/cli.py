@@ -101,6 +101,21 @@ def evaluate(args) -> int:
     return 0
 
 
+def export(args) -> int:
+    """Write a checkpoint's model in the public ExposureDiffusion format ({'netG': ...})."""
+    from engine.checkpoint import export_public, load_checkpoint
+
+    model, config, meta = load_checkpoint(args.checkpoint)
+    if config.concat_origin and not config.with_photon:  # 8 channels: reloads as a photon model
+        print("error: an 8-channel origin-only model cannot be told apart from a photon model in the public "
+              "format (it stores no options); keep our format", file=sys.stderr)
+        return 1
+    export_public(model, args.public, epoch=int(meta.get("epoch", 0)), iterations=int(meta.get("global_step", 0)))
+    print(f"wrote {args.public} (public format, {config.arch} {config.in_channels} -> {config.out_channels} channels)",
+          file=sys.stderr)
+    return 0
+
+
 def add_training_commands(sub) -> None:
     t = sub.add_parser("train", help="train a backbone (built-in synthetic data unless a dataset is given)")
     t.add_argument("--out", required=True, help="run folder: checkpoints (last.pt, model.pt) and log.jsonl")
@@ -153,6 +168,11 @@ def add_training_commands(sub) -> None:
     e.add_argument("--device", default="auto")
     e.add_argument("-q", "--quiet", action="store_true")
     e.set_defaults(func=evaluate)
+
+    x = sub.add_parser("export", help="write a checkpoint in the public ExposureDiffusion format ({'netG': ...})")
+    x.add_argument("--checkpoint", required=True, help="our-format checkpoint (e.g. runs/ed/model.pt)")
+    x.add_argument("--public", required=True, help="output path of the public-format file")
+    x.set_defaults(func=export)
 
 
 def main(argv=None) -> int:
