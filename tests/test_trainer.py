@@ -110,3 +110,14 @@ def test_ddp_gloo_matches_single_process(tmp_path):
     for k, v in single.model.state_dict().items():
         assert torch.allclose(v, ddp_model.state_dict()[k], atol=1e-6, rtol=1e-5), k
     assert torch.allclose(single.weights.raw, ddp_state["step_weights"]["raw"], atol=1e-6)
+
+
+def test_torch_compile_option_trains_like_eager(tmp_path):
+    """cfg.compile wraps the backbone in torch.compile (inductor on the CPU here): the
+    same losses as eager to float tolerance (the kernels may fuse differently)."""
+    losses = {}
+    for compiled in (False, True):
+        t = Trainer(tiny_config(compile=compiled), ToyPatches(), tmp_path / str(compiled), device="cpu", progress=False)
+        order = t._epoch_order(0)
+        losses[compiled] = [t.train_step(order)["loss"] for _ in range(2)]
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4)
