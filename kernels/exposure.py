@@ -58,6 +58,22 @@ def _clip01(v):
 
 
 @triton.jit
+def _tile(h, w, BLOCK: tl.constexpr):
+    """This program's tile: BLOCK pixels of sample b, all 4 planes -> [4, BLOCK] blocks.
+
+    Returns (b, pix, pmask, y, x, plane, mask2): sample index, flat pixel indices [BLOCK]
+    and their mask, row / column [BLOCK] (int64), plane index [4, 1], and the [4, BLOCK] mask.
+    """
+    b = tl.program_id(1).to(tl.int64)
+    pix = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    pmask = pix < h * w
+    y = (pix // w).to(tl.int64)
+    x = (pix % w).to(tl.int64)
+    plane = tl.arange(0, 4).to(tl.int64)[:, None]
+    return b, pix, pmask, y, x, plane, pmask[None, :] & (plane < 4)
+
+
+@triton.jit
 def _inside01(v):
     """torch.clamp's gradient mask: 1 where 0 <= v <= 1, else 0 (float32)."""
     return ((v >= 0.0) & (v <= 1.0)).to(tl.float32)
@@ -75,15 +91,7 @@ def _exposure_fwd_kernel(
     HEAD9: tl.constexpr, HAS_NEXT: tl.constexpr, STOCHASTIC: tl.constexpr, ACCUMULATE: tl.constexpr,
     WITH_PHOTON: tl.constexpr, CONCAT_ORIGIN: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    # Tile: BLOCK pixels of sample b, all 4 planes -> [4, BLOCK] blocks.
-    b = tl.program_id(1).to(tl.int64)
-    hw = h * w
-    pix = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    pmask = pix < hw
-    y = (pix // w).to(tl.int64)
-    x = (pix % w).to(tl.int64)
-    plane = tl.arange(0, 4).to(tl.int64)[:, None]
-    mask2 = pmask[None, :] & (plane < 4)
+    b, pix, pmask, y, x, plane, mask2 = _tile(h, w, BLOCK)
 
     need_state: tl.constexpr = HEAD9 or (HAS_NEXT and ACCUMULATE)
     if need_state:
@@ -112,7 +120,7 @@ def _exposure_fwd_kernel(
             mu = (rho_next - 1.0) * dn_scale * _clip01(est) / rk
         if STOCHASTIC:
             seed = tl.load(seed_ptr)
-            index = (b * 4 + plane) * hw + pix[None, :]
+            index = (b * 4 + plane) * (h * w) + pix[None, :]
             photons = poisson_sample(mu, seed, index, STREAM_POISSON)
         else:
             photons = mu
@@ -147,14 +155,7 @@ def _exposure_bwd_kernel(
     BLOCK: tl.constexpr,
 ):
     # Same tiling as the forward kernel; recomputes the blend from the saved inputs.
-    b = tl.program_id(1).to(tl.int64)
-    hw = h * w
-    pix = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    pmask = pix < hw
-    y = (pix // w).to(tl.int64)
-    x = (pix % w).to(tl.int64)
-    plane = tl.arange(0, 4).to(tl.int64)[:, None]
-    mask2 = pmask[None, :] & (plane < 4)
+    b, pix, pmask, y, x, plane, mask2 = _tile(h, w, BLOCK)
 
     if HAS_GEST:
         g_est = tl.load(gest_ptr + b * sge_b + plane * sge_c + (y * sge_h + x * sge_w)[None, :], mask=mask2, other=0.0).to(tl.float32)
