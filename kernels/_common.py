@@ -71,12 +71,19 @@ def philox_seed(generator: torch.Generator | None, device: torch.device) -> torc
     Returned as an int64 tensor of shape [1] on ``device``: kernels read the key from
     memory, so a CUDA graph can replay with a new key written into the same tensor.
     The draw advances the generator, so ``torch.manual_seed`` makes runs repeatable.
+    Without a generator the key is drawn by the default generator of ``device`` itself
+    (no host round trip on CUDA); a CPU generator's key is copied through pinned memory
+    without blocking the host.
     """
-    if generator is not None and generator.device.type != "cpu":
+    if generator is None:
+        return torch.randint(0, 2**62, (1,), device=device, dtype=torch.int64)
+    if generator.device.type != "cpu":
         # CUDA generators cannot produce int64 on the CPU; draw on their own device.
         seed = torch.randint(0, 2**62, (1,), generator=generator, device=generator.device, dtype=torch.int64)
         return seed.to(device)
     seed = torch.randint(0, 2**62, (1,), generator=generator, dtype=torch.int64)
+    if device.type == "cuda":
+        return seed.pin_memory().to(device, non_blocking=True)
     return seed.to(device)
 
 
