@@ -72,7 +72,7 @@ def enhance(args) -> int:
 def add_engine_commands(sub) -> None:
     """Register the engine's subcommands (``enhance``, ``calibrate``) on an argparse
     subparsers object."""
-    from engine.calibration import add_calibrate_command
+    from engine.calibration_cli import add_calibrate_command
 
     e = sub.add_parser("enhance", help="enhance raw files (any format rawpy reads)")
     e.add_argument("files", nargs="+", help="raw files: ARW, NEF, CR2, DNG, ...")

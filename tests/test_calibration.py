@@ -26,7 +26,8 @@ import torch
 from PIL import Image
 from scipy import stats
 
-from engine.calibration import CalibrationError, add_calibrate_command, calibrate, find_frames
+from engine.calibration import CalibrationError, calibrate, find_frames
+from engine.calibration_cli import add_calibrate_command
 from engine.camera import resolve_gain
 from engine.dng import write_dng
 from engine.rawio import RawFrame, plane_sites, read_raw
