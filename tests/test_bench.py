@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from bench.scene import BLACK_LEVEL, WHITE_LEVEL, render_scene, write_scene_dng
-from bench.throughput import judge
+from bench.report import judge
 from engine import read_raw
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,0 +1,188 @@
+"""Reporting of the main job (bench/throughput.py): the targets of issues #3-#5 and their
+"met" / "missed by ..." verdicts, the machine description (device name, git commit), the
+printed tables and the atomic JSON output.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+from engine.atomic import atomic_path
+
+BENCH_DIR = Path(__file__).resolve().parent
+FULL = (2848, 4256)  # 12 MP Sony A7S II-like Bayer frame
+# Targets (issue #5; #3 for bf16 on CPU, #4 for synthesis). GPU targets are defined for an H100, 12 MP, 3 steps.
+TARGET_MS = 20.0
+TARGET_SPEEDUP_CUDA = 5.0
+TARGET_SPEEDUP_CPU = 2.0
+TARGET_COPY_FRACTION = 0.70
+TARGET_SYNTH_VS_NUMPY = 1000.0
+TARGET_BF16_PSNR_DB = 45.0
+
+
+def judge(value, target, kind: str) -> str:
+    """"met" or "missed by ..." for a figure against its target.
+
+    kind: "speedup" (higher is better, x), "ms" (lower is better), "fraction" (higher,
+    shown in %), "dB" (higher)."""
+    if value is None:
+        return "n/a"
+    if kind == "ms":
+        return "met" if value <= target else f"missed by {value - target:.1f} ms ({value / target:.2f}x the target)"
+    if value >= target:
+        return "met"
+    if kind == "fraction":
+        return f"missed by {100 * (target - value):.0f} points"
+    if kind == "dB":
+        return f"missed by {target - value:.1f} dB"
+    return f"missed by {100 * (1 - value / target):.1f}% (needs {target / value:.2f}x more)"
+
+
+# ---------------------------------------------------------------- report
+def device_name(device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip() + f", {os.cpu_count()} logical CPUs"
+    except OSError:
+        pass
+    return (platform.processor() or platform.machine()) + f", {os.cpu_count()} logical CPUs"
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=BENCH_DIR)
+        return out.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def targets(res: dict, device, full_size: bool, steps: int) -> list[dict]:
+    out = []
+
+    def add(what, value, target, kind, shown):
+        out.append({"what": what, "value": value, "target": target, "kind": kind, "shown": shown,
+                    "status": judge(value, target, kind)})
+
+    eng = res.get("engine")
+    if eng:
+        head = next(r for r in eng["rows"] if r["name"] == eng["headline"] and not r["decode_included"])
+        if device.type == "cuda":
+            cond = "" if (full_size and steps == 3) else " [target is for 12 MP, 3 steps]"
+            add(f"engine ms/frame (12 MP, 3 steps, H100){cond}", head["ms_per_frame"], TARGET_MS, "ms",
+                f"{head['ms_per_frame']:.1f} ms")
+            add(f"engine vs eager fp32{cond}", head["speedup_vs_eager"], TARGET_SPEEDUP_CUDA, "speedup",
+                f"{head['speedup_vs_eager']:.2f}x")
+        else:
+            add("engine vs eager fp32 (CPU)", head["speedup_vs_eager"], TARGET_SPEEDUP_CPU, "speedup",
+                f"{head['speedup_vs_eager']:.2f}x")
+            for r in eng["rows"]:
+                if "bf16" in r["name"] and not r["decode_included"]:
+                    v = r["psnr_vs_eager_dB"]
+                    add("bf16 output within 45 dB PSNR of fp32 (issue #3)", 999.0 if v is None else v,
+                        TARGET_BF16_PSNR_DB, "dB", "identical" if v is None else f"{v:.1f} dB")
+    if device.type == "cuda":
+        for k in res.get("kernels", []):
+            add(f"{k['stage'].split(' ')[0]} of copy bandwidth", k["fraction_of_copy_bw"], TARGET_COPY_FRACTION,
+                "fraction", f"{k['fraction_of_copy_bw']:.0%}")
+        s = res.get("synthesis")
+        if s:
+            add("synthesis vs single-core numpy (H100)", s["speedup_vs_single_core_numpy"], TARGET_SYNTH_VS_NUMPY,
+                "speedup", f"{s['speedup_vs_single_core_numpy']:.0f}x")
+    return out
+
+
+def fmt_t(t: dict, scale: float = 1.0, digits: int = 1) -> str:
+    """"median [min-max]" of a timing dict, in ms times ``scale``."""
+    v = [t[k] * scale for k in ("median_ms", "min_ms", "max_ms")]
+    return f"{v[0]:.{digits}f} [{v[1]:.{digits}f}-{v[2]:.{digits}f}]"
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+    line = lambda cells: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)  # noqa: E731
+                                   for i, (c, w) in enumerate(zip(cells, widths)))
+    return "\n".join([line(headers), "  ".join("-" * w for w in widths)] + [line(r) for r in rows])
+
+
+def report(res: dict) -> str:
+    info, out = res["info"], []
+    out.append(f"\n{info['date']}  commit {info['commit']}  device {info['device']} ({info['device_name']})")
+    out.append(f"torch {info['torch']}, {info['threads']} threads; frame {info['frame'][0]}x{info['frame'][1]} Bayer "
+               f"({info['frame'][0] * info['frame'][1] / 1e6:.2f} MP), steps {info['steps']}, ratio {info['ratio']:g}, "
+               f"repeats {info['repeats']} (medians [min-max], warm-up excluded)")
+    out.append(f"weights: {info['weights']}")
+    if info["device"] == "cpu" and not info["quick"] and info["frame"] != list(FULL):
+        out.append("frame: the CPU default is a quarter of the 12 MP frame (--full for 12 MP; see the docstring)")
+    load = info.get("load_average_at_start"), info.get("load_average_at_end")
+    if load[0] is not None:
+        out.append(f"load average (1 min) at start {load[0][0]:.2f}, at end {load[1][0]:.2f} ({os.cpu_count()} logical "
+                   "CPUs; the end value includes this run; where it exceeds the CPUs, other processes slowed the timings)")
+    if "cudnn_allow_tf32" in info:
+        out.append(f"fp32 convolutions (baseline and engine fp32) use TF32: {info['cudnn_allow_tf32']} "
+                   "(PyTorch's default is True; --no-tf32 for strict fp32)")
+    eng = res.get("engine")
+    if eng:
+        out.append(f"\nEngine end to end (decode {eng['decode_alone']['median_ms']:.1f} ms alone, rawpy; "
+                   f"{eng['loop_GFLOP']:.0f} GFLOP per frame in the backbone; PSNR in deterministic mode)")
+        rows = [[r["name"], "included" if r["decode_included"] else "excluded", fmt_t(r["time"]), f"{r['MP_per_s']:.2f}",
+                 f"{r['speedup_vs_eager']:.2f}x" if "speedup_vs_eager" in r else "1 (baseline)",
+                 ("identical" if r["psnr_vs_eager_dB"] is None else f"{r['psnr_vs_eager_dB']:.1f}") if "psnr_vs_eager_dB" in r else "-",
+                 f"{r['loop_GFLOP_per_s']:.0f}"] for r in eng["rows"]]
+        out.append(table(["run", "decode", "ms/frame", "MP/s", "vs eager", "PSNR dB", "GFLOP/s"], rows))
+    bb = res.get("backbone")
+    if bb and "TFLOP_per_s" in bb:
+        out.append(f"\nBackbone fp16 channels_last {bb['input']}: {fmt_t(bb['time'])} ms, {bb['TFLOP_per_s']:.1f} TFLOP/s "
+                   f"= {bb['fraction_of_matmul']:.0%} of the measured fp16 matmul rate ({bb['matmul_fp16_TFLOP_per_s']:.1f} TFLOP/s)")
+    if res.get("kernels"):
+        cb = res["copy_bandwidth"]
+        out.append(f"\nFused kernels vs the PyTorch ops they replace (copy bandwidth {cb['GBps']:.1f} GB/s"
+                   + (", GB/s and 'of copy' from profiler device time; ms are wall time per call)" if cb["device_ms"] else ")"))
+        rows = []
+        for k in res["kernels"]:
+            if "fused" in k:
+                dms = k["fused_device_ms"]
+                rows.append([k["stage"], fmt_t(k["reference"]), fmt_t(k["fused"]), "-" if dms is None else f"{dms:.3f}",
+                             f"{k['fused_GBps']:.1f}", f"{k['speedup']:.1f}x", f"{k['fraction_of_copy_bw']:.0%}"])
+            else:
+                rows.append([k["stage"], fmt_t(k["reference"]), "(CPU: the reference is the production path)", "-",
+                             f"{k['reference_GBps']:.1f}", "-", "-"])
+        out.append(table(["kernel", "reference ms", "fused ms", "fused device ms", "GB/s", "x ref", "of copy"], rows))
+    s = res.get("synthesis")
+    if s:
+        out.append(f"\nNoise synthesis {s['model']} on {s['batch']} ({s['elements'] / 1e6:.1f} M elements), per-sample parameters")
+        out.append(table(["path", "ms", "M elem/s", "speedup"], [
+            ["numpy/scipy per sample (public loaders)", fmt_t(s["numpy"]), f"{s['numpy_Melem_per_s']:.1f}", "1"],
+            [f"ours: {s['ours']}", fmt_t(s["ours_time"]), f"{s['ours_Melem_per_s']:.1f}", f"{s['speedup']:.1f}x"]]))
+        out.append(f"the numpy path is single-threaded (it got {s['numpy_cpu_share_of_one_core']:.0%} of one core's time): "
+                   f"single-core numpy rate {s['numpy_single_core_Melem_per_s']:.1f} M elem/s; "
+                   f"ours = {s['speedup_vs_single_core_numpy']:.1f}x single-core numpy")
+    b = res.get("batch")
+    if b:
+        out.append(f"\nFile-to-file batch: {b['files']} DNGs of {b['frame'][0]}x{b['frame'][1]} -> PNG, {b['engine']} "
+                   f"(median of {b['sequential']['repeats']} alternating runs)")
+        out.append(table(["mode", "s per batch", "files/s", "speedup"], [
+            ["sequential (decode, enhance, write)", fmt_t(b["sequential"], 1e-3, 2), f"{b['sequential_files_per_s']:.2f}", "1"],
+            [f"overlapped ({b['workers_decode']} decode + {b['workers_write']} write processes)",
+             fmt_t(b["overlapped"], 1e-3, 2), f"{b['overlapped_files_per_s']:.2f}", f"{b['speedup']:.2f}x"]]))
+        out.append(f"outputs of both modes identical: {b['outputs_identical']}")
+    if res.get("targets"):
+        out.append("\nTargets")
+        out.append(table(["figure", "value", "target", "status"],
+                         [[t["what"], t["shown"], ("<= " if t["kind"] == "ms" else ">= ") +
+                           (f"{t['target']:.0%}" if t["kind"] == "fraction" else f"{t['target']:g}" +
+                            {"ms": " ms", "dB": " dB", "speedup": "x"}[t["kind"]]), t["status"]] for t in res["targets"]]))
+    return "\n".join(out)
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(data, indent=1, default=str))
