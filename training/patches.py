@@ -133,6 +133,21 @@ def warn_skipped(owner: str, skipped: list, total: int, what: str = "files") -> 
                   f"see the dataset's .skipped for the full list", DataWarning, stacklevel=3)
 
 
+def seeded_item(dataset, index, tag: int, n_items: int) -> dict:
+    """The ``__getitem__`` of an epoch-seeded patch source.
+
+    ``index`` is ``i`` or ``(epoch, i)``; the item is ``dataset.sample(i % n_items, rng)``
+    with ``rng = sample_rng(dataset.seed, tag, epoch, i)``, so it is a pure function of
+    (seed, epoch, i); its ``"index"`` is ``i``.
+    """
+    epoch, index = split_index(index, dataset.epoch)
+    if not 0 <= index < len(dataset):
+        raise IndexError(f"index {index} out of range for {len(dataset)} samples")
+    out = dataset.sample(index % n_items, sample_rng(dataset.seed, tag, epoch, index))
+    out["index"] = index
+    return out
+
+
 def split_index(index, default_epoch: int) -> tuple[int, int]:
     """``index`` or ``(epoch, index)`` (from :class:`training.data.EpochTaggedSampler`)."""
     if isinstance(index, (tuple, list)):

@@ -33,7 +33,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .cache import FrameInfo, PackedRawCache, decode_packed
-from .patches import EmptyDatasetError, sample_rng, split_index, warn_skipped
+from .patches import EmptyDatasetError, sample_rng, seeded_item, split_index, warn_skipped
 
 __all__ = ["SIDLongDataset", "SIDPairDataset", "SIDListEntry", "read_sid_list", "exposure_from_name",
            "collate_pairs", "SID_MAX_RATIO"]
@@ -195,12 +195,7 @@ class SIDLongDataset(Dataset):
                 "exposure_time": float("nan") if info.exposure_time is None else info.exposure_time}
 
     def __getitem__(self, index) -> dict:
-        epoch, index = split_index(index, self.epoch)
-        if not 0 <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} samples")
-        out = self.sample(index % len(self.files), sample_rng(self.seed, _TAG_LONG, epoch, index))
-        out["index"] = index
-        return out
+        return seeded_item(self, index, _TAG_LONG, len(self.files))
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ from torch.utils.data import Dataset
 from engine.camera import camera_to_srgb
 
 from .patches import (DEFAULT_BLACK, DEFAULT_WHITE, EmptyDatasetError, PackedBatch, collate_patches, sample_rng,
-                      split_index, to_dn, torch_generator, warn_skipped)
+                      seeded_item, to_dn, torch_generator, warn_skipped)
 
 __all__ = ["SONY_A7S2_XYZ_TO_CAMERA", "WB_RANGES", "srgb_to_linear", "srgb_to_camera_matrix", "srgb_to_packed_raw",
            "SRGBFolderDataset", "ProceduralSceneDataset", "procedural_scene", "synthetic_holdout"]
@@ -200,12 +200,7 @@ class SRGBFolderDataset(Dataset):
         return _crop_item(self._pixels[item], self.patch, rng, self.black, self.white, item, self.files[item])
 
     def __getitem__(self, index) -> dict:
-        epoch, index = split_index(index, self.epoch)
-        if not 0 <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} samples")
-        out = self.sample(index % len(self.files), sample_rng(self.seed, _TAG_SRGB, epoch, index))
-        out["index"] = index
-        return out
+        return seeded_item(self, index, _TAG_SRGB, len(self.files))
 
 
 # ----------------------------------------------------------------------------- procedural
@@ -356,10 +351,7 @@ class ProceduralSceneDataset(Dataset):
                 "white": self.white, "index": item, "source": "procedural"}
 
     def __getitem__(self, index) -> dict:
-        epoch, index = split_index(index, self.epoch)
-        if not 0 <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} samples")
-        return self.sample(index, sample_rng(self.seed, _TAG_PROCEDURAL, epoch, index))
+        return seeded_item(self, index, _TAG_PROCEDURAL, len(self))
 
 
 def synthetic_holdout(n: int = 64, patch: int = 256, seed: int = 0) -> PackedBatch:
