@@ -39,8 +39,8 @@ import numpy as np
 from kernels.profiles import ISO_MAX_REF, ISO_MIN_REF, CameraProfile, load_profile
 
 from .atomic import atomic_path
-from .calibration_stats import (PPCC_SAMPLES, QUANT_VAR, CalibrationError, IsoCalibration,  # noqa: F401
-                                _bias_stats, _calibrate_iso, _loglin)
+from .calibration_stats import (PPCC_SAMPLES, CalibrationError, IsoCalibration, _bias_stats, _calibrate_iso,
+                                _loglin)
 from .rawio import RawFrame, read_raw
 
 __all__ = ["calibrate", "find_frames", "CalibrationResult", "IsoCalibration",

@@ -139,16 +139,16 @@ def _unwrap(obj: Any, where: str) -> tuple[str, dict[str, torch.Tensor], dict, d
                 raise CheckpointError(where, f"'{FORMAT_NAME}' format but the '{key}' "
                                              f"entry is missing")
         if not _is_state_dict(obj["state_dict"]):
-            raise CheckpointError(where, f"'state_dict' is not a non-empty mapping of "
-                                         f"names to tensors")
+            raise CheckpointError(where, "'state_dict' is not a non-empty mapping of "
+                                         "names to tensors")
         meta = obj.get("meta") or {}
         if not isinstance(meta, Mapping):
             raise CheckpointError(where, f"'meta' must be a dict, got {type(meta).__name__}")
         return FORMAT_NAME, dict(obj["state_dict"]), obj["config"], dict(meta)
     if "netG" in obj:
         if not _is_state_dict(obj["netG"]):
-            raise CheckpointError(where, f"'netG' is not a non-empty mapping of names "
-                                         f"to tensors")
+            raise CheckpointError(where, "'netG' is not a non-empty mapping of names "
+                                         "to tensors")
         meta = {k: obj[k] for k in ("epoch", "iterations") if k in obj}
         meta["has_optimizer_state"] = "opt_g" in obj
         return "public", dict(obj["netG"]), {}, meta

@@ -8,7 +8,7 @@ anywhere; the Poisson draw after the last evaluation is never made.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 import torch.nn.functional as F

@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import nvtx
@@ -35,7 +34,7 @@ from .checkpoint import load_checkpoint
 from .graphs import GraphedDiffusion
 from .loop import SIZE_MULTIPLE, exposure_schedule, pad_to_multiple, run_exposure_diffusion
 from .output import save_output, srgb_image
-from .rawio import RawFrame, read_raw, read_raw_batch
+from .rawio import RawFrame, read_raw_batch
 from .tiling import UNET_RADIUS, run_tiled
 
 PRECISIONS = ("fp32", "fp16", "bf16")

@@ -1,5 +1,4 @@
 """training.objective (schedules, step weights, unrolled loss) and training.metrics."""
-import numpy as np
 import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity

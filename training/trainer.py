@@ -16,10 +16,10 @@ engine's format (``engine.checkpoint``), what ``Pipeline.from_checkpoint`` reads
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -235,7 +235,7 @@ class Trainer:
         micro = list(self._micro_batches(order))
         for j, (m, batch) in enumerate(micro):
             sync = not self.distributed or j == len(micro) - 1
-            ctx = self.net.no_sync() if not sync else _null()
+            ctx = self.net.no_sync() if not sync else contextlib.nullcontext()
             with ctx:
                 loss, per_step = self._micro_loss(batch, m)
                 self.scaler.scale(loss / self.cfg.accumulate).backward()
@@ -286,11 +286,3 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         with open(self.out / "log.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
