@@ -13,8 +13,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from kernels import exposure_step
-from kernels._common import DEFAULT_DN_SCALE
+from kernels import exposure_step, value_checks_disabled
+from kernels._common import DEFAULT_DN_SCALE, ValueChecks, per_sample
 
 # The backbones need spatial sizes that are multiples of this (four 2x2 poolings).
 SIZE_MULTIPLE = 16
@@ -72,6 +72,22 @@ def pad_to_multiple(x: torch.Tensor, multiple: int = SIZE_MULTIPLE) -> tuple[tor
     return padded.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format), (h, w)
 
 
+def _check_loop_values(ratio: torch.Tensor, K: torch.Tensor, rho: torch.Tensor, batch: int,
+                       device: torch.device) -> None:
+    """Every value the steps' ``exposure_step`` calls would check, read back in one go."""
+    if not isinstance(rho, torch.Tensor) or rho.dim() != 2 or rho.shape[0] != batch or rho.shape[1] < 2:
+        raise ValueError(f"rho must be a tensor [B = {batch}, steps + 1 >= 2] (exposure_schedule), got "
+                         f"{tuple(rho.shape) if isinstance(rho, torch.Tensor) else type(rho).__name__}")
+    if rho.device != device:
+        raise ValueError(f"rho is on {rho.device} but the data is on {device}")
+    checks = ValueChecks()
+    per_sample("ratio", ratio, batch, device, positive=True, checks=checks)
+    per_sample("K", K, batch, device, positive=True, checks=checks)
+    checks.require(torch.isfinite(rho) & (rho >= 1), lambda: f"rho must be finite and >= 1, got {rho.tolist()}")
+    checks.require(rho[:, 1:] > rho[:, :-1], lambda: f"rho must increase strictly along the steps, got {rho.tolist()}")
+    checks.run()
+
+
 def run_exposure_diffusion(
     backbone: Callable[[torch.Tensor], torch.Tensor],
     first_input: torch.Tensor,
@@ -108,20 +124,22 @@ def run_exposure_diffusion(
     Returns:
         The last estimate ``Y_{n-1}``: float32 ``[B, 4, h, w]``, normalised.
     """
+    _check_loop_values(ratio, K, rho, first_input.shape[0], first_input.device)
     steps = rho.shape[1] - 1
     origin = first_input[:, :4]
     state, x = origin, first_input
     estimate = None
-    for i in range(steps):
-        out = backbone(x)
-        last = i == steps - 1
-        estimate, x = exposure_step(
-            out, state, origin, ratio=ratio, K=K, rho=rho[:, i], rho_next=None if last else rho[:, i + 1],
-            stochastic=stochastic, generator=None if seeds is not None else generator,
-            seed=None if seeds is None or last or not stochastic else seeds[i : i + 1],
-            accumulate=accumulate, with_photon=with_photon, concat_origin=concat_origin, dn_scale=dn_scale,
-            out_dtype=next_dtype, out_memory_format=memory_format, backend=backend,
-        )
-        if not last:
-            state = x[:, :4]
+    with value_checks_disabled():  # checked once above: no host read per step
+        for i in range(steps):
+            out = backbone(x)
+            last = i == steps - 1
+            estimate, x = exposure_step(
+                out, state, origin, ratio=ratio, K=K, rho=rho[:, i], rho_next=None if last else rho[:, i + 1],
+                stochastic=stochastic, generator=None if seeds is not None else generator,
+                seed=None if seeds is None or last or not stochastic else seeds[i : i + 1],
+                accumulate=accumulate, with_photon=with_photon, concat_origin=concat_origin, dn_scale=dn_scale,
+                out_dtype=next_dtype, out_memory_format=memory_format, backend=backend,
+            )
+            if not last:
+                state = x[:, :4]
     return estimate

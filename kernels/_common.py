@@ -8,8 +8,10 @@ on a CPU tensor needs the Triton interpreter (``TRITON_INTERPRET=1`` set before
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import math
 import os
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 
@@ -19,7 +21,15 @@ BACKENDS = ("auto", "triton", "torch")
 DEFAULT_DN_SCALE = 15583.0
 
 
-_value_checks_enabled = True
+# Whether ops check the values of their per-sample parameters (a ContextVar, so the
+# switch is per thread / per task: one thread capturing a CUDA graph does not turn the
+# checks off for another).
+_VALUE_CHECKS = contextvars.ContextVar("exposure_diffusion_value_checks", default=True)
+
+
+def value_checks_enabled() -> bool:
+    """False inside ``value_checks_disabled()`` (in this thread / context)."""
+    return _VALUE_CHECKS.get()
 
 
 @contextlib.contextmanager
@@ -27,15 +37,53 @@ def value_checks_disabled():
     """Skip the data-dependent checks of per-sample parameters (finite, > 0, ...).
 
     Those checks read tensor values back to the host, which synchronises the device
-    and is illegal while a CUDA graph is being captured. The engine validates once,
-    then captures inside this context. Shape, dtype and device checks still run.
+    and is illegal while a CUDA graph is being captured. The engine and the trainer
+    validate once, then run their loops inside this context. Shape, dtype and device
+    checks still run, and so do checks of plain Python numbers (no device read).
     """
-    global _value_checks_enabled
-    previous, _value_checks_enabled = _value_checks_enabled, False
+    token = _VALUE_CHECKS.set(False)
     try:
         yield
     finally:
-        _value_checks_enabled = previous
+        _VALUE_CHECKS.reset(token)
+
+
+def host_read_bool(flag: torch.Tensor) -> bool:
+    """Read one boolean back from the device: the only host sync of a value check.
+
+    Kept as one function so tests can count the synchronisations an op makes.
+    """
+    return bool(flag)
+
+
+class ValueChecks:
+    """The data-dependent checks of one op call, read back to the host in one go.
+
+    ``require(ok, message)`` records a boolean tensor that must be all true and a
+    function building the error message (it may read values: it only runs on failure).
+    ``run()`` reduces every recorded condition on the device and reads a single flag,
+    so an op costs one host synchronisation on CUDA instead of one per check, and none
+    inside ``value_checks_disabled()``. On failure the first failing check, in the
+    order recorded, raises ``ValueError``.
+    """
+
+    def __init__(self) -> None:
+        self._items: list[tuple[torch.Tensor, Callable[[], str]]] = []
+
+    def require(self, ok: torch.Tensor, message: Callable[[], str]) -> None:
+        if value_checks_enabled() and ok.numel():
+            self._items.append((ok, message))
+
+    def run(self) -> None:
+        items, self._items = self._items, []
+        if not items or not value_checks_enabled():
+            return
+        flags = torch.stack([ok.all() for ok, _ in items])
+        if host_read_bool(flags.all()):
+            return
+        for ok, message in items:
+            if not bool(ok.all()):
+                raise ValueError(message())
 
 
 def triton_interpreter_enabled() -> bool:
@@ -87,6 +135,19 @@ def philox_seed(generator: torch.Generator | None, device: torch.device) -> torc
     return seed.to(device)
 
 
+def to_device(t: torch.Tensor, device, *, non_blocking: bool = False) -> torch.Tensor:
+    """``t.to(device)``; a CPU -> CUDA copy with ``non_blocking`` goes through pinned memory.
+
+    A copy from ordinary (pageable) host memory waits for the device's queue, i.e. it
+    synchronises; from pinned memory it is truly asynchronous. The caching host
+    allocator keeps the pinned buffer alive until the copy has run.
+    """
+    device = torch.device(device)
+    if non_blocking and t.device.type == "cpu" and device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def check_tensor(
     name: str,
     t,
@@ -129,37 +190,64 @@ def per_sample(
     positive: bool = False,
     nonnegative: bool = False,
     min_value: float | None = None,
+    checks: ValueChecks | None = None,
 ) -> torch.Tensor:
     """Broadcast a per-sample parameter to a contiguous float32 tensor of shape [batch].
 
     ``value`` may be a Python number, a sequence, or a tensor of shape [], [1] or
     [batch]. A tensor must already be on ``device`` (no silent CPU/CUDA copies).
+    Numbers and sequences are checked on the host at once (finite, and the bound
+    asked for). A tensor's values are checked through ``checks`` when given (read
+    back together with the op's other checks by ``checks.run()``), else at once.
     """
+    if positive:
+        lower, strict, bound = 0.0, True, "> 0"
+    elif nonnegative:
+        lower, strict, bound = 0.0, False, ">= 0"
+    elif min_value is not None:
+        lower, strict, bound = float(min_value), False, f">= {min_value}"
+    else:
+        lower, strict, bound = None, False, None
     if isinstance(value, torch.Tensor):
         if value.device != device:
             raise ValueError(f"{name} is on {value.device} but the data is on {device}")
         t = value.detach().to(torch.float32).reshape(-1)
+        host_values = None
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        t = torch.tensor([float(value)], dtype=torch.float32, device=device)
+        host_values = [float(value)]
     elif isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
-        t = torch.tensor([float(v) for v in value], dtype=torch.float32, device=device)
+        try:
+            host_values = [float(v) for v in value]
+        except (TypeError, ValueError):
+            raise TypeError(f"{name} must hold numbers, got {value!r}") from None
     else:
         raise TypeError(f"{name} must be a number, a sequence or a tensor, got {type(value).__name__}")
+    if host_values is not None:
+        finite = all(math.isfinite(v) for v in host_values)
+        if not finite or (lower is not None and not all(v > lower if strict else v >= lower for v in host_values)):
+            raise ValueError(_value_message(name, bound, host_values))
+        t = torch.tensor(host_values, dtype=torch.float32, device=device)
     if t.numel() == 1:
         t = t.expand(batch)
     elif t.numel() != batch:
         raise ValueError(f"{name} has {t.numel()} values but the batch has {batch} samples")
-    if not _value_checks_enabled:
-        return t.contiguous()
-    if not torch.isfinite(t).all():
-        raise ValueError(f"{name} must be finite, got {t.tolist()}")
-    if positive and not (t > 0).all():
-        raise ValueError(f"{name} must be > 0, got {t.tolist()}")
-    if nonnegative and not (t >= 0).all():
-        raise ValueError(f"{name} must be >= 0, got {t.tolist()}")
-    if min_value is not None and not (t >= min_value).all():
-        raise ValueError(f"{name} must be >= {min_value}, got {t.tolist()}")
-    return t.contiguous()
+    t = t.contiguous()
+    if host_values is None:
+        run_now = checks is None
+        checks = ValueChecks() if checks is None else checks
+        ok = torch.isfinite(t)
+        if lower is not None:
+            ok = ok & ((t > lower) if strict else (t >= lower))
+        checks.require(ok, lambda: _value_message(name, bound, t.tolist()))
+        if run_now:
+            checks.run()
+    return t
+
+
+def _value_message(name: str, bound: str | None, values: list[float]) -> str:
+    if not all(math.isfinite(v) for v in values):
+        return f"{name} must be finite, got {values}"
+    return f"{name} must be {bound}, got {values}"
 
 
 def ceil_div(a: int, b: int) -> int:

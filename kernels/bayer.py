@@ -23,8 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _common
-from ._common import check_tensor, per_sample, use_triton
+from ._common import ValueChecks, check_tensor, per_sample, use_triton
 
 CFA_DTYPES = (torch.uint16, torch.int32, torch.float32, torch.float16)
 PACKED_DTYPES = (torch.float32, torch.float16)
@@ -210,17 +209,19 @@ def _black_per_plane(black_level, codes, batch: int, device: torch.device) -> to
     return t.expand(batch, 4)[:, list(codes)].contiguous()
 
 
-def _levels(pattern, black_level, white_level, ratio, batch, device):
-    """Parse and check pattern and levels. Returns (r_row, r_col, black [B,4], white [B], ratio [B])."""
+def _levels(pattern, black_level, white_level, ratio, batch, device, checks: ValueChecks):
+    """Parse and check pattern and levels. Returns (r_row, r_col, black [B,4], white [B], ratio [B]).
+
+    The value checks of tensors are recorded in ``checks``; the caller runs them.
+    """
     r_row, r_col, codes = parse_pattern(pattern)
     black = _black_per_plane(black_level, codes, batch, device)
-    white = per_sample("white_level", white_level, batch, device)
-    ratio = per_sample("ratio", ratio, batch, device, positive=True)
-    if _common._value_checks_enabled:  # reads device memory: skipped during graph capture
-        if not torch.isfinite(black).all() or (black < 0).any():
-            raise ValueError(f"black_level must be finite and >= 0, got {black.tolist()}")
-        if (black >= white[:, None]).any():
-            raise ValueError(f"black_level must be < white_level, got black {black.tolist()} and white {white.tolist()}")
+    white = per_sample("white_level", white_level, batch, device, checks=checks)
+    ratio = per_sample("ratio", ratio, batch, device, positive=True, checks=checks)
+    checks.require(torch.isfinite(black) & (black >= 0),
+                   lambda: f"black_level must be finite and >= 0, got {black.tolist()}")
+    checks.require(black < white[:, None],
+                   lambda: f"black_level must be < white_level, got black {black.tolist()} and white {white.tolist()}")
     return r_row, r_col, black, white, ratio
 
 
@@ -241,14 +242,16 @@ def _prepare_pack(cfa, pattern, black_level, white_level, ratio, K, with_photon,
     batch, height, width = cfa3.shape
     if height < 2 or width < 2 or batch < 1:
         raise ValueError(f"cfa must hold at least one 2x2 cell per frame, got shape {tuple(cfa.shape)}")
-    r_row, r_col, black, white, ratio = _levels(pattern, black_level, white_level, ratio, batch, cfa.device)
+    checks = ValueChecks()
+    r_row, r_col, black, white, ratio = _levels(pattern, black_level, white_level, ratio, batch, cfa.device, checks)
     scale = (ratio[:, None] / (white[:, None] - black)).contiguous()  # normalised per DN, amplified
     if with_photon:
         if K is None:
             raise ValueError("K (gain, DN per photo-electron) is required when with_photon=True")
-        photon = (1.0 / (ratio * per_sample("K", K, batch, cfa.device, positive=True))).contiguous()
+        photon = (1.0 / (ratio * per_sample("K", K, batch, cfa.device, positive=True, checks=checks))).contiguous()
     else:
         photon = scale  # unused by the kernel, any float32 pointer
+    checks.run()  # one host read for every value check (none inside value_checks_disabled)
     return cfa3, r_row, r_col, black, scale, photon
 
 
@@ -321,7 +324,9 @@ def _prepare_unpack(packed, pattern, black_level, white_level, ratio, to_dn, out
     if out_dtype not in allowed:
         raise TypeError(f"out_dtype must be one of {allowed} with to_dn={to_dn}, got {out_dtype}")
     x4 = packed.unsqueeze(0) if packed.dim() == 3 else packed
-    r_row, r_col, black, white, ratio = _levels(pattern, black_level, white_level, ratio, x4.shape[0], packed.device)
+    checks = ValueChecks()
+    r_row, r_col, black, white, ratio = _levels(pattern, black_level, white_level, ratio, x4.shape[0], packed.device, checks)
+    checks.run()
     if to_dn:
         scale, offset = (white[:, None] - black) / ratio[:, None], black
     else:

@@ -34,8 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _common
-from ._common import DEFAULT_DN_SCALE, check_same_device, check_tensor, per_sample, philox_seed, use_triton
+from ._common import DEFAULT_DN_SCALE, ValueChecks, check_same_device, check_tensor, per_sample, philox_seed, use_triton
 from ._philox import STREAM_POISSON
 from .poisson import poisson_sample
 
@@ -276,14 +275,17 @@ def _prepare(net_out, state, origin, ratio, K, rho, rho_next, stochastic, accumu
     if out_dtype is not None and out_dtype not in dtypes:
         names = ", ".join(str(d).replace("torch.", "") for d in dtypes)
         raise TypeError(f"out_dtype must be one of ({names}), got {out_dtype}")
+    checks = ValueChecks()
     params = _Params(
-        per_sample("ratio", ratio, B, device, positive=True),
-        per_sample("K", K, B, device, positive=True),
-        per_sample("rho", rho, B, device, min_value=1.0),
-        None if rho_next is None else per_sample("rho_next", rho_next, B, device),
+        per_sample("ratio", ratio, B, device, positive=True, checks=checks),
+        per_sample("K", K, B, device, positive=True, checks=checks),
+        per_sample("rho", rho, B, device, min_value=1.0, checks=checks),
+        None if rho_next is None else per_sample("rho_next", rho_next, B, device, checks=checks),
     )
-    if params.rho_next is not None and _common._value_checks_enabled and not (params.rho_next > params.rho).all():
-        raise ValueError(f"rho_next must be > rho for every sample, got rho={params.rho.tolist()}, rho_next={params.rho_next.tolist()}")
+    if params.rho_next is not None:
+        checks.require(params.rho_next > params.rho, lambda: (
+            f"rho_next must be > rho for every sample, got rho={params.rho.tolist()}, rho_next={params.rho_next.tolist()}"))
+    checks.run()  # one host read per call (none inside value_checks_disabled)
     if seed is not None:
         check_tensor("seed", seed, dtypes=(torch.int64,))
         if seed.numel() != 1:

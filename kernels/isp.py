@@ -19,7 +19,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ._common import check_same_device, check_tensor, use_triton
+from ._common import ValueChecks, check_same_device, check_tensor, use_triton
 from .bayer import parse_pattern
 
 OUT_DTYPES = (torch.uint8, torch.uint16, torch.float32)
@@ -122,10 +122,10 @@ def _prepare(packed, pattern, wb, ccm, out_dtype):
         raise ValueError(f"ccm must be a 3x3 camera -> sRGB matrix or [B, 3, 3], got shape {tuple(ccm.shape)}")
     wb = wb.to(torch.float32).expand(B, 4).contiguous()
     ccm = ccm.to(torch.float32).expand(B, 3, 3).contiguous()
-    if not (torch.isfinite(wb).all() and (wb > 0).all()):
-        raise ValueError(f"wb gains must be finite and > 0, got {wb.tolist()}")
-    if not torch.isfinite(ccm).all():
-        raise ValueError("ccm must be finite")
+    checks = ValueChecks()
+    checks.require(torch.isfinite(wb) & (wb > 0), lambda: f"wb gains must be finite and > 0, got {wb.tolist()}")
+    checks.require(torch.isfinite(ccm), lambda: f"ccm must be finite, got {ccm.tolist()}")
+    checks.run()  # one host read (none inside value_checks_disabled)
     return packed, r_row, r_col, wb, ccm
 
 
@@ -139,7 +139,10 @@ def _quantise(v: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
 
 def render_srgb_reference(packed, pattern, wb, ccm, *, out_dtype=torch.uint8) -> torch.Tensor:
     """Plain-PyTorch reference of :func:`render_srgb` (same maths, convolution form)."""
-    packed, r_row, r_col, wb, ccm = _prepare(packed, pattern, wb, ccm, out_dtype)
+    return _reference(*_prepare(packed, pattern, wb, ccm, out_dtype), out_dtype)
+
+
+def _reference(packed, r_row, r_col, wb, ccm, out_dtype) -> torch.Tensor:
     B, _, h, w = packed.shape
     x = packed.to(torch.float32) * wb[:, :, None, None]
     # Scatter the planes back onto the mosaic; one mask per colour.
@@ -183,7 +186,7 @@ def render_srgb(packed, pattern, wb, ccm, *, out_dtype=torch.uint8, backend: str
     """
     packed, r_row, r_col, wb, ccm = _prepare(packed, pattern, wb, ccm, out_dtype)
     if not use_triton(packed.device, backend):
-        return render_srgb_reference(packed, pattern, wb, ccm, out_dtype=out_dtype)
+        return _reference(packed, r_row, r_col, wb, ccm, out_dtype)
     B, _, h, w = packed.shape
     out = torch.empty(B, 2 * h, 2 * w, 3, dtype=out_dtype, device=packed.device)
     if out.numel() == 0:

@@ -38,8 +38,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import _common
-from ._common import DEFAULT_DN_SCALE, check_tensor, per_sample, philox_seed, use_triton
+from ._common import DEFAULT_DN_SCALE, ValueChecks, check_tensor, per_sample, philox_seed, use_triton
 from ._philox import (
     STREAM_GAUSS,
     STREAM_POISSON,
@@ -234,7 +233,7 @@ class _Prepared(NamedTuple):
     out_dtype: torch.dtype
 
 
-def _black_level(value, batch: int, device: torch.device) -> torch.Tensor:
+def _black_level(value, batch: int, device: torch.device, checks: ValueChecks) -> torch.Tensor:
     """Black level -> float32 [B, 4]: a number, [B] (per sample), or [B, 4] / [1, 4] (per plane)."""
     if value is None:
         return torch.zeros(batch, 4, dtype=torch.float32, device=device)
@@ -244,10 +243,9 @@ def _black_level(value, batch: int, device: torch.device) -> torch.Tensor:
         if value.shape[1] != 4 or value.shape[0] not in (1, batch):
             raise ValueError(f"a 2-D black_level must have shape [{batch}, 4] or [1, 4] (per plane), got {tuple(value.shape)}")
         t = value.detach().to(torch.float32).expand(batch, 4).contiguous()
-        if _common._value_checks_enabled and not torch.isfinite(t).all():
-            raise ValueError("black_level must be finite")
+        checks.require(torch.isfinite(t), lambda: f"black_level must be finite, got {t.tolist()}")
         return t
-    t = per_sample("black_level", value, batch, device)
+    t = per_sample("black_level", value, batch, device, checks=checks)
     return t[:, None].expand(batch, 4).contiguous()
 
 
@@ -292,27 +290,25 @@ def _prepare(clean, model, ratio, K, sigma_g, sigma_TL, lam, sigma_r, dn_scale, 
 
     B, _, h, w = clean.shape
     dev = clean.device
-    ratio_t = per_sample("ratio", ratio, B, dev, positive=True)
-    K_t = per_sample("K", K, B, dev, positive=True)
-    sg = per_sample("sigma_g", sigma_g, B, dev, nonnegative=True) if m.read == "g" else None
-    stl = per_sample("sigma_TL", sigma_TL, B, dev, nonnegative=True) if m.read == "G" else None
-    lam_t = per_sample("lam", lam, B, dev) if m.read == "G" else None
-    sr = per_sample("sigma_r", sigma_r, B, dev, nonnegative=True) if m.row else None
-
-    if m.shot == "P" and B and _common._value_checks_enabled:
+    checks = ValueChecks()
+    ratio_t = per_sample("ratio", ratio, B, dev, positive=True, checks=checks)
+    K_t = per_sample("K", K, B, dev, positive=True, checks=checks)
+    sg = per_sample("sigma_g", sigma_g, B, dev, nonnegative=True, checks=checks) if m.read == "g" else None
+    stl = per_sample("sigma_TL", sigma_TL, B, dev, nonnegative=True, checks=checks) if m.read == "G" else None
+    lam_t = per_sample("lam", lam, B, dev, checks=checks) if m.read == "G" else None
+    sr = per_sample("sigma_r", sigma_r, B, dev, nonnegative=True, checks=checks) if m.row else None
+    if m.shot == "P" and B:
         mu_at_one = float(dn_scale) / (ratio_t * K_t)
-        if (mu_at_one > MAX_MEAN).any():
-            raise ValueError(
-                f"dn_scale / (ratio * K) = {mu_at_one.max().item():g} photo-electrons at x = 1 exceeds the "
-                f"Poisson sampler's limit {MAX_MEAN:g}: ratio * K is too small"
-            )
+        checks.require(mu_at_one <= MAX_MEAN, lambda: (
+            f"dn_scale / (ratio * K) = {mu_at_one.max().item():g} photo-electrons at x = 1 exceeds the "
+            f"Poisson sampler's limit {MAX_MEAN:g}: ratio * K is too small"))
 
     if output == "dn":
         if with_photon or concat_origin:
             raise ValueError("with_photon / concat_origin build the network input; they need output='network'")
         if out_dtype != torch.float32:
             raise ValueError(f"output='dn' is float32 (DN values exceed fp16's precision), got out_dtype={out_dtype}")
-        black = _black_level(black_level, B, dev)
+        black = _black_level(black_level, B, dev, checks)
         out_shape = (B, 4, h, w)
     else:
         if black_level is not None:
@@ -321,6 +317,7 @@ def _prepare(clean, model, ratio, K, sigma_g, sigma_TL, lam, sigma_r, dn_scale, 
             raise TypeError(f"out_dtype must be torch.float32 or torch.float16, got {out_dtype}")
         black = None
         out_shape = (B, 4 * (1 + bool(with_photon) + bool(concat_origin)), h, w)
+    checks.run()  # one host read for every value check (none inside value_checks_disabled)
     return _Prepared(clean, m, ratio_t, K_t, sg, stl, lam_t, sr, black, float(dn_scale), out_shape, out_dtype)
 
 

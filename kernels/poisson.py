@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import check_tensor, philox_seed, use_triton
+from ._common import ValueChecks, check_tensor, philox_seed, use_triton
 from ._philox import STREAM_POISSON, open_unit, philox4
 
 # Largest mean accepted by the op: above 2**24 / 2 counts lose integer resolution in fp32.
@@ -139,10 +139,11 @@ def poisson(mu: torch.Tensor, generator: torch.Generator | None = None, *, backe
         float32 tensor of mu's shape and device holding non-negative integers.
     """
     check_tensor("mu", mu, dtypes=(torch.float32, torch.float16, torch.bfloat16))
-    if mu.numel() and not torch.isfinite(mu).all():
-        raise ValueError("mu must be finite (got NaN or Inf)")
-    if mu.numel() and (mu.min() < 0 or mu.max() > MAX_MEAN):
-        raise ValueError(f"mu must lie in [0, {MAX_MEAN:g}], got values in [{mu.min().item():g}, {mu.max().item():g}]")
+    checks = ValueChecks()
+    checks.require(torch.isfinite(mu), lambda: "mu must be finite (got NaN or Inf)")
+    checks.require((mu >= 0) & (mu <= MAX_MEAN),
+                   lambda: f"mu must lie in [0, {MAX_MEAN:g}], got values in [{mu.min().item():g}, {mu.max().item():g}]")
+    checks.run()  # one host read (none inside value_checks_disabled)
     if not use_triton(mu.device, backend):
         return poisson_reference(mu, generator)
     mu_c = mu.contiguous()

@@ -23,6 +23,7 @@ from typing import Sequence
 
 import torch
 
+from ._common import to_device
 from .noise import parse_noise_model
 
 ISO_MIN_REF = 100.0  # ISO of Kmin
@@ -220,9 +221,11 @@ class NoiseParams:
     def batch(self) -> int:
         return self.K.shape[0]
 
-    def to(self, device) -> "NoiseParams":
+    def to(self, device, non_blocking: bool = False) -> "NoiseParams":
+        """The same parameters on ``device`` (``non_blocking``: CPU -> CUDA through pinned memory)."""
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        return NoiseParams(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in fields.items()})
+        return NoiseParams(**{k: to_device(v, device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v
+                              for k, v in fields.items()})
 
     def as_kwargs(self) -> dict:
         """The six per-sample parameters as keyword arguments of ``synthesize_noise``."""
@@ -323,15 +326,17 @@ def sample_noise_params(
     lam = shapes[cam, j]
     ratio = r_lo + u_r * (r_hi - r_lo)
 
-    f32 = lambda v: v.to(device=device, dtype=torch.float32)  # noqa: E731
+    # one float32 block and one copy to the device (asynchronous from a CPU generator)
+    block = torch.stack([torch.exp(log_K), ratio, sigmas[0], sigmas[1], lam, sigmas[2]]).to(torch.float32)
+    K, ratio, sigma_g, sigma_TL, lam, sigma_r = to_device(block, device, non_blocking=True).unbind(0)
     return NoiseParams(
-        K=f32(torch.exp(log_K)),
-        ratio=f32(ratio),
-        sigma_g=f32(sigmas[0]),
-        sigma_TL=f32(sigmas[1]),
-        lam=f32(lam),
-        sigma_r=f32(sigmas[2]),
-        camera_index=cam.to(device),
+        K=K,
+        ratio=ratio,
+        sigma_g=sigma_g,
+        sigma_TL=sigma_TL,
+        lam=lam,
+        sigma_r=sigma_r,
+        camera_index=to_device(cam, device, non_blocking=True),
         cameras=tuple(p.name for p in profiles),
         model=model,
     )

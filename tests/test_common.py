@@ -1,8 +1,11 @@
 """kernels._common: per-sample parameters, seeds, dispatch and the shared refusals."""
+import threading
+
 import pytest
 import torch
 
-from kernels._common import check_same_device, check_tensor, per_sample, philox_seed, use_triton, value_checks_disabled
+from kernels import _common
+from kernels._common import ValueChecks, check_same_device, check_tensor, per_sample, philox_seed, use_triton, value_checks_disabled
 
 
 def test_per_sample_broadcasts_numbers_sequences_and_tensors():
@@ -17,7 +20,10 @@ def test_per_sample_broadcasts_numbers_sequences_and_tensors():
     "value, kw, match",
     [
         ([1.0, 2.0], {}, "K has 2 values but the batch has 3 samples"),
-        (0.0, {"positive": True}, r"K must be > 0, got \[0.0, 0.0, 0.0\]"),
+        (0.0, {"positive": True}, r"K must be > 0, got \[0.0\]"),
+        ([1.0, 0.0, 2.0], {"positive": True}, r"K must be > 0, got \[1.0, 0.0, 2.0\]"),
+        (torch.tensor([1.0, -1.0, 2.0]), {"positive": True}, r"K must be > 0, got \[1.0, -1.0, 2.0\]"),
+        (torch.tensor([float("nan")]), {}, r"K must be finite, got \[nan, nan, nan\]"),
         (-1.0, {"nonnegative": True}, "K must be >= 0"),
         (0.5, {"min_value": 1.0}, "K must be >= 1.0"),
         (float("inf"), {}, "K must be finite"),
@@ -35,10 +41,50 @@ def test_per_sample_refuses_tensor_on_other_device():
 
 
 def test_value_checks_can_be_disabled_for_graph_capture():
+    negative = torch.tensor([-1.0])
     with value_checks_disabled():
-        assert per_sample("K", -1.0, 2, torch.device("cpu"), positive=True).tolist() == [-1.0, -1.0]
-    with pytest.raises(ValueError):
-        per_sample("K", -1.0, 2, torch.device("cpu"), positive=True)
+        assert per_sample("K", negative, 2, torch.device("cpu"), positive=True).tolist() == [-1.0, -1.0]
+        # plain numbers are checked on the host, which never touches the device: still refused
+        with pytest.raises(ValueError, match="K must be > 0"):
+            per_sample("K", -1.0, 2, torch.device("cpu"), positive=True)
+    with pytest.raises(ValueError, match="K must be > 0"):
+        per_sample("K", negative, 2, torch.device("cpu"), positive=True)
+
+
+def test_value_checks_switch_is_per_thread():
+    """A thread capturing a graph (checks off) must not turn them off for another thread."""
+    inside, seen = threading.Event(), {}
+
+    def other():
+        inside.wait()
+        try:
+            per_sample("K", torch.tensor([-1.0]), 1, torch.device("cpu"), positive=True)
+            seen["raised"] = False
+        except ValueError:
+            seen["raised"] = True
+
+    worker = threading.Thread(target=other)
+    worker.start()
+    with value_checks_disabled():
+        inside.set()
+        worker.join()
+    assert seen == {"raised": True}
+
+
+def test_value_checks_read_the_device_once_per_batch_of_checks(monkeypatch):
+    reads = []
+    monkeypatch.setattr(_common, "host_read_bool", lambda flag: reads.append(1) or bool(flag))
+    checks = ValueChecks()
+    a = per_sample("a", torch.tensor([1.0, 2.0]), 2, torch.device("cpu"), positive=True, checks=checks)
+    b = per_sample("b", torch.tensor([0.0, 3.0]), 2, torch.device("cpu"), nonnegative=True, checks=checks)
+    checks.require(b < a + 5, lambda: "b too large")
+    assert reads == []  # nothing read until run()
+    checks.run()
+    assert len(reads) == 1
+    checks.require(a > 1.5, lambda: f"a must be > 1.5, got {a.tolist()}")
+    checks.require(a > 100, lambda: "never reached: the first failing check raises")
+    with pytest.raises(ValueError, match=r"a must be > 1.5, got \[1.0, 2.0\]"):
+        checks.run()
 
 
 def test_philox_seed_follows_the_generator():

@@ -440,7 +440,7 @@ REFUSALS = [
     (dict(state=torch.ones(2, 4, 3, 4, device="meta")), ValueError, "all tensors must be on one device"),
     (dict(ratio=[100.0, 200.0, 300.0]), ValueError, "ratio has 3 values but the batch has 2 samples"),
     (dict(K=torch.ones(1, device="meta")), ValueError, "K is on meta but the data is on"),
-    (dict(ratio=0.0), ValueError, r"ratio must be > 0, got \[0.0, 0.0\]"),
+    (dict(ratio=0.0), ValueError, r"ratio must be > 0, got \[0.0\]"),
     (dict(K=[1.0, -2.0]), ValueError, r"K must be > 0, got \[1.0, -2.0\]"),
     (dict(K=float("nan")), ValueError, "K must be finite"),
     (dict(rho=0.5), ValueError, r"rho must be >= 1.0"),

@@ -66,7 +66,7 @@ def unrolled_loss(backbone: nn.Module, first_input: torch.Tensor, gt: torch.Tens
                   K: torch.Tensor, rho: torch.Tensor, weights: torch.Tensor, with_photon: bool, concat_origin: bool,
                   generator: torch.Generator | None = None, accumulate: bool = False,
                   dn_scale: float = DEFAULT_DN_SCALE,
-                  memory_format: torch.memory_format = torch.channels_last) -> tuple[torch.Tensor, list[float]]:
+                  memory_format: torch.memory_format = torch.channels_last) -> tuple[torch.Tensor, torch.Tensor]:
     """Loss of one batch with all steps unrolled (gradients through every step).
 
     Args:
@@ -78,7 +78,8 @@ def unrolled_loss(backbone: nn.Module, first_input: torch.Tensor, gt: torch.Tens
             faster convolution layout on GPUs and oneDNN CPUs).
 
     Returns:
-        (total loss, per-step L1 values as floats for logging).
+        (total loss, per-step L1 values: detached float32 ``[n]`` on the data's device, for
+        logging; kept on the device so that the loss makes no host synchronisation).
     """
     steps = rho.shape[1] - 1
     origin = first_input[:, :4]
@@ -96,7 +97,7 @@ def unrolled_loss(backbone: nn.Module, first_input: torch.Tensor, gt: torch.Tens
         l1 = (estimate - gt).abs().mean()
         aux = _aux_loss(out, state, gt) if out.shape[1] == 9 else torch.zeros_like(l1)
         total = total + weights[i] * (l1 + aux)
-        per_step.append(float(l1.detach()))
+        per_step.append(l1.detach().float())
         if not last:
             state, x = nxt[:, :4], nxt
-    return total, per_step
+    return total, torch.stack(per_step)
