@@ -8,9 +8,12 @@ destination is left untouched.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from contextlib import contextmanager
 from pathlib import Path
+
+_TOKEN_HEX = 6  # bytes of randomness in a temporary name (12 hex digits)
 
 
 @contextmanager
@@ -18,7 +21,7 @@ def atomic_path(path):
     """Yield a temporary path next to ``path``; on success fsync it and move it over
     ``path``; on failure remove it (``path`` is never left half-written)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(_TOKEN_HEX)}.tmp")
     with open(tmp, "xb"):  # created with the usual umask permissions, unlike mkstemp's 0600
         pass
     try:
@@ -39,3 +42,23 @@ def atomic_path(path):
         pass
     finally:
         os.close(fd)
+
+
+def remove_stale_temporaries(path) -> list[Path]:
+    """Remove the temporary files that writers of ``path`` killed mid-write left behind.
+
+    A process killed by SIGKILL (or a power cut) cannot run ``atomic_path``'s clean-up:
+    its ``.<name>.<hex>.tmp`` stays next to ``path`` (``path`` itself is intact: the old
+    version or none). Call this only where one process owns ``path`` (a training run's
+    checkpoint directory), since another writer's temporary file would match too.
+    Returns the removed paths.
+    """
+    path = Path(path)
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.[0-9a-f]{{{2 * _TOKEN_HEX}}}\.tmp")
+    removed = []
+    if path.parent.is_dir():
+        for candidate in path.parent.iterdir():
+            if pattern.fullmatch(candidate.name) and candidate.is_file():
+                candidate.unlink(missing_ok=True)
+                removed.append(candidate)
+    return removed

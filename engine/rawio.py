@@ -34,17 +34,16 @@ still come from LibRaw).
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 import os
 from dataclasses import dataclass
 
 import numpy as np
 import rawpy
-import tifffile
 import torch
 
 from .errors import InvalidRawError, RawDecodeError, UnsupportedSensorError
+from .tiff_metadata import text_value, tiff_metadata
 
 __all__ = ["RawFrame", "RawBatch", "read_raw", "read_raw_batch", "PATTERNS", "plane_sites",
            "MAX_SIDE", "MAX_PIXELS"]
@@ -112,8 +111,8 @@ class RawFrame:
             raise InvalidRawError(src, f"black level {self.black_level} must be below the white level {self.white_level:g}")
         set_("iso", None if self.iso is None else _positive("iso", self.iso, src))
         set_("exposure_time", None if self.exposure_time is None else _positive("exposure_time", self.exposure_time, src))
-        set_("make", _text(self.make))
-        set_("model", _text(self.model))
+        set_("make", text_value(self.make))
+        set_("model", text_value(self.model))
         if self.wb_gains is not None:
             gains = self.wb_gains
             if len(gains) == 3:  # R, G, B
@@ -272,7 +271,7 @@ def _read_path(path, pattern, overrides) -> RawFrame:
         except (rawpy.LibRawError, rawpy.NotSupportedError) as e:
             raise _libraw_error(name, e) from e
         _check_header_size(name, raw.sizes, size)
-        meta = _tiff_metadata(name) if head[:4] in _TIFF_MAGICS else {}
+        meta = tiff_metadata(name) if head[:4] in _TIFF_MAGICS else {}
         return _read_rawpy(raw, name, pattern, overrides, meta)
     finally:
         raw.close()
@@ -364,61 +363,6 @@ def _read_rawpy(raw, name, pattern, overrides, meta) -> RawFrame:
     return RawFrame(cfa=cfa, pattern=found, source=name, **fields)
 
 
-class _Quiet(logging.Filter):
-    def filter(self, record) -> bool:
-        return False
-
-
-def _tiff_metadata(name) -> dict:
-    """Make, model, ISO, exposure and (DNG) colour matrix from a TIFF-based raw's IFD0 and
-    EXIF IFD. Best effort: any problem gives {} (the pixels came from LibRaw anyway)."""
-    log = logging.getLogger("tifffile")
-    quiet = _Quiet()
-    log.addFilter(quiet)  # tifffile logs about vendor tags it does not know
-    try:
-        with tifffile.TiffFile(name) as tf:
-            tags = {t.code: t.value for t in tf.pages[0].tags.values()}
-    except Exception:  # noqa: BLE001 - metadata is optional
-        return {}
-    finally:
-        log.removeFilter(quiet)
-    exif = tags.get(34665) if isinstance(tags.get(34665), dict) else {}
-    out = {}
-    out["make"] = _text(tags.get(271))
-    out["model"] = _text(tags.get(272)) or _text(tags.get(50708))  # DNG UniqueCameraModel
-    iso = exif.get("ISOSpeedRatings", exif.get("PhotographicSensitivity", tags.get(34855)))
-    iso = iso[0] if isinstance(iso, (tuple, list)) and iso else iso
-    if iso == 65535 and exif.get("ISOSpeed"):  # EXIF 2.3: the real value is in ISOSpeed
-        iso = exif["ISOSpeed"]
-    out["iso"] = float(iso) if isinstance(iso, (int, float)) and iso > 0 else None
-    out["exposure_time"] = _rational(exif.get("ExposureTime", tags.get(33434)))
-    if 50706 in tags:  # DNG: the file's own ColorMatrix, preferring the D65 (21) one
-        mats = [(tags.get(50778 + k), _srationals(tags.get(50721 + k))) for k in (0, 1)]
-        mats = [(ill, m) for ill, m in mats if m is not None]
-        mats.sort(key=lambda im: im[0] != 21)
-        if mats:
-            out["color_matrix"] = mats[0][1]
-    return {k: v for k, v in out.items() if v is not None}
-
-
-def _rational(v) -> float | None:
-    try:
-        num, den = (v if isinstance(v, (tuple, list)) else (v, 1))[:2]
-        x = float(num) / float(den)
-    except (TypeError, ValueError, ZeroDivisionError):
-        return None
-    return x if math.isfinite(x) and x > 0 else None
-
-
-def _srationals(v) -> np.ndarray | None:
-    if not isinstance(v, (tuple, list)) or len(v) != 18:
-        return None
-    num, den = np.asarray(v[0::2], dtype=np.float64), np.asarray(v[1::2], dtype=np.float64)
-    if np.any(den == 0):
-        return None
-    return (num / den).reshape(3, 3)
-
-
 # ----------------------------------------------------------------------------- arrays
 
 
@@ -506,13 +450,6 @@ def _positive(what, value, src) -> float:
     return v
 
 
-def _text(v) -> str | None:
-    if v is None:
-        return None
-    if isinstance(v, bytes):
-        v = v.decode("utf-8", "replace")
-    v = str(v).replace("\x00", " ").strip()
-    return v or None
 
 
 def _fmt(v) -> str:

@@ -35,6 +35,7 @@ import triton
 import triton.language as tl
 
 from ._common import DEFAULT_DN_SCALE, ValueChecks, check_same_device, check_tensor, per_sample, philox_seed, use_triton
+from ._cpu_sampling import poisson_draws
 from ._philox import STREAM_POISSON
 from .poisson import poisson_sample
 
@@ -494,7 +495,8 @@ def exposure_step_reference(
 
     Differentiable by autograd (straight-through draw). Computes in float32, or in
     float64 when net_out is float64 (then the estimate and default next input are
-    float64 too: for gradcheck). Draws with ``torch.poisson``; a ``seed`` tensor is
+    float64 too: for gradcheck). Draws with ``torch.poisson`` (in parallel chunks on the
+    CPU: ``kernels._cpu_sampling.poisson_draws``); a ``seed`` tensor is
     turned into a generator on the host (a sync), so its noise differs from Triton's.
     """
     cfg, p, out_dtype = _prepare(net_out, state, origin, ratio, K, rho, rho_next, stochastic, accumulate,
@@ -518,7 +520,7 @@ def exposure_step_reference(
             gen = generator
             if seed is not None:
                 gen = torch.Generator(device=mu.device).manual_seed(int(seed.item()))
-            draw = torch.poisson(mu.detach(), generator=gen)
+            draw = poisson_draws(mu.detach(), gen).to(mu.dtype)
             photons = mu + (draw - mu).detach()  # straight-through (SPEC §4 training)
         else:
             photons = mu

@@ -39,6 +39,7 @@ import triton
 import triton.language as tl
 
 from ._common import DEFAULT_DN_SCALE, ValueChecks, check_tensor, per_sample, philox_seed, use_triton
+from ._cpu_sampling import poisson_draws, tukey_lambda_draws
 from ._philox import (
     STREAM_GAUSS,
     STREAM_POISSON,
@@ -68,11 +69,6 @@ _LETTERS = {
     "r": "row noise",
     "u": "quantisation noise",
 }
-# Below this |lam * (log u - log(1-u))| the Tukey-lambda draw uses a series for
-# expm1(d)/d (no cancellation near lam = 0); the reference switches to the logistic
-# below |lam| < TUKEY_LOGISTIC_EPS (it computes in float64).
-TUKEY_LOGISTIC_EPS = 1e-6
-
 
 class NoiseModel(NamedTuple):
     """A parsed model name: which component fills each slot (None: absent)."""
@@ -340,7 +336,7 @@ def _reference(p: _Prepared, with_photon: bool, concat_origin: bool, output: str
     ratio, K = col(p.ratio), col(p.K)
     y = x * p.dn_scale / ratio
     if p.model.shot == "P":
-        z = K * torch.poisson(torch.clamp(y / K, min=0.0), generator=generator)  # as the kernel: x < 0 -> 0 photons
+        z = K * poisson_draws(torch.clamp(y / K, min=0.0), generator)  # as the kernel: x < 0 -> 0 photons
     elif p.model.shot == "p":
         z = y + torch.sqrt(torch.clamp(K * y, min=1e-10)) * torch.randn(y.shape, generator=generator, device=y.device)
     else:
@@ -348,7 +344,7 @@ def _reference(p: _Prepared, with_photon: bool, concat_origin: bool, output: str
     if p.model.read == "g":
         z = z + col(p.sigma_g) * torch.randn(y.shape, generator=generator, device=y.device)
     elif p.model.read == "G":
-        z = z + col(p.sigma_TL) * tukey_lambda_reference(col(p.lam), y.shape, generator).to(torch.float32)
+        z = z + col(p.sigma_TL) * tukey_lambda_draws(col(p.lam), y.shape, generator)
     if p.model.row:
         # one value per (sample, CFA half, packed row): planes 0,1 -> half 0, planes 2,3 -> half 1
         rows = torch.randn((B, 2, y.shape[2]), generator=generator, device=y.device)
@@ -364,16 +360,6 @@ def _reference(p: _Prepared, with_photon: bool, concat_origin: bool, output: str
     if concat_origin:
         chans.append(a)
     return torch.cat(chans, dim=1).to(p.out_dtype)
-
-
-def tukey_lambda_reference(lam: torch.Tensor, shape, generator=None) -> torch.Tensor:
-    """Tukey-lambda(lam) draws in float64 by inversion of a uniform (lam broadcasts to shape)."""
-    lam = lam.to(torch.float64)
-    u = torch.rand(shape, generator=generator, dtype=torch.float64, device=lam.device).clamp_min(2.0**-60)
-    logistic = torch.log(u) - torch.log1p(-u)
-    small = lam.abs() < TUKEY_LOGISTIC_EPS
-    lam_safe = torch.where(small, torch.ones_like(lam), lam)
-    return torch.where(small, logistic, (u**lam_safe - (1.0 - u) ** lam_safe) / lam_safe)
 
 
 def synthesize_noise_reference(

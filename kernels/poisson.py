@@ -19,6 +19,7 @@ import triton
 import triton.language as tl
 
 from ._common import ValueChecks, check_tensor, philox_seed, use_triton
+from ._cpu_sampling import poisson_draws
 from ._philox import STREAM_POISSON, open_unit, philox4
 
 # Largest mean accepted by the op: above 2**24 / 2 counts lose integer resolution in fp32.
@@ -121,8 +122,9 @@ def _poisson_kernel(mu_ptr, out_ptr, n, seed_ptr, BLOCK: tl.constexpr):
 
 
 def poisson_reference(mu: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Plain-PyTorch reference: ``torch.poisson`` on the float32 means."""
-    return torch.poisson(mu.to(torch.float32), generator=generator)
+    """Plain-PyTorch reference: ``torch.poisson`` on the float32 means (in parallel
+    chunks on a multi-threaded CPU, ``kernels._cpu_sampling.poisson_draws``)."""
+    return poisson_draws(mu, generator)
 
 
 def poisson(mu: torch.Tensor, generator: torch.Generator | None = None, *, backend: str = "auto") -> torch.Tensor:

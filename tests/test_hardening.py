@@ -102,6 +102,26 @@ def test_training_killed_mid_epoch_resumes_with_nothing_lost(tmp_path):
     assert not list((tmp_path / "killed").glob(".*.tmp"))
 
 
+def test_stale_temporaries_of_a_killed_save_are_removed_on_resume(tmp_path):
+    """SIGKILL during a checkpoint write leaves ``.last.pt.<hex>.tmp`` (last.pt itself is
+    intact); the next run's resume removes exactly those, nothing else."""
+    from engine.atomic import remove_stale_temporaries
+    from training.trainer import TrainConfig, Trainer
+    from tests.test_trainer import ToyPatches
+
+    out = tmp_path / "run"
+    out.mkdir()
+    stale = [out / ".last.pt.0123456789ab.tmp", out / ".model.pt.ba9876543210.tmp"]
+    kept = [out / ".last.pt.notours.tmp", out / ".other.pt.0123456789ab.tmp", out / "notes.txt"]
+    for f in stale + kept:
+        f.write_bytes(b"partial")
+    trainer = Trainer(TrainConfig(widths=(8, 8, 16, 16, 16), patch=32, batch=2, steps=1, noise_model="P+g"),
+                      ToyPatches(), out, device="cpu", progress=False)
+    assert trainer.resume() is False  # nothing to resume from, but the litter is gone
+    assert not any(f.exists() for f in stale) and all(f.exists() for f in kept)
+    assert remove_stale_temporaries(out / "last.pt") == []
+
+
 def test_cli_over_200_files_with_bad_ones(tmp_path, capsys):
     torch.manual_seed(0)
     cfg = BackboneConfig(options=SMALL)

@@ -30,7 +30,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from engine.atomic import atomic_path
+from engine.atomic import atomic_path, remove_stale_temporaries
 from engine.backbones import BackboneConfig
 from engine.checkpoint import save_checkpoint
 from kernels import sample_noise_params, synthesize_noise, value_checks_disabled
@@ -177,6 +177,9 @@ class Trainer:
 
     def resume(self, path=None) -> bool:
         """Load ``path`` (default ``<out>/last.pt``) if it exists; True when resumed."""
+        if self.rank == 0:  # a run killed mid-save leaves its temporary files: the directory is ours
+            for name in ("last.pt", "model.pt"):
+                remove_stale_temporaries(self.out / name)
         path = Path(path) if path is not None else self.out / "last.pt"
         if not path.is_file():
             return False
