@@ -20,7 +20,8 @@ G_scale (sigma_TL) and R_scale (sigma_r), ``sigma`` = the residual standard devi
 (0 with 2 ISOs); ``G_shape`` = the lambdas, by ISO.
 
 Needs scipy at run time (``scipy.stats``, used by ``engine.calibration_stats``; imported when
-calibrating, so ``import engine.calibration`` works without it). Plots
+calibrating, so ``import engine.calibration`` works without it). Inputs (capture folders,
+file lists, {ISO: frames}): ``engine.calibration_inputs``. Plots
 (``engine.calibration_plots``): PIL only. The ``calibrate`` subcommand:
 ``engine.calibration_cli`` (``add_calibrate_command``, the ``calibrate`` command).
 """
@@ -28,10 +29,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import re
-from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -39,11 +38,12 @@ import numpy as np
 from kernels.profiles import ISO_MAX_REF, ISO_MIN_REF, CameraProfile, load_profile
 
 from .atomic import atomic_path
+from .calibration_inputs import RAW_EXTENSIONS, find_frames, iso_from_path, raw_files, work_items
 from .calibration_stats import (PPCC_SAMPLES, CalibrationError, IsoCalibration, _bias_stats, _calibrate_iso,
                                 _loglin)
-from .rawio import RawFrame, read_raw
+from .rawio import RawFrame
 
-__all__ = ["calibrate", "find_frames", "CalibrationResult", "IsoCalibration",
+__all__ = ["calibrate", "find_frames", "raw_files", "CalibrationResult", "IsoCalibration",
            "CalibrationError", "RAW_EXTENSIONS"]
 
 MIN_BIAS_FRAMES = 2
@@ -54,11 +54,6 @@ SATURATION_MARGIN = 0.02  # a pixel within 2% of (white - black) of the white le
 MAX_SATURATED = 1e-3  # a flat with more saturated pixels than this fraction is refused
 MAX_BIAS_SIGNAL = 0.02  # a "bias" frame brighter than 2% of (white - black) above black is refused
 LEVEL_TOLERANCE = 0.10  # flats within 10% brightness (and 1 DN) are one level
-RAW_EXTENSIONS = (".dng", ".arw", ".srf", ".sr2", ".nef", ".nrw", ".cr2", ".cr3", ".crw", ".orf", ".rw2",
-                  ".raf", ".pef", ".srw", ".3fr", ".iiq", ".erf", ".kdc", ".mrw", ".raw", ".rwl", ".x3f")
-_ISO_IN_PATH = re.compile(r"(?i)(?:^|[^a-z])iso[ _-]?(\d+)")
-_WHAT_TO_CAPTURE = ("capture, at each ISO, >= 2 bias frames (lens capped, shortest exposure) and flats at >= 3 "
-                    "brightness levels with >= 2 frames per level")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -108,111 +103,6 @@ class CalibrationResult:
         return "\n".join(lines) + "\n"
 
 
-# ----------------------------------------------------------------------------- inputs
-
-
-@dataclasses.dataclass
-class _Item:
-    ref: object  # path or RawFrame
-    kind: str  # "bias" | "flat"
-    iso: float | None = None  # from a {iso: frames} key
-    level: int | None = None  # explicit level group (a nested list of flats)
-    # filled from the frame
-    source: str = ""
-    mean: float = 0.0  # flats: mean DN above black
-    exposure: float | None = None
-    stats: dict | None = None  # bias statistics
-
-    def read(self) -> RawFrame:
-        return self.ref if isinstance(self.ref, RawFrame) else read_raw(self.ref)
-
-
-def _is_frame(x) -> bool:
-    return isinstance(x, (str, os.PathLike, RawFrame))
-
-
-def _iso_key(value, where) -> float:
-    try:
-        iso = float(value)
-    except (TypeError, ValueError):
-        raise CalibrationError(f"{where}: ISO keys must be numbers, got {value!r}") from None
-    if not (math.isfinite(iso) and iso > 0):
-        raise CalibrationError(f"{where}: ISO must be > 0, got {value!r}")
-    return iso
-
-
-def _items(frames, kind) -> list:
-    """Flatten ``frames`` (a frame, a sequence, or {iso: sequence}; flats may nest a level
-    as a sequence of frames) into _Items."""
-    what = "bias frames" if kind == "bias" else "flat frames"
-    out, level = [], [0]
-
-    def add(seq, iso):
-        if _is_frame(seq):
-            seq = [seq]
-        if isinstance(seq, (bytes, Mapping)) or not hasattr(seq, "__iter__"):
-            raise CalibrationError(f"{what}: expected paths or RawFrames, got {type(seq).__name__}")
-        for el in seq:
-            if isinstance(el, (str, os.PathLike)) and os.path.isdir(el):
-                out.extend(_Item(f, kind, iso) for f in raw_files(el))
-            elif _is_frame(el):
-                out.append(_Item(el, kind, iso))
-            elif kind == "flat" and hasattr(el, "__iter__") and not isinstance(el, (bytes, Mapping)):
-                level[0] += 1
-                for f in el:
-                    if not _is_frame(f):
-                        raise CalibrationError(f"{what}: a level must list paths or RawFrames, got {type(f).__name__}")
-                    out.append(_Item(f, kind, iso, level[0]))
-            else:
-                raise CalibrationError(f"{what}: expected paths or RawFrames, got {type(el).__name__}")
-
-    if frames is None:
-        frames = []
-    if isinstance(frames, Mapping):
-        for key, seq in frames.items():
-            add(seq, _iso_key(key, what))
-    else:
-        add(frames, None)
-    if not out:
-        raise CalibrationError(f"no {what} given: {_WHAT_TO_CAPTURE}")
-    return out
-
-
-def _iso_from_path(path) -> float | None:
-    for part in reversed(Path(path).parts):
-        m = _ISO_IN_PATH.search(part)
-        if m and int(m.group(1)) > 0:
-            return float(m.group(1))
-    return None
-
-
-def find_frames(folder) -> tuple[list, list]:
-    """Bias and flat files under a capture folder: ``folder/bias`` (or ``dark``, ``darks``)
-    and ``folder/flat`` (or ``flats``), any case, searched recursively for raw files."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise CalibrationError(f"{folder}: no such capture folder")
-    found = []
-    for names in (("bias", "dark", "darks"), ("flat", "flats")):
-        sub = next((d for n in names for d in sorted(folder.iterdir()) if d.is_dir() and d.name.lower() == n), None)
-        if sub is None:
-            raise CalibrationError(f"{folder}: no '{names[0]}' sub-folder (expected {folder}/bias/ and {folder}/flat/ "
-                                   "holding the raw files)")
-        found.append(raw_files(sub))
-    return found[0], found[1]
-
-
-def raw_files(path) -> list:
-    """``path`` itself if a file; else the raw files under it (recursively, sorted)."""
-    path = Path(path)
-    if path.is_file():
-        return [path]
-    if not path.is_dir():
-        raise CalibrationError(f"{path}: no such file or folder")
-    return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in RAW_EXTENSIONS
-                  and not p.name.startswith("."))
-
-
 # ----------------------------------------------------------------------------- calibrate
 
 
@@ -248,7 +138,7 @@ def calibrate(bias, flats, *, out=None, camera_name=None, plots=None, report=Non
     if isinstance(ppcc_samples, bool) or not isinstance(ppcc_samples, int) or ppcc_samples < 1000:
         raise ValueError(f"ppcc_samples must be an int >= 1000, got {ppcc_samples!r}")
     rng = np.random.default_rng(seed)
-    items = _items(bias, "bias") + _items(flats, "flat")
+    items = work_items(bias, "bias") + work_items(flats, "flat")
     seen = {}
     for it in items:
         key = id(it.ref) if isinstance(it.ref, RawFrame) else os.path.realpath(it.ref)
@@ -265,7 +155,7 @@ def calibrate(bias, flats, *, out=None, camera_name=None, plots=None, report=Non
         if n % 10 == 0:
             say(f"reading {it.kind} frames ({n + 1}/{len(items)})")
         first = _check_same_camera(f, first, camera)
-        iso = f.iso if f.iso is not None else (_iso_from_path(f.source) if not isinstance(it.ref, RawFrame) else None)
+        iso = f.iso if f.iso is not None else (iso_from_path(f.source) if not isinstance(it.ref, RawFrame) else None)
         if it.iso is not None and f.iso is not None and abs(f.iso - it.iso) > 0.5:
             raise CalibrationError(f"{f.source}: the file says ISO {f.iso:g} but is listed under ISO {it.iso:g}")
         it.iso = it.iso if it.iso is not None else iso

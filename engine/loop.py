@@ -83,8 +83,8 @@ def _check_loop_values(ratio: torch.Tensor, K: torch.Tensor, rho: torch.Tensor, 
     checks = ValueChecks()
     per_sample("ratio", ratio, batch, device, positive=True, checks=checks)
     per_sample("K", K, batch, device, positive=True, checks=checks)
-    checks.require(torch.isfinite(rho) & (rho >= 1), lambda: f"rho must be finite and >= 1, got {rho.tolist()}")
-    checks.require(rho[:, 1:] > rho[:, :-1], lambda: f"rho must increase strictly along the steps, got {rho.tolist()}")
+    checks.require(lambda: torch.isfinite(rho) & (rho >= 1), lambda: f"rho must be finite and >= 1, got {rho.tolist()}")
+    checks.require(lambda: rho[:, 1:] > rho[:, :-1], lambda: f"rho must increase strictly along the steps, got {rho.tolist()}")
     checks.run()
 
 

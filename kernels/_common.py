@@ -59,8 +59,9 @@ def host_read_bool(flag: torch.Tensor) -> bool:
 class ValueChecks:
     """The data-dependent checks of one op call, read back to the host in one go.
 
-    ``require(ok, message)`` records a boolean tensor that must be all true and a
-    function building the error message (it may read values: it only runs on failure).
+    ``require(ok, message)`` records a boolean tensor (or a function computing it) that
+    must be all true and a function building the error message (it may read values: it
+    only runs on failure).
     ``run()`` reduces every recorded condition on the device and reads a single flag,
     so an op costs one host synchronisation on CUDA instead of one per check, and none
     inside ``value_checks_disabled()``. On failure the first failing check, in the
@@ -70,8 +71,14 @@ class ValueChecks:
     def __init__(self) -> None:
         self._items: list[tuple[torch.Tensor, Callable[[], str]]] = []
 
-    def require(self, ok: torch.Tensor, message: Callable[[], str]) -> None:
-        if value_checks_enabled() and ok.numel():
+    def require(self, ok: torch.Tensor | Callable[[], torch.Tensor], message: Callable[[], str]) -> None:
+        """Record a condition: a boolean tensor, or a function computing it. A function is
+        not even called inside ``value_checks_disabled()`` (no kernel launched for it,
+        nothing recorded into a CUDA graph being captured)."""
+        if not value_checks_enabled():
+            return
+        ok = ok() if callable(ok) else ok
+        if ok.numel():
             self._items.append((ok, message))
 
     def run(self) -> None:
@@ -235,9 +242,11 @@ def per_sample(
     if host_values is None:
         run_now = checks is None
         checks = ValueChecks() if checks is None else checks
-        ok = torch.isfinite(t)
-        if lower is not None:
-            ok = ok & ((t > lower) if strict else (t >= lower))
+
+        def ok() -> torch.Tensor:
+            finite = torch.isfinite(t)
+            return finite if lower is None else finite & ((t > lower) if strict else (t >= lower))
+
         checks.require(ok, lambda: _value_message(name, bound, t.tolist()))
         if run_now:
             checks.run()

@@ -218,9 +218,9 @@ def _levels(pattern, black_level, white_level, ratio, batch, device, checks: Val
     black = _black_per_plane(black_level, codes, batch, device)
     white = per_sample("white_level", white_level, batch, device, checks=checks)
     ratio = per_sample("ratio", ratio, batch, device, positive=True, checks=checks)
-    checks.require(torch.isfinite(black) & (black >= 0),
+    checks.require(lambda: torch.isfinite(black) & (black >= 0),
                    lambda: f"black_level must be finite and >= 0, got {black.tolist()}")
-    checks.require(black < white[:, None],
+    checks.require(lambda: black < white[:, None],
                    lambda: f"black_level must be < white_level, got black {black.tolist()} and white {white.tolist()}")
     return r_row, r_col, black, white, ratio
 

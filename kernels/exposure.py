@@ -284,7 +284,7 @@ def _prepare(net_out, state, origin, ratio, K, rho, rho_next, stochastic, accumu
         None if rho_next is None else per_sample("rho_next", rho_next, B, device, checks=checks),
     )
     if params.rho_next is not None:
-        checks.require(params.rho_next > params.rho, lambda: (
+        checks.require(lambda: params.rho_next > params.rho, lambda: (
             f"rho_next must be > rho for every sample, got rho={params.rho.tolist()}, rho_next={params.rho_next.tolist()}"))
     checks.run()  # one host read per call (none inside value_checks_disabled)
     if seed is not None:

@@ -123,8 +123,8 @@ def _prepare(packed, pattern, wb, ccm, out_dtype):
     wb = wb.to(torch.float32).expand(B, 4).contiguous()
     ccm = ccm.to(torch.float32).expand(B, 3, 3).contiguous()
     checks = ValueChecks()
-    checks.require(torch.isfinite(wb) & (wb > 0), lambda: f"wb gains must be finite and > 0, got {wb.tolist()}")
-    checks.require(torch.isfinite(ccm), lambda: f"ccm must be finite, got {ccm.tolist()}")
+    checks.require(lambda: torch.isfinite(wb) & (wb > 0), lambda: f"wb gains must be finite and > 0, got {wb.tolist()}")
+    checks.require(lambda: torch.isfinite(ccm), lambda: f"ccm must be finite, got {ccm.tolist()}")
     checks.run()  # one host read (none inside value_checks_disabled)
     return packed, r_row, r_col, wb, ccm
 
@@ -154,13 +154,13 @@ def _reference(packed, r_row, r_col, wb, ccm, out_dtype) -> torch.Tensor:
         masks[{0: 0, 1: 1, 2: 2, 3: 1}[plane], 0, dy::2, dx::2] = 1.0
     k_rb = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]], device=x.device)
     k_g = torch.tensor([[0.0, 1.0, 0.0], [1.0, 4.0, 1.0], [0.0, 1.0, 0.0]], device=x.device)
-    colours = []
-    for c, k in ((0, k_rb), (1, k_g), (2, k_rb)):
-        k = k.view(1, 1, 3, 3)
-        num = F.conv2d(mosaic * masks[c], k, padding=1)
-        den = F.conv2d(masks[c : c + 1], k, padding=1)
-        colours.append(num / den.clamp_min(1e-6))
-    rgb = torch.cat(colours, dim=1)  # [B, 3, 2h, 2w]
+    kernels = torch.stack([k_rb, k_g, k_rb])[:, None]  # [3, 1, 3, 3]: one filter per colour
+    # One depthwise convolution for all three colours, channels_last: about 10x faster on
+    # oneDNN CPUs than three single-channel convolutions.
+    cl = torch.channels_last
+    num = F.conv2d((mosaic * masks[None, :, 0]).contiguous(memory_format=cl), kernels, padding=1, groups=3)
+    den = F.conv2d(masks[None, :, 0].contiguous(memory_format=cl), kernels, padding=1, groups=3)
+    rgb = (num / den.clamp_min(1e-6)).contiguous()  # [B, 3, 2h, 2w]
     rgb = torch.einsum("bij,bjyx->byxi", ccm, rgb).clamp(0, 1)
     srgb = torch.where(rgb <= 0.0031308, 12.92 * rgb, 1.055 * rgb.clamp_min(1e-12) ** (1 / 2.4) - 0.055)
     return _quantise(srgb, out_dtype).contiguous()

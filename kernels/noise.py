@@ -239,7 +239,7 @@ def _black_level(value, batch: int, device: torch.device, checks: ValueChecks) -
         if value.shape[1] != 4 or value.shape[0] not in (1, batch):
             raise ValueError(f"a 2-D black_level must have shape [{batch}, 4] or [1, 4] (per plane), got {tuple(value.shape)}")
         t = value.detach().to(torch.float32).expand(batch, 4).contiguous()
-        checks.require(torch.isfinite(t), lambda: f"black_level must be finite, got {t.tolist()}")
+        checks.require(lambda: torch.isfinite(t), lambda: f"black_level must be finite, got {t.tolist()}")
         return t
     t = per_sample("black_level", value, batch, device, checks=checks)
     return t[:, None].expand(batch, 4).contiguous()
@@ -294,9 +294,11 @@ def _prepare(clean, model, ratio, K, sigma_g, sigma_TL, lam, sigma_r, dn_scale, 
     lam_t = per_sample("lam", lam, B, dev, checks=checks) if m.read == "G" else None
     sr = per_sample("sigma_r", sigma_r, B, dev, nonnegative=True, checks=checks) if m.row else None
     if m.shot == "P" and B:
-        mu_at_one = float(dn_scale) / (ratio_t * K_t)
-        checks.require(mu_at_one <= MAX_MEAN, lambda: (
-            f"dn_scale / (ratio * K) = {mu_at_one.max().item():g} photo-electrons at x = 1 exceeds the "
+        def mu_at_one() -> torch.Tensor:
+            return float(dn_scale) / (ratio_t * K_t)
+
+        checks.require(lambda: mu_at_one() <= MAX_MEAN, lambda: (
+            f"dn_scale / (ratio * K) = {mu_at_one().max().item():g} photo-electrons at x = 1 exceeds the "
             f"Poisson sampler's limit {MAX_MEAN:g}: ratio * K is too small"))
 
     if output == "dn":

@@ -142,8 +142,8 @@ def poisson(mu: torch.Tensor, generator: torch.Generator | None = None, *, backe
     """
     check_tensor("mu", mu, dtypes=(torch.float32, torch.float16, torch.bfloat16))
     checks = ValueChecks()
-    checks.require(torch.isfinite(mu), lambda: "mu must be finite (got NaN or Inf)")
-    checks.require((mu >= 0) & (mu <= MAX_MEAN),
+    checks.require(lambda: torch.isfinite(mu), lambda: "mu must be finite (got NaN or Inf)")
+    checks.require(lambda: (mu >= 0) & (mu <= MAX_MEAN),
                    lambda: f"mu must lie in [0, {MAX_MEAN:g}], got values in [{mu.min().item():g}, {mu.max().item():g}]")
     checks.run()  # one host read (none inside value_checks_disabled)
     if not use_triton(mu.device, backend):

@@ -51,6 +51,21 @@ def test_value_checks_can_be_disabled_for_graph_capture():
         per_sample("K", negative, 2, torch.device("cpu"), positive=True)
 
 
+def test_disabled_checks_do_not_even_compute_their_conditions():
+    """Inside a CUDA graph capture a computed condition would be a kernel in the graph."""
+    computed = []
+    checks = ValueChecks()
+    with value_checks_disabled():
+        checks.require(lambda: computed.append(1) or torch.tensor([False]), lambda: "never raised")
+        per_sample("K", torch.tensor([-1.0]), 1, torch.device("cpu"), positive=True, checks=checks)
+        checks.run()
+    assert computed == []
+    checks.require(lambda: computed.append(1) or torch.tensor([False]), lambda: "raised")
+    with pytest.raises(ValueError, match="raised"):
+        checks.run()
+    assert computed == [1]
+
+
 def test_value_checks_switch_is_per_thread():
     """A thread capturing a graph (checks off) must not turn them off for another thread."""
     inside, seen = threading.Event(), {}
