@@ -66,8 +66,8 @@ def poisson_draws(mu: torch.Tensor, generator: torch.Generator | None = None) ->
             mu_i = flat[i * POISSON_CHUNK : (i + 1) * POISSON_CHUNK]
             parts[i] = torch.poisson(mu_i, generator=torch.Generator().manual_seed(keys[i]))
 
-    if workers == 1 or chunks == 1:
-        draw(0)  # same chunks and keys, in this thread
+    if workers == 1:
+        draw(0)  # the same chunks and keys, in this thread
     else:
         for future in [_executor(workers).submit(draw, w) for w in range(min(workers, chunks))]:
             future.result()
