@@ -113,6 +113,15 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 def report(res: dict) -> str:
+    failed = res.get("failed_stages") or {}
+    text = _report({k: v for k, v in res.items() if k not in failed})
+    if failed:
+        text += "\n\nFAILED stages (no figures; tracebacks on stderr and in the JSON):\n" + "\n".join(
+            f"- {name}: {error}" for name, error in failed.items())
+    return text
+
+
+def _report(res: dict) -> str:
     info, out = res["info"], []
     out.append(f"\n{info['date']}  commit {info['commit']}  device {info['device']} ({info['device_name']})")
     out.append(f"torch {info['torch']}, {info['threads']} threads; frame {info['frame'][0]}x{info['frame'][1]} Bayer "

@@ -48,7 +48,9 @@ interleaved (A B A B ...), so that a change of machine load hits both sides alik
 CUDA kernels are timed with several launches per synchronisation, and their GB/s come
 from the profiler's device time (launch latency and argument-check syncs left out). Targets of issues #3-#5 are printed beside each figure with
 "met" / "missed by ...". A table is printed at the end; JSON goes atomically to
-``bench/out/throughput.json`` (``--json``).
+``bench/out/throughput.json`` (``--json``). A stage that raises is reported (its error in
+the table, its traceback on stderr and in the JSON) while the other stages still run,
+and the exit status is then 1.
 
 Default sizes. CUDA: the 12 MP frame (2848 x 4256 Bayer sites), 10 repeats, 8 batch files
 of 12 MP. CPU: 1424 x 2128 (3 MP, a quarter of 12 MP, same aspect), 3 repeats, 6 batch
@@ -69,6 +71,7 @@ import shutil
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -185,6 +188,19 @@ def main(argv=None) -> int:
     ctx = Context(device, net, cfg, args.ratio, args.steps, args.repeats, args.warmup, progress)
     workdir = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="exposure_bench_"))
     workdir.mkdir(parents=True, exist_ok=True)
+    failed: dict[str, str] = {}
+
+    def stage(name: str, measure) -> None:
+        """Run one stage; a failure is recorded (JSON, table, exit status) and the others still run,
+        so one broken path does not cost the figures of every other stage."""
+        try:
+            results[name] = measure()
+        except Exception as e:  # noqa: BLE001 - reported, never swallowed: the run exits 1
+            failed[name] = f"{type(e).__name__}: {e}"
+            results[name] = {"error": failed[name], "traceback": traceback.format_exc()}
+            print(f"\nbench stage '{name}' FAILED:\n{results[name]['traceback']}", file=sys.stderr)
+        progress.done()
+
     try:
         progress.note(f"writing the {H}x{W} scene DNG")
         t0 = time.perf_counter()
@@ -196,21 +212,17 @@ def main(argv=None) -> int:
         progress.note("copy bandwidth")
         results["copy_bandwidth"] = copy_bandwidth(device, 4 * (H // 2) * (W // 2) * 4, args.repeats)
         if "engine" in stages:
-            results["engine"] = bench_engine(ctx, path)
-            progress.done()
+            stage("engine", lambda: bench_engine(ctx, path))
         if "backbone" in stages:
-            results["backbone"] = bench_backbone(ctx, H, W)
-            progress.done()
+            stage("backbone", lambda: bench_backbone(ctx, H, W))
         if "kernels" in stages:
-            results["kernels"] = bench_kernels(ctx, H, W, results["copy_bandwidth"]["GBps"] * 1e9)
-            progress.done()
+            stage("kernels", lambda: bench_kernels(ctx, H, W, results["copy_bandwidth"]["GBps"] * 1e9))
         if "synthesis" in stages:
             batch, size = (2, 128) if args.quick else ((16, 512) if device.type == "cuda" else (8, 512))
-            results["synthesis"] = bench_synthesis(ctx, batch, size)
-            progress.done()
+            stage("synthesis", lambda: bench_synthesis(ctx, batch, size))
         if "batch" in stages:
-            results["batch"] = bench_batch(ctx, workdir, args.batch_files, bh, bw, args.workers, min(args.repeats, 2))
-            progress.done()
+            stage("batch", lambda: bench_batch(ctx, workdir, args.batch_files, bh, bw, args.workers,
+                                               min(args.repeats, 2)))
     finally:
         progress.close()
         if not args.keep:
@@ -218,11 +230,13 @@ def main(argv=None) -> int:
     if device.type != "cuda":
         results["backbone"] = {"skipped": "CUDA only (the fp16 matrix rate is a GPU figure)"}
     info["load_average_at_end"] = os.getloadavg()
-    results["targets"] = targets(results, device, (H, W) == FULL, args.steps)
+    results["failed_stages"] = failed
+    measured = {k: v for k, v in results.items() if k not in failed}
+    results["targets"] = targets(measured, device, (H, W) == FULL, args.steps)
     print(report(results))
     write_json(Path(args.json), results)
     print(f"\nJSON written to {args.json}")
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels import exposure_step, value_checks_disabled
-from kernels._common import DEFAULT_DN_SCALE, ValueChecks, per_sample
+from kernels._common import DEFAULT_DN_SCALE, ValueChecks, per_sample, philox_seed
 
 # The backbones need spatial sizes that are multiples of this (four 2x2 poolings).
 SIZE_MULTIPLE = 16
@@ -117,7 +117,9 @@ def run_exposure_diffusion(
         stochastic: Poisson draws (False: their means, deterministic).
         generator: Philox keys drawn from it (one per step) unless ``seeds`` is given.
         seeds: int64 ``[n]`` device tensor of Philox keys, one per step: the CUDA-graph
-            path rewrites it before each replay (no host work inside the graph).
+            path rewrites it before each replay (no host work inside the graph). A step's
+            key is shared by the batch and the draws are indexed within each sample, so a
+            frame's result is the same alone or in any batch (``kernels.exposure_step``).
         next_dtype / memory_format: layout of the intermediate network inputs (fp16
             channels_last on the GPU path).
 
@@ -126,6 +128,10 @@ def run_exposure_diffusion(
     """
     _check_loop_values(ratio, K, rho, first_input.shape[0], first_input.device)
     steps = rho.shape[1] - 1
+    if seeds is None and stochastic:
+        # One key per step, shared by the batch: a frame's result does not depend on the
+        # other frames of its batch (the same keys as engine.graphs draws: eager == graphs).
+        seeds = torch.cat([philox_seed(generator, first_input.device) for _ in range(steps)])
     origin = first_input[:, :4]
     state, x = origin, first_input
     estimate = None
@@ -135,8 +141,7 @@ def run_exposure_diffusion(
             last = i == steps - 1
             estimate, x = exposure_step(
                 out, state, origin, ratio=ratio, K=K, rho=rho[:, i], rho_next=None if last else rho[:, i + 1],
-                stochastic=stochastic, generator=None if seeds is not None else generator,
-                seed=None if seeds is None or last or not stochastic else seeds[i : i + 1],
+                stochastic=stochastic, seed=None if last or not stochastic else seeds[i : i + 1],
                 accumulate=accumulate, with_photon=with_photon, concat_origin=concat_origin, dn_scale=dn_scale,
                 out_dtype=next_dtype, out_memory_format=memory_format, backend=backend,
             )

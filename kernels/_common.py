@@ -120,26 +120,24 @@ def use_triton(device: torch.device, backend: str) -> bool:
     )
 
 
-def philox_seed(generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
-    """Draw a fresh 62-bit Philox key from ``generator`` (default: torch's global one).
+def philox_seed(generator: torch.Generator | None, device: torch.device, count: int = 1) -> torch.Tensor:
+    """Draw fresh 62-bit Philox keys from ``generator`` (default: torch's global one).
 
-    Returned as an int64 tensor of shape [1] on ``device``: kernels read the key from
-    memory, so a CUDA graph can replay with a new key written into the same tensor.
+    Returned as an int64 tensor of shape [count] on ``device``: kernels read the keys
+    from memory, so a CUDA graph can replay with new keys written into the same tensor.
     The draw advances the generator, so ``torch.manual_seed`` makes runs repeatable.
-    Without a generator the key is drawn by the default generator of ``device`` itself
-    (no host round trip on CUDA); a CPU generator's key is copied through pinned memory
+    Without a generator the keys are drawn by the default generator of ``device`` itself
+    (no host round trip on CUDA); a CPU generator's keys are copied through pinned memory
     without blocking the host.
     """
     if generator is None:
-        return torch.randint(0, 2**62, (1,), device=device, dtype=torch.int64)
+        return torch.randint(0, 2**62, (count,), device=device, dtype=torch.int64)
     if generator.device.type != "cpu":
         # CUDA generators cannot produce int64 on the CPU; draw on their own device.
-        seed = torch.randint(0, 2**62, (1,), generator=generator, device=generator.device, dtype=torch.int64)
+        seed = torch.randint(0, 2**62, (count,), generator=generator, device=generator.device, dtype=torch.int64)
         return seed.to(device)
-    seed = torch.randint(0, 2**62, (1,), generator=generator, dtype=torch.int64)
-    if device.type == "cuda":
-        return seed.pin_memory().to(device, non_blocking=True)
-    return seed.to(device)
+    seed = torch.randint(0, 2**62, (count,), generator=generator, dtype=torch.int64)
+    return to_device(seed, device, non_blocking=True)
 
 
 def to_device(t: torch.Tensor, device, *, non_blocking: bool = False) -> torch.Tensor:

@@ -84,7 +84,7 @@ def _exposure_fwd_kernel(
     net_ptr, sn_b, sn_c, sn_h, sn_w,
     state_ptr, ss_b, ss_c, ss_h, ss_w,
     origin_ptr, so_b, so_c, so_h, so_w,
-    ratio_ptr, gain_ptr, rho_ptr, rho_next_ptr, seed_ptr,
+    ratio_ptr, gain_ptr, rho_ptr, rho_next_ptr, seed_ptr, seed_stride,
     est_ptr, se_b, se_c, se_h, se_w,
     next_ptr, sx_b, sx_c, sx_h, sx_w,
     h, w, dn_scale,
@@ -119,8 +119,12 @@ def _exposure_fwd_kernel(
         else:
             mu = (rho_next - 1.0) * dn_scale * _clip01(est) / rk
         if STOCHASTIC:
-            seed = tl.load(seed_ptr)
-            index = (b * 4 + plane) * (h * w) + pix[None, :]
+            # One key per sample (seed_stride 1) or one for the batch (0). The counter is the
+            # element's index within its sample, so a sample's draws do not depend on its
+            # position in the batch: with a shared key, frame b of a batch is drawn exactly
+            # as the same frame alone.
+            seed = tl.load(seed_ptr + b * seed_stride)
+            index = plane * (h * w) + pix[None, :]
             photons = poisson_sample(mu, seed, index, STREAM_POISSON)
         else:
             photons = mu
@@ -289,8 +293,9 @@ def _prepare(net_out, state, origin, ratio, K, rho, rho_next, stochastic, accumu
     checks.run()  # one host read per call (none inside value_checks_disabled)
     if seed is not None:
         check_tensor("seed", seed, dtypes=(torch.int64,))
-        if seed.numel() != 1:
-            raise ValueError(f"seed must hold exactly one int64 key (shape [1]), got shape {tuple(seed.shape)}")
+        if seed.dim() != 1 or seed.numel() not in (1, B):
+            raise ValueError(f"seed must hold one int64 Philox key for the batch (shape [1]) or one per sample "
+                             f"(shape [{B}]), got shape {tuple(seed.shape)}")
         if seed.device != device:
             raise ValueError(f"seed is on {seed.device} but the data is on {device}")
         if generator is not None:
@@ -339,7 +344,7 @@ def _launch_forward(net_out, state, origin, cfg, params, seed, est, nxt):
         seed = torch.zeros(1, dtype=torch.int64, device=net_out.device)
     _exposure_fwd_kernel[(triton.cdiv(h * w, BLOCK), B)](
         net_out, *net_out.stride(), state, *state.stride(), origin, *origin.stride(),
-        params.ratio, params.K, params.rho, params.rho_next if has_next else params.rho, seed,
+        params.ratio, params.K, params.rho, params.rho_next if has_next else params.rho, seed, int(seed.numel() > 1),
         est, *est.stride(), nx, *nx.stride(),
         h, w, cfg.dn_scale,
         HEAD9=cfg.head9, HAS_NEXT=has_next, STOCHASTIC=cfg.stochastic and has_next, ACCUMULATE=cfg.accumulate,
@@ -441,11 +446,16 @@ def exposure_step(
             numbers, sequences or float tensors ``[B]`` on the data's device.
             ``rho_next=None`` marks the last step: no next input, nothing drawn.
         stochastic: draw ``P ~ Poisson(mu)``; False uses ``P = mu`` (deterministic).
-        generator: torch.Generator giving the Philox key (default: torch's global one).
-        seed: instead of ``generator``, an int64 tensor ``[1]`` on the data's device
-            holding the Philox key (as ``kernels._common.philox_seed`` makes). The kernel
-            reads it from memory, so a captured CUDA graph replays with fresh noise once
-            a new key is written into it; no generator is touched during capture.
+        generator: torch.Generator giving one Philox key per sample (default: torch's
+            global one), so the samples of a batch draw independent noise.
+        seed: instead of ``generator``, an int64 tensor on the data's device (as
+            ``kernels._common.philox_seed`` makes): ``[B]``, one key per sample, or ``[1]``,
+            one key for every sample. A sample's draws depend only on its key, its values
+            and the step, not on its position in the batch: with a ``[1]`` key a frame in
+            a batch gets exactly the draws it gets alone (the engine's batch invariance).
+            The kernel reads the key from memory, so a captured CUDA graph replays with
+            fresh noise once a new key is written into it; no generator is touched during
+            capture.
         accumulate: paper form (add ``rho_next - rho`` exposures of photons onto ``A_i``)
             instead of the reference-code form (``rho_next - 1`` exposures onto ``A_T``).
         with_photon, concat_origin: next-input channels (4, 8 or 12), see NOTES.md; the
@@ -477,7 +487,7 @@ def exposure_step(
                                       with_photon, concat_origin, dn_scale, out_dtype, out_memory_format,
                                       seed, generator, out, _IN_DTYPES)
     if cfg.has_next and cfg.stochastic and seed is None:
-        seed = philox_seed(generator, net_out.device)
+        seed = philox_seed(generator, net_out.device, count=net_out.shape[0])  # independent samples
     if torch.is_grad_enabled() and any(t.requires_grad for t in (net_out, state, origin)):
         est, nxt = _ExposureStepFunction.apply(net_out, state, origin, cfg, params, seed, out_dtype, out_memory_format)
         return est, (nxt if cfg.has_next else None)
@@ -496,8 +506,10 @@ def exposure_step_reference(
     Differentiable by autograd (straight-through draw). Computes in float32, or in
     float64 when net_out is float64 (then the estimate and default next input are
     float64 too: for gradcheck). Draws with ``torch.poisson`` (in parallel chunks on the
-    CPU: ``kernels._cpu_sampling.poisson_draws``); a ``seed`` tensor is
-    turned into a generator on the host (a sync), so its noise differs from Triton's.
+    CPU: ``kernels._cpu_sampling.poisson_draws``): from ``generator`` for the whole batch,
+    or, given ``seed``, sample by sample from a generator seeded with its key (a host
+    read), so that, as in the kernel, a sample's draws do not depend on its batch
+    position; the values differ from Triton's (another sampler).
     """
     cfg, p, out_dtype = _prepare(net_out, state, origin, ratio, K, rho, rho_next, stochastic, accumulate,
                                  with_photon, concat_origin, dn_scale, out_dtype, out_memory_format,
@@ -517,10 +529,13 @@ def exposure_step_reference(
         added = rho_next_c - col(p.rho) if cfg.accumulate else rho_next_c - 1
         mu = added * s * estimate.clamp(0, 1) / rk
         if cfg.stochastic:
-            gen = generator
-            if seed is not None:
-                gen = torch.Generator(device=mu.device).manual_seed(int(seed.item()))
-            draw = poisson_draws(mu.detach(), gen).to(mu.dtype)
+            if seed is None:
+                draw = poisson_draws(mu.detach(), generator)
+            else:  # per sample, from its key (one shared key: batch invariant, as the kernel)
+                keys = seed.tolist()
+                draw = torch.stack([poisson_draws(mu[b].detach(), torch.Generator(device=mu.device).manual_seed(
+                    keys[b if len(keys) > 1 else 0])) for b in range(mu.shape[0])]) if mu.shape[0] else mu.detach()
+            draw = draw.to(mu.dtype)
             photons = mu + (draw - mu).detach()  # straight-through (SPEC §4 training)
         else:
             photons = mu
@@ -550,7 +565,7 @@ def aot_specs():
     def fwd(name, in_ty, out_ty, **flags):
         sig = {"net_ptr": f"*{in_ty}", **strides("sn"), "state_ptr": f"*{in_ty}", **strides("ss"),
                "origin_ptr": f"*{in_ty}", **strides("so"), "ratio_ptr": "*fp32", "gain_ptr": "*fp32",
-               "rho_ptr": "*fp32", "rho_next_ptr": "*fp32", "seed_ptr": "*i64",
+               "rho_ptr": "*fp32", "rho_next_ptr": "*fp32", "seed_ptr": "*i64", "seed_stride": "i32",
                "est_ptr": "*fp32", **strides("se"), "next_ptr": f"*{out_ty}", **strides("sx"),
                "h": "i32", "w": "i32", "dn_scale": "fp32"}
         const = dict(HEAD9=True, HAS_NEXT=True, STOCHASTIC=True, ACCUMULATE=False, WITH_PHOTON=False,

@@ -103,3 +103,24 @@ def test_judge_messages():
     assert judge(25.0, 20.0, "ms").startswith("missed by 5.0 ms")
     assert judge(0.55, 0.70, "fraction") == "missed by 15 points"
     assert judge(40.0, 45.0, "dB") == "missed by 5.0 dB"
+
+
+def test_a_failing_stage_is_reported_and_the_others_still_run(tmp_path, monkeypatch, capsys):
+    """One broken path (say the CUDA graphs on a first GPU run) must not cost the other
+    stages' figures: its error goes to the table, the JSON and the exit status."""
+    from bench import throughput
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated kernel failure")
+
+    monkeypatch.setattr(throughput, "bench_kernels", broken)
+    out = tmp_path / "r.json"
+    rc = throughput.main(["--quick", "--device", "cpu", "--quiet", "--skip", "batch", "--json", str(out)])
+    assert rc == 1
+    res = json.loads(out.read_text())
+    assert res["failed_stages"] == {"kernels": "RuntimeError: simulated kernel failure"}
+    assert "simulated kernel failure" in res["kernels"]["traceback"]
+    assert "rows" in res["engine"] and "speedup" in res["synthesis"]  # measured after the failure
+    printed = capsys.readouterr()
+    assert "FAILED stages" in printed.out and "- kernels: RuntimeError: simulated kernel failure" in printed.out
+    assert "Noise synthesis" in printed.out and "bench stage 'kernels' FAILED" in printed.err

@@ -75,3 +75,26 @@ def test_batch_on_graphs_and_a_second_shape(model):
     assert all(torch.equal(p.raw, q.raw) for p, q in zip(batch, again))
     other = pipe(frames(1, 200, 300)[0], ratio=100, steps=3, seed=1, **ARR)
     assert other.raw.shape == (4, 100, 150)
+
+
+def test_a_frame_in_a_graphed_batch_draws_as_it_does_alone():
+    """Bit-identical with a batch-independent (pointwise) backbone; with the UNet cuDNN
+    may pick another algorithm per batch size (tests/test_hardening.py has both)."""
+    from tests.test_hardening import _PixelwiseNet
+
+    cfg = BackboneConfig(with_photon=True)
+    pipe = Pipeline(_PixelwiseNet(), cfg, device="cuda")
+    xs = frames(3)
+    batch = pipe(xs, ratio=100, steps=3, seed=4, **ARR)
+    for i in range(3):
+        assert torch.equal(batch[i].raw, pipe(xs[i], ratio=100, steps=3, seed=4, **ARR).raw), i
+
+
+def test_a_frame_in_a_unet_batch_matches_it_alone_closely(model):
+    net, cfg = model
+    pipe = Pipeline(net, cfg, device="cuda")
+    xs = frames(3)
+    batch = pipe(xs, ratio=100, steps=3, seed=4, **ARR)
+    for i in range(3):
+        alone = pipe(xs[i], ratio=100, steps=3, seed=4, **ARR).raw
+        assert (batch[i].raw - alone).abs().max() < 2e-3, i

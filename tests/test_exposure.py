@@ -299,8 +299,8 @@ def test_seeds_generators_and_layout_independence():
     assert torch.equal(d, run())
     # the noise depends on element indices, not on memory layouts
     assert torch.equal(a, run(torch.Generator().manual_seed(11), n=net.contiguous(memory_format=torch.channels_last)))
-    # seed= takes the key philox_seed would draw; rewriting it in place gives fresh noise
-    key = philox_seed(torch.Generator().manual_seed(11), DEV)
+    # seed= takes the keys philox_seed would draw (one per sample); rewriting them in place gives fresh noise
+    key = philox_seed(torch.Generator().manual_seed(11), DEV, count=2)
     with value_checks_disabled():
         e = run(seed=key)
         key.fill_(12345)
@@ -312,6 +312,29 @@ def test_seeds_generators_and_layout_independence():
     det = exposure_step(net, state, origin, backend="triton", stochastic=False, generator=g, **kw)[1]
     assert torch.equal(g.get_state(), state_before)
     assert torch.equal(det, exposure_step(net, state, origin, backend="triton", stochastic=False, **kw)[1])
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_a_shared_key_makes_each_sample_independent_of_its_batch(backend):
+    """With one key for the batch, sample b of a batch is drawn exactly as sample b alone
+    (the engine's batch invariance); per-sample keys (the generator path) make identical
+    samples draw independent noise (what training needs)."""
+    dev = DEV if backend == "triton" else torch.device("cpu")
+    net, state, origin = (t.to(dev) for t in make_inputs(B=3, h=5, w=7, seed=23))
+    kw = {k: (v.to(dev) if isinstance(v, torch.Tensor) else v) for k, v in params(B=3).items()}
+    key = torch.tensor([987654321], dtype=torch.int64, device=dev)
+    batch = exposure_step(net, state, origin, backend=backend, seed=key, **kw)[1]
+    for b in range(3):
+        one = {k: (v[b : b + 1] if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
+        alone = exposure_step(net[b : b + 1], state[b : b + 1], origin[b : b + 1], backend=backend, seed=key, **one)[1]
+        assert torch.equal(batch[b : b + 1], alone), b
+    same = lambda t: t[:1].expand(2, *t.shape[1:]).contiguous()  # noqa: E731 - two identical samples
+    twin = {k: (same(v) if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
+    shared = exposure_step(same(net), same(state), same(origin), backend=backend, seed=key, **twin)[1]
+    assert torch.equal(shared[0], shared[1])
+    drawn = exposure_step(same(net), same(state), same(origin), backend=backend,
+                          generator=torch.Generator().manual_seed(4), **twin)[1]
+    assert not torch.equal(drawn[0], drawn[1])
 
 
 def test_reference_stochastic_mode_and_seed_tensor():
@@ -452,7 +475,8 @@ REFUSALS = [
     (dict(out_memory_format=torch.channels_last_3d), ValueError, "out_memory_format must be torch.contiguous_format or torch.channels_last"),
     (dict(seed=torch.tensor([1])), ValueError, r"pass either generator= or seed=, not both"),
     (dict(seed=torch.tensor([1.0])), TypeError, r"seed must have dtype in \(int64\), got float32"),
-    (dict(seed=torch.tensor([1, 2])), ValueError, r"seed must hold exactly one int64 key \(shape \[1\]\), got shape \(2,\)"),
+    (dict(seed=torch.tensor([1, 2, 3])), ValueError, r"seed must hold one int64 Philox key for the batch \(shape \[1\]\) or one per sample \(shape \[2\]\), got shape \(3,\)"),
+    (dict(seed=torch.tensor([[1, 2]])), ValueError, r"or one per sample \(shape \[2\]\), got shape \(1, 2\)"),
     (dict(out=(torch.empty(2, 4, 3, 4, dtype=torch.float64), None), rho_next=None), TypeError, r"out\[0\] \(estimate\) must have dtype in \(float32\), got float64"),
     (dict(out=torch.empty(2, 4, 3, 4)), TypeError, r"out must be a pair \(estimate, next_input\)"),
     (dict(out=(torch.empty(2, 4, 3, 5), torch.empty(2, 4, 3, 4))), ValueError, r"out\[0\] \(estimate\) must have shape \(2, 4, 3, 4\)"),

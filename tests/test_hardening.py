@@ -65,6 +65,43 @@ def test_same_seed_is_bit_identical_single_and_batch(pipe):
         assert all(torch.equal(x.raw, y.raw) for x, y in zip(a, b))
 
 
+class _PixelwiseNet(torch.nn.Module):
+    """A backbone whose arithmetic cannot depend on the batch size (no convolution
+    algorithm choice): 9-channel head from pointwise maps of the 4 + 4 input channels."""
+
+    def forward(self, x):
+        a, photon = x[:, :4], x[:, 4:8]
+        return torch.cat([a[:, :1] - 0.5, 0.9 * a + 0.05, 0.1 * a - photon], 1)
+
+
+def test_a_frame_gives_the_same_draws_alone_or_in_a_batch():
+    """With a fixed seed, frame i of a batch is enhanced bit-identically to frame i alone
+    when the backbone's arithmetic is batch-independent: each step's Philox key is shared
+    by the batch and draws are indexed within a frame."""
+    cfg = BackboneConfig(options=SMALL, with_photon=True)
+    pixelwise = Pipeline(_PixelwiseNet(), cfg, device="cpu", precision="fp32")
+    frames = np.random.default_rng(2).integers(512, 3000, (3, 32, 48)).astype(np.uint16)
+    kw = dict(ARR, ratio=100, steps=3)
+    batch = pixelwise(frames, seed=21, **kw)
+    for i in range(3):
+        assert torch.equal(batch[i].raw, pixelwise(frames[i], seed=21, **kw).raw), i
+    assert not torch.equal(batch[0].raw, pixelwise(frames[0], seed=22, **kw).raw)  # still stochastic
+
+
+def test_a_frame_in_a_batch_matches_it_alone_up_to_convolution_rounding(pipe):
+    """A real UNet: oneDNN / cuDNN may sum in another order for another batch size, so a
+    frame in a batch agrees with the frame alone to float rounding (an occasional
+    Poisson count one apart), not bit for bit."""
+    frames = np.random.default_rng(2).integers(512, 3000, (3, 32, 48)).astype(np.uint16)
+    kw = dict(ARR, ratio=100, steps=3)
+    batch = pipe(frames, seed=21, **kw)
+    other_seed = pipe(frames[0], seed=22, **kw).raw
+    for i in range(3):
+        alone = pipe(frames[i], seed=21, **kw).raw
+        assert (batch[i].raw - alone).abs().max() < 1e-3, i
+    assert (batch[0].raw - other_seed).abs().max() > 1e-3  # the tolerance is far below the noise
+
+
 def _train_cmd(out, extra=()):
     return [sys.executable, "-m", "training", "train", "--out", str(out), "--patch", "32", "--batch", "2",
             "--widths", "8", "8", "16", "16", "16", "--steps", "2", "--epochs", "4", "--iters-per-epoch", "10",
