@@ -8,7 +8,10 @@ what ``engine.Pipeline`` computes (same padding, schedule, update form and crop)
 deterministic mode (``stochastic=False``) the two outputs can be compared by PSNR.
 
 ``numpy_eld_synthesis``: the ELD ``P+G+r+u`` synthesis as the public data loaders run it,
-one sample at a time with numpy / scipy (single-threaded).
+one sample at a time with numpy / scipy (single-threaded). ``NumpyNoisyPatches``: a
+``torch.utils.data.Dataset`` doing that per item (flips / transpose, per-sample
+parameters, the numpy synthesis) for a DataLoader with CPU worker processes: the
+"CPU data-loader feed" of the training bench.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from torch import nn
 from engine.backbones import BackboneConfig
 from engine.camera import resolve_gain
 from engine.rawio import RawFrame, read_raw
+import kernels
 from kernels import DEFAULT_DN_SCALE, exposure_step_reference, pack_bayer_reference
 
 SIZE_MULTIPLE = 16  # four 2x2 poolings in the UNet
@@ -96,3 +100,39 @@ def numpy_eld_synthesis(clean: np.ndarray, params: list[dict], dn_scale: float, 
         z += rng.uniform(-0.5, 0.5, size=y.shape).astype(np.float32)
         out[b] = np.clip(z * p["ratio"] / dn_scale, 0, 1)
     return out
+
+
+class NumpyNoisyPatches(torch.utils.data.Dataset):
+    """Training items made on the CPU, one per ``__getitem__``, as the public loaders make them.
+
+    ``raw``: uint16 ``[N, 4, p, p]`` clean packed patches (DN), ``black`` ``[4]`` and
+    ``white`` DN. An item: random flips / transpose (numpy), per-sample ELD parameters
+    (``kernels.sample_noise_params``, a handful of scalars), the numpy/scipy ``P+G+r+u``
+    synthesis, the photon channel when ``with_photon``. Returns ``(first_input float32
+    [C, p, p], clean float32 [4, p, p], ratio, K)``. Items are a function of the index.
+    """
+
+    def __init__(self, raw: np.ndarray, black: np.ndarray, white: float, *, with_photon: bool = True, seed: int = 0):
+        self.raw, self.black, self.white = raw, np.asarray(black, np.float32), float(white)
+        self.with_photon, self.seed = with_photon, seed
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def __getitem__(self, index: int):
+        rng = np.random.default_rng((self.seed, index))
+        x = (self.raw[index].astype(np.float32) - self.black[:, None, None]) / (self.white - self.black[:, None, None])
+        if rng.random() < 0.5:
+            x = x[:, ::-1]
+        if rng.random() < 0.5:
+            x = x[:, :, ::-1]
+        if rng.random() < 0.5:
+            x = x.transpose(0, 2, 1)[[0, 3, 2, 1]]  # transposed scene: G1 and G2 swap
+        clean = np.ascontiguousarray(np.clip(x, 0, 1))
+        params = kernels.sample_noise_params(1, model="P+G+r+u", generator=torch.Generator().manual_seed(
+            int(rng.integers(2**62))))
+        p = {k: float(getattr(params, k)[0]) for k in ("ratio", "K", "sigma_TL", "lam", "sigma_r")}
+        noisy = numpy_eld_synthesis(clean[None], [p], DEFAULT_DN_SCALE, rng)[0]
+        planes = [noisy, noisy / (p["ratio"] * p["K"])] if self.with_photon else [noisy]
+        return (torch.from_numpy(np.concatenate(planes)), torch.from_numpy(clean),
+                torch.tensor(p["ratio"], dtype=torch.float32), torch.tensor(p["K"], dtype=torch.float32))

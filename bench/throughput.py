@@ -36,6 +36,10 @@ and the same weights:
   numpy/scipy synthesis of the public data loaders, in elements/s. The numpy path is
   single-threaded (the share of one core it got is reported), so its rate is the
   single-core rate that issue #4's target refers to.
+- a training step (``bench/training_stage.py``): the production trainer (synthesis on the
+  device) against the same step fed by a CPU DataLoader doing the numpy synthesis in
+  worker processes; ms per step, speedup, and the share of the step spent on data
+  (issue #4's target on a GPU: under 5%). CUDA: 8 x 512^2 patches; CPU: 2 x 128^2.
 - a file-to-file batch over a folder of DNGs (written PNGs): decoding in worker processes
   and PNG encoding in writer processes, overlapped with the device work, against the same
   files done one after the other by the same Pipeline; files/s and speedup.
@@ -83,6 +87,7 @@ from bench.scene import DEFAULT_ISO, DEFAULT_RATIO, write_scene_dng  # noqa: E40
 from bench.stages import (Context, bench_backbone, bench_batch, bench_engine, bench_kernels,  # noqa: E402
                           bench_synthesis, copy_bandwidth, cpu_has_bf16)
 from bench.timing import Progress  # noqa: E402
+from bench.training_stage import bench_training, training_sizes  # noqa: E402
 import engine.pipeline  # noqa: E402
 from engine import BackboneConfig, load_checkpoint  # noqa: E402
 
@@ -91,7 +96,7 @@ QUICK = (128, 192)
 DEFAULT_JSON = BENCH_DIR / "out" / "throughput.json"
 WEIGHTS_NOTE = ("random-init default UNet (seed {seed}), the same weights for the engine and the baseline: {why}, "
                 "and throughput does not depend on the weights' values")
-STAGES = ("engine", "backbone", "kernels", "synthesis", "batch")
+STAGES = ("engine", "backbone", "kernels", "synthesis", "training", "batch")
 
 
 # ---------------------------------------------------------------- main
@@ -220,6 +225,10 @@ def main(argv=None) -> int:
         if "synthesis" in stages:
             batch, size = (2, 128) if args.quick else ((16, 512) if device.type == "cuda" else (8, 512))
             stage("synthesis", lambda: bench_synthesis(ctx, batch, size))
+        if "training" in stages:
+            sizes = training_sizes(device, args.quick, os.cpu_count() or 1)
+            amp = "bf16" if device.type == "cuda" or cpu_has_bf16() else None
+            stage("training", lambda: bench_training(ctx, amp=amp, **sizes))
         if "batch" in stages:
             stage("batch", lambda: bench_batch(ctx, workdir, args.batch_files, bh, bw, args.workers,
                                                min(args.repeats, 2)))

@@ -227,6 +227,11 @@ class NoiseParams:
         return NoiseParams(**{k: to_device(v, device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v
                               for k, v in fields.items()})
 
+    def select(self, index) -> "NoiseParams":
+        """The parameters of some samples (``index``: a slice, or indices), same cameras and model."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return NoiseParams(**{k: v[index] if isinstance(v, torch.Tensor) else v for k, v in fields.items()})
+
     def as_kwargs(self) -> dict:
         """The six per-sample parameters as keyword arguments of ``synthesize_noise``."""
         return {k: getattr(self, k) for k in ("ratio", "K", "sigma_g", "sigma_TL", "lam", "sigma_r")}

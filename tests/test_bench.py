@@ -35,7 +35,8 @@ def quick_run(tmp_path_factory):
 
 def test_quick_json_has_every_stage(quick_run):
     res, _, _ = quick_run
-    for key in ("info", "scene", "copy_bandwidth", "engine", "backbone", "kernels", "synthesis", "batch", "targets"):
+    for key in ("info", "scene", "copy_bandwidth", "engine", "backbone", "kernels", "synthesis", "training", "batch",
+                "targets"):
         assert key in res, f"missing stage {key}"
     info = res["info"]
     assert info["device"] == "cpu" and info["frame"] == [128, 192] and info["steps"] == 3
@@ -63,6 +64,13 @@ def test_quick_json_has_every_stage(quick_run):
     syn = res["synthesis"]
     assert syn["elements"] == 2 * 4 * 128 * 128 and syn["numpy_Melem_per_s"] > 0 and syn["speedup"] > 0
 
+    tr = res["training"]  # the same step both ways: production trainer vs a CPU DataLoader feed
+    assert tr["patch"] == 32 and tr["batch"] == 2 and tr["feed_workers"] >= 1
+    for side in ("ours", "feed"):
+        assert tr[side]["median_ms"] > 0 and tr[side]["repeats"] == 2
+    assert 0 < tr["ours_data_fraction"] < 1 and 0 <= tr["feed_wait_fraction"] < 1 and tr["speedup"] > 0
+    assert res["failed_stages"] == {}
+
     batch = res["batch"]
     assert batch["files"] == 4 and batch["sequential_files_per_s"] > 0 and batch["overlapped_files_per_s"] > 0
     assert batch["outputs_identical"], "sequential and overlapped batches must write the same PNGs (same seeds)"
@@ -75,7 +83,8 @@ def test_quick_json_has_every_stage(quick_run):
 
 def test_quick_prints_table_and_keeps_files(quick_run):
     _, stdout, work = quick_run
-    for heading in ("Engine end to end", "Fused kernels", "Noise synthesis", "File-to-file batch", "Targets"):
+    for heading in ("Engine end to end", "Fused kernels", "Noise synthesis", "Training step", "File-to-file batch",
+                    "Targets"):
         assert heading in stdout
     frame = read_raw(str(work / "scene.dng"))  # the scene went through rawpy
     assert frame.shape == (128, 192) and frame.pattern == "RGGB" and frame.iso == 3200
@@ -115,7 +124,7 @@ def test_a_failing_stage_is_reported_and_the_others_still_run(tmp_path, monkeypa
 
     monkeypatch.setattr(throughput, "bench_kernels", broken)
     out = tmp_path / "r.json"
-    rc = throughput.main(["--quick", "--device", "cpu", "--quiet", "--skip", "batch", "--json", str(out)])
+    rc = throughput.main(["--quick", "--device", "cpu", "--quiet", "--skip", "batch,training", "--json", str(out)])
     assert rc == 1
     res = json.loads(out.read_text())
     assert res["failed_stages"] == {"kernels": "RuntimeError: simulated kernel failure"}

@@ -233,3 +233,12 @@ def test_sample_refusals(kw, exc, match):
     kw.setdefault("batch", 4)
     with pytest.raises(exc, match=match):
         sample_noise_params(**kw)
+
+
+def test_noise_params_select_keeps_the_chosen_samples():
+    p = sample_noise_params(5, model="P+G+r+u", generator=torch.Generator().manual_seed(3))
+    part = p.select(slice(1, 4))
+    assert part.batch == 3 and part.cameras == p.cameras and part.model == p.model
+    for name in ("K", "ratio", "sigma_g", "sigma_TL", "lam", "sigma_r", "camera_index"):
+        assert torch.equal(getattr(part, name), getattr(p, name)[1:4]), name
+    assert torch.equal(p.select(torch.tensor([4, 0])).K, p.K[[4, 0]])

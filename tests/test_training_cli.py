@@ -40,6 +40,31 @@ def test_train_then_resume_then_evaluate_then_enhance(tmp_path, capsys):
     assert (tmp_path / "out" / "a.png").is_file()
 
 
+def test_hold_out_noise_parameters_do_not_depend_on_the_sampler(monkeypatch):
+    """The hold-out's per-sample gains are drawn once, up front: a synthesis that consumes
+    its generator differently (another sampler) must not change them."""
+    import training.evaluate as ev
+
+    cfg = BackboneConfig(out_channels=9, options={"widths": (8, 8, 16, 16, 16)})
+    net = cfg.build()
+    real = ev.synthesize_noise
+
+    def gains_seen(extra_draws: int) -> torch.Tensor:
+        seen = []
+
+        def synthesis(clean, model, *, params, generator, **kw):
+            seen.append(params.K.clone())
+            torch.rand(extra_draws, generator=generator)  # extra_draws > 0: a hungrier sampler
+            return real(clean, model, params=params, generator=generator, **kw)
+
+        monkeypatch.setattr(ev, "synthesize_noise", synthesis)
+        ev.evaluate_synthetic(net, cfg, ratios=(100,), steps=1, n=4, patch=32, batch=2)
+        return torch.cat(seen)
+
+    plain, hungry = gains_seen(0), gains_seen(1000)
+    assert plain.numel() == 4 and torch.equal(plain, hungry)
+
+
 def test_evaluations_are_repeatable_and_a_perfect_model_scores_high():
     cfg = BackboneConfig(out_channels=9, options={"widths": (8, 8, 16, 16, 16)})
     torch.manual_seed(0)

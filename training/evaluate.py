@@ -47,22 +47,28 @@ def evaluate_synthetic(backbone: nn.Module, config: BackboneConfig, *, ratios=(1
     """PSNR / SSIM on ``training.synthetic_holdout(n, patch)``, per ratio.
 
     Noise parameters are drawn per sample from ``camera``'s profile (its K range) with
-    the ratio fixed, from a seed of their own, so every model sees the same noisy inputs.
+    the ratio fixed, all up front from a seed of their own, so every model sees the same
+    noisy inputs and the parameters do not depend on how the synthesis consumes its
+    generator (a change of sampler changes only the draws, not the hold-out's cameras).
     Returns ``{ratio: {"psnr", "ssim", "input_psnr", "input_ssim"}}`` (means over samples).
     """
     backbone = backbone.to(device).eval()
     holdout = synthetic_holdout(n, patch, seed)
     table = {}
     for r in ratios:
-        # separate streams: the noisy inputs must not depend on how many steps draw after them
-        noise_gen = torch.Generator().manual_seed(seed * 1000 + int(r))
+        # Separate streams: every sample's noise parameters are drawn up front, so they do not
+        # depend on how the synthesis consumes its generator; the noisy inputs do not depend on
+        # how many steps draw after them.
+        all_params = sample_noise_params(n, [camera], model=noise_model, K_range="camera",
+                                         ratio_range=(float(r), float(r)),
+                                         generator=torch.Generator().manual_seed(seed * 1000 + int(r)), device=device)
+        noise_gen = torch.Generator().manual_seed(seed * 1000 + int(r) + 250)
         step_gen = torch.Generator().manual_seed(seed * 1000 + int(r) + 500)
         scores = {"psnr": [], "ssim": [], "input_psnr": [], "input_ssim": []}
         for start in tqdm(range(0, n, batch), desc=f"x{r:g}", disable=not progress):
             clean = normalise_packed(holdout.raw[start : start + batch], holdout.black[start : start + batch],
                                      holdout.white[start : start + batch]).to(device)
-            params = sample_noise_params(clean.shape[0], [camera], model=noise_model, K_range="camera",
-                                         ratio_range=(float(r), float(r)), generator=noise_gen, device=device)
+            params = all_params.select(slice(start, start + clean.shape[0]))
             first = synthesize_noise(clean, noise_model, params=params, with_photon=config.with_photon,
                                      concat_origin=config.concat_origin, generator=noise_gen)
             y = restore(backbone, config, first, ratio=params.ratio, K=params.K, steps=steps, generator=step_gen)

@@ -22,7 +22,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -41,6 +41,22 @@ from .objective import StepWeights, sample_inner_exposures, unrolled_loss
 from .patches import collate_patches
 
 TRAIN_STATE_FORMAT = "exposure-diffusion-train"
+
+
+class MicroInputs(NamedTuple):
+    """One micro-batch ready for the unrolled loss, on the device.
+
+    first: first network input ``[b, C, p, p]``; clean: ground truth ``[b, 4, p, p]``
+    float32; ratio, K: float32 ``[b]``; rho: float32 ``[b, steps + 1]``; generator: the
+    micro-batch's CPU generator (its Poisson draws in the steps come from it too).
+    """
+
+    first: torch.Tensor
+    clean: torch.Tensor
+    ratio: torch.Tensor
+    K: torch.Tensor
+    rho: torch.Tensor
+    generator: torch.Generator
 
 
 @dataclasses.dataclass
@@ -212,7 +228,10 @@ class Trainer:
             yield m, collate_patches([self.dataset[(self.epoch, i)] for i in idx])
 
     # ------------------------------------------------------------ one step
-    def _micro_loss(self, batch, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def prepare_inputs(self, batch, m: int) -> MicroInputs:
+        """The data side of micro-batch ``m`` of this step, on the device: augmentation,
+        per-sample noise parameters, the fused synthesis of the first network input and
+        the inner exposure schedule (no network). ``bench/`` times it alone."""
         cfg = self.cfg
         g = _generator(cfg.seed, 2, self.global_step, m)
         b = batch.to(self.device, non_blocking=True)
@@ -222,18 +241,23 @@ class Trainer:
         params_host = sample_noise_params(len(b), cfg.cameras, model=cfg.noise_model, K_range=cfg.K_range,
                                           ratio_range=cfg.ratio_range, continuous=cfg.continuous, generator=g)
         params = params_host.to(self.device, non_blocking=True)
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16 if cfg.amp == "bf16" else torch.float16,
-                                  enabled=cfg.amp is not None)
         # sample_noise_params and sample_inner_exposures produce valid values by construction:
         # the ops' value checks (one host read per op call on a GPU) are skipped here.
         with value_checks_disabled():
             first = synthesize_noise(clean, cfg.noise_model, params=params, with_photon=cfg.with_photon,
                                      concat_origin=cfg.concat_origin, generator=g)
-            rho = to_device(sample_inner_exposures(params_host.ratio, cfg.steps, g), self.device, non_blocking=True)
-            with autocast:
-                return unrolled_loss(self.net, first, clean, ratio=params.ratio, K=params.K, rho=rho,
-                                     weights=self.weights(), with_photon=cfg.with_photon,
-                                     concat_origin=cfg.concat_origin, generator=g, accumulate=cfg.accumulate_form)
+        rho = to_device(sample_inner_exposures(params_host.ratio, cfg.steps, g), self.device, non_blocking=True)
+        return MicroInputs(first, clean, params.ratio, params.K, rho, g)
+
+    def _micro_loss(self, batch, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = self.cfg
+        x = self.prepare_inputs(batch, m)
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16 if cfg.amp == "bf16" else torch.float16,
+                                  enabled=cfg.amp is not None)
+        with value_checks_disabled(), autocast:
+            return unrolled_loss(self.net, x.first, x.clean, ratio=x.ratio, K=x.K, rho=x.rho, weights=self.weights(),
+                                 with_photon=cfg.with_photon, concat_origin=cfg.concat_origin, generator=x.generator,
+                                 accumulate=cfg.accumulate_form)
 
     def train_step(self, order: torch.Tensor) -> dict:
         """One optimiser step over the global batch; returns the logged values."""
