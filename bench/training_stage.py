@@ -70,7 +70,7 @@ def _median_ms(times: list[float]) -> dict:
 def bench_training(ctx, *, patch: int, batch: int, steps: int, workers: int, warmup: int, timed: int,
                    amp: str | None) -> dict:
     dev, p = ctx.device, ctx.progress
-    data = ScenePatches(max(4 * batch, 8), patch)
+    data = ScenePatches(max(2 * batch, 8), patch)
     cfg = TrainConfig(patch=patch, batch=batch, steps=steps, epochs=1, iters_per_epoch=warmup + timed + 1,
                       noise_model="P+G+r+u", amp=amp, seed=0, with_photon=ctx.cfg.with_photon,
                       concat_origin=ctx.cfg.concat_origin, widths=ctx.cfg.options.get("widths"),
@@ -97,9 +97,16 @@ def bench_training(ctx, *, patch: int, batch: int, steps: int, workers: int, war
     # ---- baseline: the same step fed by a CPU DataLoader doing numpy synthesis in workers
     feed_set = NumpyNoisyPatches(data.raw.numpy(), np.full(4, float(BLACK_LEVEL)), WHITE_LEVEL,
                                  with_photon=ctx.cfg.with_photon)
-    loader = torch.utils.data.DataLoader(feed_set, batch_size=batch, shuffle=True, num_workers=workers,
-                                         pin_memory=dev.type == "cuda", drop_last=True, persistent_workers=True,
-                                         generator=torch.Generator().manual_seed(0))
+    prefetch = 2  # batches each worker keeps ready (DataLoader's default)
+    # Steady state only: the batches the workers made ahead during start-up and warm-up
+    # would otherwise make a feed slower than the step look free.
+    feed_warmup = warmup + workers * prefetch
+    # One long epoch (sampling with replacement): no epoch-boundary restarts of the workers'
+    # prefetching inside the measurement, as in a real run's long epochs.
+    sampler = torch.utils.data.RandomSampler(feed_set, replacement=True, num_samples=(feed_warmup + timed + 2) * batch,
+                                             generator=torch.Generator().manual_seed(0))
+    loader = torch.utils.data.DataLoader(feed_set, batch_size=batch, sampler=sampler, num_workers=workers,
+                                         prefetch_factor=prefetch, pin_memory=dev.type == "cuda", drop_last=True)
     torch.manual_seed(0)
     net = cfg.backbone_config().build().to(dev).to(memory_format=torch.channels_last)
     weights = StepWeights(steps).to(dev)
@@ -107,11 +114,11 @@ def bench_training(ctx, *, patch: int, batch: int, steps: int, workers: int, war
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp == "bf16")
     g = torch.Generator().manual_seed(1)
     feed, waits = [], []
-    batches = iter(_forever(loader))
+    batches = iter(loader)
     p.note("training step, CPU data-loader feed: starting workers")
     next(batches)  # worker start-up is not a step
-    for i in range(warmup + timed):
-        p.note(f"training step, CPU data-loader feed ({workers} workers) {i + 1}/{warmup + timed}")
+    for i in range(feed_warmup + timed):
+        p.note(f"training step, CPU data-loader feed ({workers} workers) {i + 1}/{feed_warmup + timed}")
         sync(dev)
         t0 = time.perf_counter()
         first, clean, ratio, K = next(batches)
@@ -126,7 +133,7 @@ def bench_training(ctx, *, patch: int, batch: int, steps: int, workers: int, war
         loss.backward()
         optimizer.step()
         sync(dev)
-        if i >= warmup:
+        if i >= feed_warmup:
             feed.append((time.perf_counter() - t0) * 1e3)
             waits.append((t_data - t0) * 1e3)
     del batches, loader, net, optimizer
@@ -134,14 +141,10 @@ def bench_training(ctx, *, patch: int, batch: int, steps: int, workers: int, war
 
     ours_t, feed_t = _median_ms(ours), _median_ms(feed)
     return {"patch": patch, "batch": batch, "steps": steps, "amp": amp, "feed_workers": workers,
+            "feed_warmup_steps": feed_warmup,
             "ours_path": "fused Triton synthesis" if dev.type == "cuda" else "PyTorch reference synthesis",
             "ours": ours_t, "ours_data_ms": prep["median_ms"],
             "ours_data_fraction": prep["median_ms"] / ours_t["median_ms"],
             "feed": feed_t, "feed_wait_ms": statistics.median(waits),
             "feed_wait_fraction": statistics.median(waits) / feed_t["median_ms"],
             "speedup": feed_t["median_ms"] / ours_t["median_ms"]}
-
-
-def _forever(loader):
-    while True:
-        yield from loader
