@@ -532,9 +532,10 @@ def exposure_step_reference(
             if seed is None:
                 draw = poisson_draws(mu.detach(), generator)
             else:  # per sample, from its key (one shared key: batch invariant, as the kernel)
-                keys = seed.tolist()
-                draw = torch.stack([poisson_draws(mu[b].detach(), torch.Generator(device=mu.device).manual_seed(
-                    keys[b if len(keys) > 1 else 0])) for b in range(mu.shape[0])]) if mu.shape[0] else mu.detach()
+                keys = seed.tolist() * (mu.shape[0] if seed.numel() == 1 else 1)
+                draws = [poisson_draws(mu[b].detach(), torch.Generator(device=mu.device).manual_seed(key))
+                         for b, key in enumerate(keys)]
+                draw = torch.stack(draws) if draws else mu.detach().clone()
             draw = draw.to(mu.dtype)
             photons = mu + (draw - mu).detach()  # straight-through (SPEC §4 training)
         else:
