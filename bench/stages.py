@@ -22,9 +22,9 @@ from bench.baseline import EagerLoop, numpy_eld_synthesis
 from bench.scene import DEFAULT_ISO, write_scene_files
 from bench.timing import Progress, device_time_ms, free, psnr, time_fn, time_interleaved
 import engine.pipeline
-from engine import BackboneConfig, Pipeline, RawFrame, read_raw
-from engine.atomic import atomic_path
+from engine import BackboneConfig, Pipeline, read_raw
 from engine.backbones import count_macs, unet_macs
+from engine.batch import enhance_files
 from engine.camera import resolve_gain
 
 
@@ -258,32 +258,17 @@ def bench_synthesis(ctx: Context, batch: int, size: int) -> dict:
 # ---------------------------------------------------------------- file-to-file batch
 def _warm_worker(_) -> int:
     """Imports what the workers need (spawned processes start bare) and holds the worker briefly."""
-    import engine.rawio  # noqa: F401
+    import engine.batch  # noqa: F401
     from PIL import Image  # noqa: F401
     time.sleep(0.3)
     return os.getpid()
 
 
-def _decode_worker(path: str) -> dict:
-    """rawpy decode in a worker process: the RawFrame's fields, pixels as numpy."""
-    frame = read_raw(path)
-    fields = {f.name: getattr(frame, f.name) for f in dataclasses.fields(frame)}
-    fields["cfa"] = frame.cfa.numpy()
-    return fields
-
-
-def _write_png_worker(path: str, img: np.ndarray) -> str:
-    """8-bit sRGB PNG, written atomically (as ``EnhancedFrame.save`` does)."""
-    from PIL import Image
-    with atomic_path(Path(path)) as tmp:
-        Image.fromarray(img, mode="RGB").save(tmp, format="PNG")
-    return path
-
-
 def bench_batch(ctx: Context, workdir: Path, count: int, H: int, W: int, workers: int, repeats: int) -> dict:
-    """A folder of DNGs -> PNGs: one after the other, against decode / write in worker
-    processes overlapped with the device work; same Pipeline, same seeds, same outputs.
-    The two modes alternate ``repeats`` times; worker start-up is excluded."""
+    """A folder of DNGs -> PNGs through ``engine.batch.enhance_files``: one after the other,
+    against decode / write in worker processes overlapped with the device work; same
+    Pipeline, same seeds, same outputs. The two modes alternate ``repeats`` times; worker
+    start-up is excluded (the pools are started and warmed first)."""
     dev, p = ctx.device, ctx.progress
     p.note(f"writing {count} DNG files of {H}x{W}")
     files = write_scene_files(workdir / "batch_in", count, H, W, ratio=ctx.ratio, iso=DEFAULT_ISO)
@@ -296,20 +281,13 @@ def bench_batch(ctx: Context, workdir: Path, count: int, H: int, W: int, workers
     seq_dir.mkdir(parents=True, exist_ok=True)
     ovl_dir.mkdir(parents=True, exist_ok=True)
 
-    def sequential():
-        for i, f in enumerate(files):
-            pipe(str(f), seed=i, **kw).save(seq_dir / (f.stem + ".png"))
-
-    def overlapped(decoders, writers):
-        decoded = [decoders.submit(_decode_worker, str(f)) for f in files]  # decoders run ahead of the device
-        written = []
-        for i, (f, fut) in enumerate(zip(files, decoded)):
-            fields = fut.result()
-            frame = RawFrame(**{**fields, "cfa": torch.from_numpy(fields["cfa"])})
-            img = pipe(frame, seed=i, **kw).srgb().cpu().numpy()
-            written.append(writers.submit(_write_png_worker, str(ovl_dir / (f.stem + ".png")), img))
-        for w in written:
-            w.result()
+    def run(out_dir, workers, pools=None):
+        # the product path: engine.batch.enhance_files, as `exposure-diffusion enhance --workers N` runs it
+        results = enhance_files(pipe, files, [out_dir / (f.stem + ".png") for f in files], fmt="png",
+                                workers=workers, pools=pools, seed=0, **kw)
+        errors = [r.error for r in results if r.error is not None]
+        if errors:
+            raise RuntimeError(f"batch: {len(errors)} file(s) failed: {errors[0]}")
 
     spawn = multiprocessing.get_context("spawn")  # no fork of a process holding CUDA / OpenMP state
     with cf.ProcessPoolExecutor(workers, mp_context=spawn) as decoders, \
@@ -318,7 +296,8 @@ def bench_batch(ctx: Context, workdir: Path, count: int, H: int, W: int, workers
         warm = [pool.submit(_warm_worker, i) for pool in (decoders, writers) for i in range(workers)]
         for w in warm:
             w.result()
-        times = time_interleaved({"sequential": sequential, "overlapped": lambda: overlapped(decoders, writers)},
+        times = time_interleaved({"sequential": lambda: run(seq_dir, 0),
+                                  "overlapped": lambda: run(ovl_dir, workers, (decoders, writers))},
                                  dev, repeats, 0, p, " batch")
     identical = all((seq_dir / (f.stem + ".png")).read_bytes() == (ovl_dir / (f.stem + ".png")).read_bytes() for f in files)
     del pipe

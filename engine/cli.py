@@ -5,11 +5,14 @@ This module holds the engine's subcommands (``add_engine_commands``); the instal
 
 Each file is processed on its own: a file that fails (unreadable, unsupported sensor,
 bad metadata, out of memory, ...) is reported with its reason and the batch goes on;
-the exit status is 1 when any file failed, 2 for a usage error, 0 otherwise.
+the exit status is 1 when any file failed, 2 for a usage error, 0 otherwise. Beside a
+GPU, decoding and encoding run in worker processes overlapped with the device work
+(``--workers``, ``engine.batch``).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -23,6 +26,12 @@ def _device(value: str) -> str:
 
         return "cuda" if torch.cuda.is_available() else "cpu"
     return value
+
+
+def _workers_arg(value: str) -> str:
+    if value == "auto" or (value.isdigit() and int(value) >= 0):
+        return value
+    raise argparse.ArgumentTypeError(f"expected 'auto' or a number >= 0, got {value!r}")
 
 
 def _output_names(files: list[Path], out_dir: Path, fmt: str) -> list[Path]:
@@ -51,22 +60,35 @@ def enhance(args) -> int:
     except (ValueError, OSError) as e:
         print(f"error: cannot load the model: {e}", file=sys.stderr)
         return 2
-    failures = []
+    from engine.batch import enhance_files
+
+    workers = _workers(args.workers, pipe.device)
     outputs = _output_names(files, out_dir, args.format)
-    bar = tqdm(list(zip(files, outputs)), desc="enhance", unit="file", disable=args.quiet)
-    for src, dst in bar:
-        bar.set_postfix_str(src.name)
-        try:
-            result = pipe(str(src), ratio=args.ratio, steps=args.steps, K=args.K, iso=args.iso, seed=args.seed,
-                          stochastic=not args.deterministic)
-            result.save(dst, format=args.format)
-        except Exception as e:  # one bad file must not stop the batch: report it and go on
-            failures.append(src)
-            tqdm.write(f"FAILED {src}: {type(e).__name__}: {e}", file=sys.stderr)
+    bar = tqdm(total=len(files), desc="enhance", unit="file", disable=args.quiet)
+
+    def report(result) -> None:
+        bar.update(1)
+        bar.set_postfix_str(result.source.name)
+        if result.error is not None:
+            tqdm.write(f"FAILED {result.source}: {result.error}", file=sys.stderr)
+
+    results = enhance_files(pipe, files, outputs, fmt=args.format, workers=workers, on_done=report, ratio=args.ratio,
+                            steps=args.steps, K=args.K, iso=args.iso, seed=args.seed,
+                            stochastic=not args.deterministic)
+    bar.close()
+    failures = [r for r in results if r.error is not None]
     done = len(files) - len(failures)
     print(f"{done} of {len(files)} files enhanced into {out_dir}" + (f"; {len(failures)} failed" if failures else ""),
           file=sys.stderr)
     return 1 if failures else 0
+
+
+def _workers(value: str, device) -> int:
+    """--workers: a number, or "auto": decode / encode processes only beside a GPU (on a
+    CPU they would take cores from the enhancement itself)."""
+    if value != "auto":
+        return int(value)
+    return min(4, max(1, (os.cpu_count() or 2) - 2)) if device.type == "cuda" else 0
 
 
 def add_engine_commands(sub) -> None:
@@ -89,6 +111,9 @@ def add_engine_commands(sub) -> None:
     e.add_argument("--deterministic", action="store_true", help="use Poisson means instead of draws")
     e.add_argument("--format", default="png", choices=("png", "tiff", "dng"), help="output format (default png)")
     e.add_argument("--max-tile", type=int, default=None, help="process in tiles of at most this many packed pixels")
+    e.add_argument("--workers", default="auto", type=_workers_arg,
+                   help="decoder / writer processes overlapping the device work (default auto: up to 4 beside "
+                        "a GPU, 0 on a CPU)")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=enhance)
     add_calibrate_command(sub)

@@ -61,7 +61,17 @@ def save_output(path, raw: torch.Tensor, frame: RawFrame, fmt: str | None = None
         raise FileNotFoundError(f"output folder {str(path.parent)!r} does not exist")
     if kind == "dng":
         return write_frame_dng(path, frame, cfa=mosaic_dn(raw, frame).cpu())
-    img = srgb_image(raw, frame, torch.uint8 if kind == "png" else torch.uint16).cpu().numpy()
+    return write_srgb(path, srgb_image(raw, frame, srgb_dtype(kind)).cpu().numpy(), kind)
+
+
+def srgb_dtype(kind: str) -> torch.dtype:
+    """The sRGB sample type of an output kind: uint8 for PNG, uint16 for TIFF."""
+    return torch.uint8 if kind == "png" else torch.uint16
+
+
+def write_srgb(path, img: np.ndarray, kind: str) -> Path:
+    """Encode an sRGB image ``[H, W, 3]`` (uint8 for "png", uint16 for "tiff") atomically."""
+    path = Path(path)
     with atomic_path(path) as tmp:
         if kind == "png":
             Image.fromarray(img, mode="RGB").save(tmp, format="PNG")

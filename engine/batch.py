@@ -1,0 +1,159 @@
+"""Many raw files to enhanced files, with decoding and encoding off the device's path.
+
+``enhance_files(pipe, files, outputs, ...)`` runs a ``Pipeline`` over a list of files:
+
+- ``workers=0``: one file after the other in this process (decode, enhance, write);
+- ``workers=N``: N decoder processes read ahead (at most 2N files in flight, so a long
+  list does not pile up decoded frames in memory), the pipeline enhances in this process,
+  and N writer processes encode and write. The sRGB rendering stays on the pipeline's
+  device (the fused kernel); writers only encode (PNG / TIFF) or build the DNG. On a GPU
+  the device then never waits for rawpy or zlib; on a 2-core CPU there is nothing to gain
+  (``bench/RESULTS.md``, file-to-file batch).
+
+Both modes compute the same outputs (same calls, same seeds) and write them atomically.
+A file that fails (decode, enhancement or write) is reported with its error and the
+batch carries on. Worker processes are spawned, never forked (CUDA and OpenMP state do
+not survive a fork).
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import multiprocessing
+from collections import deque
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .dng import write_frame_dng
+from .output import mosaic_dn, output_format, srgb_dtype, srgb_image, write_srgb
+from .rawio import RawFrame, read_raw
+
+
+@dataclasses.dataclass
+class FileResult:
+    """What became of one input: ``error`` is None when ``output`` was written."""
+
+    source: Path
+    output: Path
+    error: str | None = None
+
+
+def enhance_files(pipe, files, outputs, *, fmt: str = "png", workers: int = 0,
+                  on_done: Callable[[FileResult], None] | None = None,
+                  pools: tuple[cf.Executor, cf.Executor] | None = None, **call) -> list[FileResult]:
+    """Enhance ``files`` into ``outputs`` (same length, one output path per file).
+
+    Args:
+        pipe: an ``engine.Pipeline``.
+        fmt: "png" (8-bit sRGB), "tiff" (16-bit sRGB) or "dng" (linear mosaic).
+        workers: 0 for one file after the other; N > 0 for N decoder and N writer processes.
+        on_done: called with each file's ``FileResult`` as soon as it is known (progress).
+        pools: (decoders, writers) process pools to use instead of starting ``workers`` of
+            each (a service keeps its workers warm across calls; the caller shuts them down).
+        call: keyword arguments of every ``pipe(...)`` call (ratio, steps, K, iso, seed, ...).
+
+    Returns:
+        One ``FileResult`` per file, in input order.
+    """
+    files, outputs = [Path(f) for f in files], [Path(o) for o in outputs]
+    if len(files) != len(outputs):
+        raise ValueError(f"got {len(files)} files but {len(outputs)} output paths")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ValueError(f"workers must be an integer >= 0, got {workers!r}")
+    kind = output_format(outputs[0] if outputs else "x.png", fmt)
+    results = [FileResult(f, o) for f, o in zip(files, outputs)]
+
+    def fail(i: int, e: BaseException) -> None:
+        results[i].error = f"{type(e).__name__}: {e}"
+
+    def done(i: int) -> None:
+        if on_done is not None:
+            on_done(results[i])
+
+    if workers == 0:
+        for i, (src, dst) in enumerate(zip(files, outputs)):
+            try:
+                pipe(str(src), **call).save(dst, format=kind)
+            except Exception as e:  # one bad file must not stop the batch
+                fail(i, e)
+            done(i)
+        return results
+
+    if pools is not None:
+        if workers == 0:
+            raise ValueError("pools= needs workers > 0 (the pools' size: how many files to read ahead)")
+        return _overlapped(pipe, files, outputs, kind, 2 * workers, *pools, fail, done, call, results)
+    spawn = multiprocessing.get_context("spawn")
+    with cf.ProcessPoolExecutor(workers, mp_context=spawn) as decoders, \
+            cf.ProcessPoolExecutor(workers, mp_context=spawn) as writers:
+        return _overlapped(pipe, files, outputs, kind, 2 * workers, decoders, writers, fail, done, call, results)
+
+
+def _overlapped(pipe, files, outputs, kind, ahead, decoders, writers, fail, done, call, results) -> list[FileResult]:
+    """Decoders read ahead (at most ``ahead`` files in flight), this process enhances,
+    writers encode; each file's result is reported through ``done`` when known."""
+    decoding: deque = deque()
+    writing: deque = deque()
+    submitted = 0
+
+    def finish_write() -> None:
+        i, future = writing.popleft()
+        try:
+            future.result()
+        except Exception as e:
+            fail(i, e)
+        done(i)
+
+    for i in range(len(files)):
+        while submitted < len(files) and len(decoding) < ahead:
+            decoding.append(decoders.submit(_decode, str(files[submitted])))
+            submitted += 1
+        try:
+            frame = _frame(decoding.popleft().result())
+            result = pipe(frame, **call)
+            payload = _payload(result.raw, frame, kind)
+        except Exception as e:
+            fail(i, e)
+            done(i)
+            continue
+        while len(writing) >= ahead:
+            finish_write()
+        writing.append((i, writers.submit(_write, str(outputs[i]), kind, payload)))
+    while writing:
+        finish_write()
+    return results
+
+
+# ------------------------------------------------------------------ worker side
+def _decode(path: str) -> dict:
+    """rawpy decode in a worker: the RawFrame's fields, the pixels as numpy."""
+    frame = read_raw(path)
+    fields = {f.name: getattr(frame, f.name) for f in dataclasses.fields(frame)}
+    fields["cfa"] = frame.cfa.numpy()
+    return fields
+
+
+def _frame(fields: dict) -> RawFrame:
+    return RawFrame(**{**fields, "cfa": torch.from_numpy(fields["cfa"])})
+
+
+def _payload(raw: torch.Tensor, frame: RawFrame, kind: str):
+    """What a writer needs, made on the pipeline's device: the sRGB image, or the DNG's
+    mosaic with the frame's metadata (its pixels replaced by the enhanced mosaic)."""
+    if kind == "dng":
+        mosaic = mosaic_dn(raw, frame).cpu().numpy()
+        fields = {f.name: getattr(frame, f.name) for f in dataclasses.fields(frame)}
+        return {**fields, "cfa": mosaic}
+    return srgb_image(raw, frame, srgb_dtype(kind)).cpu().numpy()
+
+
+def _write(path: str, kind: str, payload) -> str:
+    if kind == "dng":
+        frame = _frame(payload)
+        write_frame_dng(path, frame, cfa=frame.cfa)
+    else:
+        write_srgb(path, np.asarray(payload), kind)
+    return path
