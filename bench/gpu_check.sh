@@ -5,6 +5,8 @@
 #
 #   bash bench/gpu_check.sh              # from the repository root, package installed
 #   OUT=/somewhere bash bench/gpu_check.sh
+#   bash bench/gpu_check.sh cuda bench   # only some parts: cuda (tests/test_cuda.py),
+#                                        # suite (every test), bench (the main job)
 #
 # On a machine where the package cannot be pip-installed (no network), put the
 # repository on PYTHONPATH and carry the missing wheels (rawpy, nvtx): NOTES.md,
@@ -34,12 +36,19 @@ for name in ("rawpy", "nvtx", "cupy", "tifffile", "skimage", "scipy", "tqdm"):
 EOF
 } 2>&1 | tee "$OUT/env.txt"
 
+parts=" ${*:-cuda suite bench} "
 # 1. the CUDA-only engine checks (graphs vs eager, replays, fp16, GPU vs CPU), verbose
-"$PY" -m pytest -v -rs tests/test_cuda.py 2>&1 | tee "$OUT/pytest_cuda.log" || status=1
+if [[ $parts == *" cuda "* ]]; then
+  "$PY" -m pytest -v -rs tests/test_cuda.py 2>&1 | tee "$OUT/pytest_cuda.log" || status=1
+fi
 # 2. the whole suite with the kernels compiled for this GPU (conftest leaves the interpreter off)
-"$PY" -m pytest -q -rs -p no:cacheprovider 2>&1 | tee "$OUT/pytest_all.log" || status=1
+if [[ $parts == *" suite "* ]]; then
+  "$PY" -m pytest -q -rs -p no:cacheprovider 2>&1 | tee "$OUT/pytest_all.log" || status=1
+fi
 # 3. the main job: 12 MP default on CUDA, every stage against its baseline
-"$PY" bench/throughput.py --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log" || status=1
+if [[ $parts == *" bench "* ]]; then
+  "$PY" bench/throughput.py --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log" || status=1
+fi
 
 echo "gpu_check: exit status $status (logs in $OUT)"
 exit $status
