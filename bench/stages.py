@@ -6,10 +6,8 @@ takes a ``Context`` and returns a JSON-ready dict (or list of dicts).
 """
 from __future__ import annotations
 
-import concurrent.futures as cf
 import copy
 import dataclasses
-import multiprocessing
 import os
 import time
 from pathlib import Path
@@ -24,7 +22,7 @@ from bench.timing import Progress, device_time_ms, free, psnr, time_fn, time_int
 import engine.pipeline
 from engine import BackboneConfig, Pipeline, read_raw
 from engine.backbones import count_macs, unet_macs
-from engine.batch import enhance_files
+from engine.batch import enhance_files, worker_pool
 from engine.camera import resolve_gain
 
 
@@ -257,7 +255,7 @@ def bench_synthesis(ctx: Context, batch: int, size: int) -> dict:
 
 # ---------------------------------------------------------------- file-to-file batch
 def _warm_worker(_) -> int:
-    """Imports what the workers need (spawned processes start bare) and holds the worker briefly."""
+    """Imports what the workers need (a spawned process starts bare) and holds the worker briefly."""
     import engine.batch  # noqa: F401
     from PIL import Image  # noqa: F401
     time.sleep(0.3)
@@ -289,9 +287,7 @@ def bench_batch(ctx: Context, workdir: Path, count: int, H: int, W: int, workers
         if errors:
             raise RuntimeError(f"batch: {len(errors)} file(s) failed: {errors[0]}")
 
-    spawn = multiprocessing.get_context("spawn")  # no fork of a process holding CUDA / OpenMP state
-    with cf.ProcessPoolExecutor(workers, mp_context=spawn) as decoders, \
-            cf.ProcessPoolExecutor(workers, mp_context=spawn) as writers:
+    with worker_pool(workers) as decoders, worker_pool(workers) as writers:  # as the product starts them
         p.note("batch: starting worker processes")
         warm = [pool.submit(_warm_worker, i) for pool in (decoders, writers) for i in range(workers)]
         for w in warm:

@@ -12,8 +12,14 @@
 
 Both modes compute the same outputs (same calls, same seeds) and write them atomically.
 A file that fails (decode, enhancement or write) is reported with its error and the
-batch carries on. Worker processes are spawned, never forked (CUDA and OpenMP state do
-not survive a fork).
+batch carries on.
+
+Worker processes are forked where the platform can (Linux), as PyTorch's DataLoader
+does: a forked worker never touches CUDA (it only decodes and encodes on the CPU) and
+runs torch with one thread (an OpenMP region the parent started does not survive a
+fork). Spawned workers would re-import the caller's ``__main__``, which breaks scripts
+without an ``if __name__ == "__main__":`` guard and code run from stdin; ``start_method``
+chooses another method.
 """
 from __future__ import annotations
 
@@ -41,9 +47,21 @@ class FileResult:
     error: str | None = None
 
 
+def worker_pool(workers: int, start_method: str | None = None) -> cf.ProcessPoolExecutor:
+    """A pool of ``workers`` decoder or writer processes (see the module docstring).
+
+    ``start_method``: "fork" (default where available), "spawn" or "forkserver".
+    """
+    if start_method is None:
+        start_method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    return cf.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(start_method),
+                                  initializer=_worker_init)
+
+
 def enhance_files(pipe, files, outputs, *, fmt: str = "png", workers: int = 0,
                   on_done: Callable[[FileResult], None] | None = None,
-                  pools: tuple[cf.Executor, cf.Executor] | None = None, **call) -> list[FileResult]:
+                  pools: tuple[cf.Executor, cf.Executor] | None = None, start_method: str | None = None,
+                  **call) -> list[FileResult]:
     """Enhance ``files`` into ``outputs`` (same length, one output path per file).
 
     Args:
@@ -52,7 +70,9 @@ def enhance_files(pipe, files, outputs, *, fmt: str = "png", workers: int = 0,
         workers: 0 for one file after the other; N > 0 for N decoder and N writer processes.
         on_done: called with each file's ``FileResult`` as soon as it is known (progress).
         pools: (decoders, writers) process pools to use instead of starting ``workers`` of
-            each (a service keeps its workers warm across calls; the caller shuts them down).
+            each (``worker_pool``; a service keeps its workers warm across calls; the caller
+            shuts them down).
+        start_method: how to start the workers ("fork" where available, else "spawn").
         call: keyword arguments of every ``pipe(...)`` call (ratio, steps, K, iso, seed, ...).
 
     Returns:
@@ -86,9 +106,7 @@ def enhance_files(pipe, files, outputs, *, fmt: str = "png", workers: int = 0,
         if workers == 0:
             raise ValueError("pools= needs workers > 0 (the pools' size: how many files to read ahead)")
         return _overlapped(pipe, files, outputs, kind, 2 * workers, *pools, fail, done, call, results)
-    spawn = multiprocessing.get_context("spawn")
-    with cf.ProcessPoolExecutor(workers, mp_context=spawn) as decoders, \
-            cf.ProcessPoolExecutor(workers, mp_context=spawn) as writers:
+    with worker_pool(workers, start_method) as decoders, worker_pool(workers, start_method) as writers:
         return _overlapped(pipe, files, outputs, kind, 2 * workers, decoders, writers, fail, done, call, results)
 
 
@@ -128,6 +146,10 @@ def _overlapped(pipe, files, outputs, kind, ahead, decoders, writers, fail, done
 
 
 # ------------------------------------------------------------------ worker side
+def _worker_init() -> None:
+    torch.set_num_threads(1)  # never enter a (forked) OpenMP pool; workers run one file at a time
+
+
 def _decode(path: str) -> dict:
     """rawpy decode in a worker: the RawFrame's fields, the pixels as numpy."""
     frame = read_raw(path)

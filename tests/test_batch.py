@@ -72,3 +72,26 @@ def test_cli_workers_option(inputs, tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == [f"f{i}.png" for i in range(4)]
     with pytest.raises(SystemExit):
         main(["enhance", str(inputs[0]), "--ratio", "100", "--workers", "many"])
+
+
+def test_workers_start_from_a_script_without_a_main_guard(tmp_path, inputs):
+    """Forked workers do not re-import the caller's __main__: library code run as a plain
+    script (no ``if __name__ == "__main__":``) or from stdin works with workers."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import torch
+        from engine import BackboneConfig, Pipeline
+        from engine.batch import enhance_files
+        cfg = BackboneConfig(options={{"widths": (8, 8, 16, 16, 16)}})
+        pipe = Pipeline(cfg.build(), cfg, device="cpu", precision="fp32")
+        files = {[str(p) for p in inputs[:2]]!r}
+        results = enhance_files(pipe, files, [r"{tmp_path}/a.png", r"{tmp_path}/b.png"], workers=2, ratio=100, steps=1)
+        assert [r.error for r in results] == [None, None], results
+        print("ok")
+    """)
+    done = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-2000:]
+    assert (tmp_path / "a.png").is_file() and (tmp_path / "b.png").is_file()
