@@ -16,6 +16,13 @@ from tqdm import tqdm
 
 
 # ---------------------------------------------------------------- timing
+def summary(times_ms: list[float], warmup: int, **extra) -> dict:
+    """The JSON record of a series of timings in ms: median, min, max, count, the warm-up
+    runs left out, the raw values (and ``extra`` fields)."""
+    return {"median_ms": statistics.median(times_ms), "min_ms": min(times_ms), "max_ms": max(times_ms),
+            "repeats": len(times_ms), "warmup": warmup, **extra, "times_ms": times_ms}
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -47,8 +54,7 @@ def time_fn(fn, device, repeats: int, warmup: int = 0, progress=None, label: str
             fn()
         sync(device)
         times.append((time.perf_counter() - t0) * 1e3 / inner)
-    return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times),
-            "repeats": repeats, "warmup": warmup, "calls_per_measurement": inner, "times_ms": times}
+    return summary(times, warmup, calls_per_measurement=inner)
 
 
 class Progress:
@@ -95,8 +101,7 @@ def time_interleaved(fns: dict, device, repeats: int, warmup: int, progress, tag
             fn()
             sync(device)
             times[name].append((time.perf_counter() - t0) * 1e3)
-    return {name: {"median_ms": statistics.median(t), "min_ms": min(t), "max_ms": max(t), "repeats": repeats,
-                   "warmup": warmup, "times_ms": t} for name, t in times.items()}
+    return {name: summary(t, warmup) for name, t in times.items()}
 
 
 def device_time_ms(fn, device, calls: int) -> float | None:

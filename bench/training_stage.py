@@ -27,7 +27,7 @@ import torch
 
 from bench.baseline import NumpyNoisyPatches
 from bench.scene import BLACK_LEVEL, WHITE_LEVEL, clean_packed, render_scene
-from bench.timing import free, sync, time_fn
+from bench.timing import free, summary, sync, time_fn
 from training.objective import StepWeights, sample_inner_exposures, unrolled_loss
 from training.patches import collate_patches
 from training.trainer import TrainConfig, Trainer
@@ -60,11 +60,6 @@ class ScenePatches:
         index = key[1] if isinstance(key, tuple) else key
         return {"raw": self.raw[index], "black": torch.full((4,), float(BLACK_LEVEL)), "white": float(WHITE_LEVEL),
                 "index": index, "source": "bench scene"}
-
-
-def _median_ms(times: list[float]) -> dict:
-    return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times), "repeats": len(times),
-            "times_ms": times}
 
 
 def bench_training(ctx, *, patch: int, batch: int, steps: int, workers: int, warmup: int, timed: int,
@@ -139,7 +134,7 @@ def bench_training(ctx, *, patch: int, batch: int, steps: int, workers: int, war
     del batches, loader, net, optimizer
     free(dev)
 
-    ours_t, feed_t = _median_ms(ours), _median_ms(feed)
+    ours_t, feed_t = summary(ours, warmup), summary(feed, feed_warmup)
     return {"patch": patch, "batch": batch, "steps": steps, "amp": amp, "feed_workers": workers,
             "feed_warmup_steps": feed_warmup,
             "ours_path": "fused Triton synthesis" if dev.type == "cuda" else "PyTorch reference synthesis",

@@ -153,9 +153,12 @@ def _worker_init() -> None:
 def _decode(path: str) -> dict:
     """rawpy decode in a worker: the RawFrame's fields, the pixels as numpy."""
     frame = read_raw(path)
-    fields = {f.name: getattr(frame, f.name) for f in dataclasses.fields(frame)}
-    fields["cfa"] = frame.cfa.numpy()
-    return fields
+    return _fields(frame, frame.cfa.numpy())
+
+
+def _fields(frame: RawFrame, cfa: np.ndarray) -> dict:
+    """A RawFrame as picklable fields, with ``cfa`` (numpy uint16) as its pixels."""
+    return {**{f.name: getattr(frame, f.name) for f in dataclasses.fields(frame)}, "cfa": cfa}
 
 
 def _frame(fields: dict) -> RawFrame:
@@ -166,9 +169,7 @@ def _payload(raw: torch.Tensor, frame: RawFrame, kind: str):
     """What a writer needs, made on the pipeline's device: the sRGB image, or the DNG's
     mosaic with the frame's metadata (its pixels replaced by the enhanced mosaic)."""
     if kind == "dng":
-        mosaic = mosaic_dn(raw, frame).cpu().numpy()
-        fields = {f.name: getattr(frame, f.name) for f in dataclasses.fields(frame)}
-        return {**fields, "cfa": mosaic}
+        return _fields(frame, mosaic_dn(raw, frame).cpu().numpy())
     return srgb_image(raw, frame, srgb_dtype(kind)).cpu().numpy()
 
 

@@ -223,14 +223,16 @@ class NoiseParams:
 
     def to(self, device, non_blocking: bool = False) -> "NoiseParams":
         """The same parameters on ``device`` (``non_blocking``: CPU -> CUDA through pinned memory)."""
-        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        return NoiseParams(**{k: to_device(v, device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v
-                              for k, v in fields.items()})
+        return self._map(lambda t: to_device(t, device, non_blocking=non_blocking))
 
     def select(self, index) -> "NoiseParams":
         """The parameters of some samples (``index``: a slice, or indices), same cameras and model."""
+        return self._map(lambda t: t[index])
+
+    def _map(self, fn) -> "NoiseParams":
+        """A copy with ``fn`` applied to every tensor field (cameras and model kept)."""
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        return NoiseParams(**{k: v[index] if isinstance(v, torch.Tensor) else v for k, v in fields.items()})
+        return NoiseParams(**{k: fn(v) if isinstance(v, torch.Tensor) else v for k, v in fields.items()})
 
     def as_kwargs(self) -> dict:
         """The six per-sample parameters as keyword arguments of ``synthesize_noise``."""
