@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.backbones import BackboneConfig
+from engine.models.backbones import BackboneConfig
 from engine.camera import resolve_gain
-from engine.rawio import RawFrame, read_raw
+from engine.io.raw import RawFrame, read_raw
 import kernels
 from kernels import DEFAULT_DN_SCALE, exposure_step_reference, pack_bayer_reference
 

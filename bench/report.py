@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from engine.atomic import atomic_path
+from engine.io.atomic import atomic_path
 
 BENCH_DIR = Path(__file__).resolve().parent
 FULL = (2848, 4256)  # 12 MP Sony A7S II-like Bayer frame

@@ -15,7 +15,7 @@ would record:
    shot noise (P), Tukey-lambda read noise (G) and row noise (r) in DN above the black
    level. The ``u`` (quantisation) component is left out because the ADC step itself is
    applied instead: rounding to uint16, clipped to [0, white];
-3. written with ``engine.dng.write_dng`` (RGGB, black 512, white 16383, the ISO, make
+3. written with ``engine.io.dng.write_dng`` (RGGB, black 512, white 16383, the ISO, make
    "Sony", model "ILCE-7SM2", so the Pipeline matches the SonyA7S2 profile) and read
    back by the bench through rawpy (``engine.read_raw``), the production path.
 
@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.camera import SRGB_TO_XYZ
-from engine.dng import write_dng
+from engine.io.dng import write_dng
 from kernels import load_profile, synthesize_noise
 
 BLACK_LEVEL = 512

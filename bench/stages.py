@@ -19,10 +19,10 @@ import kernels
 from bench.baseline import EagerLoop, numpy_eld_synthesis
 from bench.scene import DEFAULT_ISO, write_scene_files
 from bench.timing import Progress, device_time_ms, free, psnr, time_fn, time_interleaved
-import engine.pipeline
+import engine.inference.pipeline
 from engine import BackboneConfig, Pipeline, read_raw
-from engine.backbones import count_macs, unet_macs
-from engine.batch import enhance_files, worker_pool
+from engine.models.backbones import count_macs, unet_macs
+from engine.inference.batch import enhance_files, worker_pool
 from engine.camera import resolve_gain
 
 
@@ -41,7 +41,7 @@ class Context:
 
 def cpu_has_bf16() -> bool:
     """Whether the engine accepts precision="bf16" on this CPU (the engine's own test)."""
-    test = getattr(engine.pipeline, "cpu_supports_bf16", None)
+    test = getattr(engine.inference.pipeline, "cpu_supports_bf16", None)
     if test is not None:
         return bool(test())
     checks = [getattr(torch.cpu, n, None) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
@@ -58,7 +58,7 @@ def engine_configs(device) -> list[tuple[str, dict]]:
     configs = [("engine fp32", dict(precision="fp32"))]
     if cpu_has_bf16():
         configs.append(("engine bf16 autocast", dict(precision="bf16")))
-    default = getattr(engine.pipeline, "default_precision", lambda d: configs[-1][1]["precision"])(device)
+    default = getattr(engine.inference.pipeline, "default_precision", lambda d: configs[-1][1]["precision"])(device)
     return sorted(configs, key=lambda c: c[1]["precision"] != default)
 
 
@@ -256,14 +256,14 @@ def bench_synthesis(ctx: Context, batch: int, size: int) -> dict:
 # ---------------------------------------------------------------- file-to-file batch
 def _warm_worker(_) -> int:
     """Imports what the workers need (a spawned process starts bare) and holds the worker briefly."""
-    import engine.batch  # noqa: F401
+    import engine.inference.batch  # noqa: F401
     from PIL import Image  # noqa: F401
     time.sleep(0.3)
     return os.getpid()
 
 
 def bench_batch(ctx: Context, workdir: Path, count: int, H: int, W: int, workers: int, repeats: int) -> dict:
-    """A folder of DNGs -> PNGs through ``engine.batch.enhance_files``: one after the other,
+    """A folder of DNGs -> PNGs through ``engine.inference.batch.enhance_files``: one after the other,
     against decode / write in worker processes overlapped with the device work; same
     Pipeline, same seeds, same outputs. The two modes alternate ``repeats`` times; worker
     start-up is excluded (the pools are started and warmed first)."""
@@ -280,7 +280,7 @@ def bench_batch(ctx: Context, workdir: Path, count: int, H: int, W: int, workers
     ovl_dir.mkdir(parents=True, exist_ok=True)
 
     def run(out_dir, workers, pools=None):
-        # the product path: engine.batch.enhance_files, as `exposure-diffusion enhance --workers N` runs it
+        # the product path: engine.inference.batch.enhance_files, as `exposure-diffusion enhance --workers N` runs it
         results = enhance_files(pipe, files, [out_dir / (f.stem + ".png") for f in files], fmt="png",
                                 workers=workers, pools=pools, seed=0, **kw)
         errors = [r.error for r in results if r.error is not None]

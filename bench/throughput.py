@@ -21,7 +21,7 @@ and the same weights:
   CUDA: fp16 and fp32, each with and without CUDA graphs. CPU: fp32 and (where the engine
   accepts it: native bf16 in the CPU) bf16 autocast. The headline is the engine's
   default configuration (fp16 + CUDA graphs; on the CPU its default precision).
-  Weights: the same for every run: the shipped default model (``engine.pipeline.
+  Weights: the same for every run: the shipped default model (``engine.inference.pipeline.
   DEFAULT_CHECKPOINT``) when it exists, else a randomly initialised default UNet
   (seeded); throughput does not depend on the weights' values. ``--checkpoint`` names
   other weights, ``--random-weights`` forces the random UNet.
@@ -88,7 +88,7 @@ from bench.stages import (Context, bench_backbone, bench_batch, bench_engine, be
                           bench_synthesis, copy_bandwidth, cpu_has_bf16)
 from bench.timing import Progress  # noqa: E402
 from bench.training_stage import bench_training, training_sizes  # noqa: E402
-import engine.pipeline  # noqa: E402
+import engine.inference.pipeline  # noqa: E402
 from engine import BackboneConfig, load_checkpoint  # noqa: E402
 
 CPU_DEFAULT = (1424, 2128)  # a quarter of FULL (see the module docstring)
@@ -164,7 +164,7 @@ def main(argv=None) -> int:
     if args.no_tf32:
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
-    shipped = getattr(engine.pipeline, "DEFAULT_CHECKPOINT", None)
+    shipped = getattr(engine.inference.pipeline, "DEFAULT_CHECKPOINT", None)
     checkpoint = args.checkpoint or (shipped if shipped is not None and Path(shipped).is_file()
                                      and not args.random_weights else None)
     if checkpoint:

@@ -1,16 +1,31 @@
 """engine: ExposureDiffusion inference on raw frames.
 
-``Pipeline`` (engine.pipeline) is what applications import; the parts are usable on
-their own: raw I/O (``engine.rawio``, ``engine.dng``), backbones and checkpoints
-(``engine.backbones``, ``engine.checkpoint``), the multi-step loop (``engine.loop``),
-CUDA graphs (``engine.graphs``), tiling (``engine.tiling``) and output writers
-(``engine.output``).
+``Pipeline`` is what applications import. The sub-packages follow the flow of an image:
+
+- ``engine.io``: raw files in (``raw``), enhanced files out (``output``, ``dng``), atomically;
+- ``engine.models``: the backbones (``unet``, ``nafnet``) and their checkpoints;
+- ``engine.inference``: ``Pipeline`` (``pipeline``), the multi-step loop (``loop``), CUDA
+  graphs (``graphs``), tiling (``tiling``), many files at once (``batch``);
+- ``engine.calibration``: noise profiles of new cameras;
+
+beside them ``engine.camera`` (gain from ISO, colour matrices), ``engine.errors`` and the
+command line (``engine.cli``).
 """
-from .backbones import BackboneConfig, NAFNet, UNet, build_backbone
-from .checkpoint import CheckpointError, export_public, load_checkpoint, save_checkpoint
-from .errors import InvalidRawError, RawDecodeError, RawInputError, UnsupportedSensorError
-from .pipeline import EnhancedFrame, Pipeline
-from .rawio import RawFrame, read_raw, read_raw_batch
+from .errors import (
+           InvalidRawError,
+           RawDecodeError,
+           RawInputError,
+           UnsupportedSensorError,
+)
+from .inference.pipeline import EnhancedFrame, Pipeline
+from .io.raw import RawFrame, read_raw, read_raw_batch
+from .models.backbones import BackboneConfig, NAFNet, UNet, build_backbone
+from .models.checkpoint import (
+           CheckpointError,
+           export_public,
+           load_checkpoint,
+           save_checkpoint,
+)
 
 __all__ = ["Pipeline", "EnhancedFrame", "BackboneConfig", "UNet", "NAFNet", "build_backbone",
            "CheckpointError", "load_checkpoint", "save_checkpoint", "export_public",

@@ -5,7 +5,7 @@ camera profile (``kernels.profiles``): the one named by the user (a shipped name
 JSON path), else the one matched from the file's make/model, else ``DEFAULT_CAMERA``.
 
 Colour: the camera's ``XYZ -> camera`` matrix (DNG ColorMatrix convention, as
-``engine.rawio`` reports it) becomes a ``camera -> linear sRGB`` matrix with rows summing
+``engine.io.raw`` reports it) becomes a ``camera -> linear sRGB`` matrix with rows summing
 to 1, so that a white-balanced neutral stays neutral.
 """
 from __future__ import annotations

@@ -7,7 +7,7 @@ Each file is processed on its own: a file that fails (unreadable, unsupported se
 bad metadata, out of memory, ...) is reported with its reason and the batch goes on;
 the exit status is 1 when any file failed, 2 for a usage error, 0 otherwise. Beside a
 GPU, decoding and encoding run in worker processes overlapped with the device work
-(``--workers``, ``engine.batch``).
+(``--workers``, ``engine.inference.batch``).
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def _output_names(files: list[Path], out_dir: Path, fmt: str) -> list[Path]:
 
 
 def enhance(args) -> int:
-    from engine.pipeline import Pipeline
+    from engine.inference.pipeline import Pipeline
 
     files = [Path(f) for f in args.files]
     out_dir = Path(args.output)
@@ -60,7 +60,7 @@ def enhance(args) -> int:
     except (ValueError, OSError) as e:
         print(f"error: cannot load the model: {e}", file=sys.stderr)
         return 2
-    from engine.batch import enhance_files
+    from engine.inference.batch import enhance_files
 
     workers = _workers(args.workers, pipe.device)
     outputs = _output_names(files, out_dir, args.format)
@@ -94,7 +94,7 @@ def _workers(value: str, device) -> int:
 def add_engine_commands(sub) -> None:
     """Register the engine's subcommands (``enhance``, ``calibrate``) on an argparse
     subparsers object."""
-    from engine.calibration_cli import add_calibrate_command
+    from engine.calibration.cli import add_calibrate_command
 
     e = sub.add_parser("enhance", help="enhance raw files (any format rawpy reads)")
     e.add_argument("files", nargs="+", help="raw files: ARW, NEF, CR2, DNG, ...")

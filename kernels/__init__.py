@@ -27,16 +27,17 @@ from ._common import BACKENDS, DEFAULT_DN_SCALE, value_checks_disabled
 from .bayer import pack_bayer, pack_bayer_reference, parse_pattern, unpack_bayer, unpack_bayer_reference
 from .exposure import exposure_step, exposure_step_reference
 from .isp import render_srgb, render_srgb_reference
-from .noise import parse_noise_model, synthesize_noise, synthesize_noise_reference
+from .noise import synthesize_noise, synthesize_noise_reference
+from .noise_model import NoiseModel, NoiseParams, parse_noise_model
 from .poisson import poisson, poisson_reference
-from .profiles import CameraProfile, NoiseParams, available_cameras, load_profile, load_profiles, sample_noise_params
+from .profiles import CameraProfile, available_cameras, load_profile, load_profiles, sample_noise_params
 
 __all__ = [
     "BACKENDS", "DEFAULT_DN_SCALE", "value_checks_disabled",
     "pack_bayer", "pack_bayer_reference", "parse_pattern", "unpack_bayer", "unpack_bayer_reference",
     "exposure_step", "exposure_step_reference",
     "render_srgb", "render_srgb_reference",
-    "parse_noise_model", "synthesize_noise", "synthesize_noise_reference",
+    "NoiseModel", "parse_noise_model", "synthesize_noise", "synthesize_noise_reference",
     "poisson", "poisson_reference",
     "CameraProfile", "NoiseParams", "available_cameras", "load_profile", "load_profiles", "sample_noise_params",
 ]

@@ -52,6 +52,7 @@ from ._philox import (
     philox4,
     standard_normal,
 )
+from .noise_model import NoiseModel, NoiseParams, parse_noise_model
 from .poisson import MAX_MEAN, poisson_sample
 
 # Shipped tile: BLOCK_H packed rows x BLOCK_W columns of one plane per program
@@ -61,55 +62,6 @@ BLOCK_W = 128
 NUM_WARPS = 4
 
 OUTPUTS = ("network", "dn")
-_LETTERS = {
-    "P": "Poisson shot noise",
-    "p": "Gaussian approximation of shot noise",
-    "g": "Gaussian read noise",
-    "G": "Tukey-lambda read noise",
-    "r": "row noise",
-    "u": "quantisation noise",
-}
-
-class NoiseModel(NamedTuple):
-    """A parsed model name: which component fills each slot (None: absent)."""
-
-    shot: str | None  # "P", "p" or None
-    read: str | None  # "g", "G" or None
-    row: bool
-    quant: bool
-
-    @property
-    def name(self) -> str:
-        parts = [self.shot, self.read, "r" if self.row else None, "u" if self.quant else None]
-        return "+".join(p for p in parts if p)
-
-
-def parse_noise_model(model: str) -> NoiseModel:
-    """Parse a model name like ``"P+G+r+u"`` (letters joined by "+", any order).
-
-    Raises ValueError for unknown letters, repeated letters, both P and p, both g and G,
-    or an empty model.
-    """
-    if not isinstance(model, str):
-        raise TypeError(f"model must be a string like 'P+g' or 'P+G+r+u', got {type(model).__name__}")
-    tokens = [t.strip() for t in model.split("+")]
-    if not model.strip() or any(t == "" for t in tokens):
-        raise ValueError(f"model {model!r} must name components joined by '+', e.g. 'P+g' or 'P+G+r+u'")
-    known = ", ".join(f"{k} ({v})" for k, v in _LETTERS.items())
-    for t in tokens:
-        if t not in _LETTERS:
-            raise ValueError(f"unknown noise component {t!r} in model {model!r}; known: {known}")
-    if len(set(tokens)) != len(tokens):
-        raise ValueError(f"model {model!r} names a component twice")
-    if "P" in tokens and "p" in tokens:
-        raise ValueError(f"model {model!r} has both P (Poisson shot noise) and p (its Gaussian approximation); choose one")
-    if "g" in tokens and "G" in tokens:
-        raise ValueError(f"model {model!r} has both g (Gaussian read noise) and G (Tukey-lambda read noise); choose one")
-    shot = "P" if "P" in tokens else ("p" if "p" in tokens else None)
-    read = "g" if "g" in tokens else ("G" if "G" in tokens else None)
-    return NoiseModel(shot, read, "r" in tokens, "u" in tokens)
-
-
 # --------------------------------------------------------------------------- kernel
 @triton.jit
 def _tukey_lambda(bits, lam):
@@ -251,8 +203,6 @@ def _prepare(clean, model, ratio, K, sigma_g, sigma_TL, lam, sigma_r, dn_scale, 
     if clean.shape[1] != 4:
         raise ValueError(f"clean must be a packed image [B, 4, h, w] (planes R, G1, B, G2), got shape {tuple(clean.shape)}")
     if params is not None:
-        from .profiles import NoiseParams
-
         if not isinstance(params, NoiseParams):
             raise TypeError(f"params must be a kernels.NoiseParams (from sample_noise_params), got {type(params).__name__}")
         given = [n for n, v in (("ratio", ratio), ("K", K), ("sigma_g", sigma_g), ("sigma_TL", sigma_TL), ("lam", lam), ("sigma_r", sigma_r)) if v is not None]

@@ -24,7 +24,7 @@ from typing import Sequence
 import torch
 
 from ._common import to_device
-from .noise import parse_noise_model
+from .noise_model import NoiseParams, parse_noise_model
 
 ISO_MIN_REF = 100.0  # ISO of Kmin
 ISO_MAX_REF = 6400.0  # ISO of Kmax
@@ -196,49 +196,6 @@ def load_profile(name_or_path) -> CameraProfile:
 
 
 # --------------------------------------------------------------------------- sampling
-@dataclasses.dataclass
-class NoiseParams:
-    """Per-sample ELD noise parameters of a batch, ready for ``synthesize_noise(params=...)``.
-
-    K, ratio, sigma_g, sigma_TL, lam, sigma_r: float32 [B] (gain in DN/e-, exposure ratio,
-    read/row noise scales in DN, Tukey-lambda shape). camera_index: int64 [B] into
-    ``cameras`` (profile names). model: the noise model name the parameters were drawn
-    for (used by ``synthesize_noise`` when it is given no model). Every scale is drawn
-    whatever the model, so one draw serves any model.
-    """
-
-    K: torch.Tensor
-    ratio: torch.Tensor
-    sigma_g: torch.Tensor
-    sigma_TL: torch.Tensor
-    lam: torch.Tensor
-    sigma_r: torch.Tensor
-    camera_index: torch.Tensor
-    cameras: tuple = ()
-    model: str = "P+G+r+u"
-
-    @property
-    def batch(self) -> int:
-        return self.K.shape[0]
-
-    def to(self, device, non_blocking: bool = False) -> "NoiseParams":
-        """The same parameters on ``device`` (``non_blocking``: CPU -> CUDA through pinned memory)."""
-        return self._map(lambda t: to_device(t, device, non_blocking=non_blocking))
-
-    def select(self, index) -> "NoiseParams":
-        """The parameters of some samples (``index``: a slice, or indices), same cameras and model."""
-        return self._map(lambda t: t[index])
-
-    def _map(self, fn) -> "NoiseParams":
-        """A copy with ``fn`` applied to every tensor field (cameras and model kept)."""
-        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        return NoiseParams(**{k: fn(v) if isinstance(v, torch.Tensor) else v for k, v in fields.items()})
-
-    def as_kwargs(self) -> dict:
-        """The six per-sample parameters as keyword arguments of ``synthesize_noise``."""
-        return {k: getattr(self, k) for k in ("ratio", "K", "sigma_g", "sigma_TL", "lam", "sigma_r")}
-
-
 def _check_range(name: str, value) -> tuple:
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 2:
         raise ValueError(f"{name} must be a pair (low, high), got {value!r}")

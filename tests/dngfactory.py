@@ -1,6 +1,6 @@
 """Real raw files without a download: synthetic Bayer DNGs and bad files for the tests.
 
-Good files are written with ``engine.dng.write_dng`` (whose read-back through rawpy is
+Good files are written with ``engine.io.dng.write_dng`` (whose read-back through rawpy is
 tested in ``tests/test_dng.py``). Bad files are built here with tifffile and a few byte
 patches, each checked once against rawpy 0.28 to be refused where documented:
 
@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from engine.dng import write_dng
-from engine.rawio import plane_sites
+from engine.io.dng import write_dng
+from engine.io.raw import plane_sites
 
 # An XYZ -> camera matrix shaped like a real sensor's (rows sum to about the white point).
 DEFAULT_COLOR_MATRIX = ((0.90, -0.30, -0.10), (-0.40, 1.20, 0.20), (-0.05, 0.15, 0.60))

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.backbones import (BackboneConfig, LayerNorm2d, NAFNet, UNet, build_backbone, count_macs,
+from engine.models.backbones import (BackboneConfig, LayerNorm2d, NAFNet, UNet, build_backbone, count_macs,
                               unet_macs)
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -1,11 +1,11 @@
-"""engine.batch: many files, decoding and encoding in worker processes overlapped with the
+"""engine.inference.batch: many files, decoding and encoding in worker processes overlapped with the
 pipeline, the same outputs as one file after the other, per-file errors."""
 import pytest
 import rawpy
 import torch
 
 from engine import BackboneConfig, Pipeline
-from engine.batch import enhance_files
+from engine.inference.batch import enhance_files
 from engine.cli import main
 from tests.dngfactory import make_bayer_dng, random_bytes_file, truncated_copy
 
@@ -84,7 +84,7 @@ def test_workers_start_from_a_script_without_a_main_guard(tmp_path, inputs):
     script = textwrap.dedent(f"""
         import torch
         from engine import BackboneConfig, Pipeline
-        from engine.batch import enhance_files
+        from engine.inference.batch import enhance_files
         cfg = BackboneConfig(options={{"widths": (8, 8, 16, 16, 16)}})
         pipe = Pipeline(cfg.build(), cfg, device="cpu", precision="fp32")
         files = {[str(p) for p in inputs[:2]]!r}

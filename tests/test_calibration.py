@@ -27,10 +27,10 @@ from PIL import Image
 from scipy import stats
 
 from engine.calibration import CalibrationError, calibrate, find_frames
-from engine.calibration_cli import add_calibrate_command
+from engine.calibration.cli import add_calibrate_command
 from engine.camera import resolve_gain
-from engine.dng import write_dng
-from engine.rawio import RawFrame, plane_sites, read_raw
+from engine.io.dng import write_dng
+from engine.io.raw import RawFrame, plane_sites, read_raw
 from kernels import DEFAULT_DN_SCALE, load_profile, sample_noise_params, synthesize_noise
 
 KMIN, KMAX = 0.2, 12.8

@@ -7,9 +7,9 @@ import pickle
 import pytest
 import torch
 
-import engine.checkpoint as ckpt
-from engine.backbones import BackboneConfig, NAFNet, UNet
-from engine.checkpoint import CheckpointError, export_public, load_checkpoint, save_checkpoint
+import engine.models.checkpoint as ckpt
+from engine.models.backbones import BackboneConfig, NAFNet, UNet
+from engine.models.checkpoint import CheckpointError, export_public, load_checkpoint, save_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-import engine.rawio as rawio
+import engine.io.raw as rawio
 from engine.camera import camera_to_srgb
 from kernels import pack_bayer_reference, render_srgb_reference
 from training.augment import apply_dihedral, augment_and_normalise, normalise_packed, random_dihedral
@@ -51,7 +51,7 @@ def sid(tmp_path):
 
 @pytest.fixture
 def decodes(monkeypatch):
-    """Counts every raw decode (the datasets call engine.rawio.read_raw at call time)."""
+    """Counts every raw decode (the datasets call engine.io.raw.read_raw at call time)."""
     calls = []
     real = rawio.read_raw
 

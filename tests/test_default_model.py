@@ -2,9 +2,9 @@
 import torch
 
 from engine import Pipeline
-from engine.checkpoint import load_checkpoint
+from engine.models.checkpoint import load_checkpoint
 from engine.cli import main as cli_main
-from engine.pipeline import DEFAULT_CHECKPOINT
+from engine.inference.pipeline import DEFAULT_CHECKPOINT
 from tests.dngfactory import make_bayer_dng
 from training.evaluate import evaluate_synthetic
 

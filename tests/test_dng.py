@@ -1,4 +1,4 @@
-"""engine.dng: linear CFA DNGs that rawpy / LibRaw read back exactly, written atomically."""
+"""engine.io.dng: linear CFA DNGs that rawpy / LibRaw read back exactly, written atomically."""
 import os
 import re
 
@@ -8,10 +8,10 @@ import rawpy
 import tifffile
 import torch
 
-import engine.dng as dng
-from engine.dng import MIN_SIDE, SRGB_COLOR_MATRIX, write_dng, write_frame_dng
+import engine.io.dng as dng
+from engine.io.dng import MIN_SIDE, SRGB_COLOR_MATRIX, write_dng, write_frame_dng
 from engine.errors import InvalidRawError
-from engine.rawio import PATTERNS, read_raw
+from engine.io.raw import PATTERNS, read_raw
 
 from .dngfactory import DEFAULT_COLOR_MATRIX, make_bayer_dng
 

@@ -142,7 +142,7 @@ def test_training_killed_mid_epoch_resumes_with_nothing_lost(tmp_path):
 def test_stale_temporaries_of_a_killed_save_are_removed_on_resume(tmp_path):
     """SIGKILL during a checkpoint write leaves ``.last.pt.<hex>.tmp`` (last.pt itself is
     intact); the next run's resume removes exactly those, nothing else."""
-    from engine.atomic import remove_stale_temporaries
+    from engine.io.atomic import remove_stale_temporaries
     from training.trainer import TrainConfig, Trainer
     from tests.test_trainer import ToyPatches
 

@@ -8,8 +8,8 @@ a training step never for checks, and nothing inside ``value_checks_disabled``.
 import pytest
 import torch
 
-from engine.backbones import BackboneConfig
-from engine.loop import exposure_schedule, run_exposure_diffusion
+from engine.models.backbones import BackboneConfig
+from engine.inference.loop import exposure_schedule, run_exposure_diffusion
 from kernels import (
     exposure_step, pack_bayer, poisson, render_srgb, sample_noise_params, synthesize_noise, unpack_bayer,
     value_checks_disabled,

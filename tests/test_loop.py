@@ -1,4 +1,4 @@
-"""engine.loop and the Pipeline's loop against an independent plain-PyTorch SPEC §4.
+"""engine.inference.loop and the Pipeline's loop against an independent plain-PyTorch SPEC §4.
 
 The reference below is written from SPEC §4 alone (no project code): deterministic mode
 must match to fp32 rounding; stochastic mode is checked by fixed-seed statistics with a
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from engine import BackboneConfig, Pipeline
-from engine.loop import exposure_schedule, pad_to_multiple
+from engine.inference.loop import exposure_schedule, pad_to_multiple
 
 ALPHA = 1e-3
 S = 15583.0

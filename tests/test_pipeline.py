@@ -8,7 +8,7 @@ from PIL import Image
 
 from engine import BackboneConfig, EnhancedFrame, Pipeline, read_raw
 from engine.camera import DEFAULT_CAMERA, camera_to_srgb, match_camera
-from engine.pipeline import cpu_supports_bf16
+from engine.inference.pipeline import cpu_supports_bf16
 from kernels import load_profile, unpack_bayer
 from tests.dngfactory import make_bayer_dng
 

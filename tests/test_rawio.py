@@ -1,4 +1,4 @@
-"""engine.rawio: reading Bayer frames from files, rawpy objects, numpy / torch / DLPack
+"""engine.io.raw: reading Bayer frames from files, rawpy objects, numpy / torch / DLPack
 arrays, batches, and refusing everything else with a message naming the input."""
 import re
 import types
@@ -8,9 +8,9 @@ import pytest
 import rawpy
 import torch
 
-import engine.rawio as rawio
+import engine.io.raw as rawio
 from engine.errors import InvalidRawError, RawDecodeError, RawInputError, UnsupportedSensorError
-from engine.rawio import PATTERNS, RawFrame, plane_sites, read_raw, read_raw_batch
+from engine.io.raw import PATTERNS, RawFrame, plane_sites, read_raw, read_raw_batch
 
 from . import dngfactory as factory
 

@@ -9,14 +9,14 @@ decoding a 12 MP ARW costs far more than cutting a crop, so each file is decoded
 - ``"disk"``: one ``<key>.npy`` (the packed uint16 array, plain NumPy format) and one
   ``<key>.json`` (levels, pattern, ISO, exposure, and the source's path, ``st_mtime_ns``
   and ``st_size``) per file under ``cache_dir``, where ``key`` is the SHA-1 of the
-  file's real path. Both are written atomically (``engine.atomic.atomic_path``), the
+  file's real path. Both are written atomically (``engine.io.atomic.atomic_path``), the
   ``.npy`` first, so a ``.json`` whose key matches always sits beside its complete
   array. A source whose mtime or size changed no longer matches: it is decoded again and
   its entry rewritten in place. Crops memory-map the ``.npy``, so a dataset larger than
   RAM works, and a second run (or a second process) decodes nothing.
 - ``None``: no cache; every access decodes the file again.
 
-Decoding goes through ``engine.rawio.read_raw`` (looked up at call time, so tests can count
+Decoding goes through ``engine.io.raw.read_raw`` (looked up at call time, so tests can count
 the calls); ``decodes`` counts them too.
 """
 from __future__ import annotations
@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine import rawio
-from engine.atomic import atomic_path
+from engine.io import raw as rawio
+from engine.io.atomic import atomic_path
 
 from .patches import pack_dn
 

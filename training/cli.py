@@ -73,7 +73,7 @@ def train(args) -> int:
 
 
 def evaluate(args) -> int:
-    from engine.checkpoint import load_checkpoint
+    from engine.models.checkpoint import load_checkpoint
 
     from .evaluate import evaluate_sid, evaluate_synthetic, format_table
     from .sid import SIDPairDataset
@@ -94,7 +94,7 @@ def evaluate(args) -> int:
         print(format_table(table, f"SID ({len(pairs)} pairs, centre 512 crop"
                                   f"{', illuminance-corrected' if args.illuminance_correction else ''}), {args.steps} steps"))
     if args.json:
-        from engine.atomic import atomic_path
+        from engine.io.atomic import atomic_path
 
         with atomic_path(args.json) as tmp, open(tmp, "w") as f:
             json.dump({k: {str(r): m for r, m in v.items()} for k, v in results.items()}, f, indent=1)
@@ -103,7 +103,7 @@ def evaluate(args) -> int:
 
 def export(args) -> int:
     """Write a checkpoint's model in the public ExposureDiffusion format ({'netG': ...})."""
-    from engine.checkpoint import export_public, load_checkpoint
+    from engine.models.checkpoint import export_public, load_checkpoint
 
     model, config, meta = load_checkpoint(args.checkpoint)
     if config.concat_origin and not config.with_photon:  # 8 channels: reloads as a photon model

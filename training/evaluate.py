@@ -1,6 +1,6 @@
 """Evaluation: a trained backbone on the synthetic hold-out set and on real SID pairs.
 
-Both run the inference loop of the engine (``engine.loop``: SPEC §4 schedule, Poisson
+Both run the inference loop of the engine (``engine.inference.loop``: SPEC §4 schedule, Poisson
 draws with a fixed seed, or their means) on packed inputs and report PSNR / SSIM on the
 packed raw (SPEC §6), per ratio, beside the same metrics of the noisy input itself.
 """
@@ -13,9 +13,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from engine.backbones import BackboneConfig
+from engine.models.backbones import BackboneConfig
 from engine.camera import resolve_gain
-from engine.loop import exposure_schedule, pad_to_multiple, run_exposure_diffusion
+from engine.inference.loop import exposure_schedule, pad_to_multiple, run_exposure_diffusion
 from kernels import load_profile, sample_noise_params, synthesize_noise
 from kernels._common import DEFAULT_DN_SCALE
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from engine.rawio import plane_sites
+from engine.io.raw import plane_sites
 
 __all__ = ["PackedBatch", "collate_patches", "pack_dn", "to_dn", "sample_rng", "DataWarning",
            "EmptyDatasetError", "DEFAULT_BLACK", "DEFAULT_WHITE"]

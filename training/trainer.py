@@ -12,7 +12,7 @@ accumulating N micro-batches.
 Checkpoints (``<out>/last.pt``, atomic) hold the model, the step weights, the
 optimiser and scheduler, the epoch / iteration counters and the RNG state; they load
 with ``torch.load(weights_only=True)``. ``<out>/model.pt`` is the model alone in the
-engine's format (``engine.checkpoint``), what ``Pipeline.from_checkpoint`` reads.
+engine's format (``engine.models.checkpoint``), what ``Pipeline.from_checkpoint`` reads.
 """
 from __future__ import annotations
 
@@ -30,9 +30,9 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from engine.atomic import atomic_path, remove_stale_temporaries
-from engine.backbones import BackboneConfig
-from engine.checkpoint import save_checkpoint
+from engine.io.atomic import atomic_path, remove_stale_temporaries
+from engine.models.backbones import BackboneConfig
+from engine.models.checkpoint import save_checkpoint
 from kernels import sample_noise_params, synthesize_noise, value_checks_disabled
 from kernels._common import to_device
 

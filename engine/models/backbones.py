@@ -1,5 +1,5 @@
-"""Backbone networks of ExposureDiffusion (SPEC section 5): the SID UNet (``engine.unet``) and
-NAFNet (``engine.nafnet``), their configuration (``BackboneConfig``) and factory.
+"""Backbone networks of ExposureDiffusion (SPEC section 5): the SID UNet (``engine.models.unet``) and
+NAFNet (``engine.models.nafnet``), their configuration (``BackboneConfig``) and factory.
 
 Both map a network input ``[B, C_in, h, w]`` (packed raw, normalised; ``C_in`` = 4, 8 or
 12, see SPEC section 4 for the channel order) to ``[B, C_out, h, w]`` raw outputs:
@@ -14,7 +14,7 @@ refused with a ``ValueError``. The modules use only ops that keep working under 
 bf16 and ``channels_last`` and that ``torch.export`` can trace.
 
 State-dict keys follow the public code so public checkpoints load unchanged
-(``engine.checkpoint`` infers the options from the tensor shapes).
+(``engine.models.checkpoint`` infers the options from the tensor shapes).
 """
 from __future__ import annotations
 

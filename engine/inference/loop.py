@@ -130,7 +130,7 @@ def run_exposure_diffusion(
     steps = rho.shape[1] - 1
     if seeds is None and stochastic:
         # One key per step, shared by the batch: a frame's result does not depend on the
-        # other frames of its batch (the same keys as engine.graphs draws: eager == graphs).
+        # other frames of its batch (the same keys as engine.inference.graphs draws: eager == graphs).
         seeds = torch.cat([philox_seed(generator, first_input.device) for _ in range(steps)])
     origin = first_input[:, :4]
     state, x = origin, first_input

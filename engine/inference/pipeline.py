@@ -11,7 +11,7 @@ camera profile) -> fused pack to the first network input -> the n-step loop (bac
 fused exposure step; one CUDA graph per shape on the GPU) -> crop. On CUDA the backbone
 runs in fp16 channels_last with every photon computation in fp32 inside the kernels; on
 the CPU the same maths runs through the PyTorch reference ops in fp32 (or bf16 autocast).
-Frames too large for the device run in overlapping tiles (``engine.tiling``), chosen
+Frames too large for the device run in overlapping tiles (``engine.inference.tiling``), chosen
 automatically on out-of-memory or forced with ``max_tile``.
 """
 from __future__ import annotations
@@ -28,18 +28,18 @@ from torch import nn
 from kernels import pack_bayer
 from kernels._common import DEFAULT_DN_SCALE
 
-from .backbones import BackboneConfig
-from .camera import resolve_gain
-from .checkpoint import load_checkpoint
+from ..camera import resolve_gain
+from ..io.output import save_output, srgb_image
+from ..io.raw import RawFrame, read_raw_batch
+from ..models.backbones import BackboneConfig
+from ..models.checkpoint import load_checkpoint
 from .graphs import GraphedDiffusion
 from .loop import SIZE_MULTIPLE, exposure_schedule, pad_to_multiple, run_exposure_diffusion
-from .output import save_output, srgb_image
-from .rawio import RawFrame, read_raw_batch
 from .tiling import UNET_RADIUS, run_tiled
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 # The model shipped with the package (see README, "Default model").
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "data" / "default_model.pt"
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "data" / "default_model.pt"
 MAX_RATIO = 10000.0
 # Smallest tile tried when falling back from an out-of-memory error.
 MIN_AUTO_TILE = 256
@@ -91,7 +91,7 @@ class Pipeline:
     """Multi-step ExposureDiffusion inference on raw frames.
 
     Args:
-        backbone: the network (``engine.backbones``), any device / dtype; the pipeline
+        backbone: the network (``engine.models.backbones``), any device / dtype; the pipeline
             keeps its own copy in the working precision.
         config: its ``BackboneConfig`` (input channels, head).
         device: where to run (default: CUDA if available, else CPU).

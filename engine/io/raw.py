@@ -42,7 +42,7 @@ import numpy as np
 import rawpy
 import torch
 
-from .errors import InvalidRawError, RawDecodeError, UnsupportedSensorError
+from ..errors import InvalidRawError, RawDecodeError, UnsupportedSensorError
 from .tiff_metadata import text_value, tiff_metadata
 
 __all__ = ["RawFrame", "RawBatch", "read_raw", "read_raw_batch", "PATTERNS", "plane_sites",

@@ -1,6 +1,6 @@
 """Writing an enhanced frame: 8-bit PNG, 16-bit TIFF (sRGB) or a linear DNG mosaic.
 
-All writes are atomic (``engine.atomic``). The sRGB renderings come from the fused
+All writes are atomic (``engine.io.atomic``). The sRGB renderings come from the fused
 ``kernels.render_srgb`` (white balance, demosaic, colour matrix, gamma) with the
 camera's own white balance and colour matrix; the DNG keeps the input's CFA pattern,
 black / white levels and colour metadata, so raw editors develop it like the original.
@@ -16,10 +16,10 @@ from PIL import Image
 
 from kernels import render_srgb, unpack_bayer
 
+from ..camera import camera_to_srgb
 from .atomic import atomic_path
-from .camera import camera_to_srgb
 from .dng import write_frame_dng
-from .rawio import RawFrame
+from .raw import RawFrame
 
 FORMATS = {".png": "png", ".tif": "tiff", ".tiff": "tiff", ".dng": "dng"}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .calibration import PPCC_SAMPLES, CalibrationError, calibrate, find_frames, raw_files
+from .fit import PPCC_SAMPLES, CalibrationError, calibrate, find_frames, raw_files
 
 _CLI_HELP = """\
 Calibrate a camera's noise profile from bias and flat frames (raw files rawpy reads).

@@ -8,7 +8,7 @@ range give better fits), all raw, same camera, full raw size:
   lit wall) at at least 3 brightness levels from dark to about 70% of the range, with at
   least 2 frames per level (pairs at the same exposure and light), never saturated.
 
-Method: ``engine.calibration_stats`` measures, per ISO, the dark level and colour bias, the
+Method: ``engine.calibration.stats`` measures, per ISO, the dark level and colour bias, the
 gain K (photon transfer of flat pairs), the row noise sigma_r and the read noise (sigma_g;
 Tukey-lambda shape lam and scale sigma_TL by probability-plot correlation); its docstring
 gives the details.
@@ -19,11 +19,11 @@ Kmax = K(6400) (SPEC §2; K proportional to ISO when the line's K(100) is not po
 G_scale (sigma_TL) and R_scale (sigma_r), ``sigma`` = the residual standard deviation
 (0 with 2 ISOs); ``G_shape`` = the lambdas, by ISO.
 
-Needs scipy at run time (``scipy.stats``, used by ``engine.calibration_stats``; imported when
+Needs scipy at run time (``scipy.stats``, used by ``engine.calibration.stats``; imported when
 calibrating, so ``import engine.calibration`` works without it). Inputs (capture folders,
-file lists, {ISO: frames}): ``engine.calibration_inputs``. Plots
-(``engine.calibration_plots``): PIL only. The ``calibrate`` subcommand:
-``engine.calibration_cli`` (``add_calibrate_command``, the ``calibrate`` command).
+file lists, {ISO: frames}): ``engine.calibration.inputs``. Plots
+(``engine.calibration.plots``): PIL only. The ``calibrate`` subcommand:
+``engine.calibration.cli`` (``add_calibrate_command``, the ``calibrate`` command).
 """
 from __future__ import annotations
 
@@ -37,11 +37,10 @@ import numpy as np
 
 from kernels.profiles import ISO_MAX_REF, ISO_MIN_REF, CameraProfile, load_profile
 
-from .atomic import atomic_path
-from .calibration_inputs import RAW_EXTENSIONS, find_frames, iso_from_path, raw_files, work_items
-from .calibration_stats import (PPCC_SAMPLES, CalibrationError, IsoCalibration, _bias_stats, _calibrate_iso,
-                                _loglin)
-from .rawio import RawFrame
+from ..io.atomic import atomic_path
+from ..io.raw import RawFrame
+from .inputs import RAW_EXTENSIONS, find_frames, iso_from_path, raw_files, work_items
+from .stats import PPCC_SAMPLES, CalibrationError, IsoCalibration, _bias_stats, _calibrate_iso, _loglin
 
 __all__ = ["calibrate", "find_frames", "raw_files", "CalibrationResult", "IsoCalibration",
            "CalibrationError", "RAW_EXTENSIONS"]
@@ -320,7 +319,7 @@ def _write(result: CalibrationResult, out, plots, report, say) -> CalibrationRes
         updates["profile_path"] = out
         say(f"profile written to {out}")
     if plots is not None:
-        from .calibration_plots import write_plots
+        from .plots import write_plots
 
         updates["plot_paths"] = write_plots(result, plots)
         say(f"plots written to {plots}")

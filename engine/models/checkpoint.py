@@ -18,7 +18,7 @@ tensors and plain containers. Anything wrong (unreadable, truncated, unsafe, nei
 format, missing / unexpected keys, shape mismatches, non-finite weights, options that
 contradict ``expect``) raises ``CheckpointError`` naming the file and the problem.
 
-Writes are atomic (``engine.atomic.atomic_path``): a temporary file in the target
+Writes are atomic (``engine.io.atomic.atomic_path``): a temporary file in the target
 directory, fsync'ed, then ``os.replace``; on any failure the temporary file is removed
 and an existing target is left untouched.
 """
@@ -34,8 +34,8 @@ from typing import Any, BinaryIO, Mapping
 import torch
 from torch import nn
 
-from engine.atomic import atomic_path
-from engine.backbones import BackboneConfig, _canonical_arch, _split_channels
+from engine.io.atomic import atomic_path
+from engine.models.backbones import BackboneConfig, _canonical_arch, _split_channels
 
 __all__ = ["CheckpointError", "FORMAT_NAME", "FORMAT_VERSION", "export_public", "infer_config",
            "load_checkpoint", "save_checkpoint"]
@@ -334,7 +334,7 @@ def _portable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` through ``engine.atomic.atomic_path``: a temporary file beside ``path``,
+    """``torch.save`` through ``engine.io.atomic.atomic_path``: a temporary file beside ``path``,
     fsync'ed, then renamed over it; removed on any failure (previous file untouched)."""
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)

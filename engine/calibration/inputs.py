@@ -13,8 +13,8 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from .calibration_stats import CalibrationError
-from .rawio import RawFrame, read_raw
+from ..io.raw import RawFrame, read_raw
+from .stats import CalibrationError
 
 RAW_EXTENSIONS = (".dng", ".arw", ".srf", ".sr2", ".nef", ".nrw", ".cr2", ".cr3", ".crw", ".orf", ".rw2",
                   ".raf", ".pef", ".srw", ".3fr", ".iiq", ".erf", ".kdc", ".mrw", ".raw", ".rwl", ".x3f")

@@ -29,9 +29,9 @@ import numpy as np
 import tifffile
 import torch
 
+from ..errors import InvalidRawError
 from .atomic import atomic_path
-from .errors import InvalidRawError
-from .rawio import PATTERNS, RawFrame, plane_sites
+from .raw import PATTERNS, RawFrame, plane_sites
 
 __all__ = ["write_dng", "write_frame_dng", "MIN_SIDE", "SRGB_COLOR_MATRIX"]
 

@@ -33,9 +33,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .dng import write_frame_dng
-from .output import mosaic_dn, output_format, srgb_dtype, srgb_image, write_srgb
-from .rawio import RawFrame, read_raw
+from ..io.dng import write_frame_dng
+from ..io.output import mosaic_dn, output_format, srgb_dtype, srgb_image, write_srgb
+from ..io.raw import RawFrame, read_raw
 
 
 @dataclasses.dataclass

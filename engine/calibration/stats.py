@@ -35,7 +35,7 @@ import numpy as np
 
 from kernels.profiles import ScaleFit
 
-from .rawio import RawFrame, plane_sites
+from ..io.raw import RawFrame, plane_sites
 
 PPCC_SAMPLES = 200_000  # bias pixels per ISO for the Tukey-lambda fit (PPCC is O(n log n))
 
