@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 import torch
 
-from kernels.conv import conv3x3, prepare_conv3x3, prepare_upconv2x2, upconv2x2
+from kernels.conv import conv3x3, precompile, prepare_conv3x3, prepare_upconv2x2, recorded_launches, upconv2x2
 from kernels.head_step import HeadWeights, head_output_reference, prepare_head
 
 from .unet import UNet, check_backbone_input
@@ -96,6 +96,7 @@ class FusedUNet:
             self.decoder = [(up(f"upv{k}"), conv(f"conv{k}_1", skip=self.widths[9 - k]), conv(f"conv{k}_2"))
                             for k in range(6, 10)]
             self.head = prepare_head(unet.conv10_1.weight, unet.conv10_1.bias, dtype=dtype)
+        self._precompiled = False
 
     @property
     def device(self) -> torch.device:
@@ -133,7 +134,18 @@ class FusedUNet:
             h = run(f"conv{k}_2", conv3x3, h, second)
         return h
 
+    def precompile(self, x: torch.Tensor) -> int:
+        """Compile every kernel configuration the autotuner will try for this network, in
+        parallel (``kernels.conv.precompile``); sizes are not specialised on, so one
+        input shape covers every shape. Returns the number of compilations requested."""
+        with recorded_launches() as launches:
+            self.features(x)
+        self._precompiled = True
+        return precompile(launches)
+
     def __call__(self, x: torch.Tensor) -> HeadFeatures:
+        if x.is_cuda and not self._precompiled:
+            self.precompile(x)
         return HeadFeatures(self.features(x), self.head)
 
     def forward_reference_head(self, x: torch.Tensor) -> torch.Tensor:
