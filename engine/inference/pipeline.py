@@ -179,6 +179,8 @@ class Pipeline:
         self._builders = {"fused": lambda: FusedUNet(self.backbone, torch.float16), "eager": lambda: self._net,
                           "compile": lambda: torch.compile(self._net)}
         self._candidates: dict[str, object] = {}
+        if "fused" in self._candidate_names:  # weights re-laid out once, here
+            self._candidate("fused")
         self._chosen: dict[str, str] = {}
         self.backbone_timings: dict[str, dict] = {}  # choice key -> {candidate: median ms} when timed here
 
