@@ -99,23 +99,34 @@ def _log_poisson_pmf(k, mu):
 
 
 @triton.jit
+def _inversion_chunk(c: tl.constexpr, mu, u, p, cdf, k, active):
+    """CDF terms j = 8c + 1 .. 8c + 8 of the search (see ``_inversion``)."""
+    for i in tl.static_range(INVERSION_CHUNK):
+        # term j: k = j for elements still searching; p_j = p_{j-1} mu / j (1/j folded)
+        k = tl.where(active, c * INVERSION_CHUNK + i + 1.0, k)
+        p = p * (mu * (1.0 / (c * INVERSION_CHUNK + i + 1)))
+        cdf += p
+        active = active & (u > cdf)
+    # The fp32 CDF can stall just below a u within ~1e-6 of 1: stop once past the mode
+    # with terms below fp32 resolution (misplaced mass < 1e-7).
+    active = active & ((c * INVERSION_CHUNK + INVERSION_CHUNK <= mu) | (p > 1e-8))
+    return p, cdf, k, active
+
+
+@triton.jit
 def _inversion(mu, u, small):
     """Poisson(mu) by sequential search of the CDF for the ``small`` elements (else 0)."""
     p = tl.exp(-mu)
     cdf = p
     k = tl.zeros_like(mu)
     active = small & (u > cdf)
-    for c in tl.static_range(INVERSION_CHUNKS):
-        if tl.max(active.to(tl.int32)) > 0:
-            for i in tl.static_range(INVERSION_CHUNK):
-                # term j: k = j for elements still searching; p_j = p_{j-1} mu / j
-                k = tl.where(active, c * INVERSION_CHUNK + i + 1.0, k)
-                p = p * (mu * (1.0 / (c * INVERSION_CHUNK + i + 1)))
-                cdf += p
-                active = active & (u > cdf)
-            # The fp32 CDF can stall just below a u within ~1e-6 of 1: stop once past the
-            # mode with terms below fp32 resolution (misplaced mass < 1e-7).
-            active = active & ((c * INVERSION_CHUNK + INVERSION_CHUNK <= mu) | (p > 1e-8))
+    # One check for programs with nothing to search (most, where means are large), then
+    # one per further chunk.
+    if tl.max(active.to(tl.int32)) > 0:
+        p, cdf, k, active = _inversion_chunk(0, mu, u, p, cdf, k, active)
+        for c in tl.static_range(1, INVERSION_CHUNKS):
+            if tl.max(active.to(tl.int32)) > 0:
+                p, cdf, k, active = _inversion_chunk(c, mu, u, p, cdf, k, active)
     return k
 
 
@@ -134,9 +145,9 @@ def _ptrs(mu, big, x0, x1, x2, x3, seed, index, stream):
     trial = 0
     while tl.max(active.to(tl.int32)) > 0:
         # Fetched when needed, not after the last trial: most programs stop after trial 1.
-        if (trial > 0) & (trial % 2 == 0):
-            x0, x1, x2, x3 = philox4(seed, index, trial // 2, stream)
-        odd = (trial % 2) == 1
+        if (trial > 0) & ((trial & 1) == 0):
+            x0, x1, x2, x3 = philox4(seed, index, trial >> 1, stream)
+        odd = (trial & 1) == 1
         uu = open_unit(tl.where(odd, x2, x0)) - 0.5
         vv = open_unit(tl.where(odd, x3, x1))
         us = 0.5 - tl.abs(uu)
