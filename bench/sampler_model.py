@@ -145,6 +145,28 @@ def new_cost(parts: dict, per_thread: int, sim: dict) -> float:
     return float(per_thread_cost.mean()) / per_thread
 
 
+def executed_per_thread(profile: dict) -> int:
+    """Instructions a thread runs through a kernel without the sampler: all but padding and
+    the regions holding a loop (libdevice's sin/cos slow path, never taken here)."""
+    regions = [(int(r["at"], 16), r["skips"]) for r in profile["skippable"]]
+    loops = [int(lp["start"], 16) for lp in profile["loops"]]
+    dead = sum(s for a, s in regions if any(a < lp < a + 16 * s for lp in loops)
+               and not any(o[0] < a < o[0] + 16 * o[1] for o in regions if o != (a, s)))
+    return profile["instructions"] - profile["by_opcode"].get("NOP", 0) - 1 - dead
+
+
+def without_sampler(aot, spec, arch: int = 90) -> float:
+    """Instructions per element of the same kernel and configuration with no Poisson draw
+    (exposure: deterministic step; synthesis: the same model without shot noise)."""
+    import dataclasses
+
+    off = {"STOCHASTIC": False} if "STOCHASTIC" in spec.constexprs else {"SHOT": 0}
+    plain = dataclasses.replace(spec, name=spec.name + "[no Poisson]", constexprs={**spec.constexprs, **off})
+    r = aot.compile_spec(plain, arch, keep=True)
+    prof = aot.sass_profile(aot.disassemble(r["cubin"]))
+    return executed_per_thread(prof)
+
+
 def main() -> int:
     os.environ.pop("TRITON_INTERPRET", None)
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
@@ -159,8 +181,10 @@ def main() -> int:
     rows = []
     for kind, prefix in specs.items():
         report = aot.sass_report([prefix], 90)
+        specs_by_name = {sp.name: sp for sp in aot.all_specs()}
         old_sim = simulate(kind, OLD[kind]["elements"], 4000, rng)
         old = old_cost(kind, old_sim)
+        old_plain = None
         for r in report:
             meta = r["kernel"][len(prefix):-1]
             elements = {"poisson": lambda m: int(m.split("x")[0]),
@@ -170,17 +194,29 @@ def main() -> int:
             parts = sampler_parts(r)
             sim = simulate(kind, elements, max(4000, 200000 // elements), rng)
             new = new_cost(parts, per_thread, sim)
-            rows.append({"kernel": kind, "config": meta, "registers": r["registers"], "elements_per_program": elements,
+            plain = None
+            if kind != "poisson":  # the kernel's own work, which the sampler does not change
+                plain = without_sampler(aot, specs_by_name[r["kernel"]]) / per_thread
+                if elements == OLD[kind]["elements"] and r["num_warps"] == {"exposure_step": 8, "synthesize_noise": 4}[kind]:
+                    old_plain = plain  # the 2026-11-30 configuration
+            rows.append({"without_sampler_instr_per_element": None if plain is None else round(plain, 1),"kernel": kind, "config": meta, "registers": r["registers"], "elements_per_program": elements,
                          "old_instr_per_element": round(old, 1), "new_instr_per_element": round(new, 1),
                          "estimated_speedup": round(old / new, 2), "parts_per_thread": parts,
                          "old_ptrs_trials_max": float(old_sim["t_max"].mean()), "new_ptrs_trials_max": float(sim["t_max"].mean()),
                          "mean_trials": float(sim["mean_trials"])})
+        for row in rows:
+            if row["kernel"] == kind and kind != "poisson" and old_plain is not None:
+                row["sampler_only_speedup"] = round((row["old_instr_per_element"] - old_plain)
+                                                    / (row["new_instr_per_element"] - row["without_sampler_instr_per_element"]), 2)
     print("ESTIMATE from SASS instruction counts (sm_90) and simulated iteration counts; not a measurement")
     print(f"{'kernel':<17} {'config':<10} {'regs':>4} {'old instr/el':>12} {'new instr/el':>12} {'est. x':>7}  PTRS trials (max per program) old -> new")
     for r in rows:
         print(f"{r['kernel']:<17} {r['config']:<10} {r['registers']:>4} {r['old_instr_per_element']:>12} "
               f"{r['new_instr_per_element']:>12} {r['estimated_speedup']:>7}  {r['old_ptrs_trials_max']:.2f} -> {r['new_ptrs_trials_max']:.2f}"
-              f" (mean per element {r['mean_trials']:.2f})")
+              f" (mean per element {r['mean_trials']:.2f})"
+              + ("" if r["without_sampler_instr_per_element"] is None else
+                 f"; without the sampler {r['without_sampler_instr_per_element']} instr/el, sampler part alone "
+                 f"{r.get('sampler_only_speedup', '-')}x"))
     if "--json" in sys.argv:
         print(json.dumps(rows, indent=1))
     return 0

@@ -98,3 +98,19 @@ def test_a_frame_in_a_unet_batch_matches_it_alone_closely(model):
     for i in range(3):
         alone = pipe(xs[i], ratio=100, steps=3, seed=4, **ARR).raw
         assert (batch[i].raw - alone).abs().max() < 2e-3, i
+
+
+def test_autotuning_happens_in_the_warm_up_before_capture(model):
+    """exposure_step's launch configuration is chosen by triton.autotune at the first call
+    for a shape, which times launches and synchronises: capture forbids that, so the graph
+    runner's warm-up must make that first call. Whatever configuration won, the draws equal
+    the eager path's."""
+    from kernels import exposure
+
+    net, cfg = model
+    exposure._exposure_fwd_tuned.cache.clear()  # as in a fresh process
+    x = frames(h=192, w=320, seed=3)[0]  # a shape no other test uses
+    a = Pipeline(net, cfg, device="cuda", cuda_graphs=True)(x, ratio=100, steps=3, seed=2, **ARR).raw
+    assert exposure._exposure_fwd_tuned.cache  # tuned, before the capture
+    b = Pipeline(net, cfg, device="cuda", cuda_graphs=False)(x, ratio=100, steps=3, seed=2, **ARR).raw
+    assert torch.equal(a, b)
