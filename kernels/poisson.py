@@ -32,10 +32,11 @@ Accuracy of the fast functions (``kernels/_fastmath.py``: log within 3.6e-7 abso
 ``log(v alpha / (a / us**2 + b))`` with the log-pmf, so an absolute error e on either side
 changes the acceptance probability of a k by a factor exp(e) only. ``bd0`` uses its series
 (no log) for 1/2 < k/mu < 2 and ``k log(k/mu)`` only outside, where the log's error is
-relative (3 ulp), so bd0 keeps a relative error ~1e-6; the other logs are of values
-outside [0.5, 2]. Every acceptance probability is thus right to ~1e-5 relative at worst
-(for k whose pmf is below e^-10) and ~1e-6 near the mode: as with the fp32 arithmetic
-itself, far below what the statistical tests, or any use, can see.
+relative (3 ulp): with the reciprocal's 2 ulp, bd0 keeps a relative error below 3e-6; the
+other logs are of values outside [0.5, 2]. So the log-pmf is right to 3e-6 * bd0 + ~1e-6,
+and an acceptance probability to that relative error: ~1e-6 near the mode, 3e-5 where the
+pmf is e^-10 below it, 2e-4 at e^-70 (the accuracy test's bound): as with the fp32
+arithmetic itself, far below what the statistical tests, or any use, can see.
 """
 from __future__ import annotations
 
