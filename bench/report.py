@@ -31,6 +31,7 @@ TARGET_CONV_FRACTION = 0.50  # large-level convolutions against the measured fp1
 TARGET_FUSED_PSNR_DB = 45.0
 TARGET_FIRST_FRAME_S = 60.0
 TARGET_SECOND_PROCESS_S = 5.0
+TARGET_SAMPLER_SPEEDUP = 4.0  # issue 11: the Poisson sampler (and its ops) 4x the 2026-11-30 speed
 
 
 def judge(value, target, kind: str) -> str:
@@ -126,6 +127,14 @@ def targets(res: dict, device, full_size: bool, steps: int) -> list[dict]:
         for k in res.get("kernels", []):
             add(f"{k['stage'].split(' ')[0]} of copy bandwidth", k["fraction_of_copy_bw"], TARGET_COPY_FRACTION,
                 "fraction", f"{k['fraction_of_copy_bw']:.0%}")
+        for k in res.get("kernels", []):
+            short = k["stage"].split(" ")[0]
+            if k.get("sampler_speedup_same_run"):
+                add("poisson sampler vs 2026-11-30 sampler, same run (issue 11)", k["sampler_speedup_same_run"],
+                    TARGET_SAMPLER_SPEEDUP, "speedup", f"{k['sampler_speedup_same_run']:.2f}x")
+            if k.get("vs_2026_11_30_recorded"):
+                add(f"{short} vs 2026-11-30 recorded (H200, issue 11)", k["vs_2026_11_30_recorded"],
+                    TARGET_SAMPLER_SPEEDUP, "speedup", f"{k['vs_2026_11_30_recorded']:.2f}x")
         s = res.get("synthesis")
         if s:
             add("synthesis vs single-core numpy (H100)", s["speedup_vs_single_core_numpy"], TARGET_SYNTH_VS_NUMPY,
@@ -220,6 +229,22 @@ def _report(res: dict) -> str:
                 rows.append([k["stage"], fmt_t(k["reference"]), "(CPU: the reference is the production path)", "-",
                              f"{k['reference_GBps']:.1f}", "-", "-"])
         out.append(table(["kernel", "reference ms", "fused ms", "fused device ms", "GB/s", "x ref", "of copy"], rows))
+        samplers = [k for k in res["kernels"] if k.get("sampler_kernel")]
+        if samplers:
+            out.append("\nPoisson sampler (issue 11): the sampling kernel's own device time (no value checks), draws/s, "
+                       "and the ratio to 2026-11-30")
+            rows = []
+            for k in samplers:
+                ms, gps = k.get("sampler_kernel_ms"), k.get("G_draws_per_s")
+                same = k.get("sampler_speedup_same_run")
+                rec = k.get("vs_2026_11_30_recorded")
+                rows.append([k["stage"].split(" ")[0], "-" if ms is None else f"{ms:.3f}", "-" if gps is None else f"{gps:.1f}",
+                             "-" if same is None else f"{same:.2f}x ({k['legacy_sampler_kernel_ms']:.3f} ms)",
+                             "-" if rec is None else f"{rec:.2f}x", k.get("autotuned_config") or "-"])
+            out.append(table(["kernel", "kernel ms", "G draws/s", "x 2026-11-30 sampler, same run",
+                              "x 2026-11-30 op, recorded (H200)", "autotuned"], rows))
+            out.append("(same run: the old kernel, bench/legacy_poisson.py, on the same input; recorded: whole-op device "
+                       "time of ../shared/gpu-runs/2026-11-30/bench.log over this run's, H200 at 12 MP only)")
     s = res.get("synthesis")
     if s:
         out.append(f"\nNoise synthesis {s['model']} on {s['batch']} ({s['elements'] / 1e6:.1f} M elements), per-sample parameters")

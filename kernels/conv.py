@@ -51,6 +51,7 @@ import triton
 import triton.language as tl
 
 from ._common import check_tensor, triton_interpreter_enabled, use_triton
+from ._tuning import _quick_bench
 
 NEGATIVE_SLOPE = 0.2  # LeakyReLU of the SID UNet
 _DTYPES = (torch.float16, torch.bfloat16)
@@ -61,9 +62,10 @@ MIN_K = 16
 MAX_IMAGE_ELEMENTS = 2**31 - 1
 
 
-# Autotune results are cached on disk (Triton's cache dir) where Triton can (3.3+), so a
-# second process starts without re-tuning.
-_CACHE_TUNING = {"cache_results": True} if "cache_results" in inspect.signature(triton.autotune).parameters else {}
+# Autotune results are cached on disk (Triton's cache dir) where Triton can, so a second
+# process starts without re-tuning; each candidate is timed for ~30 ms (kernels._tuning).
+_AUTOTUNE_PARAMS = inspect.signature(triton.autotune).parameters
+_CACHE_TUNING = {k: v for k, v in (("cache_results", True), ("do_bench", _quick_bench)) if k in _AUTOTUNE_PARAMS}
 
 
 # --------------------------------------------------------------------------- configs

@@ -24,10 +24,23 @@ import triton
 import triton.language as tl
 
 from ._common import DEFAULT_DN_SCALE, check_tensor, philox_seed, use_triton
-from .exposure import _IN_DTYPES, BLOCK, NUM_WARPS, _allocate, _finish_step, _prepare, _tile, exposure_step_reference
+from ._tuning import autotuned, autotuning_enabled
+from .exposure import _IN_DTYPES, _allocate, _finish_step, _prepare, _tile, exposure_step_reference
 
 HEAD_COLUMNS = 16  # the head's 9 (or 4) output channels, padded to the tensor cores' N
 BLOCK_C = 16  # feature channels per K step
+# Launch configurations (BLOCK pixels, warps) autotune tries, as for kernels.exposure:
+# one-warp programs keep the Poisson sampler's rejection loops short (the head's GEMM
+# then runs on Ampere-style mma); 4 and 8 warps with 64 / 128 pixels give Hopper's
+# wgmma its 64 rows per warpgroup. The draws are the same under every one. tl.dot
+# needs at least 16 rows.
+# (128 pixels on 8 warps spills on sm_80 with the sampler inlined: not offered.)
+CONFIGS = (({"BLOCK": 16}, 1), ({"BLOCK": 32}, 1), ({"BLOCK": 64}, 4))
+# The configuration used where nothing is tuned (the interpreter) and compiled ahead of time.
+BLOCK, NUM_WARPS = 64, 4
+# Tests: a (meta, num_warps) pair forcing one configuration; None: autotuned on a GPU,
+# (BLOCK, NUM_WARPS) under the interpreter.
+LAUNCH_CONFIG = None
 
 
 @triton.jit
@@ -86,6 +99,12 @@ def _head_step_kernel(
                  ratio_ptr, gain_ptr, rho_ptr, rho_next_ptr, seed_ptr, seed_stride,
                  est_ptr, se_b, se_c, se_h, se_w, next_ptr, sx_b, sx_c, sx_h, sx_w, h, w, dn_scale,
                  HEAD9, HAS_NEXT, STOCHASTIC, ACCUMULATE, WITH_PHOTON, CONCAT_ORIGIN)
+
+
+_head_step_tuned = autotuned(
+    _head_step_kernel, CONFIGS,
+    key=["h", "w", "C", "HEAD9", "HAS_NEXT", "STOCHASTIC", "ACCUMULATE", "WITH_PHOTON", "CONCAT_ORIGIN"],
+)
 
 
 class HeadWeights(NamedTuple):
@@ -176,18 +195,18 @@ def head_exposure_step(features: torch.Tensor, head: HeadWeights, state: torch.T
     if seed is None:  # never read
         seed = torch.zeros(1, dtype=torch.int64, device=features.device)
     nx = nxt if nxt is not None else est
-    _head_step_kernel[(triton.cdiv(h * w, BLOCK), B)](
-        features, features.stride(0), features.stride(2), features.stride(3), C,
-        head.matrix, head.bias,
-        state, *state.stride(), origin, *origin.stride(),
-        params.ratio, params.K, params.rho, params.rho_next if cfg.has_next else params.rho, seed,
-        int(seed.numel() > 1),
-        est, *est.stride(), nx, *nx.stride(),
-        h, w, cfg.dn_scale,
-        HEAD9=cfg.head9, HAS_NEXT=cfg.has_next, STOCHASTIC=cfg.stochastic and cfg.has_next,
-        ACCUMULATE=cfg.accumulate, WITH_PHOTON=cfg.with_photon, CONCAT_ORIGIN=cfg.concat_origin,
-        BLOCK=BLOCK, BLOCK_C=BLOCK_C, IEEE=features.dtype == torch.float32, num_warps=NUM_WARPS,
-    )
+    args = (features, features.stride(0), features.stride(2), features.stride(3), C, head.matrix, head.bias,
+            state, *state.stride(), origin, *origin.stride(),
+            params.ratio, params.K, params.rho, params.rho_next if cfg.has_next else params.rho, seed,
+            int(seed.numel() > 1), est, *est.stride(), nx, *nx.stride(), h, w, cfg.dn_scale)
+    flags = dict(HEAD9=cfg.head9, HAS_NEXT=cfg.has_next, STOCHASTIC=cfg.stochastic and cfg.has_next,
+                 ACCUMULATE=cfg.accumulate, WITH_PHOTON=cfg.with_photon, CONCAT_ORIGIN=cfg.concat_origin,
+                 BLOCK_C=BLOCK_C, IEEE=features.dtype == torch.float32)
+    if LAUNCH_CONFIG is None and autotuning_enabled():
+        _head_step_tuned[lambda meta: (triton.cdiv(h * w, meta["BLOCK"]), B)](*args, **flags)
+        return est, nxt
+    meta, warps = LAUNCH_CONFIG if LAUNCH_CONFIG is not None else ({"BLOCK": BLOCK}, NUM_WARPS)
+    _head_step_kernel[(triton.cdiv(h * w, meta["BLOCK"]), B)](*args, **flags, **meta, num_warps=warps)
     return est, nxt
 
 
@@ -197,24 +216,25 @@ def aot_specs():
     def strides(prefix, dims="bchw"):
         return {f"{prefix}_{d}": "i32" for d in dims}
 
-    def spec(name, ty, **flags):
+    def spec(name, ty, block=BLOCK, warps=NUM_WARPS, **flags):
         sig = {"feat_ptr": f"*{ty}", **strides("sf", "bhw"), "C": "i32", "hw_ptr": f"*{ty}", "hb_ptr": "*fp32",
                "state_ptr": f"*{ty}", **strides("ss"), "origin_ptr": f"*{ty}", **strides("so"),
                "ratio_ptr": "*fp32", "gain_ptr": "*fp32", "rho_ptr": "*fp32", "rho_next_ptr": "*fp32",
                "seed_ptr": "*i64", "seed_stride": "i32", "est_ptr": "*fp32", **strides("se"),
                "next_ptr": f"*{ty}", **strides("sx"), "h": "i32", "w": "i32", "dn_scale": "fp32"}
         const = dict(HEAD9=True, HAS_NEXT=True, STOCHASTIC=True, ACCUMULATE=False, WITH_PHOTON=True,
-                     CONCAT_ORIGIN=False, BLOCK=BLOCK, BLOCK_C=BLOCK_C, IEEE=False)
+                     CONCAT_ORIGIN=False, BLOCK=block, BLOCK_C=BLOCK_C, IEEE=False)
         const.update(flags)
         sig.update({k: "constexpr" for k in const})
-        return AotSpec(f"head_step_{name}", _head_step_kernel, sig, const, NUM_WARPS,
-                       divisible_by_16=("feat_ptr", "hw_ptr", "hb_ptr", "sf_b", "sf_h", "sf_w", "C"),
-                       tensor_cores=True)
+        # wgmma needs 64 rows per warpgroup of 4 warps; smaller programs use mma
+        mma = "wgmma" if warps >= 4 and block >= 16 * warps else "mma"
+        return AotSpec(f"head_step_{name}_{block}x{warps}", _head_step_kernel, sig, const, warps,
+                       divisible_by_16=("feat_ptr", "hw_ptr", "hb_ptr", "sf_b", "sf_h", "sf_w", "C"), tensor_cores=mma)
 
-    return [
-        spec("head9_fp16_photon", "fp16"),
+    specs = [spec("head9_fp16_photon", "fp16", meta["BLOCK"], warps) for meta, warps in CONFIGS]
+    return specs + [
         spec("head9_fp16_photon_origin", "fp16", CONCAT_ORIGIN=True),
         spec("head9_bf16_photon", "bf16"),
         spec("head9_fp16_last", "fp16", HAS_NEXT=False, STOCHASTIC=False),
-        spec("head4_fp16", "fp16", HEAD9=False, WITH_PHOTON=False),
+        spec("head4_fp16", "fp16", 32, 1, HEAD9=False, WITH_PHOTON=False),
     ]

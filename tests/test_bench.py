@@ -94,6 +94,34 @@ def test_quick_prints_table_and_keeps_files(quick_run):
         assert len(list((work / f"batch_out_{mode}").glob("*.png"))) == 4
 
 
+def test_sampler_table_and_targets_from_cuda_figures(quick_run):
+    """The Poisson-sampler rows (issue 11) exist only on CUDA: render them from this CPU
+    run's JSON with figures a CUDA run would add, and check every figure is shown."""
+    import copy
+
+    from bench.report import report, targets
+
+    res = copy.deepcopy(quick_run[0])
+    extra = {"poisson": dict(sampler_kernel="_poisson_kernel", sampler_kernel_ms=0.2, G_draws_per_s=60.6,
+                             autotuned_config="{'BLOCK': 32} num_warps=1", legacy_sampler_kernel_ms=0.9,
+                             sampler_speedup_same_run=4.5, vs_2026_11_30_recorded=3.8),
+             "exposure_step": dict(sampler_kernel="_exposure_fwd_kernel", sampler_kernel_ms=0.3, G_draws_per_s=40.4,
+                                   autotuned_config=None)}
+    for k in res["kernels"]:
+        k.update(extra.get(k["stage"].split(" ")[0], {}))
+    text = report(res)
+    section = text.split("Poisson sampler (issue 11)")[1].splitlines()
+    line = next(ln for ln in section if ln.startswith("poisson "))
+    for shown in ("0.200", "60.6", "4.50x (0.900 ms)", "3.80x", "{'BLOCK': 32} num_warps=1"):
+        assert shown in line
+    line = next(ln for ln in section if ln.startswith("exposure_step "))
+    assert "0.300" in line and "40.4" in line
+    rows = [dict(k, fraction_of_copy_bw=0.1) for k in res["kernels"]]
+    got = {t["what"]: t["status"] for t in targets({"kernels": rows}, torch.device("cuda"), True, 3)}
+    assert got["poisson sampler vs 2026-11-30 sampler, same run (issue 11)"] == "met"
+    assert got["poisson vs 2026-11-30 recorded (H200, issue 11)"].startswith("missed")
+
+
 def test_scene_is_deterministic_and_dark(tmp_path):
     a = write_scene_dng(tmp_path / "a.dng", 64, 96, ratio=100, seed=0, noise_seed=0)
     b = write_scene_dng(tmp_path / "b.dng", 64, 96, ratio=100, seed=0, noise_seed=0)

@@ -124,3 +124,22 @@ def test_auto_backbone_is_timed_once_per_shape_and_cached_on_disk(model, tmp_pat
     second = Pipeline(net, cfg, device="cuda")  # a new process would read the same file
     second(x, ratio=100, steps=3, seed=0, **ARR)
     assert second.backbone_timings == {} and second._chosen == first._chosen
+
+
+def test_autotuning_happens_in_the_warm_up_before_capture(model):
+    """exposure_step's launch configuration is chosen by triton.autotune at the first call
+    for a shape, which times launches and synchronises: capture forbids that, so the graph
+    runner's warm-up must make that first call. Whatever configuration won, the draws equal
+    the eager path's."""
+    from kernels import exposure
+
+    net, cfg = model
+    exposure._exposure_fwd_tuned.cache.clear()  # as in a fresh process
+    x = frames(h=192, w=320, seed=3)[0]  # a shape no other test uses
+    # the cuDNN backbone path: the fused one runs the step inside kernels.head_step instead
+    a = Pipeline(net, cfg, device="cuda", cuda_graphs=True, backbone_path="eager")(x, ratio=100, steps=3, seed=2,
+                                                                                  **ARR).raw
+    assert exposure._exposure_fwd_tuned.cache  # tuned, before the capture
+    b = Pipeline(net, cfg, device="cuda", cuda_graphs=False, backbone_path="eager")(x, ratio=100, steps=3, seed=2,
+                                                                                   **ARR).raw
+    assert torch.equal(a, b)
