@@ -14,11 +14,18 @@ import re
 
 import numpy as np
 
+from kernels.numbers import real
 from kernels.profiles import CameraProfile, load_profile
 
 # The camera profile used when neither the user nor the file names a known camera: the
 # Sony A7S II of the SID dataset, on which the public checkpoints were trained.
 DEFAULT_CAMERA = "SonyA7S2"
+
+# Accepted system gains K, DN per photo-electron. Real sensors lie within about 0.05 (base ISO
+# of a deep-well sensor) and a few hundred (extreme ISO); below 0.01 the Poisson means of the
+# exposure step (dn_scale / K, up to 1.6e6 at the default scale) approach the sampler's exact
+# range (kernels.poisson.MAX_MEAN = 8e6), above 1e4 r * K leaves the range fp32 keeps exact.
+K_RANGE = (0.01, 1.0e4)
 
 # Model strings (upper case, spaces and dashes removed) that identify a shipped profile.
 _MODEL_ALIASES = {
@@ -63,19 +70,23 @@ def resolve_profile(camera=None, make: str | None = None, model: str | None = No
 def resolve_gain(*, K=None, iso=None, camera=None, make=None, model=None, source="input") -> float:
     """System gain K in DN per photo-electron for one frame.
 
-    ``K`` wins when given (> 0); otherwise ``iso`` through the profile from
-    ``resolve_profile``. Neither known -> ValueError saying what to pass.
+    ``K`` wins when given; otherwise ``iso`` (> 0) through the profile from
+    ``resolve_profile``. Either way K must lie in ``K_RANGE``. Neither known -> ValueError
+    saying what to pass. Numbers may be Python, numpy or 0-d tensors (``kernels.numbers``).
     """
+    lo, hi = K_RANGE
     if K is not None:
-        K = float(K)
-        if not np.isfinite(K) or K <= 0:
-            raise ValueError(f"{source}: K must be a finite gain > 0 (DN per photo-electron), got {K}")
-        return K
+        return real(f"{source}: K", K, low=lo, high=hi, unit=" DN per photo-electron")
     if iso is None:
         raise ValueError(f"{source}: the gain K is unknown: the input carries no ISO; pass K= (DN per "
                          "photo-electron) or iso= (with camera= for a camera other than the default)")
+    iso = real(f"{source}: iso", iso, low=0, low_open=True)
     profile, _ = resolve_profile(camera, make, model)
-    return float(profile.K_from_iso(float(iso)))
+    K = float(profile.K_from_iso(iso))
+    if not lo <= K <= hi:
+        raise ValueError(f"{source}: ISO {iso:g} gives K = {K:g} DN per photo-electron through the {profile.name} "
+                         f"profile, outside the accepted [{lo:g}, {hi:g}]; pass K= or a plausible ISO")
+    return K
 
 
 def camera_to_srgb(xyz_to_camera) -> np.ndarray:

@@ -24,6 +24,7 @@ from typing import Sequence
 import torch
 
 from ._common import to_device
+from .numbers import integer
 from .noise_model import NoiseParams, parse_noise_model
 
 ISO_MIN_REF = 100.0  # ISO of Kmin
@@ -246,8 +247,7 @@ def sample_noise_params(
     Returns:
         NoiseParams with float32 [B] tensors and int64 camera_index on ``device``.
     """
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise ValueError(f"batch must be an int >= 1, got {batch!r}")
+    batch = integer("batch", batch, low=1)
     model = parse_noise_model(model).name
     profiles = _resolve_cameras(cameras)
     camera_k = isinstance(K_range, str)

@@ -393,12 +393,16 @@ def _as_tensor(x, ndim: int = 2) -> tuple[torch.Tensor, str]:
         raise InvalidRawError(name, f"shape {tuple(t.shape)}: expected a {ndim}-D {expected} CFA mosaic{hint}")
     if t.numel() == 0:
         raise InvalidRawError(name, f"zero-size array (shape {tuple(t.shape)})")
+    if t.is_meta:
+        raise InvalidRawError(name, "a meta tensor holds no pixels (shapes only); pass a tensor with data")
     return t, name
 
 
 def _check_cfa(cfa, src) -> None:
     if not isinstance(cfa, torch.Tensor):
         raise InvalidRawError(src, f"RawFrame.cfa must be a torch.Tensor (use read_raw for numpy / DLPack arrays), got {type(cfa).__name__}")
+    if cfa.is_meta:
+        raise InvalidRawError(src, "a meta tensor holds no pixels (shapes only); pass a tensor with data")
     if cfa.dtype != torch.uint16 or cfa.dim() != 2:
         raise InvalidRawError(src, f"RawFrame.cfa must be uint16 [H, W], got {cfa.dtype} {tuple(cfa.shape)}")
     h, w = cfa.shape
