@@ -38,7 +38,7 @@ from engine.io.atomic import atomic_path
 from engine.models.backbones import MAX_NAFNET_LEVELS, BackboneConfig, _canonical_arch, _split_channels
 
 __all__ = ["CheckpointError", "FORMAT_NAME", "FORMAT_VERSION", "export_public", "infer_config",
-           "load_checkpoint", "save_checkpoint"]
+           "load_checkpoint", "read_weights_only", "save_checkpoint"]
 
 FORMAT_NAME = "exposure-diffusion"
 FORMAT_VERSION = 1
@@ -104,6 +104,13 @@ def _read(source: str | os.PathLike | BinaryIO, where: str, map_location: Any) -
         first = str(e).splitlines()[0] if str(e) else "unexpected end of data"
         raise CheckpointError(where, f"not a readable PyTorch checkpoint (truncated, "
                                      f"corrupted or not a checkpoint): {type(e).__name__}: {first}") from None
+
+
+def read_weights_only(source: str | os.PathLike, map_location: Any = "cpu") -> Any:
+    """The object stored in a ``torch.save`` file, read with ``weights_only=True``; any
+    problem (missing, empty, truncated, corrupt, unsafe) is a ``CheckpointError`` naming the
+    file. Used for the trainer's ``last.pt`` too."""
+    return _read(source, _describe(source), map_location)
 
 
 def _is_state_dict(obj: Any) -> bool:
