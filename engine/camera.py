@@ -89,16 +89,40 @@ def resolve_gain(*, K=None, iso=None, camera=None, make=None, model=None, source
     return K
 
 
+def colour_matrix_problem(xyz_to_camera) -> str | None:
+    """Why ``xyz_to_camera`` cannot colour an image (None when it can): it must be a finite
+    3x3 matrix under which white (sRGB D65) gives a positive response in every camera
+    channel, and whose white-normalised form is invertible (``camera_to_srgb`` inverts it).
+    A zero or singular ColorMatrix in a file, for instance, fails here."""
+    m = np.asarray(xyz_to_camera, dtype=np.float64)
+    if m.shape != (3, 3):
+        return f"shape {m.shape}, expected 3x3"
+    if not np.all(np.isfinite(m)):
+        return "non-finite values"
+    if not np.any(m):
+        return "all zeros"
+    white = m @ SRGB_TO_XYZ
+    response = white.sum(axis=1)
+    if not np.all(response > 0):
+        return (f"white gives the camera response {np.round(response, 6).tolist()}, not positive in every channel "
+                f"(a singular or sign-flipped matrix)")
+    if np.linalg.cond(white / response[:, None]) > 1e8:
+        return "singular (not invertible)"
+    return None
+
+
 def camera_to_srgb(xyz_to_camera) -> np.ndarray:
     """3x3 ``camera RGB -> linear sRGB`` from an ``XYZ -> camera`` matrix (float64).
 
-    ``None`` (no colour data in the file) gives the identity.
+    ``None`` (no colour data in the file) gives the identity. A matrix
+    ``colour_matrix_problem`` objects to raises ValueError (``RawFrame`` refuses such
+    matrices when it is built, so a frame's own matrix always works here).
     """
     if xyz_to_camera is None:
         return np.eye(3)
-    m = np.asarray(xyz_to_camera, dtype=np.float64)
-    if m.shape != (3, 3) or not np.all(np.isfinite(m)) or abs(np.linalg.det(m)) < 1e-12:
-        raise ValueError(f"colour matrix must be a finite, invertible 3x3 XYZ -> camera matrix, got {m.tolist()}")
-    srgb_to_camera = m @ SRGB_TO_XYZ
+    problem = colour_matrix_problem(xyz_to_camera)
+    if problem is not None:
+        raise ValueError(f"colour matrix must be a finite, invertible 3x3 XYZ -> camera matrix: {problem}")
+    srgb_to_camera = np.asarray(xyz_to_camera, dtype=np.float64) @ SRGB_TO_XYZ
     srgb_to_camera /= srgb_to_camera.sum(axis=1, keepdims=True)
     return np.linalg.inv(srgb_to_camera)

@@ -33,6 +33,7 @@ DEFAULT_K_RANGE = (0.1, 30.0)  # reference synthesis: log K ~ U(log 0.1, log 30)
 DEFAULT_RATIO_RANGE = (100.0, 300.0)
 CONTINUOUS_RATIO_RANGE = (20.0, 300.0)
 _SCALE_KEYS = ("g_scale", "G_scale", "R_scale")
+MAX_PROFILE_BYTES = 16 * 2**20  # the shipped cameras.json holds five cameras in ~30 KB
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,7 +124,11 @@ class CameraProfile:
             raise ValueError(f"camera profile {name!r} has a malformed value: {e}") from None
         color_bias = data.get("color_bias")
         if color_bias is not None:
-            color_bias = tuple(tuple(float(v) for v in row) for row in color_bias)
+            try:
+                color_bias = tuple(tuple(float(v) for v in row) for row in color_bias)
+            except (TypeError, ValueError):
+                raise ValueError(f"camera profile {name!r} has a malformed color_bias (expected rows of numbers), "
+                                 f"got {color_bias!r:.80}") from None
         return cls(name, kmin, kmax, shapes, scales["g_scale"], scales["G_scale"], scales["R_scale"], color_bias)
 
     def to_dict(self) -> dict:
@@ -165,11 +170,34 @@ def available_cameras() -> list:
 
 
 def load_profiles(path) -> dict:
-    """All profiles of a JSON file (one object or a {name: profile} mapping), by name."""
-    with open(path) as f:
-        data = json.load(f)
-    stem = os.path.splitext(os.path.basename(os.fspath(path)))[0]
-    return _profiles_from_json(data, os.fspath(path), default_name=stem)
+    """All profiles of a JSON file (one object or a {name: profile} mapping), by name.
+
+    Raises ValueError naming the file for anything that is not such a file: unreadable,
+    not UTF-8 text, not JSON (e.g. ``/etc/passwd``), or JSON of another shape or with
+    missing / malformed values.
+    """
+    name = os.fspath(path)
+    try:
+        with open(name, encoding="utf-8") as f:
+            text = f.read(MAX_PROFILE_BYTES + 1)
+    except OSError as e:
+        raise ValueError(f"camera profile file {name}: cannot be read ({e.strerror or e})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"camera profile file {name}: not a text file (expected JSON in the shipped "
+                         f"cameras.json format)") from None
+    if len(text) > MAX_PROFILE_BYTES:
+        raise ValueError(f"camera profile file {name}: larger than {MAX_PROFILE_BYTES // 2**20} MiB, not a profile")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"camera profile file {name}: not valid JSON ({e.msg} at line {e.lineno}, column "
+                         f"{e.colno}); expected a profile in the shipped cameras.json format") from None
+    stem = os.path.splitext(os.path.basename(name))[0]
+    try:
+        return _profiles_from_json(data, name, default_name=stem)
+    except (ValueError, TypeError) as e:
+        message = str(e)
+        raise ValueError(message if name in message else f"camera profile file {name}: {message}") from None
 
 
 def load_profile(name_or_path) -> CameraProfile:

@@ -365,7 +365,8 @@ def test_bad_arrays(array, meta, message):
 
 
 def test_array_metadata_normalised():
-    frame = read_raw(np.zeros((8, 8), np.uint16), **META, wb_gains=(4.0, 2.0, 3.0), color_matrix=list(range(9)),
+    frame = read_raw(np.zeros((8, 8), np.uint16), **META, wb_gains=(4.0, 2.0, 3.0),
+                     color_matrix=[1, 0, 0, 0, 2, 0, 0, 1, 8],
                      exposure_time=0.5, make=" Sony\x00", model=b"A7")
     assert frame.wb_gains == (2.0, 1.0, 1.5, 1.0)
     assert frame.color_matrix.shape == (3, 3) and frame.color_matrix[2, 2] == 8
