@@ -7,12 +7,21 @@ JSON path), else the one matched from the file's make/model, else ``DEFAULT_CAME
 Colour: the camera's ``XYZ -> camera`` matrix (DNG ColorMatrix convention, as
 ``engine.io.raw`` reports it) becomes a ``camera -> linear sRGB`` matrix with rows summing
 to 1, so that a white-balanced neutral stays neutral.
+
+White balance when the input carries none (a uint16 array without ``wb_gains``, a file
+without as-shot multipliers), ``default_white_balance``: with a colour matrix, the daylight
+(D65) balance it implies (the camera response to D65 white made neutral, as dcraw does
+without as-shot data); without one, a grey-world estimate on the image being rendered
+(unclipped, non-black sites of each colour averaged to the green mean). Either way a grey
+card renders grey (lit by daylight, or filling the frame); unbalanced camera RGB, whose
+green is the most sensitive channel, would render it green.
 """
 from __future__ import annotations
 
 import re
 
 import numpy as np
+import torch
 
 from kernels.numbers import real
 from kernels.profiles import CameraProfile, load_profile
@@ -87,6 +96,45 @@ def resolve_gain(*, K=None, iso=None, camera=None, make=None, model=None, source
         raise ValueError(f"{source}: ISO {iso:g} gives K = {K:g} DN per photo-electron through the {profile.name} "
                          f"profile, outside the accepted [{lo:g}, {hi:g}]; pass K= or a plausible ISO")
     return K
+
+
+# Grey-world white balance: sites counted as neither black nor clipped (normalised raw), and
+# the largest correction trusted (a frame of one saturated colour must not explode a gain).
+GREY_WORLD_RANGE = (0.002, 0.95)
+MAX_GREY_WORLD_GAIN = 16.0
+
+
+def daylight_white_balance(xyz_to_camera) -> tuple[float, float, float, float]:
+    """Gains (R, G1, B, G2), green = 1, that make D65 white neutral for a camera whose
+    ``XYZ -> camera`` matrix is given: ``1 / (matrix @ XYZ_D65)``, normalised to green."""
+    neutral = np.asarray(xyz_to_camera, dtype=np.float64) @ SRGB_TO_XYZ.sum(axis=1)  # camera RGB of D65 white
+    r, g, b = (neutral[1] / neutral).tolist()
+    return (r, g, b, g)
+
+
+def grey_world_white_balance(raw: torch.Tensor) -> torch.Tensor:
+    """Gains float32 ``[4]`` (R, G1, B, G2) on ``raw``'s device from a packed linear raw
+    ``[4, h, w]`` in [0, 1]: each plane's mean over its sites within ``GREY_WORLD_RANGE``
+    (the plane's whole mean when none is) scaled to the greens' mean, within
+    [1 / MAX_GREY_WORLD_GAIN, MAX_GREY_WORLD_GAIN]. No host synchronisation."""
+    x = raw.detach().to(torch.float32).flatten(1)
+    lo, hi = GREY_WORLD_RANGE
+    valid = ((x > lo) & (x < hi)).to(torch.float32)
+    count = valid.sum(1)
+    mean = torch.where(count > 0, (x * valid).sum(1) / count.clamp_min(1), x.mean(1))
+    green = (mean[1] + mean[3]) / 2
+    gains = green / mean.clamp_min(1e-6)
+    gains = torch.where(mean > 0, gains, torch.ones_like(gains))
+    return gains.clamp(1 / MAX_GREY_WORLD_GAIN, MAX_GREY_WORLD_GAIN)
+
+
+def default_white_balance(raw: torch.Tensor, xyz_to_camera) -> torch.Tensor:
+    """The white balance used when an input has none (module docstring): daylight from the
+    colour matrix when there is one, else grey world on ``raw`` ``[4, h, w]``. float32
+    ``[4]`` (R, G1, B, G2) on ``raw``'s device."""
+    if xyz_to_camera is not None:
+        return torch.tensor(daylight_white_balance(xyz_to_camera), dtype=torch.float32, device=raw.device)
+    return grey_world_white_balance(raw)
 
 
 def colour_matrix_problem(xyz_to_camera) -> str | None:
