@@ -17,6 +17,7 @@ import json
 import math
 import numbers
 import os
+import tempfile
 from functools import lru_cache
 from importlib import resources
 from typing import Sequence
@@ -144,9 +145,24 @@ class CameraProfile:
         return d
 
     def save(self, path) -> None:
-        """Write ``{name: profile}`` as JSON (loadable with ``load_profile(path)``)."""
-        with open(path, "w") as f:
-            json.dump({self.name: self.to_dict()}, f, indent=1)
+        """Write ``{name: profile}`` as JSON (loadable with ``load_profile(path)``), atomically:
+        a temporary file beside ``path``, fsync'ed, then renamed over it, so an interrupted
+        save leaves the previous profile intact (``engine.io.atomic`` does the same for the
+        engine's files; ``kernels`` may not import ``engine``)."""
+        text = json.dumps({self.name: self.to_dict()}, indent=1)
+        folder = os.path.dirname(os.path.abspath(os.fspath(path)))
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(os.fspath(path))}.", suffix=".tmp", dir=folder)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)  # mkstemp makes it 0600: a profile is meant to be shared
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
 
 
 # --------------------------------------------------------------------------- loading

@@ -47,6 +47,28 @@ def test_etc_passwd_as_camera(tmp_path):
         resolve_gain(iso=800, camera="/etc/passwd")
 
 
+@pytest.mark.parametrize("fail_at", ["to_dict", "fsync"])
+def test_interrupted_profile_save_keeps_the_previous_file(tmp_path, monkeypatch, fail_at):
+    """CameraProfile.save writes atomically: a failure (or Ctrl-C) half-way leaves the
+    user's previous profile intact and no temporary file behind."""
+    import kernels.profiles as profiles
+
+    path = tmp_path / "mycam.json"
+    load_profile("SonyA7S2").save(path)
+    before = path.read_bytes()
+
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+
+    if fail_at == "to_dict":
+        monkeypatch.setattr(profiles.CameraProfile, "to_dict", interrupt)
+    else:
+        monkeypatch.setattr(profiles.os, "fsync", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        load_profile("NikonD850").save(path)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["mycam.json"]
+
+
 # ------------------------------------------------------------------ item 8: colour matrices
 @pytest.mark.parametrize("matrix, problem", [
     (np.zeros((3, 3)), "all zeros"),

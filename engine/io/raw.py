@@ -43,6 +43,8 @@ import numpy as np
 import rawpy
 import torch
 
+from kernels.numbers import real
+
 from ..camera import colour_matrix_problem
 from ..errors import InvalidRawError, RawDecodeError, RawInputWarning, UnsupportedSensorError
 from .dng_checks import check_dng_encoding, warn_if_cut_short
@@ -470,15 +472,11 @@ def _four(what, value, src) -> tuple[float, float, float, float]:
 
 
 def _positive(what, value, src) -> float:
+    """A finite number > 0 (Python, numpy or 0-d tensor: ``kernels.numbers``), else InvalidRawError."""
     try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise InvalidRawError(src, f"{what} must be a number, got {value!r}") from None
-    if not (math.isfinite(v) and v > 0):
-        raise InvalidRawError(src, f"{what} must be finite and > 0, got {value!r}")
-    return v
-
-
+        return real(what, value, low=0, low_open=True)
+    except ValueError as e:
+        raise InvalidRawError(src, str(e)) from None
 
 
 def _fmt(v) -> str:
