@@ -27,18 +27,19 @@ TRAIN = ["train", "--out", "unused"]
 
 
 @pytest.mark.parametrize("option, value, message", [
-    ("--batch", "0", "must be an integer >= 1, got 0"),
-    ("--batch", "-2", "must be an integer >= 1, got -2"),
+    ("--batch", "0", "must be an integer in [1, 4096], got 0"),
+    ("--batch", "-2", "must be an integer in [1, 4096], got -2"),
+    ("--batch", "100000", "must be an integer in [1, 4096], got 100000"),
     ("--batch", "two", "expected an integer, got 'two'"),
     ("--steps", "0", r"must be an integer in [1, 100], got 0"),
     ("--steps", "101", r"must be an integer in [1, 100], got 101"),
-    ("--accumulate", "0", "must be an integer >= 1, got 0"),
+    ("--accumulate", "0", "must be an integer in [1, 4096], got 0"),
     ("--save-every", "0", "must be an integer >= 1, got 0"),
     ("--log-every", "0", "must be an integer >= 1, got 0"),
     ("--max-steps", "-5", "must be an integer >= 1, got -5"),
     ("--max-steps", "0", "must be an integer >= 1, got 0"),
-    ("--epochs", "-1", "must be an integer >= 1, got -1"),
-    ("--iters-per-epoch", "0", "must be an integer >= 1, got 0"),
+    ("--epochs", "-1", "must be an integer in [1, 1000000], got -1"),
+    ("--iters-per-epoch", "0", "must be an integer in [1, 10000000], got 0"),
     ("--eval-every", "-1", "must be an integer >= 0, got -1"),
     ("--clip-grad", "-1", "must be a finite number > 0, got -1"),
     ("--clip-grad", "0", "must be a finite number > 0, got 0"),
@@ -90,6 +91,12 @@ def test_enhance_options_are_refused_at_parse_time(capsys, argv, message):
     assert message in parse_error(argv, capsys)
 
 
+def test_evaluate_holdout_too_large_for_memory(capsys):
+    assert main(["evaluate", "--checkpoint", "m.pt", "--holdout", "4000", "--patch", "512"]) == 2
+    assert "a hold-out of 4000 patches of 512^2 would take 7.8 GiB of memory, above the limit of 4 GiB" in \
+        capsys.readouterr().err
+
+
 def test_calibrate_ppcc_samples_refused_at_parse_time(capsys):
     err = parse_error(["calibrate", "capture", "-o", "p.json", "--ppcc-samples", "10"], capsys)
     assert "argument --ppcc-samples: must be an integer >= 1000, got 10" in err
@@ -105,11 +112,13 @@ def test_every_option_of_every_command_has_help():
 
 
 @pytest.mark.parametrize("kw, message", [
-    (dict(batch=0), "batch must be an integer >= 1, got 0"),
-    (dict(accumulate=0), "accumulate must be an integer >= 1, got 0"),
+    (dict(batch=0), r"batch must be an integer in \[1, 4096\], got 0"),
+    (dict(accumulate=0), r"accumulate must be an integer in \[1, 4096\], got 0"),
     (dict(save_every=0), "save_every must be an integer >= 1, got 0"),
     (dict(log_every=0), "log_every must be an integer >= 1, got 0"),
-    (dict(epochs=-1), "epochs must be an integer >= 1, got -1"),
+    (dict(epochs=-1), r"epochs must be an integer in \[1, 1000000\], got -1"),
+    (dict(iters_per_epoch=10**7, batch=16), r"iters_per_epoch x batch = 160000000 samples per epoch, above the "
+                                            r"limit of 100000000"),
     (dict(clip_grad=-1.0), "clip_grad must be a finite number > 0, got -1"),
     (dict(steps=2.0), "steps must be an integer, got 2.0"),
     (dict(seed=2**64), "seed must be an integer in"),

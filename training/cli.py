@@ -87,6 +87,7 @@ def evaluate(args) -> int:
     from engine.models.checkpoint import load_checkpoint
 
     from .evaluate import evaluate_sid, evaluate_synthetic, format_table
+    from .options import check_holdout_size
     from .sid import SIDPairDataset
 
     from engine.io.atomic import atomic_path, refuse_existing
@@ -94,6 +95,11 @@ def evaluate(args) -> int:
     if args.json and not args.overwrite:  # before minutes of evaluation
         refuse_existing(args.json, "use --overwrite to replace it")
     device = _device(args.device)
+    try:
+        check_holdout_size(args.holdout, args.patch)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         model, config, _ = load_checkpoint(args.checkpoint)
     except (ValueError, OSError) as e:  # CheckpointError names the file and the reason
@@ -148,7 +154,8 @@ def add_training_commands(sub) -> None:
     from engine.argtypes import camera_arg, device_arg, integer_arg, noise_model_arg, real_arg
     from engine.inference.pipeline import MAX_RATIO, MAX_STEPS
 
-    from .options import MAX_LR, MAX_PATCH, option_arg, ratio_range_arg
+    from .options import (MAX_BATCH, MAX_EPOCHS, MAX_ITERS_PER_EPOCH, MAX_LR, MAX_PATCH, MAX_SAMPLES_PER_EPOCH,
+                          option_arg, ratio_range_arg)
 
     t = sub.add_parser("train", help="train a backbone (built-in synthetic data unless a dataset is given)")
     t.add_argument("--out", required=True, help="run folder: checkpoints (last.pt, model.pt) and log.jsonl")
@@ -181,12 +188,13 @@ def add_training_commands(sub) -> None:
     t.add_argument("--patch", type=option_arg("patch"), default=512,
                    help=f"packed patch side, a multiple of 16 in 16..{MAX_PATCH} (default 512)")
     t.add_argument("--batch", type=option_arg("batch"), default=1,
-                   help="global batch size >= 1, a multiple of processes x --accumulate (default 1)")
+                   help=f"global batch size, 1..{MAX_BATCH}, a multiple of processes x --accumulate (default 1)")
     t.add_argument("--accumulate", type=option_arg("accumulate"), default=1,
-                   help="micro-batches accumulated per step (per process), >= 1 (default 1)")
-    t.add_argument("--epochs", type=option_arg("epochs"), default=300, help="epochs, >= 1 (default 300)")
+                   help=f"micro-batches accumulated per step (per process), 1..{MAX_BATCH} (default 1)")
+    t.add_argument("--epochs", type=option_arg("epochs"), default=300, help=f"epochs, 1..{MAX_EPOCHS} (default 300)")
     t.add_argument("--iters-per-epoch", type=option_arg("iters_per_epoch"), default=None,
-                   help="optimiser steps per epoch, >= 1 (default: dataset size / batch)")
+                   help=f"optimiser steps per epoch, 1..{MAX_ITERS_PER_EPOCH}, at most "
+                        f"{MAX_SAMPLES_PER_EPOCH:.0e} samples with --batch (default: dataset size / batch)")
     t.add_argument("--max-steps", type=integer_arg(1), default=None,
                    help="stop after this many more optimiser steps, >= 1 (the run resumes later)")
     t.add_argument("--lr", type=option_arg("lr"), default=1e-4,
@@ -213,7 +221,8 @@ def add_training_commands(sub) -> None:
                    help=f"exposure ratios to evaluate, each in (1, {MAX_RATIO:g}] (default 100 300)")
     e.add_argument("--steps", type=integer_arg(1, MAX_STEPS), default=3,
                    help=f"network evaluations per image, 1..{MAX_STEPS} (default 3)")
-    e.add_argument("--holdout", type=integer_arg(1), default=32, help="synthetic hold-out patches, >= 1 (default 32)")
+    e.add_argument("--holdout", type=integer_arg(1), default=32,
+                   help="synthetic hold-out patches, >= 1, at most 4 GiB of them in memory (default 32)")
     e.add_argument("--patch", type=integer_arg(16, MAX_PATCH, multiple=16), default=256,
                    help=f"hold-out patch side, a multiple of 16 in 16..{MAX_PATCH} (default 256)")
     e.add_argument("--noise-model", default="P+G+r+u", type=noise_model_arg,

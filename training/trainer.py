@@ -48,7 +48,7 @@ from kernels.profiles import CONTINUOUS_RATIO_RANGE, DEFAULT_RATIO_RANGE, _check
 
 from .augment import augment_and_normalise
 from .objective import StepWeights, sample_inner_exposures, unrolled_loss
-from .options import LIMITS, check_option, check_ratio_steps
+from .options import LIMITS, check_epoch_size, check_option, check_ratio_steps
 from .patches import collate_patches
 
 TRAIN_STATE_FORMAT = "exposure-diffusion-train"
@@ -132,6 +132,7 @@ class TrainConfig:
         else:
             lo = (CONTINUOUS_RATIO_RANGE if self.continuous else DEFAULT_RATIO_RANGE)[0]
         check_ratio_steps(lo, self.steps)
+        check_epoch_size(self.iters_per_epoch, self.batch)
         if self.K_range != "camera":
             _check_range("K_range", self.K_range)
         self.backbone_config()  # widths, channels and size limits (engine.models.backbones)
