@@ -15,7 +15,7 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
-from .numbers import is_number, real, scalar
+from .numbers import is_number, scalar
 
 BACKENDS = ("auto", "triton", "torch")
 

@@ -345,7 +345,6 @@ def _tiff_dng(path, width, height, segments, *, compression, bits=16, sample_for
         (50721, 10, [1, 1, 0, 1, 0, 1, 0, 1, 1, 1, 0, 1, 0, 1, 0, 1, 1, 1]), (50778, 3, [21]),
     ], key=lambda e: e[0])
     fmt = {1: "B", 2: "s", 3: "H", 4: "I", 10: "i"}
-    size = {1: 1, 2: 1, 3: 2, 4: 4, 10: 8}
 
     def pack(typ, values) -> tuple[int, bytes]:
         if typ == 2:
@@ -362,9 +361,7 @@ def _tiff_dng(path, width, height, segments, *, compression, bits=16, sample_for
         if len(raw) > 4:
             extra += raw + b"\0" * (len(raw) % 2)
     data_at = extra_at + len(extra)
-    offsets = []
-    for s in segments:
-        offsets.append(data_at + sum(len(x) for x in segments[: len(offsets)]))
+    offsets = [data_at + sum(len(x) for x in segments[:i]) for i in range(n)]
     blobs = [(t, ty, c, struct.pack(f"<{n}I", *offsets) if t == offsets_tag else r) for t, ty, c, r in blobs]
     ifd, extra, cursor = bytearray(struct.pack("<H", len(blobs))), bytearray(), extra_at
     for tag, typ, count, raw in blobs:

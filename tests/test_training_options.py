@@ -9,7 +9,7 @@ import torch
 
 from engine.cli import build_parser
 from training.cli import add_training_commands, main
-from training.trainer import TrainConfig, Trainer, TrainingStateError
+from training.trainer import Trainer, TrainingStateError
 from tests.test_trainer import ToyPatches, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
