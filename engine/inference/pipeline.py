@@ -31,8 +31,8 @@ from kernels.numbers import integer, real
 from kernels.poisson import MAX_MEAN
 
 from ..camera import resolve_gain
-from ..io.output import save_output, srgb_image
 from ..errors import InvalidRawError
+from ..io.output import save_output, srgb_image
 from ..io.raw import RawFrame, read_raw_batch
 from ..models.backbones import BackboneConfig
 from ..models.checkpoint import load_checkpoint
@@ -330,6 +330,8 @@ class Pipeline:
             seed = integer("seed", seed, low=0, high=MAX_SEED)
         if steps > 1 and ratio <= 1 and schedule is None:
             raise ValueError(f"steps > 1 needs ratio > 1 (the exposure must grow between steps), got ratio {ratio:g}")
+        if K is not None:  # checked before any file is decoded (an ISO can only be checked after)
+            K = resolve_gain(K=K)
 
         frames = self._frames(source, raw_metadata)
         batched = isinstance(source, (list, tuple)) or (getattr(source, "ndim", 0) == 3)
