@@ -57,8 +57,10 @@ min/max over ``--repeats``; the runs of a baseline and of what it is compared wi
 interleaved (A B A B ...), so that a change of machine load hits both sides alike.
 CUDA kernels are timed with several launches per synchronisation, and their GB/s come
 from the profiler's device time (launch latency and argument-check syncs left out). Targets of issues #3-#5 are printed beside each figure with
-"met" / "missed by ...". A table is printed at the end; JSON goes atomically to
-``bench/out/throughput.json`` (``--json``). A stage that raises is reported (its error in
+"met" / "missed by ..." (a ``--quick`` smoke run lists the speed targets unjudged: they are
+defined for the full run). A table is printed at the end; JSON goes atomically to
+``bench/out/throughput.json`` (``--json``; a ``--quick`` run writes
+``bench/out/throughput_quick.json`` instead, never over the main run's figures). A stage that raises is reported (its error in
 the table, its traceback on stderr and in the JSON) while the other stages still run,
 and the exit status is then 1.
 
@@ -96,11 +98,14 @@ from bench.stages import (Context, bench_batch, bench_engine, bench_kernels, ben
 from bench.timing import Progress  # noqa: E402
 from bench.training_stage import bench_training, training_sizes  # noqa: E402
 import engine.inference.pipeline  # noqa: E402
+from engine.argtypes import integer_arg, real_arg  # noqa: E402
+from engine.inference.pipeline import MAX_RATIO, MAX_SEED, MAX_STEPS  # noqa: E402
 from engine import BackboneConfig, load_checkpoint  # noqa: E402
 
 CPU_DEFAULT = (1424, 2128)  # a quarter of FULL (see the module docstring)
 QUICK = (128, 192)
 DEFAULT_JSON = BENCH_DIR / "out" / "throughput.json"
+QUICK_JSON = BENCH_DIR / "out" / "throughput_quick.json"  # a smoke run never replaces the main run's figures
 WEIGHTS_NOTE = ("random-init default UNet (seed {seed}), the same weights for the engine and the baseline: {why}, "
                 "and throughput does not depend on the weights' values")
 STAGES = ("engine", "backbone", "kernels", "synthesis", "training", "batch")
@@ -110,25 +115,27 @@ STAGES = ("engine", "backbone", "kernels", "synthesis", "training", "batch")
 def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda[:N]")
-    ap.add_argument("--height", type=int, help="frame height in Bayer sites (CUDA 2848, CPU 1424, --quick 128)")
-    ap.add_argument("--width", type=int, help="frame width in Bayer sites (CUDA 4256, CPU 2128, --quick 192)")
+    ap.add_argument("--height", type=integer_arg(32), help="frame height in Bayer sites (CUDA 2848, CPU 1424, --quick 128)")
+    ap.add_argument("--width", type=integer_arg(32), help="frame width in Bayer sites (CUDA 4256, CPU 2128, --quick 192)")
     ap.add_argument("--full", action="store_true", help="the 12 MP frame (2848 x 4256) on any device")
-    ap.add_argument("--steps", type=int, default=3, help="network evaluations per frame (default 3)")
-    ap.add_argument("--ratio", type=float, default=DEFAULT_RATIO, help="exposure ratio of the scene (default 100)")
-    ap.add_argument("--repeats", type=int, help="timed runs per figure (CUDA 10, CPU 3, --quick 1)")
-    ap.add_argument("--warmup", type=int, help="extra warm-up runs per figure (CUDA 2, CPU 0: see the docstring)")
+    ap.add_argument("--steps", type=integer_arg(1, MAX_STEPS), default=3, help="network evaluations per frame (default 3)")
+    ap.add_argument("--ratio", type=real_arg(0, MAX_RATIO, low_open=True), default=DEFAULT_RATIO, help="exposure ratio of the scene (default 100)")
+    ap.add_argument("--repeats", type=integer_arg(1), help="timed runs per figure (CUDA 10, CPU 3, --quick 1)")
+    ap.add_argument("--warmup", type=integer_arg(0), help="extra warm-up runs per figure (CUDA 2, CPU 0: see the docstring)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes, one repeat: a smoke run")
-    ap.add_argument("--batch-files", type=int, help="files in the file-to-file batch (CUDA 8, CPU 6, --quick 4)")
-    ap.add_argument("--batch-height", type=int, help="batch frame height (CUDA: the frame's; CPU 768; --quick 96)")
-    ap.add_argument("--batch-width", type=int, help="batch frame width (CUDA: the frame's; CPU 1152; --quick 128)")
-    ap.add_argument("--workers", type=int, help="decode and write processes each (default: cores / 4, 1 to 4)")
+    ap.add_argument("--batch-files", type=integer_arg(1), help="files in the file-to-file batch (CUDA 8, CPU 6, --quick 4)")
+    ap.add_argument("--batch-height", type=integer_arg(32), help="batch frame height (CUDA: the frame's; CPU 768; --quick 96)")
+    ap.add_argument("--batch-width", type=integer_arg(32), help="batch frame width (CUDA: the frame's; CPU 1152; --quick 128)")
+    ap.add_argument("--workers", type=integer_arg(1), help="decode and write processes each (default: cores / 4, 1 to 4)")
     ap.add_argument("--checkpoint", help="weights to use (default: the shipped default model when it exists, "
                                          "else a random-init default UNet, see --seed)")
     ap.add_argument("--random-weights", action="store_true", help="random-init default UNet even when a default model is shipped")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the random-init weights and the scene")
+    ap.add_argument("--seed", type=integer_arg(0, MAX_SEED), default=0, help="seed of the random-init weights and the scene")
     ap.add_argument("--skip", default="", help=f"comma-separated stages to skip: {','.join(STAGES)}")
     ap.add_argument("--keep", help="keep the scene, batch inputs and PNG outputs in this folder (default: a temp folder)")
-    ap.add_argument("--json", default=str(DEFAULT_JSON), help=f"JSON output (default {DEFAULT_JSON})")
+    ap.add_argument("--json", default=None,
+                    help=f"JSON output (default {DEFAULT_JSON.relative_to(BENCH_DIR.parent)}; with --quick "
+                         f"{QUICK_JSON.relative_to(BENCH_DIR.parent)})")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     ap.add_argument("--no-tf32", action="store_true",
                     help="CUDA: strict fp32 convolutions for the fp32 runs (PyTorch's default lets cuDNN use TF32)")
@@ -137,6 +144,8 @@ def parse_args(argv):
     if skip - set(STAGES):
         ap.error(f"--skip: unknown stage(s) {sorted(skip - set(STAGES))}; stages are {', '.join(STAGES)}")
     args.skip = skip
+    if args.json is None:
+        args.json = str(QUICK_JSON if args.quick else DEFAULT_JSON)
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(args.device)
@@ -250,7 +259,7 @@ def main(argv=None) -> int:
     info["load_average_at_end"] = os.getloadavg()
     results["failed_stages"] = failed
     measured = {k: v for k, v in results.items() if k not in failed}
-    results["targets"] = targets(measured, device, (H, W) == FULL, args.steps)
+    results["targets"] = targets(measured, device, (H, W) == FULL, args.steps, smoke=args.quick)
     print(report(results))
     write_json(Path(args.json), results)
     print(f"\nJSON written to {args.json}")

@@ -15,6 +15,7 @@ from .errors import (
            InvalidRawError,
            RawDecodeError,
            RawInputError,
+           RawInputWarning,
            UnsupportedSensorError,
 )
 from .inference.pipeline import EnhancedFrame, Pipeline
@@ -30,4 +31,4 @@ from .models.checkpoint import (
 __all__ = ["Pipeline", "EnhancedFrame", "BackboneConfig", "UNet", "NAFNet", "build_backbone",
            "CheckpointError", "load_checkpoint", "save_checkpoint", "export_public",
            "RawInputError", "RawDecodeError", "UnsupportedSensorError", "InvalidRawError",
-           "RawFrame", "read_raw", "read_raw_batch"]
+           "RawInputWarning", "RawFrame", "read_raw", "read_raw_batch"]

@@ -99,23 +99,33 @@ def _workers(value: str, device) -> int:
 def add_engine_commands(sub) -> None:
     """Register the engine's subcommands (``enhance``, ``calibrate``) on an argparse
     subparsers object."""
+    from engine.argtypes import camera_arg, device_arg, integer_arg, real_arg
     from engine.calibration.cli import add_calibrate_command
+    from engine.camera import K_RANGE
+    from engine.inference.loop import SIZE_MULTIPLE
+    from engine.inference.pipeline import MAX_RATIO, MAX_SEED, MAX_STEPS
 
     e = sub.add_parser("enhance", help="enhance raw files (any format rawpy reads)")
     e.add_argument("files", nargs="+", help="raw files: ARW, NEF, CR2, DNG, ...")
-    e.add_argument("--ratio", type=float, required=True, help="exposure ratio to brighten by (e.g. 100, 300)")
+    e.add_argument("--ratio", type=real_arg(0, MAX_RATIO, low_open=True), required=True,
+                   help=f"exposure ratio to brighten by, in (0, {MAX_RATIO:g}] (e.g. 100, 300; > 1 with --steps > 1)")
     e.add_argument("-o", "--output", default=".", help="output folder (created if missing; default: .)")
     e.add_argument("--checkpoint", default=None,
                    help="model checkpoint (public {'netG': ...} format or ours; default: the shipped model)")
-    e.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    e.add_argument("--steps", type=int, default=3, help="network evaluations (default 3; 1 = one-shot)")
-    e.add_argument("--camera", default=None, help="camera profile for ISO -> gain (shipped name or JSON path)")
-    e.add_argument("--iso", type=float, default=None, help="override the files' ISO")
-    e.add_argument("--K", type=float, default=None, help="system gain in DN per photo-electron (overrides ISO)")
-    e.add_argument("--seed", type=int, default=None, help="fixed seed: repeatable outputs")
+    e.add_argument("--device", default="auto", type=device_arg, help="auto, cpu, cuda or cuda:N")
+    e.add_argument("--steps", type=integer_arg(1, MAX_STEPS), default=3,
+                   help=f"network evaluations, 1..{MAX_STEPS} (default 3; 1 = one-shot)")
+    e.add_argument("--camera", default=None, type=camera_arg,
+                   help="camera profile for ISO -> gain (shipped name or JSON path)")
+    e.add_argument("--iso", type=real_arg(0, low_open=True), default=None, help="override the files' ISO (> 0)")
+    e.add_argument("--K", type=real_arg(*K_RANGE), default=None,
+                   help=f"system gain in DN per photo-electron, in [{K_RANGE[0]:g}, {K_RANGE[1]:g}] (overrides ISO)")
+    e.add_argument("--seed", type=integer_arg(0, MAX_SEED), default=None,
+                   help="fixed seed, an integer in [0, 2**64 - 1]: repeatable outputs")
     e.add_argument("--deterministic", action="store_true", help="use Poisson means instead of draws")
     e.add_argument("--format", default="png", choices=("png", "tiff", "dng"), help="output format (default png)")
-    e.add_argument("--max-tile", type=int, default=None, help="process in tiles of at most this many packed pixels")
+    e.add_argument("--max-tile", type=integer_arg(SIZE_MULTIPLE, multiple=SIZE_MULTIPLE), default=None,
+                   help=f"process in tiles of at most this many packed pixels (a multiple of {SIZE_MULTIPLE})")
     e.add_argument("--backbone", default="auto", choices=("auto", "fused", "eager", "compile"),
                    help="what runs the network: auto (default; on a GPU the fastest of our fused Triton UNet and "
                         "PyTorch's, timed at the first frame of each size and cached), fused, eager (PyTorch) or "

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["RawInputError", "RawDecodeError", "UnsupportedSensorError", "InvalidRawError"]
+__all__ = ["RawInputError", "RawDecodeError", "UnsupportedSensorError", "InvalidRawError", "RawInputWarning"]
 
 
 class RawInputError(ValueError):
@@ -30,7 +30,9 @@ class RawInputError(ValueError):
 
 
 class RawDecodeError(RawInputError):
-    """The file is empty, truncated, corrupt, or not a raw file LibRaw can decode."""
+    """The file is empty, truncated, corrupt, or not a raw file LibRaw can decode correctly
+    (an encoding it would turn into wrong pixels without an error: floating-point or signed
+    samples, lossy JPEG, multi-strip lossless JPEG, data shorter than the declared image)."""
 
 
 class UnsupportedSensorError(RawInputError):
@@ -41,6 +43,19 @@ class UnsupportedSensorError(RawInputError):
 class InvalidRawError(RawInputError):
     """Bad pixel data or metadata: wrong dtype, rank or size, absurd dimensions,
     black level >= white level, missing metadata for an array input."""
+
+
+class RawInputWarning(UserWarning):
+    """A raw input that was read but looks wrong (an all-zero frame, rows of zeros at the
+    end, an unusable colour matrix that was ignored). ``str()`` reads ``<source>: <reason>``."""
+
+    def __init__(self, source, reason: str):
+        self.source = _describe(source)
+        self.reason = reason
+        super().__init__(f"{self.source}: {reason}")
+
+    def __reduce__(self):
+        return (type(self), (self.source, self.reason))
 
 
 def _describe(source) -> str:

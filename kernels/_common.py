@@ -15,6 +15,8 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
+from .numbers import is_number, scalar
+
 BACKENDS = ("auto", "triton", "torch")
 
 # Normalised value -> DN scale of the public reference code (16383 - 800). SPEC §2.
@@ -199,8 +201,8 @@ def per_sample(
 ) -> torch.Tensor:
     """Broadcast a per-sample parameter to a contiguous float32 tensor of shape [batch].
 
-    ``value`` may be a Python number, a sequence, or a tensor of shape [], [1] or
-    [batch]. A tensor must already be on ``device`` (no silent CPU/CUDA copies).
+    ``value`` may be a number (Python, numpy scalar or 0-d array: ``kernels.numbers``), a
+    sequence of them, or a tensor of shape [], [1] or [batch]. A tensor must already be on ``device`` (no silent CPU/CUDA copies).
     Numbers and sequences are checked on the host at once (finite, and the bound
     asked for). A tensor's values are checked through ``checks`` when given (read
     back together with the op's other checks by ``checks.run()``), else at once.
@@ -218,13 +220,12 @@ def per_sample(
             raise ValueError(f"{name} is on {value.device} but the data is on {device}")
         t = value.detach().to(torch.float32).reshape(-1)
         host_values = None
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        host_values = [float(value)]
+    elif is_number(value):
+        host_values = [float(scalar(name, value))]
     elif isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
-        try:
-            host_values = [float(v) for v in value]
-        except (TypeError, ValueError):
-            raise TypeError(f"{name} must hold numbers, got {value!r}") from None
+        if not all(is_number(v) for v in value):
+            raise TypeError(f"{name} must hold numbers, got {value!r}")
+        host_values = [float(scalar(name, v)) for v in value]
     else:
         raise TypeError(f"{name} must be a number, a sequence or a tensor, got {type(value).__name__}")
     if host_values is not None:

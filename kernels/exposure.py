@@ -38,6 +38,7 @@ from ._common import DEFAULT_DN_SCALE, ValueChecks, check_same_device, check_ten
 from ._cpu_sampling import poisson_draws
 from ._philox import STREAM_POISSON
 from ._tuning import autotuned, autotuning_enabled
+from .numbers import real
 from .poisson import poisson_sample
 
 # Pixels per program; each program handles all 4 planes of them (4 * BLOCK elements).
@@ -316,10 +317,7 @@ def _prepare(net_out, state, origin, ratio, K, rho, rho_next, stochastic, accumu
         raise ValueError(f"batch size must be <= {MAX_BATCH}, got {B}")
     if h * w >= 2**31:
         raise ValueError(f"h * w must be < 2**31, got {h} x {w}")
-    if isinstance(dn_scale, bool) or not isinstance(dn_scale, (int, float)):
-        raise TypeError(f"dn_scale must be a number, got {type(dn_scale).__name__}")
-    if not (0 < float(dn_scale) < float("inf")):
-        raise ValueError(f"dn_scale must be finite and > 0, got {dn_scale}")
+    dn_scale = real("dn_scale", dn_scale, low=0, low_open=True)
     if out_memory_format not in _MEMORY_FORMATS:
         raise ValueError(f"out_memory_format must be torch.contiguous_format or torch.channels_last, got {out_memory_format}")
     if out_dtype is not None and out_dtype not in dtypes:

@@ -9,8 +9,16 @@ BGGR/GRBG/GBRG render without a half-pixel colour shift):
   restricted to sites of that colour;
 - G: weights ``[[0,1,0],[1,4,1],[0,1,0]]`` over green sites;
 - each sum divided by the weights of the in-frame sites used, so borders need no padding.
-Then ``rgb = clip(ccm @ (wb * raw), 0, 1)`` with the camera -> sRGB matrix ``ccm`` and the
-sRGB transfer curve, quantised to uint8 / uint16 or kept float32.
+Then ``rgb = clip(ccm @ demosaic(min(wb * raw, min(wb))), 0, 1)`` with the camera -> sRGB
+matrix ``ccm`` and the sRGB transfer curve, quantised to uint8 / uint16 or kept float32.
+
+Highlights (``min(wb * raw, min(wb))``, dcraw's / LibRaw's default "clip" highlight mode):
+a site at the white level (raw 1) reaches ``wb_c`` after white balance, so a clipped
+highlight would come out as ``(wb_R, 1, wb_B)``, magenta with the usual gains > 1 for red
+and blue. Clipping every white-balanced site at the lowest channel's saturation level,
+``min(wb)``, before the demosaic turns a clipped highlight into ``(m, m, m)``: neutral after
+the colour matrix (its rows sum to 1), white when the smallest gain is 1 (green, as
+normalised gains have it). Values below that level are untouched.
 """
 from __future__ import annotations
 
@@ -54,6 +62,8 @@ def _render_kernel(x_ptr, out_ptr, wb_ptr, ccm_ptr, h, w, r_row, r_col,
     wb_g1 = tl.load(wb_ptr + b * 4 + 1)
     wb_b = tl.load(wb_ptr + b * 4 + 2)
     wb_g2 = tl.load(wb_ptr + b * 4 + 3)
+    # Highlight clip: every white-balanced site at most the lowest channel's saturation level.
+    clip = tl.minimum(tl.minimum(wb_r, wb_g1), tl.minimum(wb_b, wb_g2))
     zero = tl.zeros([BLOCK_Y, BLOCK_X], tl.float32)
     sum_r, wsum_r, sum_g, wsum_g, sum_b, wsum_b = zero, zero, zero, zero, zero, zero
     for dy in tl.static_range(-1, 2):
@@ -70,7 +80,7 @@ def _render_kernel(x_ptr, out_ptr, wb_ptr, ccm_ptr, h, w, r_row, r_col,
             ptr = base + plane * s_c + (yn >> 1) * s_h + (xn >> 1) * s_w
             v = tl.load(ptr, mask=ok, other=0.0).to(tl.float32)
             gain = tl.where(is_r, wb_r, tl.where(is_g1, wb_g1, tl.where(is_b, wb_b, wb_g2)))
-            v = v * gain
+            v = tl.minimum(v * gain, clip)
             w_rb = ((2 - dy * dy) * (2 - dx * dx)) * 1.0  # 4 centre, 2 edge, 1 corner
             w_g = 4.0 if dy == 0 and dx == 0 else (1.0 if dy * dy + dx * dx == 1 else 0.0)
             okf = ok.to(tl.float32)
@@ -144,7 +154,8 @@ def render_srgb_reference(packed, pattern, wb, ccm, *, out_dtype=torch.uint8) ->
 
 def _reference(packed, r_row, r_col, wb, ccm, out_dtype) -> torch.Tensor:
     B, _, h, w = packed.shape
-    x = packed.to(torch.float32) * wb[:, :, None, None]
+    # White balance, then the highlight clip at the lowest channel's saturation level (module docstring).
+    x = torch.minimum(packed.to(torch.float32) * wb[:, :, None, None], wb.min(dim=1).values[:, None, None, None])
     # Scatter the planes back onto the mosaic; one mask per colour.
     site = {0: (r_row, r_col), 1: (r_row, 1 - r_col), 2: (1 - r_row, 1 - r_col), 3: (1 - r_row, r_col)}
     mosaic = x.new_zeros(B, 1, 2 * h, 2 * w)
@@ -175,7 +186,8 @@ def render_srgb(packed, pattern, wb, ccm, *, out_dtype=torch.uint8, backend: str
         pattern: the sensor's Bayer pattern ("RGGB", ... or a rawpy raw_pattern), which
             places the planes back on the full-resolution grid.
         wb: white-balance gains, 3 (R, G, B) or 4 (R, G1, B, G2) values, or ``[B, 4]``
-            (e.g. the camera's as-shot gains normalised to green = 1).
+            (e.g. the camera's as-shot gains normalised to green = 1). White-balanced values
+            are clipped at ``min(wb)`` (highlights render neutral, see the module docstring).
         ccm: camera RGB -> linear sRGB 3x3 matrix (rows sum to 1 for a neutral white),
             or ``[B, 3, 3]``.
         out_dtype: uint8 (0..255), uint16 (0..65535) or float32 (0..1), sRGB-encoded.

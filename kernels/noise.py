@@ -52,8 +52,9 @@ from ._philox import (
     philox4,
     standard_normal,
 )
-from .noise_model import NoiseModel, NoiseParams, parse_noise_model
 from ._tuning import autotuned, autotuning_enabled
+from .noise_model import NoiseModel, NoiseParams, parse_noise_model
+from .numbers import real
 from .poisson import MAX_MEAN, poisson_sample
 
 # Tile: BLOCK_H packed rows x BLOCK_W columns of one plane per program (coalesced along w).
@@ -242,8 +243,7 @@ def _prepare(clean, model, ratio, K, sigma_g, sigma_TL, lam, sigma_r, dn_scale, 
         raise ValueError("ratio (exposure ratio r, > 0) is required")
     if K is None:
         raise ValueError("K (system gain in DN per photo-electron, > 0) is required")
-    if isinstance(dn_scale, bool) or not isinstance(dn_scale, (int, float)) or not (0 < float(dn_scale) < float("inf")):
-        raise ValueError(f"dn_scale must be a finite number > 0 (DN per normalised unit), got {dn_scale!r}")
+    dn_scale = real("dn_scale", dn_scale, low=0, low_open=True, unit=" (DN per normalised unit)")
     missing = []
     if m.read == "g" and sigma_g is None:
         missing.append("sigma_g (model has g)")

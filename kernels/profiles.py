@@ -17,6 +17,7 @@ import json
 import math
 import numbers
 import os
+import tempfile
 from functools import lru_cache
 from importlib import resources
 from typing import Sequence
@@ -24,6 +25,7 @@ from typing import Sequence
 import torch
 
 from ._common import to_device
+from .numbers import integer
 from .noise_model import NoiseParams, parse_noise_model
 
 ISO_MIN_REF = 100.0  # ISO of Kmin
@@ -32,6 +34,7 @@ DEFAULT_K_RANGE = (0.1, 30.0)  # reference synthesis: log K ~ U(log 0.1, log 30)
 DEFAULT_RATIO_RANGE = (100.0, 300.0)
 CONTINUOUS_RATIO_RANGE = (20.0, 300.0)
 _SCALE_KEYS = ("g_scale", "G_scale", "R_scale")
+MAX_PROFILE_BYTES = 16 * 2**20  # the shipped cameras.json holds five cameras in ~30 KB
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,7 +125,11 @@ class CameraProfile:
             raise ValueError(f"camera profile {name!r} has a malformed value: {e}") from None
         color_bias = data.get("color_bias")
         if color_bias is not None:
-            color_bias = tuple(tuple(float(v) for v in row) for row in color_bias)
+            try:
+                color_bias = tuple(tuple(float(v) for v in row) for row in color_bias)
+            except (TypeError, ValueError):
+                raise ValueError(f"camera profile {name!r} has a malformed color_bias (expected rows of numbers), "
+                                 f"got {color_bias!r:.80}") from None
         return cls(name, kmin, kmax, shapes, scales["g_scale"], scales["G_scale"], scales["R_scale"], color_bias)
 
     def to_dict(self) -> dict:
@@ -138,9 +145,24 @@ class CameraProfile:
         return d
 
     def save(self, path) -> None:
-        """Write ``{name: profile}`` as JSON (loadable with ``load_profile(path)``)."""
-        with open(path, "w") as f:
-            json.dump({self.name: self.to_dict()}, f, indent=1)
+        """Write ``{name: profile}`` as JSON (loadable with ``load_profile(path)``), atomically:
+        a temporary file beside ``path``, fsync'ed, then renamed over it, so an interrupted
+        save leaves the previous profile intact (``engine.io.atomic`` does the same for the
+        engine's files; ``kernels`` may not import ``engine``)."""
+        text = json.dumps({self.name: self.to_dict()}, indent=1)
+        folder = os.path.dirname(os.path.abspath(os.fspath(path)))
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(os.fspath(path))}.", suffix=".tmp", dir=folder)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)  # mkstemp makes it 0600: a profile is meant to be shared
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
 
 
 # --------------------------------------------------------------------------- loading
@@ -164,11 +186,34 @@ def available_cameras() -> list:
 
 
 def load_profiles(path) -> dict:
-    """All profiles of a JSON file (one object or a {name: profile} mapping), by name."""
-    with open(path) as f:
-        data = json.load(f)
-    stem = os.path.splitext(os.path.basename(os.fspath(path)))[0]
-    return _profiles_from_json(data, os.fspath(path), default_name=stem)
+    """All profiles of a JSON file (one object or a {name: profile} mapping), by name.
+
+    Raises ValueError naming the file for anything that is not such a file: unreadable,
+    not UTF-8 text, not JSON (e.g. ``/etc/passwd``), or JSON of another shape or with
+    missing / malformed values.
+    """
+    name = os.fspath(path)
+    try:
+        with open(name, encoding="utf-8") as f:
+            text = f.read(MAX_PROFILE_BYTES + 1)
+    except OSError as e:
+        raise ValueError(f"camera profile file {name}: cannot be read ({e.strerror or e})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"camera profile file {name}: not a text file (expected JSON in the shipped "
+                         f"cameras.json format)") from None
+    if len(text) > MAX_PROFILE_BYTES:
+        raise ValueError(f"camera profile file {name}: larger than {MAX_PROFILE_BYTES // 2**20} MiB, not a profile")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"camera profile file {name}: not valid JSON ({e.msg} at line {e.lineno}, column "
+                         f"{e.colno}); expected a profile in the shipped cameras.json format") from None
+    stem = os.path.splitext(os.path.basename(name))[0]
+    try:
+        return _profiles_from_json(data, name, default_name=stem)
+    except (ValueError, TypeError) as e:
+        message = str(e)
+        raise ValueError(message if name in message else f"camera profile file {name}: {message}") from None
 
 
 def load_profile(name_or_path) -> CameraProfile:
@@ -246,8 +291,7 @@ def sample_noise_params(
     Returns:
         NoiseParams with float32 [B] tensors and int64 camera_index on ``device``.
     """
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise ValueError(f"batch must be an int >= 1, got {batch!r}")
+    batch = integer("batch", batch, low=1)
     model = parse_noise_model(model).name
     profiles = _resolve_cameras(cameras)
     camera_k = isinstance(K_range, str)

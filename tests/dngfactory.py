@@ -208,3 +208,168 @@ def _patch_tag_value(path, values: dict) -> None:
             f.write(struct.pack(fmt, value))
         f.flush()
         os.fsync(f.fileno())
+
+
+# ----------------------------------------------------------------------------- encodings LibRaw misreads
+# DNGs written byte by byte (``_tiff_dng``), for the encodings that LibRaw 0.21 (rawpy 0.28)
+# decodes into wrong pixels without an error; checked once against rawpy:
+#
+# | helper                          | what LibRaw does                                         |
+# |---------------------------------|----------------------------------------------------------|
+# | ``ljpeg_dng(strips=1)``, tiled  | decode correctly (the baselines of the ones below)       |
+# | ``ljpeg_dng(strips=3)``         | decodes the first strip, then garbage (up to 65515)      |
+# | ``ljpeg_dng(declared_height=)`` | ImageLength patched larger: garbage rows (up to 65515)   |
+# | ``lossy_jpeg_dng``              | Compression 34892: "Input/output error" (a misleading    |
+# |                                 | reason; other builds scale the samples to 16 bits)       |
+# | ``sample_format_dng(int16)``    | SampleFormat 2: -1000 read as 64536                      |
+# | ``sample_format_dng(float32)``  | SampleFormat 3: every pixel read as 0                    |
+# | ``uncompressed_dng(declared_height=)`` | "Input/output error" (refused today already)      |
+
+
+def ljpeg_encode(img: np.ndarray, precision: int = 16) -> bytes:
+    """Lossless JPEG (ITU T.81 process 14, SOF3) of a uint16 ``[h, w]`` image: one component,
+    predictor 1 (left; the first column from above), one Huffman table giving all 17
+    difference categories 5-bit codes. What a DNG's Compression 7 segments hold."""
+    img = np.asarray(img, dtype=np.int64)
+    h, w = img.shape
+    pred = np.empty_like(img)
+    pred[:, 1:] = img[:, :-1]
+    pred[1:, 0] = img[:-1, 0]
+    pred[0, 0] = 1 << (precision - 1)
+    diff = (img - pred).ravel()
+    out = bytearray()
+    acc, nbits = 0, 0
+
+    def put(value: int, n: int) -> None:
+        nonlocal acc, nbits
+        acc, nbits = (acc << n) | (value & ((1 << n) - 1)), nbits + n
+        while nbits >= 8:
+            nbits -= 8
+            byte = (acc >> nbits) & 0xFF
+            out.append(byte)
+            if byte == 0xFF:
+                out.append(0)  # byte stuffing
+        acc &= (1 << nbits) - 1
+
+    for d in diff.tolist():
+        if d == -32768 or d == 32768:
+            put(16, 5)
+            continue
+        size = abs(d).bit_length()
+        put(size, 5)  # canonical code of category ``size``: 5 bits equal to size (counts[5] = 17)
+        if size:
+            put(d if d > 0 else d - 1, size)
+    if nbits:
+        put((1 << (8 - nbits)) - 1, 8 - nbits)  # pad with ones
+    dht = bytes([0x00]) + bytes([0, 0, 0, 0, 17] + [0] * 11) + bytes(range(17))
+    sof = struct.pack(">BHHB", precision, h, w, 1) + bytes([1, 0x11, 0])
+    sos = bytes([1, 1, 0x00, 1, 0, 0])  # 1 component (id 1, table 0), predictor 1, Se 0, Ah/Al 0
+    seg = lambda marker, body: struct.pack(">HH", marker, len(body) + 2) + body  # noqa: E731
+    return b"\xff\xd8" + seg(0xFFC4, dht) + seg(0xFFC3, sof) + seg(0xFFDA, sos) + bytes(out) + b"\xff\xd9"
+
+
+def ljpeg_dng(path, cfa: np.ndarray, *, strips: int = 1, declared_height: int | None = None,
+              tile: tuple[int, int] | None = None) -> Path:
+    """An RGGB DNG whose mosaic is stored as lossless JPEG in ``strips`` strips (rows split
+    evenly), or in ``tile = (rows, columns)`` tiles (edge tiles padded, as the DNG converter
+    writes them), with ImageLength = ``declared_height`` (default: the real height)."""
+    h, w = cfa.shape
+    if tile is not None:
+        th, tw = tile
+        padded = np.pad(cfa, ((0, -h % th), (0, -w % tw)), mode="edge")
+        segments = [ljpeg_encode(padded[y:y + th, x:x + tw]) for y in range(0, h, th) for x in range(0, w, tw)]
+        _tiff_dng(path, w, declared_height or h, segments, compression=7, tile=tile)
+        return Path(path)
+    rows = -(-h // strips)
+    segments = [ljpeg_encode(cfa[i:i + rows]) for i in range(0, h, rows)]
+    _tiff_dng(path, w, declared_height or h, segments, compression=7, rows_per_strip=rows)
+    return Path(path)
+
+
+def lossy_jpeg_dng(path, height=32, width=48, seed=0) -> Path:
+    """An RGGB DNG whose mosaic is a baseline (lossy) JPEG, Compression 34892, 12 bits declared."""
+    from PIL import Image
+
+    img = np.random.default_rng(seed).integers(0, 256, (height, width), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(img, mode="L").save(buf, format="JPEG", quality=90)
+    _tiff_dng(path, width, height, [buf.getvalue()], compression=34892, bits=12, white=4095, black=0)
+    return Path(path)
+
+
+def sample_format_dng(path, data: np.ndarray) -> Path:
+    """An RGGB DNG storing ``data`` as is: int16 -> SampleFormat 2, float32 -> 3 (32 bits)."""
+    data = np.ascontiguousarray(data)
+    fmt = {"i": 2, "f": 3, "u": 1}[data.dtype.kind]
+    _tiff_dng(path, data.shape[1], data.shape[0], [data.astype(data.dtype.newbyteorder("<")).tobytes()],
+              compression=1, bits=8 * data.itemsize, sample_format=fmt)
+    return Path(path)
+
+
+def uncompressed_dng(path, cfa: np.ndarray, *, declared_height: int | None = None) -> Path:
+    """An RGGB DNG of uncompressed uint16 ``cfa``; ImageLength = ``declared_height`` (default
+    the real height: a larger one declares rows the strip does not hold)."""
+    cfa = np.ascontiguousarray(cfa, dtype="<u2")
+    _tiff_dng(path, cfa.shape[1], declared_height or cfa.shape[0], [cfa.tobytes()], compression=1)
+    return Path(path)
+
+
+def patch_color_matrix(path, matrix) -> Path:
+    """Overwrite ColorMatrix1 of a DNG written by ``write_dng`` in place (e.g. with zeros or a
+    singular matrix, which ``write_dng`` itself refuses to write)."""
+    with tifffile.TiffFile(path) as tf:
+        offset = tf.pages[0].tags[50721].valueoffset
+    values = b"".join(struct.pack("<ii", int(round(v * 10000)), 10000) for v in np.asarray(matrix, float).ravel())
+    with open(path, "rb+") as f:
+        f.seek(offset)
+        f.write(values)
+    return Path(path)
+
+
+def _tiff_dng(path, width, height, segments, *, compression, bits=16, sample_format=1, rows_per_strip=None,
+              white=16383, black=512, tile=None) -> None:
+    """A little-endian, one-IFD CFA DNG (RGGB, identity colour matrix) whose strips (or tiles,
+    ``tile = (rows, columns)``) are ``segments``, written as given: no codec of our own gets
+    between the test and LibRaw."""
+    n = len(segments)
+    offsets_tag = 273 if tile is None else 324
+    if tile is None:
+        layout = [(273, 4, [0] * n), (278, 4, [rows_per_strip or height]), (279, 4, [len(s) for s in segments])]
+    else:
+        layout = [(322, 4, [tile[1]]), (323, 4, [tile[0]]), (324, 4, [0] * n), (325, 4, [len(s) for s in segments])]
+    entries = sorted([  # (tag, type, values): BYTE 1, ASCII 2, SHORT 3, LONG 4, SRATIONAL 10
+        (254, 4, [0]), (256, 4, [width]), (257, 4, [height]), (258, 3, [bits]), (259, 3, [compression]),
+        (262, 3, [32803]), (277, 3, [1]), *layout, (284, 3, [1]), (339, 3, [sample_format]),
+        (33421, 3, [2, 2]), (33422, 1, [0, 1, 1, 2]), (50706, 1, [1, 4, 0, 0]), (50708, 2, b"Test Sensor\0"),
+        (50710, 1, [0, 1, 2]), (50711, 3, [1]), (50714, 4, [black]), (50717, 4, [white]),
+        (50721, 10, [1, 1, 0, 1, 0, 1, 0, 1, 1, 1, 0, 1, 0, 1, 0, 1, 1, 1]), (50778, 3, [21]),
+    ], key=lambda e: e[0])
+    fmt = {1: "B", 2: "s", 3: "H", 4: "I", 10: "i"}
+
+    def pack(typ, values) -> tuple[int, bytes]:
+        if typ == 2:
+            return len(values), values
+        count = len(values) // 2 if typ == 10 else len(values)
+        return count, struct.pack(f"<{len(values)}{fmt[typ]}", *values)
+
+    ifd_size = 2 + 12 * len(entries) + 4
+    extra_at = 8 + ifd_size
+    blobs, extra = [], bytearray()
+    for tag, typ, values in entries:
+        count, raw = pack(typ, values)
+        blobs.append((tag, typ, count, raw))
+        if len(raw) > 4:
+            extra += raw + b"\0" * (len(raw) % 2)
+    data_at = extra_at + len(extra)
+    offsets = [data_at + sum(len(x) for x in segments[:i]) for i in range(n)]
+    blobs = [(t, ty, c, struct.pack(f"<{n}I", *offsets) if t == offsets_tag else r) for t, ty, c, r in blobs]
+    ifd, extra, cursor = bytearray(struct.pack("<H", len(blobs))), bytearray(), extra_at
+    for tag, typ, count, raw in blobs:
+        if len(raw) > 4:
+            ifd += struct.pack("<HHII", tag, typ, count, cursor + len(extra))
+            extra += raw + b"\0" * (len(raw) % 2)
+        else:
+            ifd += struct.pack("<HHI", tag, typ, count) + raw.ljust(4, b"\0")
+    ifd += struct.pack("<I", 0)
+    assert len(ifd) == ifd_size and extra_at + len(extra) == data_at
+    Path(path).write_bytes(b"II*\0" + struct.pack("<I", 8) + bytes(ifd) + bytes(extra) + b"".join(segments))

@@ -216,8 +216,8 @@ def test_vectorised_over_batch_is_fast():
 @pytest.mark.parametrize(
     "kw, exc, match",
     [
-        (dict(batch=0), ValueError, r"batch must be an int >= 1, got 0"),
-        (dict(batch=2.0), ValueError, r"batch must be an int >= 1, got 2.0"),
+        (dict(batch=0), ValueError, r"batch must be an integer >= 1, got 0"),
+        (dict(batch=2.0), ValueError, r"batch must be an integer, got 2.0"),
         (dict(cameras=[]), ValueError, "non-empty list"),
         (dict(cameras="Pentax"), ValueError, "unknown camera 'Pentax'"),
         (dict(K_range=(0.0, 30.0)), ValueError, r"K_range must satisfy 0 < low <= high"),

@@ -347,11 +347,11 @@ ARRAY_CASES = [
     (np.zeros((8, 8), np.uint16), {**META, "black_level": (1, 2)}, "black_level must be a number or 4 values .*got 2 values"),
     (np.zeros((8, 8), np.uint16), {**META, "black_level": float("nan")}, "black_level must be finite"),
     (np.zeros((8, 8), np.uint16), {**META, "white_level": 70000}, "white level 70000 is above the uint16 range"),
-    (np.zeros((8, 8), np.uint16), {**META, "white_level": float("inf")}, "white_level must be finite and > 0"),
+    (np.zeros((8, 8), np.uint16), {**META, "white_level": float("inf")}, "white_level must be a finite number > 0, got inf"),
     (np.zeros((8, 8), np.uint16), {**META, "pattern": "RGBG"}, "pattern 'RGBG' is not a 2x2 Bayer pattern"),
     (np.zeros((8, 8), np.uint16), {**META, "pattern": np.zeros((6, 6))}, "pattern must be one of"),
-    (np.zeros((8, 8), np.uint16), {**META, "iso": 0}, "iso must be finite and > 0"),
-    (np.zeros((8, 8), np.uint16), {**META, "exposure_time": -0.1}, "exposure_time must be finite and > 0"),
+    (np.zeros((8, 8), np.uint16), {**META, "iso": 0}, "iso must be a finite number > 0, got 0"),
+    (np.zeros((8, 8), np.uint16), {**META, "exposure_time": -0.1}, "exposure_time must be a finite number > 0, got -0.1"),
     (np.zeros((8, 8), np.uint16), {**META, "wb_gains": (2, 0, 1)}, "wb_gains .* must be > 0"),
     (np.zeros((8, 8), np.uint16), {**META, "color_matrix": np.eye(4)}, r"color_matrix must be 3x3"),
     ([[0, 1], [2, 3]], META, "list: unsupported input"),
@@ -365,7 +365,8 @@ def test_bad_arrays(array, meta, message):
 
 
 def test_array_metadata_normalised():
-    frame = read_raw(np.zeros((8, 8), np.uint16), **META, wb_gains=(4.0, 2.0, 3.0), color_matrix=list(range(9)),
+    frame = read_raw(np.zeros((8, 8), np.uint16), **META, wb_gains=(4.0, 2.0, 3.0),
+                     color_matrix=[1, 0, 0, 0, 2, 0, 0, 1, 8],
                      exposure_time=0.5, make=" Sony\x00", model=b"A7")
     assert frame.wb_gains == (2.0, 1.0, 1.5, 1.0)
     assert frame.color_matrix.shape == (3, 3) and frame.color_matrix[2, 2] == 8

@@ -43,21 +43,31 @@ def train(args) -> int:
 
     device = _distributed_setup(args.device)
     try:
-        cfg = TrainConfig(
-            arch=args.arch, widths=tuple(args.widths) if args.widths else None, with_photon=not args.no_photon,
-            concat_origin=args.concat_origin, steps=args.steps, learnable_weights=not args.fixed_weights,
-            noise_model=args.noise_model, cameras=tuple(args.camera) if args.camera else None,
-            ratio_range=tuple(args.ratio_range) if args.ratio_range else None, continuous=args.continuous,
-            patch=args.patch, batch=args.batch, accumulate=args.accumulate, epochs=args.epochs,
-            iters_per_epoch=args.iters_per_epoch, lr=args.lr, clip_grad=args.clip_grad, amp=args.amp,
-            compile=args.compile, seed=args.seed, save_every=args.save_every, log_every=args.log_every)
-        dataset = build_training_dataset(sid_root=args.sid_root, sid_list=args.sid_list, srgb_folder=args.srgb_folder,
-                                         procedural=not (args.sid_root or args.srgb_folder) or args.procedural,
-                                         patch=args.patch, cache=None if args.cache == "none" else args.cache,
-                                         cache_dir=args.cache_dir, seed=args.seed)
-        trainer = Trainer(cfg, dataset, args.out, device=device, progress=not args.quiet)
-        if trainer.resume():
-            print(f"resumed from {args.out}/last.pt at epoch {trainer.epoch}, step {trainer.global_step}", file=sys.stderr)
+        try:  # options and data: a bad value is a usage error with a message, not a traceback
+            cfg = TrainConfig(
+                arch=args.arch, widths=tuple(args.widths) if args.widths else None, with_photon=not args.no_photon,
+                concat_origin=args.concat_origin, steps=args.steps, learnable_weights=not args.fixed_weights,
+                noise_model=args.noise_model, cameras=tuple(args.camera) if args.camera else None,
+                ratio_range=tuple(args.ratio_range) if args.ratio_range else None, continuous=args.continuous,
+                patch=args.patch, batch=args.batch, accumulate=args.accumulate, epochs=args.epochs,
+                iters_per_epoch=args.iters_per_epoch, lr=args.lr, clip_grad=args.clip_grad, amp=args.amp,
+                compile=args.compile, seed=args.seed, save_every=args.save_every, log_every=args.log_every)
+            dataset = build_training_dataset(sid_root=args.sid_root, sid_list=args.sid_list,
+                                             srgb_folder=args.srgb_folder,
+                                             procedural=not (args.sid_root or args.srgb_folder) or args.procedural,
+                                             patch=args.patch, cache=None if args.cache == "none" else args.cache,
+                                             cache_dir=args.cache_dir, seed=args.seed)
+            trainer = Trainer(cfg, dataset, args.out, device=device, progress=not args.quiet)
+            if args.restart:
+                moved = trainer.archive_run()
+                if moved is not None:
+                    print(f"--restart: the previous run's files are now in {moved}", file=sys.stderr)
+            elif trainer.resume():
+                print(f"resumed from {args.out}/last.pt at epoch {trainer.epoch}, step {trainer.global_step}",
+                      file=sys.stderr)
+        except (ValueError, OSError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
 
         def on_log(rec):
             if args.eval_every and rec["global_step"] % args.eval_every == 0:
@@ -77,6 +87,7 @@ def evaluate(args) -> int:
     from engine.models.checkpoint import load_checkpoint
 
     from .evaluate import evaluate_sid, evaluate_synthetic, format_table
+    from .options import check_holdout_size
     from .sid import SIDPairDataset
 
     from engine.io.atomic import atomic_path, refuse_existing
@@ -84,7 +95,16 @@ def evaluate(args) -> int:
     if args.json and not args.overwrite:  # before minutes of evaluation
         refuse_existing(args.json, "use --overwrite to replace it")
     device = _device(args.device)
-    model, config, _ = load_checkpoint(args.checkpoint)
+    try:
+        check_holdout_size(args.holdout, args.patch)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        model, config, _ = load_checkpoint(args.checkpoint)
+    except (ValueError, OSError) as e:  # CheckpointError names the file and the reason
+        print(f"error: cannot load the model: {e}", file=sys.stderr)
+        return 2
     results = {}
     table = evaluate_synthetic(model, config, ratios=args.ratios, steps=args.steps, n=args.holdout, patch=args.patch,
                                noise_model=args.noise_model, camera=args.camera, device=device, progress=not args.quiet)
@@ -108,7 +128,11 @@ def export(args) -> int:
     """Write a checkpoint's model in the public ExposureDiffusion format ({'netG': ...})."""
     from engine.models.checkpoint import export_public, load_checkpoint
 
-    model, config, meta = load_checkpoint(args.checkpoint)
+    try:
+        model, config, meta = load_checkpoint(args.checkpoint)
+    except (ValueError, OSError) as e:
+        print(f"error: cannot load the model: {e}", file=sys.stderr)
+        return 2
     if config.concat_origin and not config.with_photon:  # 8 channels: reloads as a photon model
         print("error: an 8-channel origin-only model cannot be told apart from a photon model in the public "
               "format (it stores no options); keep our format", file=sys.stderr)
@@ -124,57 +148,94 @@ def export(args) -> int:
 
 
 def add_training_commands(sub) -> None:
+    """Register ``train``, ``evaluate`` and ``export``. Every numeric option is checked while
+    parsing (``training.options`` / ``engine.argtypes``): a bad value stops with exit status 2
+    and a message naming the option, before anything is loaded."""
+    from engine.argtypes import camera_arg, device_arg, integer_arg, noise_model_arg, real_arg
+    from engine.inference.pipeline import MAX_RATIO, MAX_STEPS
+
+    from .options import (MAX_BATCH, MAX_EPOCHS, MAX_ITERS_PER_EPOCH, MAX_LR, MAX_PATCH, MAX_SAMPLES_PER_EPOCH,
+                          option_arg, ratio_range_arg)
+
     t = sub.add_parser("train", help="train a backbone (built-in synthetic data unless a dataset is given)")
     t.add_argument("--out", required=True, help="run folder: checkpoints (last.pt, model.pt) and log.jsonl")
+    t.add_argument("--restart", action="store_true",
+                   help="start over even if --out holds a run: its last.pt, model.pt and log.jsonl are first moved "
+                        "into --out/previous-N/ (nothing is deleted); needed when last.pt is unreadable")
     t.add_argument("--sid-root", default=None, help="SID dataset root (Sony/long, Sony/short)")
     t.add_argument("--sid-list", default=None, help="SID list file (default: every file in Sony/long)")
     t.add_argument("--srgb-folder", default=None, help="a folder of sRGB photos turned into raw")
     t.add_argument("--procedural", action="store_true", help="add procedural scenes to a dataset given above")
-    t.add_argument("--cache", default="memory", choices=("memory", "disk", "none"), help="SID long-exposure cache")
-    t.add_argument("--cache-dir", default=None, help="folder of the on-disk cache")
-    t.add_argument("--arch", default="unet", choices=("unet", "nafnet"))
-    t.add_argument("--widths", type=int, nargs=5, default=None, help="UNet widths (default 32 64 128 256 512)")
+    t.add_argument("--cache", default="memory", choices=("memory", "disk", "none"),
+                   help="SID long-exposure cache (default memory)")
+    t.add_argument("--cache-dir", default=None, help="folder of the on-disk cache (with --cache disk)")
+    t.add_argument("--arch", default="unet", choices=("unet", "nafnet"), help="backbone (default unet)")
+    t.add_argument("--widths", type=integer_arg(1, 4096), nargs=5, default=None, metavar="W",
+                   help="UNet level widths, each 1..4096 (default 32 64 128 256 512)")
     t.add_argument("--no-photon", action="store_true", help="no photon channel in the network input")
     t.add_argument("--concat-origin", action="store_true", help="concatenate the noisy input to every step's input")
-    t.add_argument("--steps", type=int, default=3, help="unrolled exposure steps (1 = one-shot baseline)")
+    t.add_argument("--steps", type=option_arg("steps"), default=3,
+                   help=f"unrolled exposure steps, 1..{MAX_STEPS} (default 3; 1 = one-shot baseline)")
     t.add_argument("--fixed-weights", action="store_true", help="equal, fixed step weights instead of learnable ones")
-    t.add_argument("--noise-model", default="P+G+r+u", help="ELD components, e.g. P+g or P+G+r+u")
-    t.add_argument("--camera", action="append", default=None, help="camera profile (name or JSON; repeatable)")
-    t.add_argument("--ratio-range", type=float, nargs=2, default=None, help="exposure ratio range (default 100 300)")
+    t.add_argument("--noise-model", default="P+G+r+u", type=noise_model_arg,
+                   help="ELD components joined by '+', e.g. P+g or P+G+r+u (default)")
+    t.add_argument("--camera", action="append", default=None, type=camera_arg,
+                   help="camera noise profile: a shipped name or a JSON file (repeatable; default: all shipped)")
+    t.add_argument("--ratio-range", type=ratio_range_arg(), nargs=2, default=None, metavar=("LOW", "HIGH"),
+                   help=f"exposure ratio range, 1 < LOW <= HIGH <= {MAX_RATIO:g} (default 100 300); LOW must leave "
+                        f"steps - 1 integer multiples in [2, LOW - 1]")
     t.add_argument("--continuous", action="store_true", help="continuous ratio range U(20, 300)")
-    t.add_argument("--patch", type=int, default=512, help="packed patch side")
-    t.add_argument("--batch", type=int, default=1, help="global batch size")
-    t.add_argument("--accumulate", type=int, default=1, help="micro-batches accumulated per step (per process)")
-    t.add_argument("--epochs", type=int, default=300)
-    t.add_argument("--iters-per-epoch", type=int, default=None, help="default: dataset size / batch")
-    t.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps (resumable)")
-    t.add_argument("--lr", type=float, default=1e-4)
-    t.add_argument("--clip-grad", type=float, default=None, help="clip the gradient norm")
-    t.add_argument("--amp", default=None, choices=("bf16", "fp16"), help="mixed precision")
+    t.add_argument("--patch", type=option_arg("patch"), default=512,
+                   help=f"packed patch side, a multiple of 16 in 16..{MAX_PATCH} (default 512)")
+    t.add_argument("--batch", type=option_arg("batch"), default=1,
+                   help=f"global batch size, 1..{MAX_BATCH}, a multiple of processes x --accumulate (default 1)")
+    t.add_argument("--accumulate", type=option_arg("accumulate"), default=1,
+                   help=f"micro-batches accumulated per step (per process), 1..{MAX_BATCH} (default 1)")
+    t.add_argument("--epochs", type=option_arg("epochs"), default=300, help=f"epochs, 1..{MAX_EPOCHS} (default 300)")
+    t.add_argument("--iters-per-epoch", type=option_arg("iters_per_epoch"), default=None,
+                   help=f"optimiser steps per epoch, 1..{MAX_ITERS_PER_EPOCH}, at most "
+                        f"{MAX_SAMPLES_PER_EPOCH:.0e} samples with --batch (default: dataset size / batch)")
+    t.add_argument("--max-steps", type=integer_arg(1), default=None,
+                   help="stop after this many more optimiser steps, >= 1 (the run resumes later)")
+    t.add_argument("--lr", type=option_arg("lr"), default=1e-4,
+                   help=f"Adam learning rate, in (0, {MAX_LR:g}] (default 1e-4)")
+    t.add_argument("--clip-grad", type=option_arg("clip_grad"), default=None,
+                   help="clip the gradient norm to this value > 0 (default: no clipping)")
+    t.add_argument("--amp", default=None, choices=("bf16", "fp16"), help="mixed precision (default: fp32)")
     t.add_argument("--compile", action="store_true", help="torch.compile the backbone")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--save-every", type=int, default=200, help="checkpoint every N steps")
-    t.add_argument("--log-every", type=int, default=20, help="log every N steps")
-    t.add_argument("--eval-every", type=int, default=0, help="evaluate on 8 hold-out patches every N steps")
-    t.add_argument("--device", default="auto")
-    t.add_argument("-q", "--quiet", action="store_true")
+    t.add_argument("--seed", type=option_arg("seed"), default=0,
+                   help="seed of weights, data order and noise, an integer in [0, 2**64 - 1] (default 0)")
+    t.add_argument("--save-every", type=option_arg("save_every"), default=200,
+                   help="checkpoint every N optimiser steps, N >= 1 (default 200)")
+    t.add_argument("--log-every", type=option_arg("log_every"), default=20,
+                   help="append to log.jsonl every N optimiser steps, N >= 1 (default 20)")
+    t.add_argument("--eval-every", type=integer_arg(0), default=0,
+                   help="evaluate on 8 hold-out patches every N steps (default 0: never)")
+    t.add_argument("--device", default="auto", type=device_arg, help="auto (default), cpu, cuda or cuda:N")
+    t.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=train)
 
     e = sub.add_parser("evaluate", help="PSNR/SSIM on the synthetic hold-out set and, optionally, SID pairs")
-    e.add_argument("--checkpoint", required=True)
-    e.add_argument("--ratios", type=float, nargs="+", default=[100, 300])
-    e.add_argument("--steps", type=int, default=3)
-    e.add_argument("--holdout", type=int, default=32, help="synthetic hold-out patches")
-    e.add_argument("--patch", type=int, default=256, help="hold-out patch side")
-    e.add_argument("--noise-model", default="P+G+r+u")
-    e.add_argument("--camera", default="SonyA7S2", help="camera profile of the hold-out noise / SID gains")
-    e.add_argument("--sid-root", default=None)
-    e.add_argument("--sid-list", default=None)
+    e.add_argument("--checkpoint", required=True, help="model checkpoint (ours or the public {'netG': ...} format)")
+    e.add_argument("--ratios", type=real_arg(1.0, MAX_RATIO, low_open=True), nargs="+", default=[100, 300],
+                   help=f"exposure ratios to evaluate, each in (1, {MAX_RATIO:g}] (default 100 300)")
+    e.add_argument("--steps", type=integer_arg(1, MAX_STEPS), default=3,
+                   help=f"network evaluations per image, 1..{MAX_STEPS} (default 3)")
+    e.add_argument("--holdout", type=integer_arg(1), default=32,
+                   help="synthetic hold-out patches, >= 1, at most 4 GiB of them in memory (default 32)")
+    e.add_argument("--patch", type=integer_arg(16, MAX_PATCH, multiple=16), default=256,
+                   help=f"hold-out patch side, a multiple of 16 in 16..{MAX_PATCH} (default 256)")
+    e.add_argument("--noise-model", default="P+G+r+u", type=noise_model_arg,
+                   help="ELD noise of the synthetic hold-out, e.g. P+g or P+G+r+u (default)")
+    e.add_argument("--camera", default="SonyA7S2", type=camera_arg,
+                   help="camera profile of the hold-out noise / SID gains (default SonyA7S2)")
+    e.add_argument("--sid-root", default=None, help="SID dataset root: also evaluate on its test pairs")
+    e.add_argument("--sid-list", default=None, help="SID list file of the pairs (default: every pair found)")
     e.add_argument("--illuminance-correction", action="store_true", help="SID protocol's ground-truth rescaling")
-    e.add_argument("--json", default=None, help="also write the tables as JSON")
+    e.add_argument("--json", default=None, help="also write the tables as JSON to this file")
     e.add_argument("--overwrite", action="store_true", help="replace an existing --json file (default: refuse)")
-    e.add_argument("--device", default="auto")
-    e.add_argument("-q", "--quiet", action="store_true")
+    e.add_argument("--device", default="auto", type=device_arg, help="auto (default), cpu, cuda or cuda:N")
+    e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=evaluate)
 
     x = sub.add_parser("export", help="write a checkpoint in the public ExposureDiffusion format ({'netG': ...})")

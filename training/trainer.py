@@ -13,6 +13,12 @@ Checkpoints (``<out>/last.pt``, atomic) hold the model, the step weights, the
 optimiser and scheduler, the epoch / iteration counters and the RNG state; they load
 with ``torch.load(weights_only=True)``. ``<out>/model.pt`` is the model alone in the
 engine's format (``engine.models.checkpoint``), what ``Pipeline.from_checkpoint`` reads.
+
+``<out>/log.jsonl`` always describes the run the checkpoint continues: when training
+starts (fresh or resumed) the records of steps after the starting step are dropped
+(those steps are trained again, a killed run's are gone with it), so no step is logged
+twice. An unreadable ``last.pt`` stops with ``TrainingStateError`` instead of training
+from scratch over it; ``archive_run`` (``train --restart``) moves the old files aside.
 """
 from __future__ import annotations
 
@@ -32,15 +38,26 @@ from tqdm import tqdm
 
 from engine.io.atomic import atomic_path, remove_stale_temporaries
 from engine.models.backbones import BackboneConfig
-from engine.models.checkpoint import save_checkpoint
+from engine.models.checkpoint import CheckpointError, read_weights_only, save_checkpoint
+from engine.inference.pipeline import MAX_RATIO
 from kernels import sample_noise_params, synthesize_noise, value_checks_disabled
 from kernels._common import to_device
+from kernels.noise_model import parse_noise_model
+from kernels.numbers import integer
+from kernels.profiles import CONTINUOUS_RATIO_RANGE, DEFAULT_RATIO_RANGE, _check_range
 
 from .augment import augment_and_normalise
 from .objective import StepWeights, sample_inner_exposures, unrolled_loss
+from .options import LIMITS, check_epoch_size, check_option, check_ratio_steps
 from .patches import collate_patches
 
 TRAIN_STATE_FORMAT = "exposure-diffusion-train"
+RUN_FILES = ("last.pt", "model.pt", "log.jsonl")  # what archive_run moves aside
+
+
+class TrainingStateError(ValueError):
+    """A run folder's ``last.pt`` cannot be resumed (unreadable, another project's, other
+    options); the message says what is wrong and how to go on."""
 
 
 class MicroInputs(NamedTuple):
@@ -99,6 +116,27 @@ class TrainConfig:
     save_every: int = 200
     log_every: int = 20
 
+    def __post_init__(self) -> None:
+        """Refuse out-of-range options at once (limits in ``training.options``), not at the
+        first optimiser step or the first checkpoint (a ZeroDivisionError, or a negative
+        ``clip_grad`` silently turning the gradient around)."""
+        for name in LIMITS:
+            setattr(self, name, check_option(name, getattr(self, name)))
+        if self.amp not in (None, "bf16", "fp16"):
+            raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {self.amp!r}")
+        parse_noise_model(self.noise_model)
+        if self.ratio_range is not None:
+            lo, hi = _check_range("ratio_range", self.ratio_range)
+            if hi > MAX_RATIO:
+                raise ValueError(f"ratio_range must lie within (0, {MAX_RATIO:g}], got {self.ratio_range!r}")
+        else:
+            lo = (CONTINUOUS_RATIO_RANGE if self.continuous else DEFAULT_RATIO_RANGE)[0]
+        check_ratio_steps(lo, self.steps)
+        check_epoch_size(self.iters_per_epoch, self.batch)
+        if self.K_range != "camera":
+            _check_range("K_range", self.K_range)
+        self.backbone_config()  # widths, channels and size limits (engine.models.backbones)
+
     def backbone_config(self) -> BackboneConfig:
         options = {"widths": tuple(self.widths)} if self.widths else {}
         return BackboneConfig(arch=self.arch, out_channels=self.out_channels, with_photon=self.with_photon,
@@ -154,8 +192,6 @@ class Trainer:
         if cfg.batch % (self.world * cfg.accumulate):
             raise ValueError(f"global batch {cfg.batch} must split into world_size x accumulate = "
                              f"{self.world} x {cfg.accumulate} equal micro-batches")
-        if cfg.amp not in (None, "bf16", "fp16"):
-            raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {cfg.amp!r}")
         self.micro = cfg.batch // (self.world * cfg.accumulate)
         self.iters_per_epoch = cfg.iters_per_epoch or max(1, len(dataset) // cfg.batch)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
@@ -193,25 +229,78 @@ class Trainer:
                         overwrite=True)  # the run's own file, replaced at every save
 
     def resume(self, path=None) -> bool:
-        """Load ``path`` (default ``<out>/last.pt``) if it exists; True when resumed."""
+        """Load ``path`` (default ``<out>/last.pt``) if it exists; True when resumed.
+
+        Raises ``TrainingStateError`` when the file exists but cannot be used (truncated or
+        corrupt, not a training state, written with other options): never silently
+        trains from scratch over a run.
+        """
         if self.rank == 0:  # a run killed mid-save leaves its temporary files: the directory is ours
             for name in ("last.pt", "model.pt"):
                 remove_stale_temporaries(self.out / name)
         path = Path(path) if path is not None else self.out / "last.pt"
         if not path.is_file():
             return False
-        state = torch.load(path, map_location=self.device, weights_only=True)
+        restart = (f"to start over, run again with --restart (Trainer.archive_run(): moves last.pt, model.pt "
+                   f"and log.jsonl into {self.out}/previous-N/), or pick another --out")
+        try:
+            state = read_weights_only(path, map_location=self.device)
+        except CheckpointError as e:
+            raise TrainingStateError(f"cannot resume: {e}; {restart}") from None
         if not isinstance(state, dict) or state.get("format") != TRAIN_STATE_FORMAT:
-            raise ValueError(f"{path} is not a training checkpoint of this project")
-        if state["config"] != self.cfg.to_dict():
-            diff = {k: (state["config"].get(k), v) for k, v in self.cfg.to_dict().items() if state["config"].get(k) != v}
-            raise ValueError(f"{path} was written with other options (saved, now): {diff}")
-        self.model.load_state_dict(state["model"])
-        self.weights.load_state_dict(state["step_weights"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.epoch, self.iteration, self.global_step = state["epoch"], state["iteration"], state["global_step"]
+            raise TrainingStateError(f"cannot resume: {path} is not a training checkpoint of this project; {restart}")
+        if state.get("config") != self.cfg.to_dict():
+            saved = state.get("config") if isinstance(state.get("config"), dict) else {}
+            diff = {k: (saved.get(k), v) for k, v in self.cfg.to_dict().items() if saved.get(k) != v}
+            raise TrainingStateError(f"cannot resume: {path} was written with other options (saved, now): {diff}; "
+                                     f"use the same options, or {restart}")
+        try:
+            self.model.load_state_dict(state["model"])
+            self.weights.load_state_dict(state["step_weights"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scaler.load_state_dict(state["scaler"])
+            self.epoch, self.iteration, self.global_step = state["epoch"], state["iteration"], state["global_step"]
+        except (KeyError, RuntimeError, ValueError, TypeError) as e:
+            raise TrainingStateError(f"cannot resume: {path} is incomplete or does not fit this model "
+                                     f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else e}); {restart}") from None
         return True
+
+    def archive_run(self) -> Path | None:
+        """Move this run's ``last.pt``, ``model.pt`` and ``log.jsonl`` into a new
+        ``<out>/previous-N/`` (nothing is deleted) so training starts over; the folder, or
+        None when there was nothing to move. Rank 0 only (others return None)."""
+        present = [self.out / n for n in RUN_FILES if (self.out / n).exists()]
+        if self.rank != 0 or not present:
+            return None
+        n = 1
+        while (self.out / f"previous-{n}").exists():
+            n += 1
+        folder = self.out / f"previous-{n}"
+        folder.mkdir()
+        for f in present:
+            f.replace(folder / f.name)
+        return folder
+
+    def _trim_log(self) -> None:
+        """Keep only the log records of steps up to ``global_step`` (where training starts):
+        the steps after it will be trained, and logged, again. A line cut short by a kill is
+        dropped with them. Rewritten atomically; untouched when nothing is dropped."""
+        log = self.out / "log.jsonl"
+        if self.rank != 0 or not log.is_file():
+            return
+        lines = log.read_text().splitlines(keepends=True)
+        kept = []
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # cut short mid-write
+            if isinstance(record, dict) and isinstance(record.get("global_step"), int) \
+                    and record["global_step"] <= self.global_step and line.endswith("\n"):
+                kept.append(line)
+        if kept != lines:
+            with atomic_path(log) as tmp:
+                Path(tmp).write_text("".join(kept))
 
     # ------------------------------------------------------------ data
     def _epoch_order(self, epoch: int) -> torch.Tensor:
@@ -293,7 +382,10 @@ class Trainer:
     def fit(self, max_steps: int | None = None, on_log: Callable[[dict], None] | None = None) -> dict:
         """Train until ``cfg.epochs`` (or ``max_steps`` more optimiser steps); checkpoints
         every ``save_every`` steps and at the end. Returns the last logged values."""
+        if max_steps is not None:
+            max_steps = integer("max_steps", max_steps, low=1)
         self.model.train()
+        self._trim_log()
         total = self.cfg.epochs * self.iters_per_epoch
         todo = total - self.global_step if max_steps is None else min(max_steps, total - self.global_step)
         bar = tqdm(total=todo, desc="train", unit="it", disable=not self.progress or self.rank != 0)

@@ -29,6 +29,7 @@ def add_calibrate_command(subparsers):
     message says what to capture) or 2 for a usage error."""
     import argparse
 
+    from engine.argtypes import integer_arg
 
     p = subparsers.add_parser("calibrate", help="calibrate a camera's noise profile from bias and flat frames",
                               description=_CLI_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -42,8 +43,8 @@ def add_calibrate_command(subparsers):
     p.add_argument("--no-plots", action="store_true", help="write no plots")
     p.add_argument("--report", metavar="FILE", default=None,
                    help="text report (default: PROFILE_report.txt beside the profile)")
-    p.add_argument("--ppcc-samples", type=int, default=PPCC_SAMPLES,
-                   help=f"bias pixels per ISO for the Tukey-lambda fit (default {PPCC_SAMPLES})")
+    p.add_argument("--ppcc-samples", type=integer_arg(1000), default=PPCC_SAMPLES,
+                   help=f"bias pixels per ISO for the Tukey-lambda fit, >= 1000 (default {PPCC_SAMPLES})")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing profile, report or plots (default: refuse before reading any frame)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors")

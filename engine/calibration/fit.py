@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kernels.numbers import integer
 from kernels.profiles import ISO_MAX_REF, ISO_MIN_REF, CameraProfile, load_profile
 
 from ..io.atomic import atomic_path, refuse_existing
@@ -141,8 +142,7 @@ def calibrate(bias, flats, *, out=None, camera_name=None, plots=None, report=Non
     if not overwrite:  # before minutes of reading frames
         for path in _outputs(out, plots, report):
             refuse_existing(path, "pass overwrite=True (--overwrite) to replace it")
-    if isinstance(ppcc_samples, bool) or not isinstance(ppcc_samples, int) or ppcc_samples < 1000:
-        raise ValueError(f"ppcc_samples must be an int >= 1000, got {ppcc_samples!r}")
+    ppcc_samples = integer("ppcc_samples", ppcc_samples, low=1000)
     rng = np.random.default_rng(seed)
     items = work_items(bias, "bias") + work_items(flats, "flat")
     seen = {}

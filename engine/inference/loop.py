@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from kernels import exposure_step, value_checks_disabled
 from kernels._common import DEFAULT_DN_SCALE, ValueChecks, per_sample, philox_seed
 from kernels.head_step import head_exposure_step
+from kernels.numbers import integer
 
 from ..models.fused_unet import HeadFeatures
 
@@ -36,8 +37,7 @@ def exposure_schedule(ratio: torch.Tensor, steps: int, schedule=None) -> torch.T
     Returns:
         float32 ``[B, n + 1]`` on ratio's device; column i is rho_i.
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    steps = integer("steps", steps, low=1)
     ratio = ratio.to(torch.float32).reshape(-1)
     if schedule is None:
         t = torch.linspace(0, 1, steps + 1, device=ratio.device, dtype=torch.float32)
@@ -86,8 +86,15 @@ def _check_loop_values(ratio: torch.Tensor, K: torch.Tensor, rho: torch.Tensor, 
     checks = ValueChecks()
     per_sample("ratio", ratio, batch, device, positive=True, checks=checks)
     per_sample("K", K, batch, device, positive=True, checks=checks)
-    checks.require(lambda: torch.isfinite(rho) & (rho >= 1), lambda: f"rho must be finite and >= 1, got {rho.tolist()}")
-    checks.require(lambda: rho[:, 1:] > rho[:, :-1], lambda: f"rho must increase strictly along the steps, got {rho.tolist()}")
+    # The evaluated multiples rho_0 .. rho_{n-1} are >= 1 and increase into rho_n = r. With
+    # one step, rho_1 = r is never used (no draw after the last evaluation), so r <= 1 (a
+    # plain denoise, or darkening) is allowed there, as the README says.
+    evaluated = rho[:, :-1]
+    checks.require(lambda: torch.isfinite(rho) & (rho > 0), lambda: f"rho must be finite and > 0, got {rho.tolist()}")
+    checks.require(lambda: evaluated >= 1, lambda: f"rho must be >= 1 at every evaluated step, got {rho.tolist()}")
+    if rho.shape[1] > 2:
+        checks.require(lambda: rho[:, 1:] > rho[:, :-1],
+                       lambda: f"rho must increase strictly along the steps, got {rho.tolist()}")
     checks.run()
 
 

@@ -21,15 +21,17 @@ import dataclasses
 import json
 from pathlib import Path
 
-import numpy as np
 import nvtx
 import torch
 from torch import nn
 
 from kernels import pack_bayer
 from kernels._common import DEFAULT_DN_SCALE
+from kernels.numbers import integer, real
+from kernels.poisson import MAX_MEAN
 
 from ..camera import resolve_gain
+from ..errors import InvalidRawError
 from ..io.output import save_output, srgb_image
 from ..io.raw import RawFrame, read_raw_batch
 from ..models.backbones import BackboneConfig
@@ -44,6 +46,12 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 # The model shipped with the package (see README, "Default model").
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "data" / "default_model.pt"
 MAX_RATIO = 10000.0
+# Network evaluations per frame. The paper converges in about 3 (SPEC §4); each step costs a
+# full network pass and widens the tiling margin by 96 packed pixels, so 100 is far past
+# any useful value while still refusing a typo such as steps=10**9 (which would run for days).
+MAX_STEPS = 100
+# Seeds: any integer a torch.Generator takes without wrapping around.
+MAX_SEED = 2**64 - 1
 # Smallest tile tried when falling back from an out-of-memory error.
 MIN_AUTO_TILE = 256
 
@@ -124,6 +132,8 @@ class Pipeline:
                  cuda_graphs: bool | None = None, dn_scale: float = DEFAULT_DN_SCALE, camera=None,
                  max_tile: int | None = None, backbone_path: str = "auto", compile_candidate: bool = False):
         self.device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device.type == "meta":
+            raise ValueError("device 'meta' holds no data (shapes only); use 'cpu' or 'cuda'")
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("device 'cuda' requested but CUDA is not available on this machine")
         self.precision = precision or default_precision(self.device)
@@ -134,11 +144,12 @@ class Pipeline:
         self.cuda_graphs = (self.device.type == "cuda") if cuda_graphs is None else bool(cuda_graphs)
         if self.cuda_graphs and self.device.type != "cuda":
             raise ValueError("cuda_graphs=True needs a CUDA device")
-        if not (np.isfinite(dn_scale) and dn_scale > 0):
-            raise ValueError(f"dn_scale must be a finite number > 0, got {dn_scale!r}")
-        if max_tile is not None and (max_tile < SIZE_MULTIPLE or max_tile % SIZE_MULTIPLE):
-            raise ValueError(f"max_tile must be a multiple of {SIZE_MULTIPLE}, got {max_tile}")
-        self.config, self.dn_scale, self.camera, self.max_tile = config, float(dn_scale), camera, max_tile
+        dn_scale = real("dn_scale", dn_scale, low=0, low_open=True, unit=" (DN per normalised unit)")
+        if max_tile is not None:
+            max_tile = integer("max_tile", max_tile, low=SIZE_MULTIPLE)
+            if max_tile % SIZE_MULTIPLE:
+                raise ValueError(f"max_tile must be a multiple of {SIZE_MULTIPLE}, got {max_tile}")
+        self.config, self.dn_scale, self.camera, self.max_tile = config, dn_scale, camera, max_tile
         net = copy.deepcopy(backbone).to(self.device).eval()  # never change the caller's module
         for p in net.parameters():
             p.requires_grad_(False)
@@ -267,6 +278,24 @@ class Pipeline:
                     torch.cuda.empty_cache()
 
     # ------------------------------------------------------------------ public
+    @staticmethod
+    def _frames(source, raw_metadata) -> list[RawFrame]:
+        """The input as a non-empty list of same-size, same-pattern frames."""
+        batched = isinstance(source, (list, tuple)) or (getattr(source, "ndim", 0) == 3)
+        if batched and len(source) == 0:
+            what = f"array of shape {tuple(source.shape)}" if hasattr(source, "shape") else f"empty {type(source).__name__}"
+            raise InvalidRawError(f"empty batch ({what})", "give at least one frame")
+        with nvtx.annotate("decode", color="yellow"):
+            if isinstance(source, RawFrame):
+                frames = [source]
+            elif batched and all(isinstance(s, RawFrame) for s in source):
+                frames = list(source)
+            else:
+                frames = read_raw_batch(source if batched else [source], **raw_metadata).frames
+        if any(f.pattern != frames[0].pattern or f.shape != frames[0].shape for f in frames):
+            raise ValueError("a batch needs frames of one size and one CFA pattern; process them one by one")
+        return frames
+
     def __call__(self, source, *, ratio, steps: int = 3, K=None, iso=None, camera=None, seed: int | None = None,
                  stochastic: bool = True, schedule=None, accumulate: bool = False,
                  generator: torch.Generator | None = None, **raw_metadata):
@@ -278,10 +307,13 @@ class Pipeline:
                 ``white_level=`` and ``iso=`` or ``K=`` as keywords), a ``RawFrame``; or a
                 list of them / a ``[B, H, W]`` array for a batch.
             ratio: exposure ratio r to brighten by (0 < r <= 10000; > 1 when steps > 1).
-            steps: network evaluations n >= 1 (1 = the one-shot baseline).
-            K: gain in DN per photo-electron; default from the ISO and camera profile.
-            iso: overrides the file's ISO. camera: profile name / JSON path for ISO -> K.
-            seed: fixed seed -> repeatable noise; None -> fresh noise every call.
+            steps: network evaluations, 1 <= n <= ``MAX_STEPS`` (100; 1 = the one-shot baseline).
+            K: gain in DN per photo-electron, in ``engine.camera.K_RANGE`` (0.01 .. 1e4);
+                default from the ISO and camera profile.
+            iso: overrides the file's ISO (> 0). camera: profile name / JSON path for ISO -> K.
+            seed: an integer in [0, 2**64 - 1] -> repeatable noise; None -> fresh noise every call.
+            Numbers may be Python, numpy scalars or 0-d arrays / tensors (``kernels.numbers``);
+            anything else, and values out of range, raise ``ValueError`` before any work.
             stochastic: False uses Poisson means instead of draws (deterministic).
             schedule: explicit exposure multiples ``[1, rho_1, ..., r]`` (n + 1 values).
             accumulate: the paper's accumulating update instead of the reference form.
@@ -292,27 +324,23 @@ class Pipeline:
         """
         if seed is not None and generator is not None:
             raise ValueError("give seed= or generator=, not both")
-        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not np.isfinite(ratio):
-            raise ValueError(f"ratio must be a finite number, got {ratio!r}")
-        if not 0 < ratio <= MAX_RATIO:
-            raise ValueError(f"ratio must lie in (0, {MAX_RATIO:g}], got {ratio}")
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+        ratio = real("ratio", ratio, low=0, high=MAX_RATIO, low_open=True)
+        steps = integer("steps", steps, low=1, high=MAX_STEPS)
+        if seed is not None:
+            seed = integer("seed", seed, low=0, high=MAX_SEED)
         if steps > 1 and ratio <= 1 and schedule is None:
-            raise ValueError(f"steps > 1 needs ratio > 1 (the exposure must grow between steps), got ratio {ratio}")
+            raise ValueError(f"steps > 1 needs ratio > 1 (the exposure must grow between steps), got ratio {ratio:g}")
+        if K is not None:  # checked before any file is decoded (an ISO can only be checked after)
+            K = resolve_gain(K=K)
 
+        frames = self._frames(source, raw_metadata)
         batched = isinstance(source, (list, tuple)) or (getattr(source, "ndim", 0) == 3)
-        with nvtx.annotate("decode", color="yellow"):
-            if isinstance(source, RawFrame):
-                frames = [source]
-            elif batched and all(isinstance(s, RawFrame) for s in source):
-                frames = list(source)
-            else:
-                frames = read_raw_batch(source if batched else [source], **raw_metadata).frames
-        if any(f.pattern != frames[0].pattern or f.shape != frames[0].shape for f in frames):
-            raise ValueError("a batch needs frames of one size and one CFA pattern; process them one by one")
         gains = [resolve_gain(K=K, iso=iso if iso is not None else f.iso, camera=camera or self.camera,
                               make=f.make, model=f.model, source=str(f.source)) for f in frames]
+        for f, k in zip(frames, gains):  # the largest Poisson mean of a step: dn_scale / K photons
+            if self.dn_scale / k > MAX_MEAN:
+                raise ValueError(f"{f.source}: K = {k:g} is too small for dn_scale {self.dn_scale:g}: photon counts "
+                                 f"up to {self.dn_scale / k:.3g} exceed the Poisson sampler's {MAX_MEAN:g}")
         if generator is None and seed is not None:
             generator = torch.Generator(device="cpu").manual_seed(int(seed))
 

@@ -29,6 +29,7 @@ import numpy as np
 import tifffile
 import torch
 
+from ..camera import colour_matrix_problem
 from ..errors import InvalidRawError
 from .atomic import atomic_path
 from .raw import PATTERNS, RawFrame, plane_sites
@@ -93,6 +94,9 @@ def write_dng(path, cfa, *, pattern, black_level, white_level, color_matrix=None
     if min(black) < 0 or max(black) >= white:
         raise InvalidRawError(name, f"black_level {tuple(black)} must be >= 0 and below the white level {int(white)}")
     matrix = _values("color_matrix", SRGB_COLOR_MATRIX if color_matrix is None else color_matrix, 9, name)
+    problem = colour_matrix_problem(np.reshape(matrix, (3, 3)))
+    if problem is not None:  # raw editors (and our own reader) could not colour the file
+        raise InvalidRawError(name, f"color_matrix (XYZ -> camera) cannot colour an image: {problem}")
 
     # Per-site values go in raster order of the 2x2 cell; our order is R, G1, B, G2.
     sites = plane_sites(key)

@@ -18,7 +18,7 @@ from PIL import Image
 
 from kernels import render_srgb, unpack_bayer
 
-from ..camera import camera_to_srgb
+from ..camera import camera_to_srgb, default_white_balance
 from .atomic import atomic_path, refuse_existing
 from .dng import write_frame_dng
 from .paths import check_not_inputs
@@ -43,10 +43,11 @@ def output_format(path, fmt: str | None = None) -> str:
 
 
 def srgb_image(raw: torch.Tensor, frame: RawFrame, out_dtype=torch.uint8) -> torch.Tensor:
-    """``[4, h, w]`` linear packed raw -> ``[2h, 2w, 3]`` sRGB with the frame's colour data."""
-    wb = frame.wb_gains if frame.wb_gains is not None else (1.0, 1.0, 1.0, 1.0)
+    """``[4, h, w]`` linear packed raw -> ``[2h, 2w, 3]`` sRGB with the frame's colour data
+    (without white-balance gains: ``engine.camera.default_white_balance``)."""
     ccm = torch.as_tensor(camera_to_srgb(frame.color_matrix), dtype=torch.float32, device=raw.device)
-    wb = torch.as_tensor(wb, dtype=torch.float32, device=raw.device)
+    wb = (torch.as_tensor(frame.wb_gains, dtype=torch.float32, device=raw.device) if frame.wb_gains is not None
+          else default_white_balance(raw, frame.color_matrix))
     return render_srgb(raw.unsqueeze(0), frame.pattern, wb, ccm, out_dtype=out_dtype)[0]
 
 

@@ -36,13 +36,18 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import rawpy
 import torch
 
-from ..errors import InvalidRawError, RawDecodeError, UnsupportedSensorError
+from kernels.numbers import real
+
+from ..camera import colour_matrix_problem
+from ..errors import InvalidRawError, RawDecodeError, RawInputWarning, UnsupportedSensorError
+from .dng_checks import check_dng_encoding, warn_if_cut_short
 from .tiff_metadata import text_value, tiff_metadata
 
 __all__ = ["RawFrame", "RawBatch", "read_raw", "read_raw_batch", "PATTERNS", "plane_sites",
@@ -125,7 +130,11 @@ class RawFrame:
             m = np.asarray(self.color_matrix, dtype=np.float64)
             if m.size != 9 or not np.isfinite(m).all():
                 raise InvalidRawError(src, f"color_matrix must be 3x3 finite values (XYZ -> camera), got shape {m.shape}")
-            set_("color_matrix", m.reshape(3, 3).copy())
+            m = m.reshape(3, 3).copy()
+            problem = colour_matrix_problem(m)
+            if problem is not None:  # refused here, not at the first PNG / TIFF save
+                raise InvalidRawError(src, f"color_matrix (XYZ -> camera) cannot colour an image: {problem}")
+            set_("color_matrix", m)
 
     def __repr__(self) -> str:  # the pixels themselves would swamp the metadata
         fields = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self)
@@ -264,6 +273,8 @@ def _read_path(path, pattern, overrides) -> RawFrame:
     with open(name, "rb") as f:
         head = f.read(16)
     _sniff(name, head)
+    if head[:4] in _TIFF_MAGICS:
+        check_dng_encoding(name)  # encodings LibRaw would decode into wrong pixels silently
     raw = rawpy.RawPy()
     try:
         try:
@@ -337,6 +348,7 @@ def _read_rawpy(raw, name, pattern, overrides, meta) -> RawFrame:
         other = raw.other
         xyz_cam = np.asarray(raw.rgb_xyz_matrix, dtype=np.float64)[:3]
         white = float(raw.white_level)
+        warn_if_cut_short(name, img)
         cfa = torch.from_numpy(np.array(img, dtype=np.uint16, order="C", copy=True))
     except (rawpy.LibRawError, rawpy.NotSupportedError) as e:
         raise _libraw_error(name, e) from e
@@ -357,10 +369,25 @@ def _read_rawpy(raw, name, pattern, overrides, meta) -> RawFrame:
         exposure_time=(float(other.shutter_speed) if other.shutter_speed > 0 else meta.get("exposure_time")),
         make=meta.get("make"), model=meta.get("model"),
         wb_gains=gains if all(math.isfinite(g) and g > 0 for g in gains) else None,
-        color_matrix=meta.get("color_matrix", xyz_cam if np.any(xyz_cam) else None),
+        color_matrix=_file_colour_matrix(name, meta.get("color_matrix"), xyz_cam),
     )
     fields.update({k: v for k, v in overrides.items() if v is not None})
     return RawFrame(cfa=cfa, pattern=found, source=name, **fields)
+
+
+def _file_colour_matrix(name, own, builtin) -> np.ndarray | None:
+    """The file's own colour matrix (a DNG's ColorMatrix), else LibRaw's built-in one for the
+    camera, else None. A matrix that cannot colour an image (zero, singular) is skipped with
+    a ``RawInputWarning`` naming the file: the pixels are still good, and a frame without a
+    matrix renders camera RGB as sRGB instead of failing at the first PNG / TIFF save."""
+    for label, m in (("the file's ColorMatrix", own), ("LibRaw's built-in matrix", builtin)):
+        if m is None or (m is builtin and not np.any(m)):
+            continue  # absent (LibRaw reports zeros for a camera it does not know)
+        problem = colour_matrix_problem(m)
+        if problem is None:
+            return m
+        warnings.warn(RawInputWarning(name, f"{label} is unusable ({problem}); ignored"), stacklevel=4)
+    return None
 
 
 # ----------------------------------------------------------------------------- arrays
@@ -393,12 +420,16 @@ def _as_tensor(x, ndim: int = 2) -> tuple[torch.Tensor, str]:
         raise InvalidRawError(name, f"shape {tuple(t.shape)}: expected a {ndim}-D {expected} CFA mosaic{hint}")
     if t.numel() == 0:
         raise InvalidRawError(name, f"zero-size array (shape {tuple(t.shape)})")
+    if t.is_meta:
+        raise InvalidRawError(name, "a meta tensor holds no pixels (shapes only); pass a tensor with data")
     return t, name
 
 
 def _check_cfa(cfa, src) -> None:
     if not isinstance(cfa, torch.Tensor):
         raise InvalidRawError(src, f"RawFrame.cfa must be a torch.Tensor (use read_raw for numpy / DLPack arrays), got {type(cfa).__name__}")
+    if cfa.is_meta:
+        raise InvalidRawError(src, "a meta tensor holds no pixels (shapes only); pass a tensor with data")
     if cfa.dtype != torch.uint16 or cfa.dim() != 2:
         raise InvalidRawError(src, f"RawFrame.cfa must be uint16 [H, W], got {cfa.dtype} {tuple(cfa.shape)}")
     h, w = cfa.shape
@@ -441,15 +472,11 @@ def _four(what, value, src) -> tuple[float, float, float, float]:
 
 
 def _positive(what, value, src) -> float:
+    """A finite number > 0 (Python, numpy or 0-d tensor: ``kernels.numbers``), else InvalidRawError."""
     try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise InvalidRawError(src, f"{what} must be a number, got {value!r}") from None
-    if not (math.isfinite(v) and v > 0):
-        raise InvalidRawError(src, f"{what} must be finite and > 0, got {value!r}")
-    return v
-
-
+        return real(what, value, low=0, low_open=True)
+    except ValueError as e:
+        raise InvalidRawError(src, str(e)) from None
 
 
 def _fmt(v) -> str:

@@ -25,8 +25,10 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from .nafnet import NAFNET_DEFAULTS, LayerNorm2d, NAFBlock, NAFNet
-from .unet import PLANES, UNET_WIDTHS, UNet, check_backbone_input, unet_macs
+from kernels.numbers import integer
+
+from .nafnet import NAFNET_DEFAULTS, LayerNorm2d, NAFBlock, NAFNet, nafnet_parameters
+from .unet import PLANES, UNET_WIDTHS, UNet, check_backbone_input, unet_macs, unet_parameters
 
 __all__ = [
     "ARCHS",
@@ -38,11 +40,21 @@ __all__ = [
     "build_backbone",
     "check_backbone_input",
     "count_macs",
+    "parameter_count",
     "unet_macs",
 ]
 
 VALID_IN_CHANNELS = (4, 8, 12)
 VALID_OUT_CHANNELS = (4, 9)
+
+# Sane limits, checked before anything is built (a checkpoint's config, or a user's): a
+# 2 KB file must not make the loader allocate gigabytes. Each is several times the largest
+# published configuration of its backbone.
+MAX_UNET_WIDTH = 4096  # per level; the paper's UNet: 32 .. 512
+MAX_NAFNET_WIDTH = 512  # NAFNet papers: 16 .. 64 (the channels double at each level)
+MAX_NAFNET_LEVELS = 6  # encoder / decoder levels; default 4
+MAX_NAFNET_BLOCKS = 64  # blocks per level and in the middle; NAFNet papers: up to 28
+MAX_PARAMETERS = 250_000_000  # 1 GB of fp32 weights; the paper's UNet has 7.76 M
 
 
 # ---------------------------------------------------------------------------------------
@@ -62,7 +74,8 @@ def _canonical_arch(arch: str) -> str:
 
 
 def _normalise_options(arch: str, options: dict[str, Any] | None) -> dict[str, Any]:
-    """Fill in the architecture's defaults so a config states every option explicitly."""
+    """Fill in the architecture's defaults so a config states every option explicitly;
+    every size must be an integer within the limits above (ValueError naming it)."""
     defaults = _ARCH_DEFAULTS[arch]
     options = dict(options or {})
     unknown = set(options) - set(defaults)
@@ -72,8 +85,45 @@ def _normalise_options(arch: str, options: dict[str, Any] | None) -> dict[str, A
     out = {}
     for key, default in defaults.items():
         value = options.get(key, default)
-        out[key] = tuple(int(v) for v in value) if isinstance(default, tuple) else int(value)
+        if isinstance(default, tuple):
+            if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
+                raise ValueError(f"{arch} option {key} must be a list of integers, got {value!r:.80}")
+            levels = (5, 5) if arch == "unet" else (1, MAX_NAFNET_LEVELS)
+            if not levels[0] <= len(value) <= levels[1]:
+                allowed = "5" if arch == "unet" else f"1 to {MAX_NAFNET_LEVELS}"
+                raise ValueError(f"{arch} option {key} must have {allowed} levels, got {len(value)}")
+            out[key] = tuple(integer(f"{arch} option {key}[{i}]", v) for i, v in enumerate(value))
+        else:
+            out[key] = integer(f"{arch} option {key}", value)
+    if arch == "unet":
+        w = out["widths"]
+        if not all(1 <= c <= MAX_UNET_WIDTH for c in w):
+            raise ValueError(f"unet widths must be 5 integers in [1, {MAX_UNET_WIDTH}], got {w}")
+    else:
+        if not 1 <= out["width"] <= MAX_NAFNET_WIDTH:
+            raise ValueError(f"nafnet width must be in [1, {MAX_NAFNET_WIDTH}], got {out['width']}")
+        if len(out["enc_blocks"]) != len(out["dec_blocks"]):
+            raise ValueError(f"nafnet needs as many decoder as encoder levels, got enc_blocks={out['enc_blocks']} "
+                             f"dec_blocks={out['dec_blocks']}")
+        for key in ("enc_blocks", "dec_blocks", "middle_blocks"):
+            counts = out[key] if isinstance(out[key], tuple) else (out[key],)
+            if not all(0 <= n <= MAX_NAFNET_BLOCKS for n in counts):
+                raise ValueError(f"nafnet {key} must be block counts in [0, {MAX_NAFNET_BLOCKS}], got {out[key]}")
     return out
+
+
+def parameter_count(arch: str, in_channels: int, out_channels: int, options: dict[str, Any]) -> int:
+    """Parameters of a backbone from its (normalised) options, without building it."""
+    if _canonical_arch(arch) == "unet":
+        return unet_parameters(in_channels, out_channels, options["widths"])
+    return nafnet_parameters(in_channels, out_channels, **options)
+
+
+def _check_size(arch: str, in_channels: int, out_channels: int, options: dict[str, Any]) -> None:
+    n = parameter_count(arch, in_channels, out_channels, options)
+    if n > MAX_PARAMETERS:
+        raise ValueError(f"{arch} with {options} would hold {n / 1e6:.0f} M parameters, above the limit of "
+                         f"{MAX_PARAMETERS / 1e6:.0f} M ({4 * MAX_PARAMETERS / 1e9:.0f} GB in fp32)")
 
 
 def _split_channels(in_channels: int, with_photon: bool | None,
@@ -123,11 +173,13 @@ class BackboneConfig:
         object.__setattr__(self, "arch", arch)
         object.__setattr__(self, "with_photon", bool(self.with_photon))
         object.__setattr__(self, "concat_origin", bool(self.concat_origin))
-        if int(self.out_channels) not in VALID_OUT_CHANNELS:
+        out_channels = integer("out_channels", self.out_channels)
+        if out_channels not in VALID_OUT_CHANNELS:
             raise ValueError(f"backbone output must have 9 (adaptive residual head) or 4 channels, "
-                             f"got {self.out_channels}")
-        object.__setattr__(self, "out_channels", int(self.out_channels))
+                             f"got {out_channels}")
+        object.__setattr__(self, "out_channels", out_channels)
         object.__setattr__(self, "options", _normalise_options(arch, self.options))
+        _check_size(arch, self.in_channels, out_channels, self.options)
 
     @property
     def in_channels(self) -> int:
@@ -172,6 +224,11 @@ class BackboneConfig:
                                  f"give {getattr(cfg, derived)!r}")
         return cfg
 
+    @property
+    def n_parameters(self) -> int:
+        """Number of parameters of the backbone this config builds (counted, not built)."""
+        return parameter_count(self.arch, self.in_channels, self.out_channels, self.options)
+
     def build(self) -> nn.Module:
         return build_backbone(self.arch, self.in_channels, self.out_channels, **self.options)
 
@@ -179,7 +236,9 @@ class BackboneConfig:
 def build_backbone(arch: str, in_channels: int, out_channels: int, **kw: Any) -> nn.Module:
     """Instantiate ``'unet'`` or ``'nafnet'`` (aliases: sid, naf, naf2) with architecture options ``kw``."""
     arch = _canonical_arch(arch)
-    return ARCHS[arch](in_channels, out_channels, **_normalise_options(arch, kw))
+    options = _normalise_options(arch, kw)
+    _check_size(arch, in_channels, out_channels, options)
+    return ARCHS[arch](in_channels, out_channels, **options)
 
 
 # ---------------------------------------------------------------------------------------

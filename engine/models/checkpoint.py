@@ -35,10 +35,10 @@ import torch
 from torch import nn
 
 from engine.io.atomic import atomic_path
-from engine.models.backbones import BackboneConfig, _canonical_arch, _split_channels
+from engine.models.backbones import MAX_NAFNET_LEVELS, BackboneConfig, _canonical_arch, _split_channels
 
 __all__ = ["CheckpointError", "FORMAT_NAME", "FORMAT_VERSION", "export_public", "infer_config",
-           "load_checkpoint", "save_checkpoint"]
+           "load_checkpoint", "read_weights_only", "save_checkpoint"]
 
 FORMAT_NAME = "exposure-diffusion"
 FORMAT_VERSION = 1
@@ -104,6 +104,13 @@ def _read(source: str | os.PathLike | BinaryIO, where: str, map_location: Any) -
         first = str(e).splitlines()[0] if str(e) else "unexpected end of data"
         raise CheckpointError(where, f"not a readable PyTorch checkpoint (truncated, "
                                      f"corrupted or not a checkpoint): {type(e).__name__}: {first}") from None
+
+
+def read_weights_only(source: str | os.PathLike, map_location: Any = "cpu") -> Any:
+    """The object stored in a ``torch.save`` file, read with ``weights_only=True``; any
+    problem (missing, empty, truncated, corrupt, unsafe) is a ``CheckpointError`` naming the
+    file. Used for the trainer's ``last.pt`` too."""
+    return _read(source, _describe(source), map_location)
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -175,6 +182,9 @@ def _infer_nafnet_options(sd: Mapping[str, torch.Tensor], where: str) -> dict[st
     n_downs = _count_indices(keys, r"downs\.(\d+)\.")
     n_ups = _count_indices(keys, r"ups\.(\d+)\.")
     levels = max([len(n_downs), len(n_ups)] + [i + 1 for i in n_enc + n_dec])
+    if levels > MAX_NAFNET_LEVELS:  # before counting blocks level by level
+        raise CheckpointError(where, f"NAFNet keys describe {levels} encoder / decoder levels, above the limit of "
+                                     f"{MAX_NAFNET_LEVELS}")
     enc = tuple(len(_count_indices(keys, rf"encoders\.{i}\.(\d+)\.")) for i in range(levels))
     dec = tuple(len(_count_indices(keys, rf"decoders\.{i}\.(\d+)\.")) for i in range(levels))
     middle = len(_count_indices(keys, r"middle_blks\.(\d+)\."))
@@ -237,9 +247,30 @@ def _check_expect(config: BackboneConfig, expect: Mapping[str, Any] | None, wher
             raise CheckpointError(where, f"has {key}={have!r}, but {key}={wanted!r} was expected")
 
 
-def _load_weights(model: nn.Module, sd: Mapping[str, torch.Tensor], where: str) -> None:
-    """Strict load with a readable report of missing / unexpected / mis-shaped tensors."""
-    own = model.state_dict()
+def _check_dense(sd: Mapping[str, torch.Tensor], where: str) -> None:
+    """Refuse tensors that claim more elements than the file stores: an expanded
+    (zero-stride) or overlapping view is a few bytes on disk but would make the model
+    built from its shape, and every pass over it, as large as its shape says."""
+    for k, t in sd.items():
+        if t.is_meta:
+            raise CheckpointError(where, f"'{k}' is a meta tensor (a shape without data), not weights")
+        stored = t.untyped_storage().nbytes()
+        needed = t.numel() * t.element_size()
+        if needed > stored or any(st == 0 for st, n in zip(t.stride(), t.shape) if n > 1):
+            raise CheckpointError(where, f"'{k}' has shape {tuple(t.shape)} ({needed} bytes) but the file stores "
+                                         f"{stored} bytes for it (an expanded or overlapping view, stride "
+                                         f"{t.stride()}); weights must be stored densely")
+
+
+def _check_fits(config: BackboneConfig, sd: Mapping[str, torch.Tensor], where: str) -> None:
+    """Compare the stored tensors with the model ``config`` describes, built on the meta
+    device (shapes only, no memory), before the real model is allocated."""
+    with torch.device("meta"):
+        own = config.build().state_dict()
+    _report_mismatch(own, sd, where, {"unet": "UNet", "nafnet": "NAFNet"}[config.arch])
+
+
+def _report_mismatch(own: Mapping[str, torch.Tensor], sd: Mapping[str, torch.Tensor], where: str, name: str) -> None:
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
     mismatched = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
@@ -250,8 +281,13 @@ def _load_weights(model: nn.Module, sd: Mapping[str, torch.Tensor], where: str) 
             more = "; ..." if len(items) > 5 else ""
             problems.append(f"{label} ({len(items)}): " + "; ".join(items[:5]) + more)
     if problems:
-        raise CheckpointError(where, f"weights do not fit the {type(model).__name__} "
+        raise CheckpointError(where, f"weights do not fit the {name} "
                                      f"they describe: " + " | ".join(problems))
+
+
+def _load_weights(model: nn.Module, sd: Mapping[str, torch.Tensor], where: str) -> None:
+    """Strict load with a readable report of missing / unexpected / mis-shaped tensors."""
+    _report_mismatch(model.state_dict(), sd, where, type(model).__name__)
     bad = [k for k, t in sd.items() if not t.is_floating_point()]
     if bad:
         raise CheckpointError(where, f"non-floating-point weights: {', '.join(bad[:5])}")
@@ -285,6 +321,7 @@ def load_checkpoint(source: str | os.PathLike | BinaryIO, *, map_location: Any =
     obj = _read(source, where, map_location)
     fmt, sd, cfg_dict, meta = _unwrap(obj, where)
     sd = _strip_prefixes(sd)
+    _check_dense(sd, where)
     if fmt == FORMAT_NAME:
         try:
             config = BackboneConfig.from_dict(dict(cfg_dict))
@@ -294,7 +331,11 @@ def load_checkpoint(source: str | os.PathLike | BinaryIO, *, map_location: Any =
         config = infer_config(sd, with_photon=(expect or {}).get("with_photon"),
                               concat_origin=(expect or {}).get("concat_origin"), where=where)
     _check_expect(config, expect, where)
-    model = config.build()
+    _check_fits(config, sd, where)  # shapes agree: the model is no larger than the stored tensors
+    try:
+        model = config.build()
+    except (RuntimeError, MemoryError) as e:  # out of memory for a model the file really holds
+        raise CheckpointError(where, f"the model could not be built: {type(e).__name__}: {e}") from None
     _load_weights(model, sd, where)
     dtypes = sorted({str(t.dtype).replace("torch.", "") for t in sd.values()})
     meta = {**meta, "format": fmt, "stored_dtype": dtypes[0] if len(dtypes) == 1 else dtypes}

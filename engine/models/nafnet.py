@@ -12,6 +12,26 @@ from .unet import PLANES, check_backbone_input
 NAFNET_DEFAULTS = {"width": 16, "enc_blocks": (2, 2, 4, 4), "middle_blocks": 12, "dec_blocks": (2, 2, 2, 2)}
 
 
+def nafnet_parameters(in_channels: int, out_channels: int, width: int, enc_blocks: Sequence[int],
+                      middle_blocks: int, dec_blocks: Sequence[int]) -> int:
+    """Number of parameters of ``NAFNet(...)`` counted from the layer list without building
+    anything (checked against a built model in tests/test_checkpoint.py). A block of ``c``
+    channels holds ``7 c^2 + 33 c`` (1x1 convs c->2c, c->c (x2), c->2c, c->c; a 3x3
+    depthwise conv over 2c; two norms; beta, gamma)."""
+    block = lambda c: 7 * c * c + 33 * c  # noqa: E731
+    chan = int(width)
+    total = 9 * int(in_channels) * chan + chan + 9 * chan * int(out_channels) + int(out_channels)  # intro, ending
+    for n in enc_blocks:
+        total += int(n) * block(chan) + 4 * chan * 2 * chan + 2 * chan  # blocks, 2x2 stride-2 down conv
+        chan *= 2
+    total += int(middle_blocks) * block(chan)
+    for n in dec_blocks:
+        total += 2 * chan * chan  # 1x1 up conv (no bias) before the pixel shuffle
+        chan //= 2
+        total += int(n) * block(chan)
+    return total
+
+
 class LayerNorm2d(nn.Module):
     """Layer norm over the channel dimension of ``[B, C, h, w]``, per pixel.
 

@@ -98,6 +98,22 @@ class UNet(nn.Module):
         return {"widths": self.widths}
 
 
+def unet_parameters(in_channels: int, out_channels: int, widths: Sequence[int] = UNET_WIDTHS) -> int:
+    """Number of parameters (weights + biases) of ``UNet(in_channels, out_channels, widths)``,
+    counted from the layer list without building anything (checked against a built model in
+    tests/test_checkpoint.py): lets a checkpoint's or a user's config be refused before it
+    allocates memory."""
+    c = [int(v) for v in widths]
+    conv = lambda cin, cout, k=3: k * k * cin * cout + cout  # noqa: E731
+    total, cin = 0, int(in_channels)
+    for lvl in range(5):  # encoder
+        total += conv(cin, c[lvl]) + conv(c[lvl], c[lvl])
+        cin = c[lvl]
+    for lvl in range(3, -1, -1):  # decoder: 2x2 transposed conv, then two 3x3 convs
+        total += conv(c[lvl + 1], c[lvl], 2) + conv(2 * c[lvl], c[lvl]) + conv(c[lvl], c[lvl])
+    return total + conv(c[0], int(out_channels), 1)
+
+
 def unet_macs(h: int, w: int, in_channels: int = 4, out_channels: int = 9,
               widths: Sequence[int] = UNET_WIDTHS) -> int:
     """Multiply-accumulates of one UNet forward on a ``[1, in_channels, h, w]`` input.
