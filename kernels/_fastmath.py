@@ -8,7 +8,15 @@ and ``/`` compile to libdevice's ``logf`` (~26 instructions) and ``div.full.f32`
 - ``fast_log(x)`` = ``__logf`` (``lg2.approx.ftz`` times ln 2): absolute error at most
   2**-21.41 (3.6e-7) for x in [0.5, 2], otherwise at most 3 ulp (relative 3.6e-7);
 - ``fast_div(x, y)`` = ``__fdividef``: at most 2 ulp for 2**-126 <= |y| <= 2**126;
-- ``fast_rcp(x)`` = ``__fdividef(1, x)``: likewise (one ``MUFU.RCP``).
+- ``fast_rcp(x)`` = ``__fdividef(1, x)``: likewise (one ``MUFU.RCP``);
+- ``fast_log2(x)`` = ``__log2f`` (``lg2.approx.ftz``, one ``MUFU.LG2``): absolute error at
+  most 2**-22 (2.4e-7) for x in [0.5, 2], otherwise at most 2 ulp;
+- ``fast_exp2(x)`` = ``exp2f`` under fast math (``ex2.approx.ftz``, one ``MUFU.EX2``): at most
+  2 ulp (relative 2.4e-7) where the result is normal; results below 2**-126 flush to 0;
+- ``fast_sin(x)``, ``fast_cos(x)`` = ``__sinf``, ``__cosf`` (``MUFU.SIN/COS`` after one multiply):
+  absolute error at most 2**-21.41 (sin) and 2**-21.19 (4.2e-7, cos) for x in [-pi, pi];
+- ``fast_sigmoid(x)`` = ``fast_rcp(1 + fast_exp2(-x log2 e))``: relative error below 6e-7
+  (the exponential's 2 ulp, the multiply's rounding, the reciprocal's 2 ulp).
 
 Each caller states why these errors do not change its distribution beyond fp32 rounding.
 The Triton interpreter cannot call libdevice, so there the exact numpy functions stand in:
@@ -34,6 +42,14 @@ GPU_MATH = tl.constexpr(not triton_interpreter_enabled())
 # relative), of either sign, can be injected. 0.0: exact.
 LOG_ERROR = tl.constexpr(0.0)
 DIV_ERROR = tl.constexpr(0.0)
+# Likewise for the base-2 and trigonometric functions: fast_log2 adds LOG2_ERROR * (|y| + 1)
+# with the sign flipped for x >= 1/2 (the worst case for log2(u) - log2(1 - u), whose two
+# errors then add up; 2.4e-7 covers both bounds), fast_exp2 multiplies by (1 + EXP2_ERROR),
+# fast_sin / fast_cos add TRIG_ERROR.
+LOG2_ERROR = tl.constexpr(0.0)
+EXP2_ERROR = tl.constexpr(0.0)
+TRIG_ERROR = tl.constexpr(0.0)
+LOG2E = tl.constexpr(1.4426950408889634)
 
 
 @triton.jit
@@ -64,3 +80,55 @@ def fast_div(x, y):
 def fast_rcp(x):
     """``1 / x`` for fp32 ``x`` of normal magnitude (2 ulp, one MUFU.RCP)."""
     return fast_div(1.0, x)
+
+
+@triton.jit
+def fast_log2(x):
+    """Base-2 log of positive fp32 ``x`` (one MUFU.LG2; error in the module docstring)."""
+    if GPU_MATH:
+        return libdevice.fast_log2f(x)
+    else:
+        y = tl.log2(x)
+        if LOG2_ERROR != 0.0:
+            y = y + tl.where(x < 0.5, LOG2_ERROR, -LOG2_ERROR) * (tl.abs(y) + 1.0)
+        return y
+
+
+@triton.jit
+def fast_exp2(x):
+    """``2 ** x`` in fp32 (one MUFU.EX2: Triton lowers exp2 to ``ex2.approx.ftz.f32``)."""
+    y = tl.exp2(x)
+    if not GPU_MATH:
+        if EXP2_ERROR != 0.0:
+            y = y * (1.0 + EXP2_ERROR)
+    return y
+
+
+@triton.jit
+def fast_sin(x):
+    """``sin(x)`` for fp32 ``x`` in [-pi, pi] (absolute error 2**-21.41)."""
+    if GPU_MATH:
+        return libdevice.fast_sinf(x)
+    else:
+        y = tl.sin(x)
+        if TRIG_ERROR != 0.0:
+            y = y + TRIG_ERROR
+        return y
+
+
+@triton.jit
+def fast_cos(x):
+    """``cos(x)`` for fp32 ``x`` in [-pi, pi] (absolute error 2**-21.19)."""
+    if GPU_MATH:
+        return libdevice.fast_cosf(x)
+    else:
+        y = tl.cos(x)
+        if TRIG_ERROR != 0.0:
+            y = y + TRIG_ERROR
+        return y
+
+
+@triton.jit
+def fast_sigmoid(x):
+    """``1 / (1 + exp(-x))`` in fp32 (relative error < 6e-7; exp overflow gives 0, as it should)."""
+    return fast_rcp(1.0 + fast_exp2(x * -LOG2E))

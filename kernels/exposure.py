@@ -15,9 +15,17 @@ network input ``[A_next, A_next rho_next / (r K) if with_photon, A_T if concat_o
 only guarantees ``mu >= 0``.
 
 All photon maths runs in fp32 (counts reach ~2e5, beyond fp16). The Poisson counter of
-element ``(b, c, y, x)`` is its flat NCHW index ``((b * 4 + c) * h + y) * w + x`` on stream
-``STREAM_POISSON``, keyed by the int64 device tensor of ``_common.philox_seed``, so the
-noise depends neither on block sizes nor on the memory layouts of the tensors.
+element ``(b, c, y, x)`` is its index within its sample, ``(c * h + y) * w + x``, on stream
+``STREAM_POISSON``, keyed by sample b's int64 Philox key (``seed`` [B]) or the batch's
+(``seed`` [1]), so the noise depends neither on block sizes nor on the memory layouts of
+the tensors nor on the sample's position in the batch.
+
+Kernel layout (issue 11): a program takes a tile of BLOCK_H rows x BLOCK_W columns of one
+sample, all 4 planes (grid: column tiles, row tiles, samples), so rows and columns come
+from the program ids without divisions; offsets within a sample are int32 (the launcher
+refuses tensors whose samples span 2**31 elements or more), per-sample factors are
+computed once per program, and the sigmoid and reciprocals use the MUFU approximations of
+``_fastmath`` (relative errors below 6e-7, far inside the reference tolerance).
 
 Gradients (training, SPEC §4): the draw is straight-through, ``P_ste = mu + (P - mu)
 .detach()``, so the backward pass is that of the deterministic mode whatever the draw.
@@ -36,29 +44,35 @@ import triton.language as tl
 
 from ._common import DEFAULT_DN_SCALE, ValueChecks, check_same_device, check_tensor, per_sample, philox_seed, use_triton
 from ._cpu_sampling import poisson_draws
+from ._fastmath import fast_rcp, fast_sigmoid
 from ._philox import STREAM_POISSON
 from ._tuning import autotuned, autotuning_enabled
 from .numbers import real
 from .poisson import poisson_sample
 
-# Pixels per program; each program handles all 4 planes of them (4 * BLOCK elements).
-# The backward kernel, and the forward one where nothing is tuned (the interpreter), use
-# BLOCK pixels and NUM_WARPS warps (2 elements per thread).
-BLOCK = 128
+# Tile: BLOCK_H rows x BLOCK_W columns of one sample per program, all 4 planes (4 * BLOCK_H
+# * BLOCK_W elements). The backward kernel, and the forward one where nothing is tuned (the
+# interpreter), use this tile and NUM_WARPS warps; BLOCK is its pixel count.
+BLOCK_H = 4
+BLOCK_W = 32
+BLOCK = BLOCK_H * BLOCK_W
 NUM_WARPS = 8
-# Forward configurations (BLOCK pixels, warps) that triton.autotune tries on the user's
-# GPU. The Poisson sampler's rejection loops run as long as the slowest of a program's
-# 4 * BLOCK elements needs, so one-warp programs of 32-128 elements waste least;
-# (128, 8) is the shape measured on 2026-11-30. The draws are the same under every one.
+# Forward configurations (tile, warps) that triton.autotune tries on the user's GPU. The
+# Poisson sampler's rejection loops run as long as the slowest of a program's elements
+# needs, so one-warp programs of 32-128 elements waste least; (4 x 32, 8) has the 128 pixels
+# on 8 warps measured on 2026-11-30. The draws are the same under every one.
 FWD_CONFIGS = (
-    ({"BLOCK": 8}, 1), ({"BLOCK": 16}, 1), ({"BLOCK": 32}, 1),
-    ({"BLOCK": 32}, 4), ({"BLOCK": 64}, 4), ({"BLOCK": 128}, 8),
+    ({"BLOCK_H": 1, "BLOCK_W": 8}, 1), ({"BLOCK_H": 1, "BLOCK_W": 16}, 1), ({"BLOCK_H": 1, "BLOCK_W": 32}, 1),
+    ({"BLOCK_H": 1, "BLOCK_W": 32}, 4), ({"BLOCK_H": 1, "BLOCK_W": 64}, 4), ({"BLOCK_H": 4, "BLOCK_W": 32}, 8),
 )
 # Tests: a (meta, num_warps) pair forcing one forward configuration; None: autotuned
-# on a GPU, (BLOCK, NUM_WARPS) under the interpreter.
+# on a GPU, (BLOCK_H, BLOCK_W, NUM_WARPS) under the interpreter.
 LAUNCH_CONFIG = None
-# Largest grid dimension 1 (one row of programs per sample).
+# Grid limits: samples and row tiles are grid dimensions 2 and 1 (at most 65535 each).
 MAX_BATCH = 65535
+MAX_HEIGHT = 65535
+# Offsets and Philox indices within a sample are int32.
+MAX_SAMPLE_ELEMENTS = 2**31
 
 _IN_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _REF_DTYPES = _IN_DTYPES + (torch.float64,)  # float64: reference backend only (gradcheck)
@@ -71,19 +85,28 @@ def _clip01(v):
 
 
 @triton.jit
-def _tile(h, w, BLOCK: tl.constexpr):
-    """This program's tile: BLOCK pixels of sample b, all 4 planes -> [4, BLOCK] blocks.
+def _tile(h, w, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    """This program's tile: BLOCK_H x BLOCK_W pixels of sample b, all 4 planes -> [4, BLOCK]
+    blocks (BLOCK = BLOCK_H * BLOCK_W, row-major). Grid: (column tiles, row tiles, samples).
 
-    Returns (b, pix, pmask, y, x, plane, mask2): sample index, flat pixel indices [BLOCK]
-    and their mask, row / column [BLOCK] (int64), plane index [4, 1], and the [4, BLOCK] mask.
+    Returns (b, y, x, pmask, plane, mask2): sample index (int32 scalar), row / column [BLOCK]
+    (int32: no division, BLOCK_W is a power of two), the pixels' mask, plane index [4, 1],
+    and the [4, BLOCK] mask.
     """
-    b = tl.program_id(1).to(tl.int64)
-    pix = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    pmask = pix < h * w
-    y = (pix // w).to(tl.int64)
-    x = (pix % w).to(tl.int64)
-    plane = tl.arange(0, 4).to(tl.int64)[:, None]
-    return b, pix, pmask, y, x, plane, pmask[None, :] & (plane < 4)
+    b = tl.program_id(2)
+    p = tl.arange(0, BLOCK_H * BLOCK_W)
+    y = tl.program_id(1) * BLOCK_H + p // BLOCK_W
+    x = tl.program_id(0) * BLOCK_W + p % BLOCK_W
+    pmask = (y < h) & (x < w)
+    plane = tl.arange(0, 4)[:, None]
+    return b, y, x, pmask, plane, pmask[None, :] & (plane < 4)
+
+
+@triton.jit
+def _at(ptr, b, s_b, s_c, s_h, s_w, plane, y, x):
+    """Pointers ``[4, BLOCK]`` to planes ``plane`` ([4, 1]) at pixels (y, x) of sample b: a
+    64-bit sample base once per program, int32 offsets within the sample."""
+    return (ptr + b.to(tl.int64) * s_b) + (plane * s_c + (y * s_h + x * s_w)[None, :])
 
 
 @triton.jit
@@ -102,19 +125,20 @@ def _exposure_fwd_kernel(
     next_ptr, sx_b, sx_c, sx_h, sx_w,
     h, w, dn_scale,
     HEAD9: tl.constexpr, HAS_NEXT: tl.constexpr, STOCHASTIC: tl.constexpr, ACCUMULATE: tl.constexpr,
-    WITH_PHOTON: tl.constexpr, CONCAT_ORIGIN: tl.constexpr, BLOCK: tl.constexpr,
+    WITH_PHOTON: tl.constexpr, CONCAT_ORIGIN: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
-    b, pix, pmask, y, x, plane, mask2 = _tile(h, w, BLOCK)
-    net = net_ptr + b * sn_b + (y * sn_h + x * sn_w)[None, :]
+    b, y, x, pmask, plane, mask2 = _tile(h, w, BLOCK_H, BLOCK_W)
+    pix = (y * sn_h + x * sn_w)[None, :]
+    net = net_ptr + b.to(tl.int64) * sn_b
     if HEAD9:
-        logit = tl.load(net, mask=pmask[None, :], other=0.0).to(tl.float32)
-        x0 = tl.load(net + (1 + plane) * sn_c, mask=mask2, other=0.0).to(tl.float32)
-        res = tl.load(net + (5 + plane) * sn_c, mask=mask2, other=0.0).to(tl.float32)
+        logit = tl.load(net + pix, mask=pmask[None, :], other=0.0).to(tl.float32)
+        x0 = tl.load(net + ((1 + plane) * sn_c + pix), mask=mask2, other=0.0).to(tl.float32)
+        res = tl.load(net + ((5 + plane) * sn_c + pix), mask=mask2, other=0.0).to(tl.float32)
     else:
-        x0 = tl.load(net + plane * sn_c, mask=mask2, other=0.0).to(tl.float32)
+        x0 = tl.load(net + (plane * sn_c + pix), mask=mask2, other=0.0).to(tl.float32)
         logit = x0  # unused
         res = x0  # unused
-    _finish_step(logit, x0, res, b, pix, y, x, plane, mask2,
+    _finish_step(logit, x0, res, b, y, x, plane, mask2,
                  state_ptr, ss_b, ss_c, ss_h, ss_w, origin_ptr, so_b, so_c, so_h, so_w,
                  ratio_ptr, gain_ptr, rho_ptr, rho_next_ptr, seed_ptr, seed_stride,
                  est_ptr, se_b, se_c, se_h, se_w, next_ptr, sx_b, sx_c, sx_h, sx_w, h, w, dn_scale,
@@ -123,7 +147,7 @@ def _exposure_fwd_kernel(
 
 @triton.jit
 def _finish_step(
-    logit, x0, res, b, pix, y, x, plane, mask2,
+    logit, x0, res, b, y, x, plane, mask2,
     state_ptr, ss_b, ss_c, ss_h, ss_w,
     origin_ptr, so_b, so_c, so_h, so_w,
     ratio_ptr, gain_ptr, rho_ptr, rho_next_ptr, seed_ptr, seed_stride,
@@ -135,46 +159,52 @@ def _finish_step(
 ):
     """From the head's outputs of a tile (fp32: ``logit`` [1, BLOCK], ``x0`` and ``res``
     [4, BLOCK]; a plain head's estimate in ``x0``) to the stored estimate and next input.
-    Shared by ``_exposure_fwd_kernel`` and the fused head kernel of ``kernels.head_step``."""
+    ``b``: sample (int32 scalar); ``y``, ``x``: the pixels' rows and columns ([BLOCK] int32);
+    ``plane``: [4, 1]. Shared by ``_exposure_fwd_kernel`` and the fused head kernel of
+    ``kernels.head_step``."""
     need_state: tl.constexpr = HEAD9 or (HAS_NEXT and ACCUMULATE)
     if need_state:
-        st = tl.load(state_ptr + b * ss_b + plane * ss_c + (y * ss_h + x * ss_w)[None, :], mask=mask2, other=0.0).to(tl.float32)
+        st = tl.load(_at(state_ptr, b, ss_b, ss_c, ss_h, ss_w, plane, y, x), mask=mask2, other=0.0).to(tl.float32)
     if HEAD9:
-        m = tl.sigmoid(logit)
+        m = fast_sigmoid(logit)
         est = _clip01(x0) * m + _clip01(res + st) * (1.0 - m)
     else:
         est = _clip01(x0)
-    tl.store(est_ptr + b * se_b + plane * se_c + (y * se_h + x * se_w)[None, :], est, mask=mask2)
+    tl.store(_at(est_ptr, b, se_b, se_c, se_h, se_w, plane, y, x), est, mask=mask2)
 
     if HAS_NEXT:
+        # Per-sample factors, once per program: mu = clip(Y) (rho_next - rho_0) s / (r K) and
+        # A_next = base / rho_next + P r K / (s rho_next), with rho_0 = rho or 1.
         rk = tl.load(ratio_ptr + b) * tl.load(gain_ptr + b)
         rho_next = tl.load(rho_next_ptr + b)
+        inv_rho_next = fast_rcp(rho_next)
+        photon_value = rk * fast_rcp(dn_scale * rho_next)
         need_origin: tl.constexpr = CONCAT_ORIGIN or not ACCUMULATE
         if need_origin:
-            org = tl.load(origin_ptr + b * so_b + plane * so_c + (y * so_h + x * so_w)[None, :], mask=mask2, other=0.0).to(tl.float32)
+            org = tl.load(_at(origin_ptr, b, so_b, so_c, so_h, so_w, plane, y, x), mask=mask2, other=0.0).to(tl.float32)
         if ACCUMULATE:
             rho = tl.load(rho_ptr + b)
-            mu = (rho_next - rho) * dn_scale * _clip01(est) / rk
+            mu = _clip01(est) * ((rho_next - rho) * dn_scale * fast_rcp(rk))
         else:
-            mu = (rho_next - 1.0) * dn_scale * _clip01(est) / rk
+            mu = _clip01(est) * ((rho_next - 1.0) * dn_scale * fast_rcp(rk))
         if STOCHASTIC:
             # One key per sample (seed_stride 1) or one for the batch (0). The counter is the
             # element's index within its sample, so a sample's draws do not depend on its
             # position in the batch: with a shared key, frame b of a batch is drawn exactly
             # as the same frame alone.
             seed = tl.load(seed_ptr + b * seed_stride)
-            index = plane * (h * w) + pix[None, :]
+            index = plane * (h * w) + (y * w + x)[None, :]
             photons = poisson_sample(mu, seed, index, STREAM_POISSON)
         else:
             photons = mu
         if ACCUMULATE:
-            a_next = (st * rho + photons * rk / dn_scale) / rho_next
+            a_next = st * (rho * inv_rho_next) + photons * photon_value
         else:
-            a_next = (_clip01(org) + photons * rk / dn_scale) / rho_next
-        out = next_ptr + b * sx_b + plane * sx_c + (y * sx_h + x * sx_w)[None, :]
+            a_next = _clip01(org) * inv_rho_next + photons * photon_value
+        out = _at(next_ptr, b, sx_b, sx_c, sx_h, sx_w, plane, y, x)
         tl.store(out, a_next.to(next_ptr.dtype.element_ty), mask=mask2)
         if WITH_PHOTON:
-            tl.store(out + 4 * sx_c, (a_next * rho_next / rk).to(next_ptr.dtype.element_ty), mask=mask2)
+            tl.store(out + 4 * sx_c, (a_next * (rho_next * fast_rcp(rk))).to(next_ptr.dtype.element_ty), mask=mask2)
         if CONCAT_ORIGIN:
             first: tl.constexpr = 8 if WITH_PHOTON else 4
             tl.store(out + first * sx_c, org.to(next_ptr.dtype.element_ty), mask=mask2)
@@ -202,21 +232,22 @@ def _exposure_bwd_kernel(
     HEAD9: tl.constexpr, HAS_NEXT: tl.constexpr, ACCUMULATE: tl.constexpr,
     WITH_PHOTON: tl.constexpr, CONCAT_ORIGIN: tl.constexpr,
     HAS_GEST: tl.constexpr, HAS_GNEXT: tl.constexpr, NEED_GSTATE: tl.constexpr, NEED_GORIGIN: tl.constexpr,
-    BLOCK: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
     # Same tiling as the forward kernel; recomputes the blend from the saved inputs.
-    b, pix, pmask, y, x, plane, mask2 = _tile(h, w, BLOCK)
+    b, y, x, pmask, plane, mask2 = _tile(h, w, BLOCK_H, BLOCK_W)
+    BLOCK: tl.constexpr = BLOCK_H * BLOCK_W
 
     if HAS_GEST:
-        g_est = tl.load(gest_ptr + b * sge_b + plane * sge_c + (y * sge_h + x * sge_w)[None, :], mask=mask2, other=0.0).to(tl.float32)
+        g_est = tl.load(_at(gest_ptr, b, sge_b, sge_c, sge_h, sge_w, plane, y, x), mask=mask2, other=0.0).to(tl.float32)
     else:
         g_est = tl.zeros([4, BLOCK], tl.float32)
     g_state = tl.zeros([4, BLOCK], tl.float32)
     g_origin = tl.zeros([4, BLOCK], tl.float32)
 
     if HEAD9:
-        st = tl.load(state_ptr + b * ss_b + plane * ss_c + (y * ss_h + x * ss_w)[None, :], mask=mask2, other=0.0).to(tl.float32)
-        net = net_ptr + b * sn_b + (y * sn_h + x * sn_w)[None, :]
+        st = tl.load(_at(state_ptr, b, ss_b, ss_c, ss_h, ss_w, plane, y, x), mask=mask2, other=0.0).to(tl.float32)
+        net = _at(net_ptr, b, sn_b, 0, sn_h, sn_w, 0, y, x)
         logit = tl.load(net, mask=pmask[None, :], other=0.0).to(tl.float32)
         x0 = tl.load(net + (1 + plane) * sn_c, mask=mask2, other=0.0).to(tl.float32)
         res = tl.load(net + (5 + plane) * sn_c, mask=mask2, other=0.0).to(tl.float32)
@@ -225,7 +256,7 @@ def _exposure_bwd_kernel(
         c = _clip01(res + st)
         est = a * m + c * (1.0 - m)
     else:
-        out = tl.load(net_ptr + b * sn_b + plane * sn_c + (y * sn_h + x * sn_w)[None, :], mask=mask2, other=0.0).to(tl.float32)
+        out = tl.load(_at(net_ptr, b, sn_b, sn_c, sn_h, sn_w, plane, y, x), mask=mask2, other=0.0).to(tl.float32)
         est = _clip01(out)
 
     g_y = g_est
@@ -233,7 +264,7 @@ def _exposure_bwd_kernel(
         if HAS_GNEXT:
             rk = tl.load(ratio_ptr + b) * tl.load(gain_ptr + b)
             rho_next = tl.load(rho_next_ptr + b)
-            gx = gnext_ptr + b * sgx_b + plane * sgx_c + (y * sgx_h + x * sgx_w)[None, :]
+            gx = _at(gnext_ptr, b, sgx_b, sgx_c, sgx_h, sgx_w, plane, y, x)
             g_a = tl.load(gx, mask=mask2, other=0.0).to(tl.float32)
             if WITH_PHOTON:
                 g_a += tl.load(gx + 4 * sgx_c, mask=mask2, other=0.0).to(tl.float32) * (rho_next / rk)
@@ -245,14 +276,14 @@ def _exposure_bwd_kernel(
             else:
                 g_y += g_a * ((rho_next - 1.0) / rho_next) * _inside01(est)
                 if NEED_GORIGIN:
-                    org = tl.load(origin_ptr + b * so_b + plane * so_c + (y * so_h + x * so_w)[None, :], mask=mask2, other=0.0).to(tl.float32)
+                    org = tl.load(_at(origin_ptr, b, so_b, so_c, so_h, so_w, plane, y, x), mask=mask2, other=0.0).to(tl.float32)
                     g_origin += g_a / rho_next * _inside01(org)
             if CONCAT_ORIGIN:
                 if NEED_GORIGIN:
                     first: tl.constexpr = 8 if WITH_PHOTON else 4
                     g_origin += tl.load(gx + first * sgx_c, mask=mask2, other=0.0).to(tl.float32)
 
-    gn = gnet_ptr + b * sdn_b + (y * sdn_h + x * sdn_w)[None, :]
+    gn = _at(gnet_ptr, b, sdn_b, 0, sdn_h, sdn_w, 0, y, x)
     if HEAD9:
         # m is a [1, BLOCK] row: the mask logit's gradient sums over the 4 planes.
         g_logit = tl.sum(g_y * (a - c), axis=0)[None, :] * m * (1.0 - m)
@@ -264,9 +295,9 @@ def _exposure_bwd_kernel(
     else:
         tl.store(gn + plane * sdn_c, (g_y * _inside01(out)).to(gnet_ptr.dtype.element_ty), mask=mask2)
     if NEED_GSTATE:
-        tl.store(gstate_ptr + b * sds_b + plane * sds_c + (y * sds_h + x * sds_w)[None, :], g_state.to(gstate_ptr.dtype.element_ty), mask=mask2)
+        tl.store(_at(gstate_ptr, b, sds_b, sds_c, sds_h, sds_w, plane, y, x), g_state.to(gstate_ptr.dtype.element_ty), mask=mask2)
     if NEED_GORIGIN:
-        tl.store(gorigin_ptr + b * sdo_b + plane * sdo_c + (y * sdo_h + x * sdo_w)[None, :], g_origin.to(gorigin_ptr.dtype.element_ty), mask=mask2)
+        tl.store(_at(gorigin_ptr, b, sdo_b, sdo_c, sdo_h, sdo_w, plane, y, x), g_origin.to(gorigin_ptr.dtype.element_ty), mask=mask2)
 
 
 class _Config(NamedTuple):
@@ -315,8 +346,10 @@ def _prepare(net_out, state, origin, ratio, K, rho, rho_next, stochastic, accumu
             raise ValueError(f"{name} must have shape {(B, 4, h, w)} to match net_out {tuple(net_out.shape)}, got {tuple(t.shape)}")
     if B > MAX_BATCH:
         raise ValueError(f"batch size must be <= {MAX_BATCH}, got {B}")
-    if h * w >= 2**31:
-        raise ValueError(f"h * w must be < 2**31, got {h} x {w}")
+    if h > MAX_HEIGHT:
+        raise ValueError(f"h (packed rows) must be <= {MAX_HEIGHT}, got {h}")
+    if 4 * h * w >= MAX_SAMPLE_ELEMENTS:
+        raise ValueError(f"4 * h * w must be < 2**31 (int32 indices within a sample), got h={h}, w={w}")
     dn_scale = real("dn_scale", dn_scale, low=0, low_open=True)
     if out_memory_format not in _MEMORY_FORMATS:
         raise ValueError(f"out_memory_format must be torch.contiguous_format or torch.channels_last, got {out_memory_format}")
@@ -377,11 +410,31 @@ def _check_out(out, cfg, bhw, device, dtypes):
     return nxt.dtype
 
 
+def sample_span(t: torch.Tensor) -> int:
+    """Elements one sample of ``t`` spans in memory (1 + the largest offset within it)."""
+    return 1 + sum((n - 1) * abs(st) for n, st in zip(t.shape[1:], t.stride()[1:]) if n > 0)
+
+
+def check_sample_spans(**tensors: torch.Tensor) -> None:
+    """The kernels address within a sample with int32 offsets: refuse views whose samples
+    span 2**31 elements or more (only reachable with unusually strided views)."""
+    for name, t in tensors.items():
+        if t is not None and t.numel() and sample_span(t) >= MAX_SAMPLE_ELEMENTS:
+            raise ValueError(f"{name}: one sample spans {sample_span(t)} elements in memory (strides {t.stride()}); "
+                             f"the kernel needs < 2**31 (pass a contiguous tensor)")
+
+
+def grid_of(h: int, w: int, B: int):
+    """The launch grid of a (BLOCK_H, BLOCK_W) tiling: (column tiles, row tiles, samples)."""
+    return lambda meta: (triton.cdiv(w, meta["BLOCK_W"]), triton.cdiv(h, meta["BLOCK_H"]), B)
+
+
 def _launch_forward(net_out, state, origin, cfg, params, seed, est, nxt):
     B, _, h, w = net_out.shape
     if h * w == 0 or B == 0:
         return
     nx = nxt if nxt is not None else est
+    check_sample_spans(net_out=net_out, state=state, origin=origin, estimate=est, next_input=nxt)
     has_next = cfg.has_next
     if seed is None:  # never read: STOCHASTIC is off or there is no next step
         seed = torch.zeros(1, dtype=torch.int64, device=net_out.device)
@@ -393,11 +446,12 @@ def _launch_forward(net_out, state, origin, cfg, params, seed, est, nxt):
     )
     flags = dict(HEAD9=cfg.head9, HAS_NEXT=has_next, STOCHASTIC=cfg.stochastic and has_next, ACCUMULATE=cfg.accumulate,
                  WITH_PHOTON=cfg.with_photon, CONCAT_ORIGIN=cfg.concat_origin)
+    grid = grid_of(h, w, B)
     if LAUNCH_CONFIG is None and autotuning_enabled():
-        _exposure_fwd_tuned[lambda meta: (triton.cdiv(h * w, meta["BLOCK"]), B)](*args, **flags)
+        _exposure_fwd_tuned[grid](*args, **flags)
         return
-    meta, warps = LAUNCH_CONFIG if LAUNCH_CONFIG is not None else ({"BLOCK": BLOCK}, NUM_WARPS)
-    _exposure_fwd_kernel[(triton.cdiv(h * w, meta["BLOCK"]), B)](*args, **flags, **meta, num_warps=warps)
+    meta, warps = LAUNCH_CONFIG if LAUNCH_CONFIG is not None else ({"BLOCK_H": BLOCK_H, "BLOCK_W": BLOCK_W}, NUM_WARPS)
+    _exposure_fwd_kernel[grid(meta)](*args, **flags, **meta, num_warps=warps)
 
 
 def _grad_buffer(t: torch.Tensor) -> torch.Tensor:
@@ -435,7 +489,8 @@ class _ExposureStepFunction(torch.autograd.Function):
         gx = g_next if has_gnext else net_out
         B, _, h, w = net_out.shape
         if B * h * w:
-            _exposure_bwd_kernel[(triton.cdiv(h * w, BLOCK), B)](
+            check_sample_spans(g_estimate=g_est, g_next=g_next)
+            _exposure_bwd_kernel[grid_of(h, w, B)({"BLOCK_H": BLOCK_H, "BLOCK_W": BLOCK_W})](
                 net_out, *net_out.stride(), state, *state.stride(), origin, *origin.stride(),
                 params.ratio, params.K, params.rho, params.rho_next if cfg.has_next else params.rho,
                 ge, *ge.stride(), gx, *gx.stride(),
@@ -444,7 +499,7 @@ class _ExposureStepFunction(torch.autograd.Function):
                 HEAD9=cfg.head9, HAS_NEXT=cfg.has_next, ACCUMULATE=cfg.accumulate,
                 WITH_PHOTON=cfg.with_photon, CONCAT_ORIGIN=cfg.concat_origin,
                 HAS_GEST=g_est is not None, HAS_GNEXT=has_gnext, NEED_GSTATE=need_state, NEED_GORIGIN=need_origin,
-                BLOCK=BLOCK, num_warps=NUM_WARPS,
+                BLOCK_H=BLOCK_H, BLOCK_W=BLOCK_W, num_warps=NUM_WARPS,
             )
         return (g_net if need_net else None, g_state if need_state else None,
                 g_origin if need_origin else None, None, None, None, None, None)
@@ -618,7 +673,7 @@ def aot_specs():
                "est_ptr": "*fp32", **strides("se"), "next_ptr": f"*{out_ty}", **strides("sx"),
                "h": "i32", "w": "i32", "dn_scale": "fp32"}
         const = dict(HEAD9=True, HAS_NEXT=True, STOCHASTIC=True, ACCUMULATE=False, WITH_PHOTON=False,
-                     CONCAT_ORIGIN=False, BLOCK=BLOCK)
+                     CONCAT_ORIGIN=False, BLOCK_H=BLOCK_H, BLOCK_W=BLOCK_W)
         const.update(flags)
         sig.update({k: "constexpr" for k in const})
         return AotSpec(f"exposure_fwd_{name}", _exposure_fwd_kernel, sig, const, num_warps)
@@ -631,7 +686,8 @@ def aot_specs():
                "gnet_ptr": f"*{in_ty}", **strides("sdn"), "gstate_ptr": f"*{in_ty}", **strides("sds"),
                "gorigin_ptr": f"*{in_ty}", **strides("sdo"), "h": "i32", "w": "i32"}
         const = dict(HEAD9=True, HAS_NEXT=True, ACCUMULATE=False, WITH_PHOTON=False, CONCAT_ORIGIN=False,
-                     HAS_GEST=True, HAS_GNEXT=True, NEED_GSTATE=True, NEED_GORIGIN=False, BLOCK=BLOCK)
+                     HAS_GEST=True, HAS_GNEXT=True, NEED_GSTATE=True, NEED_GORIGIN=False, BLOCK_H=BLOCK_H,
+                     BLOCK_W=BLOCK_W)
         const.update(flags)
         sig.update({k: "constexpr" for k in const})
         return AotSpec(f"exposure_bwd_{name}", _exposure_bwd_kernel, sig, const, NUM_WARPS)
@@ -647,7 +703,7 @@ def aot_specs():
         fwd("head9_fp16_last", "fp16", "fp32", HAS_NEXT=False, STOCHASTIC=False),
         fwd("head4_fp32_last", "fp32", "fp32", HEAD9=False, HAS_NEXT=False, STOCHASTIC=False),
         # every configuration autotune may pick, on the engine's fp16 step with all channels
-        *[fwd(f"head9_fp16_photon_origin[{meta['BLOCK']}x{warps}w]", "fp16", "fp16", num_warps=warps,
+        *[fwd(f"head9_fp16_photon_origin[{meta['BLOCK_H']}x{meta['BLOCK_W']}x{warps}w]", "fp16", "fp16", num_warps=warps,
               WITH_PHOTON=True, CONCAT_ORIGIN=True, **meta) for meta, warps in FWD_CONFIGS],
         bwd("head9_fp32", "fp32"),
         bwd("head9_fp16", "fp16"),

@@ -25,7 +25,8 @@ import triton.language as tl
 
 from ._common import DEFAULT_DN_SCALE, check_tensor, philox_seed, use_triton
 from ._tuning import autotuned, autotuning_enabled
-from .exposure import _IN_DTYPES, _allocate, _finish_step, _prepare, _tile, exposure_step_reference
+from .exposure import (_IN_DTYPES, _allocate, _finish_step, _prepare, _tile, check_sample_spans, exposure_step_reference,
+                       grid_of)
 
 HEAD_COLUMNS = 16  # the head's 9 (or 4) output channels, padded to the tensor cores' N
 BLOCK_C = 16  # feature channels per K step
@@ -71,10 +72,11 @@ def _head_step_kernel(
     WITH_PHOTON: tl.constexpr, CONCAT_ORIGIN: tl.constexpr, BLOCK: tl.constexpr, BLOCK_C: tl.constexpr,
     IEEE: tl.constexpr,
 ):
-    b, pix, pmask, y, x, plane, mask2 = _tile(h, w, BLOCK)
+    # A row segment of BLOCK pixels (the GEMM's M), all 4 planes; grid (column tiles, rows, samples).
+    b, y, x, pmask, plane, mask2 = _tile(h, w, 1, BLOCK)
     rc = tl.arange(0, BLOCK_C)
     cols = tl.arange(0, 16)
-    feat = feat_ptr + b * sf_b + (y * sf_h + x * sf_w)[:, None]
+    feat = (feat_ptr + b.to(tl.int64) * sf_b) + (y * sf_h + x * sf_w)[:, None]
     acc = tl.zeros((BLOCK, 16), dtype=tl.float32)
     for c0 in range(0, C, BLOCK_C):
         c = c0 + rc
@@ -94,7 +96,7 @@ def _head_step_kernel(
         x0 = _planes(acc_t, cols, 0, plane)
         logit = x0  # unused
         res = x0  # unused
-    _finish_step(logit, x0, res, b, pix, y, x, plane, mask2,
+    _finish_step(logit, x0, res, b, y, x, plane, mask2,
                  state_ptr, ss_b, ss_c, ss_h, ss_w, origin_ptr, so_b, so_c, so_h, so_w,
                  ratio_ptr, gain_ptr, rho_ptr, rho_next_ptr, seed_ptr, seed_stride,
                  est_ptr, se_b, se_c, se_h, se_w, next_ptr, sx_b, sx_c, sx_h, sx_w, h, w, dn_scale,
@@ -195,6 +197,7 @@ def head_exposure_step(features: torch.Tensor, head: HeadWeights, state: torch.T
     if seed is None:  # never read
         seed = torch.zeros(1, dtype=torch.int64, device=features.device)
     nx = nxt if nxt is not None else est
+    check_sample_spans(features=features, state=state, origin=origin)
     args = (features, features.stride(0), features.stride(2), features.stride(3), C, head.matrix, head.bias,
             state, *state.stride(), origin, *origin.stride(),
             params.ratio, params.K, params.rho, params.rho_next if cfg.has_next else params.rho, seed,
@@ -202,11 +205,13 @@ def head_exposure_step(features: torch.Tensor, head: HeadWeights, state: torch.T
     flags = dict(HEAD9=cfg.head9, HAS_NEXT=cfg.has_next, STOCHASTIC=cfg.stochastic and cfg.has_next,
                  ACCUMULATE=cfg.accumulate, WITH_PHOTON=cfg.with_photon, CONCAT_ORIGIN=cfg.concat_origin,
                  BLOCK_C=BLOCK_C, IEEE=features.dtype == torch.float32)
+    row_segments = grid_of(h, w, B)
+    grid = lambda meta: row_segments({"BLOCK_H": 1, "BLOCK_W": meta["BLOCK"]})  # noqa: E731
     if LAUNCH_CONFIG is None and autotuning_enabled():
-        _head_step_tuned[lambda meta: (triton.cdiv(h * w, meta["BLOCK"]), B)](*args, **flags)
+        _head_step_tuned[grid](*args, **flags)
         return est, nxt
     meta, warps = LAUNCH_CONFIG if LAUNCH_CONFIG is not None else ({"BLOCK": BLOCK}, NUM_WARPS)
-    _head_step_kernel[(triton.cdiv(h * w, meta["BLOCK"]), B)](*args, **flags, **meta, num_warps=warps)
+    _head_step_kernel[grid(meta)](*args, **flags, **meta, num_warps=warps)
     return est, nxt
 
 

@@ -23,12 +23,25 @@ Row noise: packed planes 0, 1 (R, G1) come from one CFA row and planes 2, 3 (B, 
 from the other, so packed row ``y`` of sample ``b`` carries two row values, keyed by
 ``(b, y, half)`` with ``half = plane // 2``.
 
-Randomness (Triton path): one Philox key per call (``_common.philox_seed``), counter
-index = the element's flat index in a contiguous ``[B, 4, h, w]`` tensor (int64), one
-stream per component (``_philox.STREAM_*``); row noise uses the index
-``(b * h + y) * 2 + half`` on ``STREAM_ROW``. So the draws depend neither on block
-sizes nor on the input's or output's strides. The reference draws with torch's own
-samplers from the same generator: same distributions, different numbers.
+Randomness (Triton path): one Philox key per call (``_common.philox_seed``); element
+``(b, c, y, x)`` has the counter index ``b * 2**32 + (c * h + y) * w + x`` (sample b in the
+high word: ``_philox.sample_index``). Shot noise "P" uses the Poisson sampler's calls on
+``STREAM_POISSON``; everything else per element comes from the four words of one call on
+``STREAM_GAUSS``: words 0, 1 a Box-Muller pair (the first normal for "p", the second for
+"g"), word 2 the Tukey-lambda uniform ("G"), word 3 the quantisation uniform ("u"). Row
+noise: one call per (b, packed row y) on ``STREAM_ROW`` (index ``b * 2**32 + y``), its
+Box-Muller pair giving half 0 (planes 0, 1) and half 1 (planes 2, 3). So the draws depend
+neither on block sizes nor on the input's or output's strides. The reference draws with
+torch's own samplers from the same generator: same distributions, different numbers.
+(Until session 4 Tukey-lambda and quantisation had calls of their own, the counter was
+the flat int64 index and each row half had its own call: the draws changed, not their
+distribution.)
+
+Kernel layout (issue 11): a program takes BLOCK_H rows x BLOCK_W columns of all 4 planes
+of one sample (grid: column tiles, row tiles, samples: no divisions), offsets within a
+sample are int32 (the launcher refuses larger samples), per-sample factors are computed
+once per program, row noise once per row, and the transforms use the MUFU approximations
+of ``_fastmath`` (accuracy stated in ``_tukey_lambda`` and ``_philox.box_muller``).
 """
 from __future__ import annotations
 
@@ -40,60 +53,79 @@ import triton.language as tl
 
 from ._common import DEFAULT_DN_SCALE, ValueChecks, check_tensor, per_sample, philox_seed, use_triton
 from ._cpu_sampling import poisson_draws, tukey_lambda_draws
+from ._fastmath import fast_exp2, fast_log2, fast_rcp
 from ._philox import (
     STREAM_GAUSS,
     STREAM_POISSON,
-    STREAM_QUANT,
     STREAM_ROW,
-    STREAM_TUKEY,
     box_muller,
     open_unit,
     open_unit_and_complement,
     philox4,
-    standard_normal,
+    sample_index,
 )
 from ._tuning import autotuned, autotuning_enabled
 from .noise_model import NoiseModel, NoiseParams, parse_noise_model
 from .numbers import real
 from .poisson import MAX_MEAN, poisson_sample
 
-# Tile: BLOCK_H packed rows x BLOCK_W columns of one plane per program (coalesced along w).
-# Configurations (tile, warps) that triton.autotune tries on the user's GPU: the Poisson
-# sampler's rejection loops run as long as the slowest element of a program needs, so
-# one-warp programs of 32-128 elements waste least; (2 x 128, 4) is the shape measured on
-# 2026-11-30. The draws are the same under every configuration.
+# Tile: BLOCK_H packed rows x BLOCK_W columns of all 4 planes of one sample per program
+# (4 * BLOCK_H * BLOCK_W elements, coalesced along w). Configurations (tile, warps) that
+# triton.autotune tries on the user's GPU: the Poisson sampler's rejection loops run as long
+# as the slowest element of a program needs, so one-warp programs of 32-128 elements waste
+# least; (1 x 64, 4) has the 256 elements on 4 warps of the tile measured on 2026-11-30.
+# The draws are the same under every configuration.
 CONFIGS = (
-    ({"BLOCK_H": 1, "BLOCK_W": 32}, 1), ({"BLOCK_H": 1, "BLOCK_W": 64}, 1), ({"BLOCK_H": 1, "BLOCK_W": 128}, 1),
-    ({"BLOCK_H": 1, "BLOCK_W": 128}, 4), ({"BLOCK_H": 2, "BLOCK_W": 128}, 4),
+    ({"BLOCK_H": 1, "BLOCK_W": 8}, 1), ({"BLOCK_H": 1, "BLOCK_W": 16}, 1), ({"BLOCK_H": 1, "BLOCK_W": 32}, 1),
+    ({"BLOCK_H": 1, "BLOCK_W": 32}, 4), ({"BLOCK_H": 1, "BLOCK_W": 64}, 4),
 )
 # The tile where nothing is tuned (the interpreter; an output sharing memory with the
 # input, which tuning's repeated launches would overwrite). Read at call time, so tests
 # may change them.
-BLOCK_H = 2
-BLOCK_W = 128
+BLOCK_H = 1
+BLOCK_W = 64
 NUM_WARPS = 4
+# Grid limits (samples and row tiles are grid dimensions 2 and 1) and int32 offsets and
+# Philox indices within a sample.
+MAX_BATCH = 65535
+MAX_HEIGHT = 65535
+MAX_SAMPLE_ELEMENTS = 2**31
 # Tests: a (meta, num_warps) pair forcing one configuration; None: as above.
 LAUNCH_CONFIG = None
 
 OUTPUTS = ("network", "dn")
 # --------------------------------------------------------------------------- kernel
+LN2 = tl.constexpr(0.6931471805599453)
+
+
 @triton.jit
-def _tukey_lambda(bits, lam):
+def _tukey_lambda(bits, lam, inv_lam):
     """Tukey-lambda(lam) draws from uint32 bits, stable through lam = 0.
 
-    (u^lam - v^lam) / lam = v^lam * (log u - log v) * expm1(d) / d, d = lam (log u - log v),
-    with v = 1 - u exact; expm1(d)/d by its series for small |d|, so lam = 0 gives the
-    logistic log(u / v) exactly and small lam loses nothing to cancellation.
+    (u^lam - v^lam) / lam = v^lam * L * phi(d), L = ln(u / v), d = lam L, phi(d) = expm1(d) / d,
+    with v = 1 - u exact; phi by its series (8 terms, truncation < 2e-8) for |d| < 1/2, else
+    v^lam expm1(d) / lam: lam = 0 gives the logistic log(u / v) exactly and small lam loses
+    nothing to cancellation. inv_lam: 1 / lam (any value where lam = 0: then |d| < 1/2).
+
+    Fast functions (``_fastmath``: log2 within 2**-22 absolute on [1/2, 2] and 2 ulp elsewhere,
+    exp2 2 ulp, division 2 ulp): near the median the logs' absolute errors move L by at most
+    3.4e-7, i.e. u by less than one step of its 2**-23 grid (dTL/du >= 4 2**-|lam| there); in
+    the tails the relative errors (log 2 ulp, times |lam log2 v| <= 7 through the power, and
+    expm1's 2.5 x 2 ulp at |d| = 1/2) stay below ~2e-6 relative, where neighbouring grid
+    values of u already differ by more. ``tests/test_noise.py`` checks, with every fast
+    function's error at its bound, that each draw is the exact transform of a u within
+    a few grid steps of its own (the distribution function moves by < 1e-6).
     """
     u, v = open_unit_and_complement(bits)
-    lv = tl.log(v)
-    diff = tl.log(u) - lv
-    d = lam * diff
-    small = tl.abs(d) < 0.1
-    d_safe = tl.where(small, 1.0, d)
-    series = 1.0 + d * (0.5 + d * (0.16666666666666666 + d * (0.041666666666666664 + d * 0.008333333333333333)))
-    phi = tl.where(small, series, (tl.exp(d_safe) - 1.0) / d_safe)
-    return tl.exp(lam * lv) * diff * phi
+    lv = fast_log2(v)
+    log2_ratio = fast_log2(u) - lv  # log2(u / v)
+    ratio_log = log2_ratio * LN2  # L = ln(u / v)
+    d = lam * ratio_log
+    series = 1.0 + d * (0.5 + d * (0.16666666666666666 + d * (0.041666666666666664 + d * (
+        0.008333333333333333 + d * (0.001388888888888889 + d * (0.0001984126984126984 + d * 2.48015873015873e-05))))))
+    small = tl.abs(d) < 0.5
+    body = tl.where(small, ratio_log * series, (fast_exp2(lam * log2_ratio) - 1.0) * inv_lam)
+    return fast_exp2(lam * lv) * body
 
 
 @triton.jit
@@ -114,71 +146,62 @@ def _synthesize_kernel(
     BLOCK_H: tl.constexpr,
     BLOCK_W: tl.constexpr,
 ):
-    # One program: a BLOCK_H x BLOCK_W tile of plane c of sample b.
-    n_th = tl.cdiv(h, BLOCK_H)
-    n_tw = tl.cdiv(w, BLOCK_W)
-    pid = tl.program_id(0)
-    tw = pid % n_tw
-    rest = pid // n_tw
-    th = rest % n_th
-    bc = rest // n_th
-    b = bc // 4
-    c = bc % 4
-    rows = th * BLOCK_H + tl.arange(0, BLOCK_H)
-    cols = tw * BLOCK_W + tl.arange(0, BLOCK_W)
-    rows64 = rows.to(tl.int64)[:, None]
-    cols64 = cols.to(tl.int64)[None, :]
-    mask = (rows[:, None] < h) & (cols[None, :] < w)
+    # One program: BLOCK_H rows x BLOCK_W columns of all 4 planes of sample b -> [4, BLOCK_H,
+    # BLOCK_W] blocks. Grid: (column tiles, row tiles, samples).
+    b = tl.program_id(2)
+    plane = tl.arange(0, 4)[:, None, None]
+    rows = (tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H))[None, :, None]
+    cols = (tl.program_id(0) * BLOCK_W + tl.arange(0, BLOCK_W))[None, None, :]
+    mask = (rows < h) & (cols < w) & (plane < 4)
     b64 = b.to(tl.int64)
-    c64 = c.to(tl.int64)
-    bc64 = bc.to(tl.int64)
 
-    x = tl.load(x_ptr + b64 * sxb + c64 * sxc + rows64 * sxh + cols64 * sxw, mask=mask, other=0.0).to(tl.float32)
+    x = tl.load((x_ptr + b64 * sxb) + (plane * sxc + rows * sxh + cols * sxw), mask=mask, other=0.0).to(tl.float32)
+    # Per-sample factors, once per program.
     ratio = tl.load(ratio_ptr + b)
     gain = tl.load(k_ptr + b)
     seed = tl.load(seed_ptr)
-    # Philox counter: flat index in a contiguous [B, 4, h, w] tensor.
-    index = (bc64 * h + rows64) * w + cols64
+    # Philox counter index: sample b in the high word, the element's index within it below.
+    index = sample_index(b, plane * (h * w) + rows * w + cols)
 
-    y = x * dn_scale / ratio  # DN, un-amplified
+    y = x * (dn_scale * fast_rcp(ratio))  # DN, un-amplified
     if SHOT == 1:
-        z = gain * poisson_sample(y / gain, seed, index, STREAM_POISSON)
-    elif SHOT == 2:
-        bits_a, bits_b, _, _ = philox4(seed, index, 0, STREAM_GAUSS)
-        n_shot, _ = box_muller(bits_a, bits_b)
-        z = y + tl.sqrt(tl.maximum(gain * y, 1e-10)) * n_shot
+        z = gain * poisson_sample(y * fast_rcp(gain), seed, index, STREAM_POISSON)
     else:
         z = y
-    if READ == 1:
-        # Second normal of the same Box-Muller pair as "p" (both use STREAM_GAUSS).
-        bits_a, bits_b, _, _ = philox4(seed, index, 0, STREAM_GAUSS)
-        _, n_read = box_muller(bits_a, bits_b)
-        z += tl.load(sigma_g_ptr + b) * n_read
-    elif READ == 2:
-        bits_t, _, _, _ = philox4(seed, index, 0, STREAM_TUKEY)
-        z += tl.load(sigma_tl_ptr + b) * _tukey_lambda(bits_t, tl.load(lam_ptr + b))
+    # One call for every other per-element draw: words 0, 1 Box-Muller, 2 Tukey-lambda, 3 quantisation.
+    if (SHOT == 2) or (READ != 0) or QUANT:
+        bits0, bits1, bits2, bits3 = philox4(seed, index, 0, STREAM_GAUSS)
+        if (SHOT == 2) or (READ == 1):
+            n_shot, n_read = box_muller(bits0, bits1)
+            if SHOT == 2:
+                z = y + tl.sqrt(tl.maximum(gain * y, 1e-10)) * n_shot
+            if READ == 1:
+                z += tl.load(sigma_g_ptr + b) * n_read
+        if READ == 2:
+            lam = tl.load(lam_ptr + b)
+            inv_lam = fast_rcp(tl.where(lam == 0.0, 1.0, lam))
+            z += tl.load(sigma_tl_ptr + b) * _tukey_lambda(bits2, lam, inv_lam)
+        if QUANT:
+            z += open_unit(bits3) - 0.5
     if ROW:
-        # Keyed by (b, packed row, CFA half): every tile of planes 2*half and 2*half+1
-        # along this row draws the same value.
-        row_index = (b64 * h + rows.to(tl.int64)) * 2 + c64 // 2
-        row_noise = standard_normal(seed, row_index, 0, STREAM_ROW)
-        z += tl.load(sigma_r_ptr + b) * row_noise[:, None]
-    if QUANT:
-        bits_q, _, _, _ = philox4(seed, index, 0, STREAM_QUANT)
-        z += open_unit(bits_q) - 0.5
+        # One value per (b, packed row, CFA half): a Box-Muller pair per row, computed once
+        # per row a thread holds; every program along the row draws the same pair.
+        r0, r1, _, _ = philox4(seed, sample_index(b, rows), 0, STREAM_ROW)
+        half0, half1 = box_muller(r0, r1)
+        z += tl.load(sigma_r_ptr + b) * tl.where(plane < 2, half0, half1)
 
-    out_offs = b64 * sob + rows64 * soh + cols64 * sow
+    out = (out_ptr + b64 * sob) + (plane * soc + rows * soh + cols * sow)
     if DN_OUT:
-        black = tl.load(black_ptr + bc)
-        tl.store(out_ptr + out_offs + c64 * soc, z + black, mask=mask)
+        black = tl.load(black_ptr + b * 4 + plane)
+        tl.store(out, z + black, mask=mask)
     else:
-        a = tl.minimum(tl.maximum(z * ratio / dn_scale, 0.0), 1.0)
+        a = tl.minimum(tl.maximum(z * (ratio * fast_rcp(dn_scale)), 0.0), 1.0)
         out_ty = out_ptr.dtype.element_ty
-        tl.store(out_ptr + out_offs + c64 * soc, a.to(out_ty), mask=mask)
+        tl.store(out, a.to(out_ty), mask=mask)
         if WITH_PHOTON:
-            tl.store(out_ptr + out_offs + (c64 + 4) * soc, (a / (ratio * gain)).to(out_ty), mask=mask)
+            tl.store(out + 4 * soc, (a * fast_rcp(ratio * gain)).to(out_ty), mask=mask)
         if CONCAT_ORIGIN:
-            tl.store(out_ptr + out_offs + (c64 + 4 + 4 * WITH_PHOTON) * soc, a.to(out_ty), mask=mask)
+            tl.store(out + (4 + 4 * WITH_PHOTON) * soc, a.to(out_ty), mask=mask)
 
 
 # Tuned per patch shape, dtypes and the components drawn.
@@ -302,6 +325,22 @@ def _check_out(out, shape, dtype, device) -> torch.Tensor:
     return out
 
 
+def _check_kernel_limits(clean: torch.Tensor, out: torch.Tensor) -> None:
+    """Sizes the Triton kernel addresses: grid dimensions and int32 offsets within a sample."""
+    B, _, h, w = clean.shape
+    if B > MAX_BATCH:
+        raise ValueError(f"batch size must be <= {MAX_BATCH}, got {B}")
+    if h > MAX_HEIGHT:
+        raise ValueError(f"h (packed rows) must be <= {MAX_HEIGHT}, got {h}")
+    if 4 * h * w >= MAX_SAMPLE_ELEMENTS:
+        raise ValueError(f"4 * h * w must be < 2**31 (int32 indices within a sample), got h={h}, w={w}")
+    for name, t in (("clean", clean), ("out", out)):
+        span = 1 + sum((n - 1) * abs(st) for n, st in zip(t.shape[1:], t.stride()[1:]))
+        if span >= MAX_SAMPLE_ELEMENTS:
+            raise ValueError(f"{name}: one sample spans {span} elements in memory (strides {t.stride()}); "
+                             f"the kernel needs < 2**31 (pass a contiguous tensor)")
+
+
 # --------------------------------------------------------------------------- reference
 def _reference(p: _Prepared, with_photon: bool, concat_origin: bool, output: str, generator) -> torch.Tensor:
     x = p.clean.to(torch.float32)
@@ -410,6 +449,7 @@ def synthesize_noise(
     B, _, h, w = clean.shape
     if out.numel() == 0:
         return out
+    _check_kernel_limits(clean, out)
     seed = philox_seed(generator, clean.device)
     dummy = p.ratio  # pointer for parameters a specialisation never reads
     args = (
@@ -435,7 +475,7 @@ def synthesize_noise(
     )
 
     def grid(meta):
-        return (B * 4 * triton.cdiv(h, meta["BLOCK_H"]) * triton.cdiv(w, meta["BLOCK_W"]),)
+        return (triton.cdiv(w, meta["BLOCK_W"]), triton.cdiv(h, meta["BLOCK_H"]), B)
 
     in_place = out.untyped_storage().data_ptr() == clean.untyped_storage().data_ptr()
     if LAUNCH_CONFIG is None and autotuning_enabled() and not in_place:
@@ -473,8 +513,10 @@ def aot_specs():
             "ratio_ptr": "*fp32", "k_ptr": "*fp32", "sigma_g_ptr": "*fp32", "sigma_tl_ptr": "*fp32",
             "lam_ptr": "*fp32", "sigma_r_ptr": "*fp32", "black_ptr": "*fp32",
             "h": "i32", "w": "i32",
-            "sxb": "i64", "sxc": "i64", "sxh": "i64", "sxw": "i64",
-            "sob": "i64", "soc": "i64", "soh": "i64", "sow": "i64",
+            # int32 strides: what Triton's JIT passes for any tensor the launcher accepts
+            # (values below 2**31; it specialises 1 and multiples of 16 further)
+            "sxb": "i32", "sxc": "i32", "sxh": "i32", "sxw": "i32",
+            "sob": "i32", "soc": "i32", "soh": "i32", "sow": "i32",
             "dn_scale": "fp32",
         }
         const = {

@@ -22,6 +22,7 @@ import triton.language as tl
 import kernels
 from kernels import noise
 from kernels._common import DEFAULT_DN_SCALE as S
+from kernels._fastmath import fast_rcp
 from kernels.noise import _tukey_lambda, parse_noise_model, synthesize_noise, synthesize_noise_reference
 from kernels.profiles import sample_noise_params
 from tests.conftest import TRITON_DEVICE
@@ -304,7 +305,8 @@ def _tukey_probe(bits_ptr, lam_ptr, out_ptr, n, BLOCK: tl.constexpr):
     mask = offs < n
     bits = tl.load(bits_ptr + offs, mask=mask, other=0).to(tl.uint32)
     lam = tl.load(lam_ptr + offs, mask=mask, other=0.0)
-    tl.store(out_ptr + offs, _tukey_lambda(bits, lam), mask=mask)
+    inv_lam = fast_rcp(tl.where(lam == 0.0, 1.0, lam))  # as the kernel computes it
+    tl.store(out_ptr + offs, _tukey_lambda(bits, lam, inv_lam), mask=mask)
 
 
 def test_tukey_lambda_transform_accuracy():
