@@ -11,7 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._philox import STREAM_POISSON, open_unit, philox4
+from kernels._philox import STREAM_POISSON, open_unit
+from kernels._philox import philox4_triton as philox4  # Triton's rounds, as on 2026-11-30
 
 BLOCK = 512
 NUM_WARPS = 4

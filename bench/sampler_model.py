@@ -106,57 +106,108 @@ def old_cost(kind: str, sim: dict) -> float:
     return float(per_thread.mean()) / o["per_thread"]
 
 
-def sampler_parts(profile: dict) -> dict:
+# Run-time loops of the fused kernels around the sampler: over TILES tiles per program, and
+# in each over the 4 planes.
+PLANES = 4
+
+
+def _around(profile: dict, inner: dict):
+    """The innermost loop enclosing loop ``inner``, or None."""
+    around = [lp for lp in profile["loops"] if lp is not inner and int(lp["start"], 16) <= int(inner["start"], 16)
+              and int(inner["end"], 16) <= int(lp["end"], 16)]
+    return min(around, key=lambda lp: lp["instructions"]) if around else None
+
+
+def sampler_parts(profile: dict, tiles: int = 1) -> dict:
     """Split a new kernel's SASS profile into the sampler's parts (see the module docstring).
 
     The PTRS loop is the one loop with two skippable blocks (Philox, log-pmf); its outer
     region is the largest region around it. The inversion is the last top-level region
     before that: its first chunk inline, the other four nested as regions of their own.
-    Other top-level regions that contain a loop of their own (libdevice's sin/cos slow
-    path for huge arguments) never run here; the rest (small stores) are counted as run.
+    The fused kernels call the sampler inside a loop over the 4 planes (its body without
+    the sampler: "base", once per plane), itself inside a loop over ``tiles`` tiles (its
+    body without the plane loop: "tile", once per tile); the rest ("setup") runs once per
+    program. Other top-level regions that contain a loop of their own (libdevice's sin/cos
+    slow path for huge arguments, before session 4) never run; the rest are counted as run.
     """
     loops = [lp for lp in profile["loops"] if len(lp["skippable"]) == 2]
     assert len(loops) == 1, profile["loops"]
     loop = loops[0]
+    planes = _around(profile, loop)
+    tile_loop = _around(profile, planes) if planes is not None else None
+    assert (tile_loop is not None) == (tiles > 1), (tiles, tile_loop)
     start = int(loop["start"], 16)
     regions = [(int(r["at"], 16), r["skips"]) for r in profile["skippable"]]
     end = lambda r: r[0] + 16 * r[1]  # noqa: E731  (SASS instructions are 16 bytes)
-    outer = max((r for r in regions if r[0] < start < end(r)), key=lambda r: r[1])
-    before = [r for r in regions if r[0] < outer[0]]
+    inside = (lambda r: True) if planes is None else (  # noqa: E731
+        lambda r: int(planes["start"], 16) <= r[0] and end(r) <= int(planes["end"], 16) + 16)
+    outer = max((r for r in regions if r[0] < start < end(r) and inside(r)), key=lambda r: r[1])
+    before = [r for r in regions if r[0] < outer[0] and inside(r)]
     top = [r for r in before if not any(o is not r and o[0] < r[0] < end(o) for o in before)]
     inversion = top[-1]
     nested = [r[1] for r in before if inversion[0] < r[0] < end(inversion)]
     chunks = [inversion[1] - sum(nested), *nested]
     assert len(chunks) == 5, (inversion, nested)
-    other_loops = [int(lp["start"], 16) for lp in profile["loops"] if lp is not loop]
+    kernel_loops = (loop, planes, tile_loop)
+    other_loops = [int(lp["start"], 16) for lp in profile["loops"] if all(lp is not k for k in kernel_loops)]
     dead = sum(r[1] for r in regions if r[0] > end(outer) and any(r[0] < lp < end(r) for lp in other_loops)
                and not any(o[0] < r[0] < end(o) for o in regions if o is not r))
     executable = profile["instructions"] - profile["by_opcode"].get("NOP", 0) - 1  # trailing self-branch
     philox, pmf = (s["skips"] for s in loop["skippable"])
-    return {"base": executable - inversion[1] - outer[1] - dead, "chunks": chunks,
-            "ptrs_setup": outer[1] - loop["instructions"], "loop_always": loop["instructions"] - philox - pmf,
-            "philox": philox, "pmf": pmf}
+    sampler = {"chunks": chunks, "ptrs_setup": outer[1] - loop["instructions"],
+               "loop_always": loop["instructions"] - philox - pmf, "philox": philox, "pmf": pmf}
+    if planes is None:
+        return {"setup": 0, "tiles": 1, "tile": 0, "planes": 1, "base": executable - inversion[1] - outer[1] - dead,
+                **sampler}
+    outermost = tile_loop or planes
+    return {"setup": executable - outermost["instructions"] - dead, "tiles": tiles,
+            "tile": 0 if tile_loop is None else tile_loop["instructions"] - planes["instructions"],
+            "planes": PLANES, "base": planes["instructions"] - inversion[1] - outer[1], **sampler}
 
 
 def new_cost(parts: dict, per_thread: int, sim: dict) -> float:
+    """Instructions per element: ``sim`` holds one sampler call's group per row (one plane
+    of one tile where the kernel loops over tiles and planes)."""
     chunks = np.minimum(np.ceil(sim["k_max"] / 8.0), 5).astype(int)
-    per_thread_cost = parts["base"] + np.array([sum(parts["chunks"][:c]) for c in chunks], dtype=float)
-    loop = np.zeros_like(per_thread_cost)
+    per_group = parts["base"] + np.array([sum(parts["chunks"][:c]) for c in chunks], dtype=float)
+    loop = np.zeros_like(per_group)
     for t in range(sim["undecided"].shape[0]):
         running = sim["t_max"] > t
         loop += running * (parts["loop_always"] + parts["pmf"] * sim["undecided"][t] + parts["philox"] * (t >= 2 and t % 2 == 0))
-    per_thread_cost += sim["any_big"] * (parts["ptrs_setup"] + loop)
-    return float(per_thread_cost.mean()) / per_thread
+    per_group += sim["any_big"] * (parts["ptrs_setup"] + loop)
+    per_program = parts["setup"] + parts["tiles"] * (parts["tile"] + parts["planes"] * float(per_group.mean()))
+    return per_program / (parts["tiles"] * parts["planes"] * per_thread)
 
 
-def executed_per_thread(profile: dict) -> int:
+def executed_per_thread(profile: dict, tiles: int = 1) -> int:
     """Instructions a thread runs through a kernel without the sampler: all but padding and
-    the regions holding a loop (libdevice's sin/cos slow path, never taken here)."""
+    the regions holding a loop other than the kernel's (libdevice's sin/cos slow path, never
+    taken), each loop's body as often as it runs. The compiler may unroll the plane loop
+    (then the one loop left is the tile loop) or both."""
+    loops = profile["loops"]
+    top = [lp for lp in loops if not lp["nested_in"]]
+    if tiles > 1 and len(top) == 1:  # the tile loop (its plane loops unrolled or inside)
+        inner = [lp for lp in loops if lp["nested_in"]]
+        trips = {id(top[0]): tiles, **{id(lp): PLANES for lp in inner}}
+    else:  # plane loops (tiles unrolled), or none at all
+        trips = {id(lp): PLANES for lp in top}
+    kernel = [lp for lp in loops if id(lp) in trips]
     regions = [(int(r["at"], 16), r["skips"]) for r in profile["skippable"]]
-    loops = [int(lp["start"], 16) for lp in profile["loops"]]
-    dead = sum(s for a, s in regions if any(a < lp < a + 16 * s for lp in loops)
+    others = [int(lp["start"], 16) for lp in loops if id(lp) not in trips]
+    dead = sum(s for a, s in regions if any(a < lp < a + 16 * s for lp in others)
                and not any(o[0] < a < o[0] + 16 * o[1] for o in regions if o != (a, s)))
-    return profile["instructions"] - profile["by_opcode"].get("NOP", 0) - 1 - dead
+
+    def runs(lp):  # how often one instruction of lp's body runs
+        n = trips[id(lp)]
+        outer = _around(profile, lp)
+        return n * (runs(outer) if outer is not None and id(outer) in trips else 1)
+
+    total = profile["instructions"] - profile["by_opcode"].get("NOP", 0) - 1 - dead
+    for lp in kernel:  # add the repeats, innermost bodies on top of their enclosing loops'
+        outer = _around(profile, lp)
+        enclosing = runs(outer) if outer is not None and id(outer) in trips else 1
+        total += lp["instructions"] * (runs(lp) - enclosing)
+    return total
 
 
 def without_sampler(aot, spec, arch: int = 90) -> float:
@@ -168,7 +219,7 @@ def without_sampler(aot, spec, arch: int = 90) -> float:
     plain = dataclasses.replace(spec, name=spec.name + "[no Poisson]", constexprs={**spec.constexprs, **off})
     r = aot.compile_spec(plain, arch, keep=True)
     prof = aot.sass_profile(aot.disassemble(r["cubin"]))
-    return executed_per_thread(prof)
+    return executed_per_thread(prof, spec.constexprs.get("TILES", 1))
 
 
 def main() -> int:
@@ -191,16 +242,19 @@ def main() -> int:
         old_plain = OLD_OWN_WORK.get(kind)
         for r in report:
             meta = r["kernel"][len(prefix):-1]
-            # poisson: "{BLOCK}x{warps}w"; the others: "{BLOCK_H}x{BLOCK_W}x{warps}w", all 4 planes
-            elements = (int(meta.split("x")[0]) if kind == "poisson"
-                        else 4 * int(meta.split("x")[0]) * int(meta.split("x")[1]))
-            per_thread = elements // (32 * r["num_warps"])
-            parts = sampler_parts(r)
-            sim = simulate(kind, elements, max(4000, 200000 // elements), rng)
+            # poisson: "{BLOCK}x{warps}w"; the others: "{BLOCK_H}x{BLOCK_W}x{TILES}x{warps}w", a
+            # plane of a tile per sampler call
+            dims = [int(d) for d in meta.split("x")[:-1]]
+            group = dims[0] if kind == "poisson" else dims[0] * dims[1]  # elements of one sampler call
+            tiles = 1 if kind == "poisson" else dims[2]
+            elements = group if kind == "poisson" else 4 * group * tiles
+            per_thread = group // (32 * r["num_warps"])  # per sampler call
+            parts = sampler_parts(r, tiles)
+            sim = simulate(kind, group, max(4000, 200000 // group), rng)
             new = new_cost(parts, per_thread, sim)
             plain = None
             if kind != "poisson":  # the kernel's own work, which the sampler does not change
-                plain = without_sampler(aot, specs_by_name[r["kernel"]]) / per_thread
+                plain = without_sampler(aot, specs_by_name[r["kernel"]]) / (elements // (32 * r["num_warps"]))
             rows.append({"without_sampler_instr_per_element": None if plain is None else round(plain, 1),"kernel": kind, "config": meta, "registers": r["registers"], "elements_per_program": elements,
                          "old_instr_per_element": round(old, 1), "new_instr_per_element": round(new, 1),
                          "estimated_speedup": round(old / new, 2), "parts_per_thread": parts,

@@ -28,12 +28,58 @@ STREAM_GAUSS = tl.constexpr(1)
 STREAM_ROW = tl.constexpr(3)
 
 
+# Philox-4x32 constants (Salmon et al., "Random123", SC 2011; as triton.language.random).
+PHILOX_ROUND_A = tl.constexpr(0xD2511F53)
+PHILOX_ROUND_B = tl.constexpr(0xCD9E8D57)
+PHILOX_KEY_A = tl.constexpr(0x9E3779B9)
+PHILOX_KEY_B = tl.constexpr(0xBB67AE85)
+PHILOX_ROUNDS = tl.constexpr(10)
+
+
+@triton.jit
+def _mulhilo(x, M: tl.constexpr):
+    """(high, low) 32-bit words of the 64-bit product M * x (one IMAD.WIDE.U32, where
+    ``umulhi`` and ``*`` compile to two multiplies)."""
+    p = x.to(tl.uint64) * M
+    return (p >> 32).to(tl.uint32), p.to(tl.uint32)
+
+
 @triton.jit
 def philox4(seed, index, iteration, stream):
     """Four uint32 blocks for counter ``(index, iteration, stream)`` under key ``seed``.
 
     seed: int64 scalar. index: int32/int64 block. iteration, stream: int scalars.
+    Philox-4x32-10, bit for bit ``tl.random.philox(seed, index_lo, iteration, stream,
+    index_hi)`` (``tests/test_philox.py``), with each round's two multiplies as 32 x 32 -> 64
+    bit products and the counter words that are the same for the whole block kept scalar.
     """
+    zero = (index * 0).to(tl.uint32)
+    c0 = index.to(tl.uint32)
+    if tl.constexpr(index.dtype.primitive_bitwidth > 32):
+        c3 = (index >> 32).to(tl.uint32)
+    else:
+        c3 = zero
+    c1 = tl.to_tensor(iteration).to(tl.uint32)
+    c2 = tl.to_tensor(stream).to(tl.uint32)
+    key = seed.to(tl.uint64)
+    k0 = key.to(tl.uint32)
+    k1 = (key >> 32).to(tl.uint32)
+    for _ in tl.static_range(PHILOX_ROUNDS):
+        hi_a, lo_a = _mulhilo(c0, PHILOX_ROUND_A)
+        hi_b, lo_b = _mulhilo(c2, PHILOX_ROUND_B)
+        c0 = hi_b ^ c1 ^ k0
+        c1 = lo_b
+        c2 = hi_a ^ c3 ^ k1
+        c3 = lo_a
+        k0 = k0 + PHILOX_KEY_A
+        k1 = k1 + PHILOX_KEY_B
+    return c0 + zero, c1 + zero, c2 + zero, c3 + zero
+
+
+@triton.jit
+def philox4_triton(seed, index, iteration, stream):
+    """``philox4`` through ``tl.random.philox`` (Triton's own rounds: the 2026-11-30 code's;
+    bench/legacy_poisson.py keeps it so that the old sampler is timed as it was)."""
     zero = (index * 0).to(tl.uint32)
     lo = index.to(tl.uint32)
     if tl.constexpr(index.dtype.primitive_bitwidth > 32):

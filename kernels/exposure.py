@@ -50,23 +50,27 @@ from ._tuning import autotuned, autotuning_enabled
 from .numbers import real
 from .poisson import poisson_sample
 
-# Tile: BLOCK_H rows x BLOCK_W columns of one sample per program, all 4 planes (4 * BLOCK_H
-# * BLOCK_W elements). The backward kernel, and the forward one where nothing is tuned (the
-# interpreter), use this tile and NUM_WARPS warps; BLOCK is its pixel count.
+# Tile: BLOCK_H rows x BLOCK_W columns of one sample, all 4 planes (4 * BLOCK_H * BLOCK_W
+# elements); the backward kernel takes one tile per program, with NUM_WARPS warps; BLOCK is
+# its pixel count.
 BLOCK_H = 4
 BLOCK_W = 32
 BLOCK = BLOCK_H * BLOCK_W
 NUM_WARPS = 8
-# Forward configurations (tile, warps) that triton.autotune tries on the user's GPU. The
-# Poisson sampler's rejection loops run as long as the slowest of a program's elements
-# needs, so one-warp programs of 32-128 elements waste least; (4 x 32, 8) has the 128 pixels
-# on 8 warps measured on 2026-11-30. The draws are the same under every one.
+# The forward kernel takes TILES tiles side by side per program, each a plane at a time: the
+# Poisson sampler's rejection loops run as long as the slowest of one plane's BLOCK_H x
+# BLOCK_W elements needs (one per thread with 32 per warp wastes least), while the per-sample
+# set-up is paid once for 4 x TILES such groups. Configurations (tile, warps) that
+# triton.autotune tries on the user's GPU; the draws are the same under every one.
 FWD_CONFIGS = (
-    ({"BLOCK_H": 1, "BLOCK_W": 8}, 1), ({"BLOCK_H": 1, "BLOCK_W": 16}, 1), ({"BLOCK_H": 1, "BLOCK_W": 32}, 1),
-    ({"BLOCK_H": 1, "BLOCK_W": 32}, 4), ({"BLOCK_H": 1, "BLOCK_W": 64}, 4), ({"BLOCK_H": 4, "BLOCK_W": 32}, 8),
+    ({"BLOCK_H": 1, "BLOCK_W": 32, "TILES": 1}, 1), ({"BLOCK_H": 1, "BLOCK_W": 32, "TILES": 2}, 1),
+    ({"BLOCK_H": 1, "BLOCK_W": 32, "TILES": 4}, 1), ({"BLOCK_H": 1, "BLOCK_W": 64, "TILES": 2}, 1),
+    ({"BLOCK_H": 1, "BLOCK_W": 128, "TILES": 1}, 4), ({"BLOCK_H": 1, "BLOCK_W": 128, "TILES": 2}, 4),
 )
+# The forward configuration where nothing is tuned (the interpreter).
+FWD_DEFAULT = ({"BLOCK_H": 4, "BLOCK_W": 32, "TILES": 1}, 4)
 # Tests: a (meta, num_warps) pair forcing one forward configuration; None: autotuned
-# on a GPU, (BLOCK_H, BLOCK_W, NUM_WARPS) under the interpreter.
+# on a GPU, FWD_DEFAULT under the interpreter.
 LAUNCH_CONFIG = None
 # Grid limits: samples and row tiles are grid dimensions 2 and 1 (at most 65535 each).
 MAX_BATCH = 65535
@@ -85,19 +89,25 @@ def _clip01(v):
 
 
 @triton.jit
-def _tile(h, w, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
-    """This program's tile: BLOCK_H x BLOCK_W pixels of sample b, all 4 planes -> [4, BLOCK]
-    blocks (BLOCK = BLOCK_H * BLOCK_W, row-major). Grid: (column tiles, row tiles, samples).
+def _pixels(h, w, tile, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, TILES: tl.constexpr):
+    """Tile ``tile`` (0 .. TILES - 1) of this program: BLOCK_H x BLOCK_W pixels of sample b
+    (BLOCK = BLOCK_H * BLOCK_W, row-major). Grid: (column tiles / TILES, row tiles, samples).
 
-    Returns (b, y, x, pmask, plane, mask2): sample index (int32 scalar), row / column [BLOCK]
-    (int32: no division, BLOCK_W is a power of two), the pixels' mask, plane index [4, 1],
-    and the [4, BLOCK] mask.
+    Returns (b, y, x, pmask): sample index (int32 scalar), row / column [BLOCK] (int32, no
+    division: BLOCK_W is a power of two) and the pixels' mask.
     """
     b = tl.program_id(2)
     p = tl.arange(0, BLOCK_H * BLOCK_W)
     y = tl.program_id(1) * BLOCK_H + p // BLOCK_W
-    x = tl.program_id(0) * BLOCK_W + p % BLOCK_W
-    pmask = (y < h) & (x < w)
+    x = (tl.program_id(0) * TILES + tile) * BLOCK_W + p % BLOCK_W
+    return b, y, x, (y < h) & (x < w)
+
+
+@triton.jit
+def _tile(h, w, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    """``_pixels`` of a one-tile program and all 4 planes: (b, y, x, pmask, plane [4, 1],
+    mask [4, BLOCK])."""
+    b, y, x, pmask = _pixels(h, w, 0, BLOCK_H, BLOCK_W, 1)
     plane = tl.arange(0, 4)[:, None]
     return b, y, x, pmask, plane, pmask[None, :] & (plane < 4)
 
@@ -126,95 +136,118 @@ def _exposure_fwd_kernel(
     h, w, dn_scale,
     HEAD9: tl.constexpr, HAS_NEXT: tl.constexpr, STOCHASTIC: tl.constexpr, ACCUMULATE: tl.constexpr,
     WITH_PHOTON: tl.constexpr, CONCAT_ORIGIN: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
+    TILES: tl.constexpr,
 ):
-    b, y, x, pmask, plane, mask2 = _tile(h, w, BLOCK_H, BLOCK_W)
-    pix = (y * sn_h + x * sn_w)[None, :]
+    b = tl.program_id(2)
     net = net_ptr + b.to(tl.int64) * sn_b
-    if HEAD9:
-        logit = tl.load(net + pix, mask=pmask[None, :], other=0.0).to(tl.float32)
-        x0 = tl.load(net + ((1 + plane) * sn_c + pix), mask=mask2, other=0.0).to(tl.float32)
-        res = tl.load(net + ((5 + plane) * sn_c + pix), mask=mask2, other=0.0).to(tl.float32)
-    else:
-        x0 = tl.load(net + (plane * sn_c + pix), mask=mask2, other=0.0).to(tl.float32)
-        logit = x0  # unused
-        res = x0  # unused
-    _finish_step(logit, x0, res, b, y, x, plane, mask2,
-                 state_ptr, ss_b, ss_c, ss_h, ss_w, origin_ptr, so_b, so_c, so_h, so_w,
-                 ratio_ptr, gain_ptr, rho_ptr, rho_next_ptr, seed_ptr, seed_stride,
-                 est_ptr, se_b, se_c, se_h, se_w, next_ptr, sx_b, sx_c, sx_h, sx_w, h, w, dn_scale,
-                 HEAD9, HAS_NEXT, STOCHASTIC, ACCUMULATE, WITH_PHOTON, CONCAT_ORIGIN)
+    mu_scale, base_weight, photon_value, photon_channel, seed = _step_factors(
+        b, ratio_ptr, gain_ptr, rho_ptr, rho_next_ptr, seed_ptr, seed_stride, dn_scale,
+        HAS_NEXT, STOCHASTIC, ACCUMULATE)
+    for t in range(TILES):
+        # (tiles wholly right of the frame are skipped)
+        if (tl.program_id(0) * TILES + t) * BLOCK_W < w:
+            _, y, x, pmask = _pixels(h, w, t, BLOCK_H, BLOCK_W, TILES)
+            pix = y * sn_h + x * sn_w
+            if HEAD9:
+                m = fast_sigmoid(tl.load(net + pix, mask=pmask, other=0.0).to(tl.float32))
+            else:
+                m = tl.zeros([BLOCK_H * BLOCK_W], tl.float32)  # unused
+            # One plane at a time: the Poisson sampler's loops then run over BLOCK elements
+            # (one per thread on one warp of BLOCK = 32), while per-pixel work is shared.
+            for c in range(4):
+                if HEAD9:
+                    x0 = tl.load(net + ((1 + c) * sn_c + pix), mask=pmask, other=0.0).to(tl.float32)
+                    res = tl.load(net + ((5 + c) * sn_c + pix), mask=pmask, other=0.0).to(tl.float32)
+                else:
+                    x0 = tl.load(net + (c * sn_c + pix), mask=pmask, other=0.0).to(tl.float32)
+                    res = x0  # unused
+                _finish_plane(c, m, x0, res, b, y, x, pmask,
+                              state_ptr, ss_b, ss_c, ss_h, ss_w, origin_ptr, so_b, so_c, so_h, so_w,
+                              est_ptr, se_b, se_c, se_h, se_w, next_ptr, sx_b, sx_c, sx_h, sx_w, h, w,
+                              mu_scale, base_weight, photon_value, photon_channel, seed,
+                              HEAD9, HAS_NEXT, STOCHASTIC, ACCUMULATE, WITH_PHOTON, CONCAT_ORIGIN)
 
 
 @triton.jit
-def _finish_step(
-    logit, x0, res, b, y, x, plane, mask2,
+def _step_factors(b, ratio_ptr, gain_ptr, rho_ptr, rho_next_ptr, seed_ptr, seed_stride, dn_scale,
+                  HAS_NEXT: tl.constexpr, STOCHASTIC: tl.constexpr, ACCUMULATE: tl.constexpr):
+    """Per-sample values of the step, once per program (fp32 scalars): ``mu = clip(Y) *
+    mu_scale``, ``A_next = base * base_weight + P * photon_value`` (base: clip(A_T), or A_i
+    when accumulating), photon channel ``A_next * photon_channel``; and the Philox key
+    (one per sample, seed_stride 1, or one for the batch, 0)."""
+    mu_scale = 0.0
+    base_weight = 0.0
+    photon_value = 0.0
+    photon_channel = 0.0
+    seed = tl.load(seed_ptr)
+    if HAS_NEXT:
+        rk = tl.load(ratio_ptr + b) * tl.load(gain_ptr + b)
+        rho_next = tl.load(rho_next_ptr + b)
+        inv_rk = fast_rcp(rk)
+        inv_rho_next = fast_rcp(rho_next)
+        if ACCUMULATE:
+            rho = tl.load(rho_ptr + b)
+            mu_scale = (rho_next - rho) * dn_scale * inv_rk
+            base_weight = rho * inv_rho_next
+        else:
+            mu_scale = (rho_next - 1.0) * dn_scale * inv_rk
+            base_weight = inv_rho_next
+        photon_value = rk * fast_rcp(dn_scale * rho_next)
+        photon_channel = rho_next * inv_rk
+        if STOCHASTIC:
+            seed = tl.load(seed_ptr + b * seed_stride)
+    return mu_scale, base_weight, photon_value, photon_channel, seed
+
+
+@triton.jit
+def _finish_plane(
+    c, m, x0, res, b, y, x, pmask,
     state_ptr, ss_b, ss_c, ss_h, ss_w,
     origin_ptr, so_b, so_c, so_h, so_w,
-    ratio_ptr, gain_ptr, rho_ptr, rho_next_ptr, seed_ptr, seed_stride,
     est_ptr, se_b, se_c, se_h, se_w,
     next_ptr, sx_b, sx_c, sx_h, sx_w,
-    h, w, dn_scale,
+    h, w, mu_scale, base_weight, photon_value, photon_channel, seed,
     HEAD9: tl.constexpr, HAS_NEXT: tl.constexpr, STOCHASTIC: tl.constexpr, ACCUMULATE: tl.constexpr,
     WITH_PHOTON: tl.constexpr, CONCAT_ORIGIN: tl.constexpr,
 ):
-    """From the head's outputs of a tile (fp32: ``logit`` [1, BLOCK], ``x0`` and ``res``
-    [4, BLOCK]; a plain head's estimate in ``x0``) to the stored estimate and next input.
-    ``b``: sample (int32 scalar); ``y``, ``x``: the pixels' rows and columns ([BLOCK] int32);
-    ``plane``: [4, 1]. Shared by ``_exposure_fwd_kernel`` and the fused head kernel of
-    ``kernels.head_step``."""
+    """Plane ``c`` of a tile, from the head's outputs (fp32 [BLOCK]: mask ``m`` = sigmoid of
+    the logit, ``x0`` and ``res``; a plain head's estimate in ``x0``) to the stored estimate
+    and next input. ``b``: sample (int32 scalar); ``y``, ``x``, ``pmask``: the pixels ([BLOCK]);
+    the rest from ``_step_factors``. Shared by ``_exposure_fwd_kernel`` and the fused head
+    kernel of ``kernels.head_step``."""
+    b64 = b.to(tl.int64)
     need_state: tl.constexpr = HEAD9 or (HAS_NEXT and ACCUMULATE)
     if need_state:
-        st = tl.load(_at(state_ptr, b, ss_b, ss_c, ss_h, ss_w, plane, y, x), mask=mask2, other=0.0).to(tl.float32)
+        st = tl.load((state_ptr + b64 * ss_b) + (c * ss_c + y * ss_h + x * ss_w), mask=pmask, other=0.0).to(tl.float32)
     if HEAD9:
-        m = fast_sigmoid(logit)
         est = _clip01(x0) * m + _clip01(res + st) * (1.0 - m)
     else:
         est = _clip01(x0)
-    tl.store(_at(est_ptr, b, se_b, se_c, se_h, se_w, plane, y, x), est, mask=mask2)
+    tl.store((est_ptr + b64 * se_b) + (c * se_c + y * se_h + x * se_w), est, mask=pmask)
 
     if HAS_NEXT:
-        # Per-sample factors, once per program: mu = clip(Y) (rho_next - rho_0) s / (r K) and
-        # A_next = base / rho_next + P r K / (s rho_next), with rho_0 = rho or 1.
-        rk = tl.load(ratio_ptr + b) * tl.load(gain_ptr + b)
-        rho_next = tl.load(rho_next_ptr + b)
-        inv_rho_next = fast_rcp(rho_next)
-        photon_value = rk * fast_rcp(dn_scale * rho_next)
         need_origin: tl.constexpr = CONCAT_ORIGIN or not ACCUMULATE
         if need_origin:
-            org = tl.load(_at(origin_ptr, b, so_b, so_c, so_h, so_w, plane, y, x), mask=mask2, other=0.0).to(tl.float32)
-        if ACCUMULATE:
-            rho = tl.load(rho_ptr + b)
-            mu = _clip01(est) * ((rho_next - rho) * dn_scale * fast_rcp(rk))
-        else:
-            mu = _clip01(est) * ((rho_next - 1.0) * dn_scale * fast_rcp(rk))
+            org = tl.load((origin_ptr + b64 * so_b) + (c * so_c + y * so_h + x * so_w), mask=pmask, other=0.0)
+        mu = _clip01(est) * mu_scale
         if STOCHASTIC:
-            # One key per sample (seed_stride 1) or one for the batch (0). The counter is the
-            # element's index within its sample, so a sample's draws do not depend on its
-            # position in the batch: with a shared key, frame b of a batch is drawn exactly
-            # as the same frame alone.
-            seed = tl.load(seed_ptr + b * seed_stride)
-            index = plane * (h * w) + (y * w + x)[None, :]
-            photons = poisson_sample(mu, seed, index, STREAM_POISSON)
+            # The counter is the element's index within its sample, so a sample's draws do
+            # not depend on its position in the batch: with a shared key, frame b of a batch
+            # is drawn exactly as the same frame alone.
+            photons = poisson_sample(mu, seed, c * (h * w) + (y * w + x), STREAM_POISSON)
         else:
             photons = mu
         if ACCUMULATE:
-            a_next = st * (rho * inv_rho_next) + photons * photon_value
+            a_next = st * base_weight + photons * photon_value
         else:
-            a_next = _clip01(org) * inv_rho_next + photons * photon_value
-        out = _at(next_ptr, b, sx_b, sx_c, sx_h, sx_w, plane, y, x)
-        tl.store(out, a_next.to(next_ptr.dtype.element_ty), mask=mask2)
+            a_next = _clip01(org.to(tl.float32)) * base_weight + photons * photon_value
+        out = (next_ptr + b64 * sx_b) + (c * sx_c + y * sx_h + x * sx_w)
+        tl.store(out, a_next.to(next_ptr.dtype.element_ty), mask=pmask)
         if WITH_PHOTON:
-            tl.store(out + 4 * sx_c, (a_next * (rho_next * fast_rcp(rk))).to(next_ptr.dtype.element_ty), mask=mask2)
+            tl.store(out + 4 * sx_c, (a_next * photon_channel).to(next_ptr.dtype.element_ty), mask=pmask)
         if CONCAT_ORIGIN:
             first: tl.constexpr = 8 if WITH_PHOTON else 4
-            tl.store(out + first * sx_c, org.to(next_ptr.dtype.element_ty), mask=mask2)
-
-
-# Tuned per frame shape, dtypes and the options that change the kernel's work.
-_exposure_fwd_tuned = autotuned(
-    _exposure_fwd_kernel, FWD_CONFIGS,
-    key=["h", "w", "HEAD9", "HAS_NEXT", "STOCHASTIC", "ACCUMULATE", "WITH_PHOTON", "CONCAT_ORIGIN"],
-)
+            tl.store(out + first * sx_c, org.to(next_ptr.dtype.element_ty), mask=pmask)
 
 
 @triton.jit
@@ -425,8 +458,8 @@ def check_sample_spans(**tensors: torch.Tensor) -> None:
 
 
 def grid_of(h: int, w: int, B: int):
-    """The launch grid of a (BLOCK_H, BLOCK_W) tiling: (column tiles, row tiles, samples)."""
-    return lambda meta: (triton.cdiv(w, meta["BLOCK_W"]), triton.cdiv(h, meta["BLOCK_H"]), B)
+    """The launch grid of a (BLOCK_H, BLOCK_W, TILES) tiling: (column tiles / TILES, row tiles, samples)."""
+    return lambda meta: (triton.cdiv(w, meta["BLOCK_W"] * meta.get("TILES", 1)), triton.cdiv(h, meta["BLOCK_H"]), B)
 
 
 def _launch_forward(net_out, state, origin, cfg, params, seed, est, nxt):
@@ -450,7 +483,7 @@ def _launch_forward(net_out, state, origin, cfg, params, seed, est, nxt):
     if LAUNCH_CONFIG is None and autotuning_enabled():
         _exposure_fwd_tuned[grid](*args, **flags)
         return
-    meta, warps = LAUNCH_CONFIG if LAUNCH_CONFIG is not None else ({"BLOCK_H": BLOCK_H, "BLOCK_W": BLOCK_W}, NUM_WARPS)
+    meta, warps = LAUNCH_CONFIG if LAUNCH_CONFIG is not None else FWD_DEFAULT
     _exposure_fwd_kernel[grid(meta)](*args, **flags, **meta, num_warps=warps)
 
 
@@ -666,14 +699,14 @@ def aot_specs():
     def strides(prefix):
         return {f"{prefix}_{d}": "i32" for d in "bchw"}
 
-    def fwd(name, in_ty, out_ty, num_warps=NUM_WARPS, **flags):
+    def fwd(name, in_ty, out_ty, num_warps=FWD_DEFAULT[1], **flags):
         sig = {"net_ptr": f"*{in_ty}", **strides("sn"), "state_ptr": f"*{in_ty}", **strides("ss"),
                "origin_ptr": f"*{in_ty}", **strides("so"), "ratio_ptr": "*fp32", "gain_ptr": "*fp32",
                "rho_ptr": "*fp32", "rho_next_ptr": "*fp32", "seed_ptr": "*i64", "seed_stride": "i32",
                "est_ptr": "*fp32", **strides("se"), "next_ptr": f"*{out_ty}", **strides("sx"),
                "h": "i32", "w": "i32", "dn_scale": "fp32"}
         const = dict(HEAD9=True, HAS_NEXT=True, STOCHASTIC=True, ACCUMULATE=False, WITH_PHOTON=False,
-                     CONCAT_ORIGIN=False, BLOCK_H=BLOCK_H, BLOCK_W=BLOCK_W)
+                     CONCAT_ORIGIN=False, **FWD_DEFAULT[0])
         const.update(flags)
         sig.update({k: "constexpr" for k in const})
         return AotSpec(f"exposure_fwd_{name}", _exposure_fwd_kernel, sig, const, num_warps)
@@ -703,7 +736,8 @@ def aot_specs():
         fwd("head9_fp16_last", "fp16", "fp32", HAS_NEXT=False, STOCHASTIC=False),
         fwd("head4_fp32_last", "fp32", "fp32", HEAD9=False, HAS_NEXT=False, STOCHASTIC=False),
         # every configuration autotune may pick, on the engine's fp16 step with all channels
-        *[fwd(f"head9_fp16_photon_origin[{meta['BLOCK_H']}x{meta['BLOCK_W']}x{warps}w]", "fp16", "fp16", num_warps=warps,
+        *[fwd(f"head9_fp16_photon_origin[{meta['BLOCK_H']}x{meta['BLOCK_W']}x{meta['TILES']}x{warps}w]", "fp16", "fp16",
+              num_warps=warps,
               WITH_PHOTON=True, CONCAT_ORIGIN=True, **meta) for meta, warps in FWD_CONFIGS],
         bwd("head9_fp32", "fp32"),
         bwd("head9_fp16", "fp16"),

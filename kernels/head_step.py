@@ -5,9 +5,9 @@ features), state, origin, ...)`` in one pass: each program loads the last decode
 features of its pixels (``[BLOCK, C]``, NHWC), multiplies them by the head's weights on
 the tensor cores (``[C, 16]``, the 9 or 4 output channels padded to 16; fp32
 accumulation), adds the bias, and hands the mask logit, ``x0`` and ``R`` (or a plain
-head's estimate) to the exposure step's own tail (``kernels.exposure._finish_step``):
-the blend, the Poisson photons and the next network input. The head's 9 channels never
-go to memory.
+head's estimate) to the exposure step's own tail (``kernels.exposure._finish_plane``):
+the blend, the Poisson photons and the next network input, plane by plane. The head's 9
+channels never go to memory.
 
 Same arguments, randomness (keys, counters: a fused step draws what the unfused step
 draws from the same head output) and outputs as ``kernels.exposure.exposure_step``;
@@ -25,8 +25,9 @@ import triton.language as tl
 
 from ._common import DEFAULT_DN_SCALE, check_tensor, philox_seed, use_triton
 from ._tuning import autotuned, autotuning_enabled
-from .exposure import (_IN_DTYPES, _allocate, _finish_step, _prepare, _tile, check_sample_spans, exposure_step_reference,
-                       grid_of)
+from ._fastmath import fast_sigmoid
+from .exposure import (_IN_DTYPES, _allocate, _finish_plane, _pixels, _prepare, _step_factors, check_sample_spans,
+                       exposure_step_reference, grid_of)
 
 HEAD_COLUMNS = 16  # the head's 9 (or 4) output channels, padded to the tensor cores' N
 BLOCK_C = 16  # feature channels per K step
@@ -46,16 +47,9 @@ LAUNCH_CONFIG = None
 
 @triton.jit
 def _column(acc_t, cols, j):
-    """Column ``j`` of the ``[BLOCK, 16]`` head output as a ``[1, BLOCK]`` row (exact: a
+    """Column ``j`` of the ``[BLOCK, 16]`` head output as a ``[BLOCK]`` vector (exact: a
     masked sum with one non-zero term). acc_t: the output transposed, ``[16, BLOCK]``."""
-    return tl.sum(tl.where(cols[:, None] == j, acc_t, 0.0), axis=0)[None, :]
-
-
-@triton.jit
-def _planes(acc_t, cols, first, plane):
-    """Columns ``first .. first + 3`` as ``[4, BLOCK]`` planes (plane: [4, 1])."""
-    pick = cols[None, :, None] == (first + plane)[:, :, None]  # [4, 16, 1]
-    return tl.sum(tl.where(pick, acc_t[None, :, :], 0.0), axis=1)
+    return tl.sum(tl.where(cols[:, None] == j, acc_t, 0.0), axis=0)
 
 
 @triton.jit
@@ -73,7 +67,7 @@ def _head_step_kernel(
     IEEE: tl.constexpr,
 ):
     # A row segment of BLOCK pixels (the GEMM's M), all 4 planes; grid (column tiles, rows, samples).
-    b, y, x, pmask, plane, mask2 = _tile(h, w, 1, BLOCK)
+    b, y, x, pmask = _pixels(h, w, 0, 1, BLOCK, 1)
     rc = tl.arange(0, BLOCK_C)
     cols = tl.arange(0, 16)
     feat = (feat_ptr + b.to(tl.int64) * sf_b) + (y * sf_h + x * sf_w)[:, None]
@@ -89,18 +83,24 @@ def _head_step_kernel(
     acc += tl.load(hb_ptr + cols)[None, :]
     acc_t = tl.trans(acc)  # [16, BLOCK]
     if HEAD9:
-        logit = _column(acc_t, cols, 0)
-        x0 = _planes(acc_t, cols, 1, plane)
-        res = _planes(acc_t, cols, 5, plane)
+        m = fast_sigmoid(_column(acc_t, cols, 0))
     else:
-        x0 = _planes(acc_t, cols, 0, plane)
-        logit = x0  # unused
-        res = x0  # unused
-    _finish_step(logit, x0, res, b, y, x, plane, mask2,
-                 state_ptr, ss_b, ss_c, ss_h, ss_w, origin_ptr, so_b, so_c, so_h, so_w,
-                 ratio_ptr, gain_ptr, rho_ptr, rho_next_ptr, seed_ptr, seed_stride,
-                 est_ptr, se_b, se_c, se_h, se_w, next_ptr, sx_b, sx_c, sx_h, sx_w, h, w, dn_scale,
-                 HEAD9, HAS_NEXT, STOCHASTIC, ACCUMULATE, WITH_PHOTON, CONCAT_ORIGIN)
+        m = tl.zeros([BLOCK], tl.float32)  # unused
+    mu_scale, base_weight, photon_value, photon_channel, seed = _step_factors(
+        b, ratio_ptr, gain_ptr, rho_ptr, rho_next_ptr, seed_ptr, seed_stride, dn_scale,
+        HAS_NEXT, STOCHASTIC, ACCUMULATE)
+    for c in range(4):
+        if HEAD9:
+            x0 = _column(acc_t, cols, 1 + c)
+            res = _column(acc_t, cols, 5 + c)
+        else:
+            x0 = _column(acc_t, cols, c)
+            res = x0  # unused
+        _finish_plane(c, m, x0, res, b, y, x, pmask,
+                      state_ptr, ss_b, ss_c, ss_h, ss_w, origin_ptr, so_b, so_c, so_h, so_w,
+                      est_ptr, se_b, se_c, se_h, se_w, next_ptr, sx_b, sx_c, sx_h, sx_w, h, w,
+                      mu_scale, base_weight, photon_value, photon_channel, seed,
+                      HEAD9, HAS_NEXT, STOCHASTIC, ACCUMULATE, WITH_PHOTON, CONCAT_ORIGIN)
 
 
 _head_step_tuned = autotuned(

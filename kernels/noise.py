@@ -38,10 +38,11 @@ the flat int64 index and each row half had its own call: the draws changed, not 
 distribution.)
 
 Kernel layout (issue 11): a program takes BLOCK_H rows x BLOCK_W columns of all 4 planes
-of one sample (grid: column tiles, row tiles, samples: no divisions), offsets within a
-sample are int32 (the launcher refuses larger samples), per-sample factors are computed
-once per program, row noise once per row, and the transforms use the MUFU approximations
-of ``_fastmath`` (accuracy stated in ``_tukey_lambda`` and ``_philox.box_muller``).
+of one sample, a plane at a time (grid: column tiles, row tiles, samples: no divisions),
+offsets within a sample are int32 (the launcher refuses larger samples), per-sample
+factors and row noise are computed once per program, and the transforms use the MUFU
+approximations of ``_fastmath`` (accuracy stated in ``_tukey_lambda`` and
+``_philox.box_muller``).
 """
 from __future__ import annotations
 
@@ -69,21 +70,23 @@ from .noise_model import NoiseModel, NoiseParams, parse_noise_model
 from .numbers import real
 from .poisson import MAX_MEAN, poisson_sample
 
-# Tile: BLOCK_H packed rows x BLOCK_W columns of all 4 planes of one sample per program
-# (4 * BLOCK_H * BLOCK_W elements, coalesced along w). Configurations (tile, warps) that
-# triton.autotune tries on the user's GPU: the Poisson sampler's rejection loops run as long
-# as the slowest element of a program needs, so one-warp programs of 32-128 elements waste
-# least; (1 x 64, 4) has the 256 elements on 4 warps of the tile measured on 2026-11-30.
-# The draws are the same under every configuration.
+# Tile: BLOCK_H packed rows x BLOCK_W columns of all 4 planes of one sample (coalesced along
+# w); a program takes TILES tiles side by side, each a plane at a time. The Poisson sampler's
+# rejection loops run as long as the slowest of one plane's BLOCK_H x BLOCK_W elements needs
+# (one per thread with 32 per warp wastes least); the per-sample set-up and the row noise are
+# paid once for 4 x TILES such groups. Configurations (tile, warps) that triton.autotune
+# tries on the user's GPU; the draws are the same under every configuration.
 CONFIGS = (
-    ({"BLOCK_H": 1, "BLOCK_W": 8}, 1), ({"BLOCK_H": 1, "BLOCK_W": 16}, 1), ({"BLOCK_H": 1, "BLOCK_W": 32}, 1),
-    ({"BLOCK_H": 1, "BLOCK_W": 32}, 4), ({"BLOCK_H": 1, "BLOCK_W": 64}, 4),
+    ({"BLOCK_H": 1, "BLOCK_W": 32, "TILES": 1}, 1), ({"BLOCK_H": 1, "BLOCK_W": 32, "TILES": 2}, 1),
+    ({"BLOCK_H": 1, "BLOCK_W": 32, "TILES": 4}, 1), ({"BLOCK_H": 1, "BLOCK_W": 64, "TILES": 2}, 1),
+    ({"BLOCK_H": 1, "BLOCK_W": 128, "TILES": 1}, 4), ({"BLOCK_H": 1, "BLOCK_W": 128, "TILES": 2}, 4),
 )
 # The tile where nothing is tuned (the interpreter; an output sharing memory with the
 # input, which tuning's repeated launches would overwrite). Read at call time, so tests
 # may change them.
 BLOCK_H = 1
-BLOCK_W = 64
+BLOCK_W = 128
+TILES = 1
 NUM_WARPS = 4
 # Grid limits (samples and row tiles are grid dimensions 2 and 1) and int32 offsets and
 # Philox indices within a sample.
@@ -145,63 +148,85 @@ def _synthesize_kernel(
     CONCAT_ORIGIN: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_W: tl.constexpr,
+    TILES: tl.constexpr,
 ):
-    # One program: BLOCK_H rows x BLOCK_W columns of all 4 planes of sample b -> [4, BLOCK_H,
-    # BLOCK_W] blocks. Grid: (column tiles, row tiles, samples).
+    # One program: TILES tiles of BLOCK_H rows x BLOCK_W columns of all 4 planes of sample b,
+    # a plane at a time ([BLOCK_H, BLOCK_W] blocks: the Poisson sampler's loops run over one
+    # plane's elements). Grid: (column tiles / TILES, row tiles, samples).
     b = tl.program_id(2)
-    plane = tl.arange(0, 4)[:, None, None]
-    rows = (tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H))[None, :, None]
-    cols = (tl.program_id(0) * BLOCK_W + tl.arange(0, BLOCK_W))[None, None, :]
-    mask = (rows < h) & (cols < w) & (plane < 4)
+    rows = (tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H))[:, None]
     b64 = b.to(tl.int64)
+    x_base = x_ptr + b64 * sxb
+    out_base = out_ptr + b64 * sob
 
-    x = tl.load((x_ptr + b64 * sxb) + (plane * sxc + rows * sxh + cols * sxw), mask=mask, other=0.0).to(tl.float32)
-    # Per-sample factors, once per program.
+    # Per-sample factors and the row noise, once per program.
     ratio = tl.load(ratio_ptr + b)
     gain = tl.load(k_ptr + b)
     seed = tl.load(seed_ptr)
-    # Philox counter index: sample b in the high word, the element's index within it below.
-    index = sample_index(b, plane * (h * w) + rows * w + cols)
-
-    y = x * (dn_scale * fast_rcp(ratio))  # DN, un-amplified
-    if SHOT == 1:
-        z = gain * poisson_sample(y * fast_rcp(gain), seed, index, STREAM_POISSON)
-    else:
-        z = y
-    # One call for every other per-element draw: words 0, 1 Box-Muller, 2 Tukey-lambda, 3 quantisation.
-    if (SHOT == 2) or (READ != 0) or QUANT:
-        bits0, bits1, bits2, bits3 = philox4(seed, index, 0, STREAM_GAUSS)
-        if (SHOT == 2) or (READ == 1):
-            n_shot, n_read = box_muller(bits0, bits1)
-            if SHOT == 2:
-                z = y + tl.sqrt(tl.maximum(gain * y, 1e-10)) * n_shot
-            if READ == 1:
-                z += tl.load(sigma_g_ptr + b) * n_read
-        if READ == 2:
-            lam = tl.load(lam_ptr + b)
-            inv_lam = fast_rcp(tl.where(lam == 0.0, 1.0, lam))
-            z += tl.load(sigma_tl_ptr + b) * _tukey_lambda(bits2, lam, inv_lam)
-        if QUANT:
-            z += open_unit(bits3) - 0.5
+    signal_scale = dn_scale * fast_rcp(ratio)  # normalised -> DN, un-amplified
+    photons_per_dn = fast_rcp(gain)
+    network_scale = ratio * fast_rcp(dn_scale)
+    photon_channel = fast_rcp(ratio * gain)
+    if READ == 1:
+        sigma_g = tl.load(sigma_g_ptr + b)
+    if READ == 2:
+        lam = tl.load(lam_ptr + b)
+        inv_lam = fast_rcp(tl.where(lam == 0.0, 1.0, lam))
+        sigma_tl = tl.load(sigma_tl_ptr + b)
     if ROW:
-        # One value per (b, packed row, CFA half): a Box-Muller pair per row, computed once
-        # per row a thread holds; every program along the row draws the same pair.
+        # One value per (b, packed row, CFA half): a Box-Muller pair per row (counter index
+        # b * 2**32 + y on STREAM_ROW), computed once per row a thread holds; every program
+        # along the row draws the same pair.
         r0, r1, _, _ = philox4(seed, sample_index(b, rows), 0, STREAM_ROW)
-        half0, half1 = box_muller(r0, r1)
-        z += tl.load(sigma_r_ptr + b) * tl.where(plane < 2, half0, half1)
+        row0, row1 = box_muller(r0, r1)
+        sigma_r = tl.load(sigma_r_ptr + b)
+        row0 = row0 * sigma_r
+        row1 = row1 * sigma_r
 
-    out = (out_ptr + b64 * sob) + (plane * soc + rows * soh + cols * sow)
-    if DN_OUT:
-        black = tl.load(black_ptr + b * 4 + plane)
-        tl.store(out, z + black, mask=mask)
-    else:
-        a = tl.minimum(tl.maximum(z * (ratio * fast_rcp(dn_scale)), 0.0), 1.0)
-        out_ty = out_ptr.dtype.element_ty
-        tl.store(out, a.to(out_ty), mask=mask)
-        if WITH_PHOTON:
-            tl.store(out + 4 * soc, (a * fast_rcp(ratio * gain)).to(out_ty), mask=mask)
-        if CONCAT_ORIGIN:
-            tl.store(out + (4 + 4 * WITH_PHOTON) * soc, a.to(out_ty), mask=mask)
+    for t in range(TILES):
+        first_col = (tl.program_id(0) * TILES + t) * BLOCK_W
+        if first_col < w:  # (tiles wholly right of the frame are skipped)
+            cols = (first_col + tl.arange(0, BLOCK_W))[None, :]
+            mask = (rows < h) & (cols < w)
+            x_pix = rows * sxh + cols * sxw
+            out_pix = rows * soh + cols * sow
+            pix = rows * w + cols
+            for c in range(4):
+                x = tl.load(x_base + (c * sxc + x_pix), mask=mask, other=0.0).to(tl.float32)
+                # Philox counter index: sample b in the high word, the element's index within it below.
+                index = sample_index(b, c * (h * w) + pix)
+                y = x * signal_scale
+                if SHOT == 1:
+                    z = gain * poisson_sample(y * photons_per_dn, seed, index, STREAM_POISSON)
+                else:
+                    z = y
+                # One call for every other per-element draw: words 0, 1 Box-Muller, 2 Tukey-lambda, 3 quantisation.
+                if (SHOT == 2) or (READ != 0) or QUANT:
+                    bits0, bits1, bits2, bits3 = philox4(seed, index, 0, STREAM_GAUSS)
+                    if (SHOT == 2) or (READ == 1):
+                        n_shot, n_read = box_muller(bits0, bits1)
+                        if SHOT == 2:
+                            z = y + tl.sqrt(tl.maximum(gain * y, 1e-10)) * n_shot
+                        if READ == 1:
+                            z += sigma_g * n_read
+                    if READ == 2:
+                        z += sigma_tl * _tukey_lambda(bits2, lam, inv_lam)
+                    if QUANT:
+                        z += open_unit(bits3) - 0.5
+                if ROW:
+                    z += tl.where(c < 2, row0, row1)
+
+                out = out_base + (c * soc + out_pix)
+                if DN_OUT:
+                    tl.store(out, z + tl.load(black_ptr + b * 4 + c), mask=mask)
+                else:
+                    a = tl.minimum(tl.maximum(z * network_scale, 0.0), 1.0)
+                    out_ty = out_ptr.dtype.element_ty
+                    tl.store(out, a.to(out_ty), mask=mask)
+                    if WITH_PHOTON:
+                        tl.store(out + 4 * soc, (a * photon_channel).to(out_ty), mask=mask)
+                    if CONCAT_ORIGIN:
+                        tl.store(out + (4 + 4 * WITH_PHOTON) * soc, a.to(out_ty), mask=mask)
 
 
 # Tuned per patch shape, dtypes and the components drawn.
@@ -475,13 +500,13 @@ def synthesize_noise(
     )
 
     def grid(meta):
-        return (triton.cdiv(w, meta["BLOCK_W"]), triton.cdiv(h, meta["BLOCK_H"]), B)
+        return (triton.cdiv(w, meta["BLOCK_W"] * meta["TILES"]), triton.cdiv(h, meta["BLOCK_H"]), B)
 
     in_place = out.untyped_storage().data_ptr() == clean.untyped_storage().data_ptr()
     if LAUNCH_CONFIG is None and autotuning_enabled() and not in_place:
         _synthesize_tuned[grid](*args, **flags)
     else:
-        meta, warps = LAUNCH_CONFIG or ({"BLOCK_H": BLOCK_H, "BLOCK_W": BLOCK_W}, NUM_WARPS)
+        meta, warps = LAUNCH_CONFIG or ({"BLOCK_H": BLOCK_H, "BLOCK_W": BLOCK_W, "TILES": TILES}, NUM_WARPS)
         _synthesize_kernel[grid(meta)](*args, **flags, **meta, num_warps=warps)
     return out
 
@@ -523,7 +548,7 @@ def aot_specs():
             "SHOT": {None: 0, "P": 1, "p": 2}[m.shot], "READ": {None: 0, "g": 1, "G": 2}[m.read],
             "ROW": int(m.row), "QUANT": int(m.quant), "DN_OUT": int(dn),
             "WITH_PHOTON": int(photon), "CONCAT_ORIGIN": int(origin),
-            "BLOCK_H": BLOCK_H, "BLOCK_W": BLOCK_W,
+            "BLOCK_H": BLOCK_H, "BLOCK_W": BLOCK_W, "TILES": TILES,
         }
         for k in const:
             sig[k] = "constexpr"
@@ -533,6 +558,6 @@ def aot_specs():
         if (model, in_ty, out_ty, photon, origin, dn) == TUNED_AOT:
             # every configuration autotune may pick, on the training path's full model
             for meta, warps in CONFIGS:
-                tile = f"{meta['BLOCK_H']}x{meta['BLOCK_W']}x{warps}w"
+                tile = f"{meta['BLOCK_H']}x{meta['BLOCK_W']}x{meta['TILES']}x{warps}w"
                 specs.append(AotSpec(f"{name}[{tile}]", _synthesize_kernel, sig, {**const, **meta}, warps))
     return specs

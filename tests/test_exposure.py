@@ -322,7 +322,8 @@ def test_draws_do_not_depend_on_launch_configuration(monkeypatch):
     kw = dict(params(), with_photon=True, concat_origin=True, backend="triton")
     run = lambda: exposure_step(net, state, origin, generator=torch.Generator().manual_seed(4), **kw)  # noqa: E731
     est, ref = run()
-    for config in exposure_module.FWD_CONFIGS:
+    odd = ({"BLOCK_H": 2, "BLOCK_W": 8, "TILES": 3}, 1)  # several tiles per program, some right of the frame
+    for config in (*exposure_module.FWD_CONFIGS, odd):
         monkeypatch.setattr(exposure_module, "LAUNCH_CONFIG", config)
         e, nxt = run()
         assert torch.equal(nxt, ref) and torch.equal(e, est), config

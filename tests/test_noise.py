@@ -210,7 +210,7 @@ def test_draws_do_not_depend_on_tile_shape(monkeypatch):
     x = fresh((2, 4, 5, 21), seed=2)
     kw = dict(ratio=[100.0, 30.0], K=[2.0, 0.7], sigma_TL=3.0, lam=0.05, sigma_r=2.0, output="dn", backend="triton")
     outs = [synthesize_noise(x, "P+G+r+u", generator=gen(21), **kw)]  # as shipped (tuned on a GPU)
-    odd = [({"BLOCK_H": bh, "BLOCK_W": bw}, 4) for bh, bw in ((32, 64), (1, 16), (4, 8))]
+    odd = [({"BLOCK_H": bh, "BLOCK_W": bw, "TILES": t}, 4) for bh, bw, t in ((32, 64, 1), (1, 16, 3), (4, 8, 2))]
     for config in [*noise.CONFIGS, *odd]:
         monkeypatch.setattr(noise, "LAUNCH_CONFIG", config)
         outs.append(synthesize_noise(x, "P+G+r+u", generator=gen(21), **kw))
