@@ -381,8 +381,9 @@ def _prepare(net_out, state, origin, ratio, K, rho, rho_next, stochastic, accumu
         raise ValueError(f"batch size must be <= {MAX_BATCH}, got {B}")
     if h > MAX_HEIGHT:
         raise ValueError(f"h (packed rows) must be <= {MAX_HEIGHT}, got {h}")
-    if 4 * h * w >= MAX_SAMPLE_ELEMENTS:
-        raise ValueError(f"4 * h * w must be < 2**31 (int32 indices within a sample), got h={h}, w={w}")
+    if 12 * h * w >= MAX_SAMPLE_ELEMENTS:
+        raise ValueError(f"12 * h * w must be < 2**31 (int32 offsets within a sample of the 12-channel next "
+                         f"input), got h={h}, w={w}")
     dn_scale = real("dn_scale", dn_scale, low=0, low_open=True)
     if out_memory_format not in _MEMORY_FORMATS:
         raise ValueError(f"out_memory_format must be torch.contiguous_format or torch.channels_last, got {out_memory_format}")
@@ -450,11 +451,11 @@ def sample_span(t: torch.Tensor) -> int:
 
 def check_sample_spans(**tensors: torch.Tensor) -> None:
     """The kernels address within a sample with int32 offsets: refuse views whose samples
-    span 2**31 elements or more (only reachable with unusually strided views)."""
+    span 2**31 elements or more (the size checks leave only unusually strided views)."""
     for name, t in tensors.items():
         if t is not None and t.numel() and sample_span(t) >= MAX_SAMPLE_ELEMENTS:
             raise ValueError(f"{name}: one sample spans {sample_span(t)} elements in memory (strides {t.stride()}); "
-                             f"the kernel needs < 2**31 (pass a contiguous tensor)")
+                             f"the Triton kernel addresses a sample with int32 offsets (< 2**31 elements)")
 
 
 def grid_of(h: int, w: int, B: int):

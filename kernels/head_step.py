@@ -32,12 +32,11 @@ from .exposure import (_IN_DTYPES, _allocate, _finish_plane, _pixels, _prepare, 
 HEAD_COLUMNS = 16  # the head's 9 (or 4) output channels, padded to the tensor cores' N
 BLOCK_C = 16  # feature channels per K step
 # Launch configurations (BLOCK pixels, warps) autotune tries, as for kernels.exposure:
-# one-warp programs keep the Poisson sampler's rejection loops short (the head's GEMM
-# then runs on Ampere-style mma); 4 and 8 warps with 64 / 128 pixels give Hopper's
-# wgmma its 64 rows per warpgroup. The draws are the same under every one. tl.dot
-# needs at least 16 rows.
-# (128 pixels on 8 warps spills on sm_80 with the sampler inlined: not offered.)
-CONFIGS = (({"BLOCK": 16}, 1), ({"BLOCK": 32}, 1), ({"BLOCK": 64}, 4))
+# one-warp programs keep the Poisson sampler's rejection loops short (the head's GEMM then
+# runs on Ampere-style mma); 4 warps with 64 / 128 pixels give Hopper's wgmma its 64 rows
+# per warpgroup (the tail's per-plane vectors: one element per thread at 32 pixels a warp).
+# The draws are the same under every one. tl.dot needs at least 16 rows.
+CONFIGS = (({"BLOCK": 32}, 1), ({"BLOCK": 64}, 4), ({"BLOCK": 128}, 4))
 # The configuration used where nothing is tuned (the interpreter) and compiled ahead of time.
 BLOCK, NUM_WARPS = 64, 4
 # Tests: a (meta, num_warps) pair forcing one configuration; None: autotuned on a GPU,

@@ -111,13 +111,13 @@ def _tukey_lambda(bits, lam, inv_lam):
     nothing to cancellation. inv_lam: 1 / lam (any value where lam = 0: then |d| < 1/2).
 
     Fast functions (``_fastmath``: log2 within 2**-22 absolute on [1/2, 2] and 2 ulp elsewhere,
-    exp2 2 ulp, division 2 ulp): near the median the logs' absolute errors move L by at most
-    3.4e-7, i.e. u by less than one step of its 2**-23 grid (dTL/du >= 4 2**-|lam| there); in
-    the tails the relative errors (log 2 ulp, times |lam log2 v| <= 7 through the power, and
-    expm1's 2.5 x 2 ulp at |d| = 1/2) stay below ~2e-6 relative, where neighbouring grid
-    values of u already differ by more. ``tests/test_noise.py`` checks, with every fast
-    function's error at its bound, that each draw is the exact transform of a u within
-    a few grid steps of its own (the distribution function moves by < 1e-6).
+    exp2 2 ulp, reciprocal 2 ulp): near the median the logs' absolute errors move L by at
+    most 3.4e-7, less than one step of u's 2**-23 grid (dTL/du >= 4 2**-|lam| there); in the
+    tails their relative errors (times |lam log2 v| <= 7 through the power) and expm1's
+    (2.5 x 2 ulp at |d| = 1/2) stay near 1e-6 relative, while neighbouring grid values of u
+    differ more. Measured over the grid (tests/test_noise.py), with every fast function's
+    error at its bound: each draw is the exact transform of a u within 2 steps of its own
+    (0.63 with exact functions), so the distribution function moves by < 2.5e-7.
     """
     u, v = open_unit_and_complement(bits)
     lv = fast_log2(v)
@@ -350,20 +350,36 @@ def _check_out(out, shape, dtype, device) -> torch.Tensor:
     return out
 
 
-def _check_kernel_limits(clean: torch.Tensor, out: torch.Tensor) -> None:
-    """Sizes the Triton kernel addresses: grid dimensions and int32 offsets within a sample."""
+def _check_kernel_limits(clean: torch.Tensor, out_shape: tuple, out: torch.Tensor | None) -> None:
+    """Sizes the Triton kernel addresses (checked before anything is allocated): grid
+    dimensions, and int32 offsets and Philox indices within a sample."""
     B, _, h, w = clean.shape
     if B > MAX_BATCH:
-        raise ValueError(f"batch size must be <= {MAX_BATCH}, got {B}")
+        raise ValueError(f"batch size must be <= {MAX_BATCH} on the Triton path, got {B}")
     if h > MAX_HEIGHT:
-        raise ValueError(f"h (packed rows) must be <= {MAX_HEIGHT}, got {h}")
+        raise ValueError(f"h (packed rows) must be <= {MAX_HEIGHT} on the Triton path, got {h}")
     if 4 * h * w >= MAX_SAMPLE_ELEMENTS:
-        raise ValueError(f"4 * h * w must be < 2**31 (int32 indices within a sample), got h={h}, w={w}")
-    for name, t in (("clean", clean), ("out", out)):
-        span = 1 + sum((n - 1) * abs(st) for n, st in zip(t.shape[1:], t.stride()[1:]))
+        raise ValueError(f"4 * h * w must be < 2**31 on the Triton path (int32 indices within a sample), "
+                         f"got h={h}, w={w}")
+    spans = {"clean": _sample_span(clean.shape, clean.stride()),
+             "out": _sample_span(out_shape, out.stride() if out is not None else _contiguous_strides(out_shape))}
+    for name, span in spans.items():
         if span >= MAX_SAMPLE_ELEMENTS:
-            raise ValueError(f"{name}: one sample spans {span} elements in memory (strides {t.stride()}); "
-                             f"the kernel needs < 2**31 (pass a contiguous tensor)")
+            raise ValueError(f"{name}: one sample spans {span} elements in memory; the Triton kernel addresses a "
+                             f"sample with int32 offsets (< 2**31 elements)")
+
+
+def _sample_span(shape, stride) -> int:
+    """Elements one sample spans in memory (1 + its largest offset)."""
+    return 1 + sum((n - 1) * abs(st) for n, st in zip(shape[1:], stride[1:]) if n > 0)
+
+
+def _contiguous_strides(shape) -> tuple:
+    strides, step = [], 1
+    for n in reversed(shape):
+        strides.append(step)
+        step *= max(n, 1)
+    return tuple(reversed(strides))
 
 
 # --------------------------------------------------------------------------- reference
@@ -470,11 +486,12 @@ def synthesize_noise(
     if not use_triton(clean.device, backend):
         result = _reference(p, with_photon, concat_origin, output, generator)
         return result if out is None else out.copy_(result)
+    if clean.numel():
+        _check_kernel_limits(clean, p.out_shape, out)
     out = _check_out(out, p.out_shape, p.out_dtype, clean.device)
     B, _, h, w = clean.shape
     if out.numel() == 0:
         return out
-    _check_kernel_limits(clean, out)
     seed = philox_seed(generator, clean.device)
     dummy = p.ratio  # pointer for parameters a specialisation never reads
     args = (

@@ -15,6 +15,7 @@ import scipy.stats as st
 import torch
 
 from kernels import exposure as exposure_module
+from kernels import _common as kernels_common
 from kernels._common import philox_seed, value_checks_disabled
 from kernels.exposure import BLOCK, exposure_step, exposure_step_reference
 from tests.conftest import TRITON_DEVICE
@@ -499,6 +500,51 @@ REFUSALS = [
     (dict(out=(torch.empty(2, 4, 3, 4), torch.empty(2, 4, 3, 4)), rho_next=None), ValueError, r"out\[1\] must be None at the last step"),
     (dict(backend="cuda"), ValueError, r"backend must be one of \('auto', 'triton', 'torch'\), got 'cuda'"),
 ]
+
+
+def _huge(*shape, dtype=torch.float32):
+    """A tensor of any size without its memory (zero strides): for size refusals."""
+    return torch.zeros(1, dtype=dtype, device=DEV).view(*([1] * len(shape))).expand(*shape)
+
+
+@pytest.mark.parametrize("h, w, match", [
+    (65536, 1, r"h \(packed rows\) must be <= 65535, got 65536"),
+    (40000, 4475, r"12 \* h \* w must be < 2\*\*31 \(int32 offsets within a sample of the 12-channel next input\), "
+                  r"got h=40000, w=4475"),
+])
+def test_sizes_beyond_int32_offsets_or_the_grid_refused(h, w, match):
+    with pytest.raises(ValueError, match=match):
+        exposure_step(_huge(1, 9, h, w), _huge(1, 4, h, w), _huge(1, 4, h, w), ratio=100.0, K=1.0, rho=1.0,
+                      rho_next=2.0, backend="triton")
+
+
+def test_views_spanning_2_31_elements_per_sample_refused():
+    """The kernels' int32 offsets: a view whose sample spans >= 2**31 elements (only
+    constructible with unusual strides; meta tensors stand in, no memory needed)."""
+    view = torch.empty_strided((1, 9, 2, 2), (0, 2**28, 2, 1), device="meta")
+    with pytest.raises(ValueError, match=r"net_out: one sample spans 2147483652 elements in memory .* int32 offsets"):
+        exposure_module.check_sample_spans(net_out=view)
+    exposure_module.check_sample_spans(net_out=view[:, :8])  # 2**31 - 2**28 + 4: fine
+
+
+@pytest.mark.skipif(not kernels_common.triton_interpreter_enabled(),
+                    reason="injects the GPU's fast-math errors under the interpreter; a GPU runs the real ones")
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_fast_math_errors_stay_inside_the_reference_tolerance(monkeypatch, sign):
+    """On a GPU the sigmoid and the per-sample reciprocals are MUFU approximations
+    (kernels/_fastmath.py: exp2 2 ulp, reciprocal 2 ulp); with errors of those sizes injected,
+    the deterministic step still matches the reference within FP32_TOL."""
+    from kernels import _fastmath
+    import triton.language as tl
+
+    monkeypatch.setattr(_fastmath, "EXP2_ERROR", tl.constexpr(sign * 2.4e-7))
+    monkeypatch.setattr(_fastmath, "DIV_ERROR", tl.constexpr(sign * 2.4e-7))
+    for accumulate in (False, True):
+        net, state, origin = make_inputs(seed=60 + accumulate)
+        kw = dict(params(), stochastic=False, accumulate=accumulate, with_photon=True, concat_origin=True)
+        (est, nxt), (est_r, nxt_r) = both(net, state, origin, **kw)
+        assert_close(est, est_r, **FP32_TOL)
+        assert_close(nxt, nxt_r, **FP32_TOL)
 
 
 @pytest.mark.parametrize("over, exc, match", REFUSALS, ids=[m[:40] for _, _, m in REFUSALS])
