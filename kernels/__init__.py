@@ -5,6 +5,12 @@ Triton kernel, CPU tensors the reference; ``backend="triton"`` / ``"torch"`` for
 Shapes use B = batch, H x W = Bayer sites, h x w = H/2 x W/2 packed pixels. Units:
 DN (digital numbers of the sensor), normalised (0 = black, 1 = white level), photons.
 
+Devices: outputs are on the data's device. ``generator=`` may be a ``torch.Generator`` on
+any device (a CPU one with CUDA data is the usual case): it supplies keys, the draws are
+made on the data's device, and the same generator state gives the same draws there.
+Per-sample parameter tensors must be on the data's device; render_srgb's host colour
+constants are copied to it. A bad input is refused with the same message on every device.
+
 Ops:
     pack_bayer(cfa, pattern, black_level, white_level, ratio=1.0, *, K=None,
                with_photon=False, concat_origin=False, out_dtype=float32) -> [B, 4|8|12, h, w]
