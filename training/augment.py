@@ -97,6 +97,12 @@ def _flip(x: torch.Tensor, dim: int) -> torch.Tensor:
     return x.flip(dim)
 
 
+def _where(cond: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    if a.dtype == torch.uint16:  # torch <= 2.11 has no uint16 where on the CPU; int16 is the same bits
+        return torch.where(cond, a.view(torch.int16), b.view(torch.int16)).view(torch.uint16)
+    return torch.where(cond, a, b)
+
+
 def apply_dihedral(x: torch.Tensor, flags: torch.Tensor) -> torch.Tensor:
     """Apply per-sample (horizontal flip, vertical flip, transpose) to packed ``x``.
 
@@ -113,12 +119,12 @@ def apply_dihedral(x: torch.Tensor, flags: torch.Tensor) -> torch.Tensor:
     if flags.device != x.device:
         raise ValueError(f"flags are on {flags.device} but x is on {x.device}")
     sel = lambda k: flags[:, k].view(B, 1, 1, 1)  # noqa: E731
-    x = torch.where(sel(0), _flip(x, -1), x)
-    x = torch.where(sel(1), _flip(x, -2), x)
+    x = _where(sel(0), _flip(x, -1), x)
+    x = _where(sel(1), _flip(x, -2), x)
     if h == w:
         groups = x.reshape(B, C // 4, 4, h, w)  # permute by slices, not an index tensor: no host copy
         xt = torch.cat([groups[:, :, p : p + 1] for p in _TRANSPOSE_PLANES], dim=2).reshape(B, C, h, w).transpose(-1, -2)
-        x = torch.where(sel(2), xt, x).contiguous()  # where may follow xt's transposed strides
+        x = _where(sel(2), xt, x).contiguous()  # where may follow xt's transposed strides
     elif bool(flags[:, 2].any()):  # only reached for non-square input (a host sync there is fine)
         raise ValueError(f"a transpose needs square patches, got {h}x{w}; pass transpose=False")
     return x
