@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import torch
 
+from kernels._common import to_device
+
 __all__ = ["normalise_packed", "random_dihedral", "apply_dihedral", "augment_and_normalise"]
 
 # Plane order after a transpose: R, G2, B, G1 (see the module docstring).
@@ -152,6 +154,8 @@ def augment_and_normalise(raw: torch.Tensor, black, white, generator: torch.Gene
         raise ValueError(f"a transpose needs square patches, got {x.shape[-2]}x{x.shape[-1]}; pass transpose=False")
     gen_device = generator.device if generator is not None else raw.device
     flags = random_dihedral(x.shape[0], generator=generator, device=gen_device, flips=flips, transpose=transpose)
-    flags = flags.to(raw.device)
+    # a pinned, non-blocking copy: a plain .to() from a CPU generator's flags waits for the
+    # device's queue (a host synchronisation per micro-batch in the trainer)
+    flags = to_device(flags, raw.device, non_blocking=True)
     out = apply_dihedral(x, flags)
     return (out, flags) if return_flags else out
