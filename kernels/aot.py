@@ -20,7 +20,8 @@ import sys
 import tempfile
 
 # Modules whose kernels ship; each defines aot_specs().
-KERNEL_MODULES = ("kernels.poisson", "kernels.bayer", "kernels.noise", "kernels.exposure", "kernels.isp")
+KERNEL_MODULES = ("kernels.poisson", "kernels.bayer", "kernels.noise", "kernels.exposure", "kernels.isp",
+                  "kernels.dihedral")
 ARCHS = (80, 90)
 
 

@@ -106,9 +106,9 @@ def second_device():
                (common, "generator_device", lambda g: registry.get(id(g), (g, g.device))[1]),
                (common, "host_read_bool", lambda flag: True),
                (triton_jit.KernelInterface, "__getitem__", _checked_launch)]
-    # every kernels module that imported use_triton by name
-    patches += [(m, "use_triton", use_triton) for name, m in list(sys.modules.items())
-                if name.startswith("kernels") and getattr(m, "use_triton", None) is common.use_triton]
+    # every module that imported use_triton by name (the kernels, training.augment)
+    patches += [(m, "use_triton", use_triton) for m in list(sys.modules.values())
+                if getattr(m, "use_triton", None) is common.use_triton]
     saved = [(obj, attr, getattr(obj, attr)) for obj, attr, _ in patches]
     try:
         for obj, attr, value in patches:
