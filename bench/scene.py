@@ -185,10 +185,11 @@ def short_exposure_cfa(clean: torch.Tensor, *, ratio: float = DEFAULT_RATIO, iso
 
 
 def write_cfa_dng(path, cfa: np.ndarray, *, ratio: float = DEFAULT_RATIO, iso: float = DEFAULT_ISO) -> Path:
-    """Write a scene mosaic as a Sony-A7S-II-like DNG (atomic)."""
+    """Write a scene mosaic as a Sony-A7S-II-like DNG (atomic; the bench's own scratch file,
+    replaced when it exists)."""
     return write_dng(path, cfa, pattern=PATTERN, black_level=BLACK_LEVEL, white_level=WHITE_LEVEL,
                      color_matrix=SONY_A7S2_COLOR_MATRIX, as_shot_neutral=tuple(camera_neutral()),
-                     iso=iso, exposure_time=LONG_EXPOSURE_S / ratio, make=MAKE, model=MODEL)
+                     iso=iso, exposure_time=LONG_EXPOSURE_S / ratio, make=MAKE, model=MODEL, overwrite=True)
 
 
 def write_scene_dng(path, height: int, width: int, *, ratio: float = DEFAULT_RATIO, iso: float = DEFAULT_ISO,

@@ -282,7 +282,7 @@ def bench_batch(ctx: Context, workdir: Path, count: int, H: int, W: int, workers
     def run(out_dir, workers, pools=None):
         # the product path: engine.inference.batch.enhance_files, as `exposure-diffusion enhance --workers N` runs it
         results = enhance_files(pipe, files, [out_dir / (f.stem + ".png") for f in files], fmt="png",
-                                workers=workers, pools=pools, seed=0, **kw)
+                                workers=workers, pools=pools, overwrite=True, seed=0, **kw)  # every repeat rewrites
         errors = [r.error for r in results if r.error is not None]
         if errors:
             raise RuntimeError(f"batch: {len(errors)} file(s) failed: {errors[0]}")

@@ -8,16 +8,23 @@ bad metadata, out of memory, ...) is reported with its reason and the batch goes
 the exit status is 1 when any file failed, 2 for a usage error, 0 otherwise. Beside a
 GPU, decoding and encoding run in worker processes overlapped with the device work
 (``--workers``, ``engine.inference.batch``).
+
+Outputs are named by ``engine.io.paths.output_names`` (distinct for every input). Before
+any work the command refuses (exit 2) a file listed twice, an output that would replace
+an input, and outputs that already exist unless ``--overwrite`` (replace them) or
+``--skip-existing`` (enhance only the others: a run started again finishes what is left;
+outputs are written atomically, so an existing one is complete).
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-from collections import Counter
 from pathlib import Path
 
 from tqdm import tqdm
+
+from engine.io.paths import OutputPathError, check_inputs_distinct, output_names, plan_outputs
 
 
 def _device(value: str) -> str:
@@ -34,26 +41,25 @@ def _workers_arg(value: str) -> str:
     raise argparse.ArgumentTypeError(f"expected 'auto' or a number >= 0, got {value!r}")
 
 
-def _output_names(files: list[Path], out_dir: Path, fmt: str) -> list[Path]:
-    """``out/<stem>.<fmt>``; inputs sharing a stem keep their extension (a.ARW.png)."""
-    stems = Counter(f.stem for f in files)
-    ext = {"png": ".png", "tiff": ".tiff", "dng": ".dng"}[fmt]
-    return [out_dir / ((f.stem if stems[f.stem] == 1 else f.name) + ext) for f in files]
-
-
 def enhance(args) -> int:
     from engine.inference.pipeline import Pipeline
 
     files = [Path(f) for f in args.files]
     out_dir = Path(args.output)
-    if not out_dir.is_dir():
-        if out_dir.exists():
-            print(f"error: output {out_dir} exists and is not a folder", file=sys.stderr)
-            return 2
-        out_dir.mkdir(parents=True)
-    if len(set(files)) != len(files):
-        print("error: a file is listed more than once", file=sys.stderr)
+    if out_dir.exists() and not out_dir.is_dir():
+        print(f"error: output {out_dir} exists and is not a folder", file=sys.stderr)
         return 2
+    try:  # every refusal before the model is loaded or a folder made
+        check_inputs_distinct(files)
+        outputs = output_names(files, out_dir, "." + args.format)
+        todo = plan_outputs(files, outputs, overwrite=args.overwrite, skip_existing=args.skip_existing)
+    except (OutputPathError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    skipped = len(files) - len(todo)
+    if skipped and not args.quiet:
+        print(f"skipping {skipped} file(s) whose output exists (--skip-existing)", file=sys.stderr)
+    out_dir.mkdir(parents=True, exist_ok=True)
     try:
         pipe = Pipeline.from_checkpoint(args.checkpoint, device=_device(args.device), camera=args.camera,
                                         max_tile=args.max_tile)
@@ -63,8 +69,7 @@ def enhance(args) -> int:
     from engine.inference.batch import enhance_files
 
     workers = _workers(args.workers, pipe.device)
-    outputs = _output_names(files, out_dir, args.format)
-    bar = tqdm(total=len(files), desc="enhance", unit="file", disable=args.quiet)
+    bar = tqdm(total=len(todo), desc="enhance", unit="file", disable=args.quiet)
 
     def report(result) -> None:
         bar.update(1)
@@ -72,14 +77,14 @@ def enhance(args) -> int:
         if result.error is not None:
             tqdm.write(f"FAILED {result.source}: {result.error}", file=sys.stderr)
 
-    results = enhance_files(pipe, files, outputs, fmt=args.format, workers=workers, on_done=report, ratio=args.ratio,
-                            steps=args.steps, K=args.K, iso=args.iso, seed=args.seed,
-                            stochastic=not args.deterministic)
+    results = enhance_files(pipe, [files[i] for i in todo], [outputs[i] for i in todo], fmt=args.format,
+                            workers=workers, on_done=report, overwrite=args.overwrite, ratio=args.ratio,
+                            steps=args.steps, K=args.K, iso=args.iso, seed=args.seed, stochastic=not args.deterministic)
     bar.close()
     failures = [r for r in results if r.error is not None]
-    done = len(files) - len(failures)
-    print(f"{done} of {len(files)} files enhanced into {out_dir}" + (f"; {len(failures)} failed" if failures else ""),
-          file=sys.stderr)
+    done = len(results) - len(failures)
+    print(f"{done} of {len(files)} files enhanced into {out_dir}" + (f"; {skipped} skipped (output exists)" if skipped else "")
+          + (f"; {len(failures)} failed" if failures else ""), file=sys.stderr)
     return 1 if failures else 0
 
 
@@ -114,6 +119,11 @@ def add_engine_commands(sub) -> None:
     e.add_argument("--workers", default="auto", type=_workers_arg,
                    help="decoder / writer processes overlapping the device work (default auto: up to 4 beside "
                         "a GPU, 0 on a CPU)")
+    existing_outputs = e.add_mutually_exclusive_group()
+    existing_outputs.add_argument("--overwrite", action="store_true",
+                                  help="replace outputs that already exist (default: refuse, before any work)")
+    existing_outputs.add_argument("--skip-existing", action="store_true",
+                                  help="enhance only the files whose output does not exist yet (resume a run)")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=enhance)
     add_calibrate_command(sub)

@@ -21,7 +21,7 @@ import tempfile
 
 # Modules whose kernels ship; each defines aot_specs().
 KERNEL_MODULES = ("kernels.poisson", "kernels.bayer", "kernels.noise", "kernels.exposure", "kernels.isp",
-                  "kernels.dihedral")
+                  "kernels.conv", "kernels.head_step", "kernels.dihedral")
 ARCHS = (80, 90)
 
 
@@ -34,6 +34,10 @@ class AotSpec:
     divisible_by_16: arguments (pointers, strides, sizes) assumed multiples of 16, as
         Triton's JIT assumes them for typical frames at launch; this compiles the
         vectorised variant production actually runs.
+    num_stages: software-pipelining depth (autotune configurations set it).
+    tensor_cores: the kernel is a tensor-core GEMM: its sm_90 SASS must hold ``HGMMA``
+        (Hopper's warpgroup MMA; an ``HMMA``-only build uses the tensor cores the Ampere
+        way, at about half the rate).
     """
 
     name: str
@@ -42,6 +46,8 @@ class AotSpec:
     constexprs: dict
     num_warps: int = 4
     divisible_by_16: tuple = ()
+    num_stages: int = 3
+    tensor_cores: bool = False
 
 
 def ptxas_path(arch: int) -> str:
@@ -71,6 +77,31 @@ def ptxas_stats(ptx: str, arch: int) -> dict:
     return {"registers": max(regs, default=0), "spill_stores": sum(stores), "spill_loads": sum(loads)}
 
 
+def sass_mma_counts(cubin: bytes) -> dict:
+    """Tensor-core instructions in a cubin's SASS (Triton's bundled ``cuobjdump``):
+    ``HGMMA`` (Hopper warpgroup MMA) and ``HMMA`` (Ampere-style warp MMA)."""
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    tool = os.path.join(os.path.dirname(get_ptxas(90).path), "cuobjdump")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "k.cubin")
+        with open(path, "wb") as f:
+            f.write(cubin)
+        out = subprocess.run([tool, "--dump-sass", path], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"cuobjdump failed: {out.stderr.strip()}")
+    return {"hgmma": len(re.findall(r"\bHGMMA\.", out.stdout)), "hmma": len(re.findall(r"\bHMMA\.", out.stdout))}
+
+
+def jit_function(fn):
+    """The ``triton.JITFunction`` under ``triton.autotune`` / ``triton.heuristics`` wrappers."""
+    from triton.runtime.jit import JITFunction
+
+    while not isinstance(fn, JITFunction):
+        fn = fn.fn
+    return fn
+
+
 def compile_spec(spec: AotSpec, arch: int) -> dict:
     import triton
     from triton.backends.compiler import GPUTarget
@@ -78,12 +109,16 @@ def compile_spec(spec: AotSpec, arch: int) -> dict:
 
     arg_names = list(spec.signature)
     attrs = {(arg_names.index(n),): [["tt.divisibility", 16]] for n in spec.divisible_by_16}
-    src = ASTSource(fn=spec.fn, signature=spec.signature, constexprs=spec.constexprs, attrs=attrs)
-    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": spec.num_warps})
+    src = ASTSource(fn=jit_function(spec.fn), signature=spec.signature, constexprs=spec.constexprs, attrs=attrs)
+    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                              options={"num_warps": spec.num_warps, "num_stages": spec.num_stages})
     if not compiled.asm.get("cubin"):
         raise RuntimeError(f"{spec.name}: no cubin produced for sm_{arch}")
     stats = ptxas_stats(compiled.asm["ptx"], arch)
-    return {"kernel": spec.name, "arch": f"sm_{arch}", "num_warps": spec.num_warps, **stats}
+    result = {"kernel": spec.name, "arch": f"sm_{arch}", "num_warps": spec.num_warps, **stats}
+    if spec.tensor_cores:
+        result.update(tensor_cores=True, **sass_mma_counts(compiled.asm["cubin"]))
+    return result
 
 
 def all_specs() -> list[AotSpec]:
@@ -99,17 +134,30 @@ def all_specs() -> list[AotSpec]:
     return specs
 
 
+def _compile_job(job: tuple[int, int]) -> dict:
+    """Compile spec number ``index`` of ``all_specs()`` for ``arch`` (in a worker process:
+    specs hold jit functions, which do not pickle; the index does)."""
+    index, arch = job
+    spec = all_specs()[index]
+    try:
+        return compile_spec(spec, arch)
+    except Exception as e:  # report every failing kernel, not only the first
+        return {"kernel": spec.name, "arch": f"sm_{arch}", "error": f"{type(e).__name__}: {e}"}
+
+
 def main(argv=None) -> int:
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         print("unset TRITON_INTERPRET: the interpreter cannot compile kernels ahead of time", file=sys.stderr)
         return 2
-    results, failures = [], []
-    for spec in all_specs():
-        for arch in ARCHS:
-            try:
-                results.append(compile_spec(spec, arch))
-            except Exception as e:  # report every failing kernel, not only the first
-                failures.append({"kernel": spec.name, "arch": f"sm_{arch}", "error": f"{type(e).__name__}: {e}"})
+    import concurrent.futures as cf
+    import multiprocessing
+
+    jobs = [(i, arch) for i in range(len(all_specs())) for arch in ARCHS]
+    # One compiler process per core: Triton's compile holds the GIL, ptxas is a subprocess.
+    with cf.ProcessPoolExecutor(os.cpu_count() or 1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        reports = list(pool.map(_compile_job, jobs))
+    results = [r for r in reports if "error" not in r]
+    failures = [r for r in reports if "error" in r]
     print(json.dumps({"results": results, "failures": failures}, indent=1))
     return 1 if failures else 0
 

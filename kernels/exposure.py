@@ -92,19 +92,45 @@ def _exposure_fwd_kernel(
     WITH_PHOTON: tl.constexpr, CONCAT_ORIGIN: tl.constexpr, BLOCK: tl.constexpr,
 ):
     b, pix, pmask, y, x, plane, mask2 = _tile(h, w, BLOCK)
-
-    need_state: tl.constexpr = HEAD9 or (HAS_NEXT and ACCUMULATE)
-    if need_state:
-        st = tl.load(state_ptr + b * ss_b + plane * ss_c + (y * ss_h + x * ss_w)[None, :], mask=mask2, other=0.0).to(tl.float32)
     net = net_ptr + b * sn_b + (y * sn_h + x * sn_w)[None, :]
     if HEAD9:
         logit = tl.load(net, mask=pmask[None, :], other=0.0).to(tl.float32)
         x0 = tl.load(net + (1 + plane) * sn_c, mask=mask2, other=0.0).to(tl.float32)
         res = tl.load(net + (5 + plane) * sn_c, mask=mask2, other=0.0).to(tl.float32)
+    else:
+        x0 = tl.load(net + plane * sn_c, mask=mask2, other=0.0).to(tl.float32)
+        logit = x0  # unused
+        res = x0  # unused
+    _finish_step(logit, x0, res, b, pix, y, x, plane, mask2,
+                 state_ptr, ss_b, ss_c, ss_h, ss_w, origin_ptr, so_b, so_c, so_h, so_w,
+                 ratio_ptr, gain_ptr, rho_ptr, rho_next_ptr, seed_ptr, seed_stride,
+                 est_ptr, se_b, se_c, se_h, se_w, next_ptr, sx_b, sx_c, sx_h, sx_w, h, w, dn_scale,
+                 HEAD9, HAS_NEXT, STOCHASTIC, ACCUMULATE, WITH_PHOTON, CONCAT_ORIGIN)
+
+
+@triton.jit
+def _finish_step(
+    logit, x0, res, b, pix, y, x, plane, mask2,
+    state_ptr, ss_b, ss_c, ss_h, ss_w,
+    origin_ptr, so_b, so_c, so_h, so_w,
+    ratio_ptr, gain_ptr, rho_ptr, rho_next_ptr, seed_ptr, seed_stride,
+    est_ptr, se_b, se_c, se_h, se_w,
+    next_ptr, sx_b, sx_c, sx_h, sx_w,
+    h, w, dn_scale,
+    HEAD9: tl.constexpr, HAS_NEXT: tl.constexpr, STOCHASTIC: tl.constexpr, ACCUMULATE: tl.constexpr,
+    WITH_PHOTON: tl.constexpr, CONCAT_ORIGIN: tl.constexpr,
+):
+    """From the head's outputs of a tile (fp32: ``logit`` [1, BLOCK], ``x0`` and ``res``
+    [4, BLOCK]; a plain head's estimate in ``x0``) to the stored estimate and next input.
+    Shared by ``_exposure_fwd_kernel`` and the fused head kernel of ``kernels.head_step``."""
+    need_state: tl.constexpr = HEAD9 or (HAS_NEXT and ACCUMULATE)
+    if need_state:
+        st = tl.load(state_ptr + b * ss_b + plane * ss_c + (y * ss_h + x * ss_w)[None, :], mask=mask2, other=0.0).to(tl.float32)
+    if HEAD9:
         m = tl.sigmoid(logit)
         est = _clip01(x0) * m + _clip01(res + st) * (1.0 - m)
     else:
-        est = _clip01(tl.load(net + plane * sn_c, mask=mask2, other=0.0).to(tl.float32))
+        est = _clip01(x0)
     tl.store(est_ptr + b * se_b + plane * se_c + (y * se_h + x * se_w)[None, :], est, mask=mask2)
 
     if HAS_NEXT:

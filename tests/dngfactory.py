@@ -40,8 +40,12 @@ DEFAULT_NEUTRAL = (0.5, 1.0, 0.625)  # camera RGB of grey: white-balance gains 2
 
 def make_bayer_dng(path, height=48, width=64, pattern="RGGB", black_level=(512, 510, 514, 508),
                    white_level=16383, iso=800, exposure_time=1 / 30, make="Sony", model="ILCE-7SM2",
-                   seed=0, scene=None, as_shot_neutral=DEFAULT_NEUTRAL, color_matrix=DEFAULT_COLOR_MATRIX) -> np.ndarray:
+                   seed=0, scene=None, as_shot_neutral=DEFAULT_NEUTRAL, color_matrix=DEFAULT_COLOR_MATRIX,
+                   overwrite=True) -> np.ndarray:
     """Write a Bayer DNG and return its uint16 [height, width] mosaic (DN).
+
+    Tests rewrite their own scratch files, so ``overwrite`` defaults to True here (the
+    library's writers refuse an existing file by default).
 
     ``scene``: None -> random DN in [min(black), white] (seeded); a uint16 [H, W] array ->
     written as is; a float [H, W, 3] linear RGB image in [0, 1] -> mosaiced with
@@ -51,7 +55,7 @@ def make_bayer_dng(path, height=48, width=64, pattern="RGGB", black_level=(512, 
     cfa = bayer_mosaic(height, width, pattern, black_level, white_level, seed=seed, scene=scene)
     write_dng(path, cfa, pattern=pattern, black_level=black_level, white_level=white_level, iso=iso,
               exposure_time=exposure_time, make=make, model=model, as_shot_neutral=as_shot_neutral,
-              color_matrix=color_matrix)
+              color_matrix=color_matrix, overwrite=overwrite)
     return cfa
 
 

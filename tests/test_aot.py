@@ -54,3 +54,15 @@ def test_every_kernel_module_is_registered():
                 if "@triton.jit" in f.read():
                     modules_with_kernels.add(f"kernels.{name[:-3]}")
     assert modules_with_kernels <= set(aot.KERNEL_MODULES)
+
+
+def test_tensor_core_kernels_use_hopper_warpgroup_mma(aot_report):
+    """On sm_90 the convolution and head kernels must issue HGMMA (wgmma), not only the
+    Ampere-style HMMA, and on sm_80 HMMA (the SASS from Triton's bundled cuobjdump)."""
+    gemms = [r for r in aot_report["results"] if r.get("tensor_cores")]
+    assert {r["kernel"].split("_")[0] for r in gemms} >= {"conv3x3", "upconv2x2", "head"}
+    for r in gemms:
+        if r["arch"] == "sm_90":
+            assert r["hgmma"] > 0, r
+        else:
+            assert r["hmma"] > 0 and r["hgmma"] == 0, r

@@ -342,9 +342,9 @@ def test_interrupted_write_keeps_previous_file(tmp_path, monkeypatch, exc):
     monkeypatch.setattr(ckpt.torch, "save", failing_save)
     new_model = randomise_(UNet(4, 9), seed=2)
     with pytest.raises(type(exc)):
-        export_public(new_model, path)
+        export_public(new_model, path, overwrite=True)
     with pytest.raises(type(exc)):
-        save_checkpoint(new_model, BackboneConfig.from_channels("unet", 4, 9), path)
+        save_checkpoint(new_model, BackboneConfig.from_channels("unet", 4, 9), path, overwrite=True)
     with pytest.raises(type(exc)):
         export_public(new_model, tmp_path / "fresh.pt")
     monkeypatch.undo()
@@ -354,10 +354,13 @@ def test_interrupted_write_keeps_previous_file(tmp_path, monkeypatch, exc):
     assert same_outputs(old_model, loaded, 4)
 
 
-def test_overwrite_replaces_atomically(tmp_path):
+def test_overwrite_replaces_atomically_only_when_asked(tmp_path):
     path = tmp_path / "m.pt"
     export_public(UNet(4, 9), path)
     cfg = BackboneConfig.from_channels("unet", 4, 9)
-    save_checkpoint(UNet(4, 9), cfg, path)
+    with pytest.raises(FileExistsError, match="m.pt already exists"):
+        save_checkpoint(UNet(4, 9), cfg, path)
+    assert load_checkpoint(path)[2]["format"] != "exposure-diffusion"
+    save_checkpoint(UNet(4, 9), cfg, path, overwrite=True)
     assert os.listdir(tmp_path) == ["m.pt"]  # no temporary file left beside it
     assert load_checkpoint(path)[2]["format"] == "exposure-diffusion"

@@ -50,11 +50,13 @@ def test_all_good_exit_zero_and_formats(tmp_path):
 def test_same_stem_inputs_do_not_overwrite_each_other(tmp_path):
     ckpt = small_checkpoint(tmp_path / "m.pt")
     (tmp_path / "x").mkdir()
-    make_bayer_dng(tmp_path / "a.dng", height=32, width=48, seed=1)
+    (tmp_path / "y").mkdir()
+    make_bayer_dng(tmp_path / "y" / "a.dng", height=32, width=48, seed=1)
     make_bayer_dng(tmp_path / "x" / "a.DNG", height=32, width=48, seed=2)
-    code = main(["enhance", str(tmp_path / "a.dng"), str(tmp_path / "x" / "a.DNG"), "--ratio", "50", "--checkpoint",
-                 str(ckpt), "-o", str(tmp_path / "out"), "--device", "cpu", "--steps", "1", "-q"])
-    assert code == 0 and sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.DNG.png", "a.dng.png"]
+    code = main(["enhance", str(tmp_path / "y" / "a.dng"), str(tmp_path / "x" / "a.DNG"), "--ratio", "50",
+                 "--checkpoint", str(ckpt), "-o", str(tmp_path / "out"), "--device", "cpu", "--steps", "1", "-q"])
+    # a.dng.png and a.DNG.png would be one file on a case-insensitive file system: the folders tell them apart
+    assert code == 0 and sorted(p.name for p in (tmp_path / "out").iterdir()) == ["x_a.DNG.png", "y_a.dng.png"]
 
 
 def test_usage_errors_exit_2(tmp_path, capsys):

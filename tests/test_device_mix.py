@@ -137,6 +137,26 @@ def test_render_srgb_with_host_colour_constants(backend):
     assert a.device == b.device == DEVICE and a.shape == b.shape == (2, 6, 10, 3)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fused_unet_ops_and_head_step(backend):
+    """The fused UNet's ops (kernels.conv) and the head fused into the exposure step, with
+    weights prepared on the device and a host generator."""
+    from kernels.conv import conv3x3, prepare_conv3x3, prepare_upconv2x2, upconv2x2
+    from kernels.head_step import head_exposure_step, prepare_head
+
+    with second_device() as dev:
+        conv = prepare_conv3x3(torch.randn(16, 8, 3, 3, device=dev), torch.randn(16, device=dev))
+        x = on(dev, 2, 8, 8, 8, dtype=torch.float16).contiguous(memory_format=torch.channels_last)
+        y, pooled = conv3x3(x, conv, pool=True, backend=backend)
+        up = upconv2x2(y, prepare_upconv2x2(torch.randn(16, 8, 2, 2, device=dev), torch.randn(8, device=dev)),
+                       backend=backend)
+        head = prepare_head(torch.randn(9, 16, 1, 1, device=dev), torch.randn(9, device=dev))
+        state = on(dev, 2, 4, 8, 8, dtype=torch.float16)
+        est, nxt = head_exposure_step(y, head, state, state, ratio=[100.0, 50.0], K=2.0, rho=1.0, rho_next=30.0,
+                                      generator=host_generator(), backend=backend)
+    assert all(t.device == DEVICE for t in (y, pooled, up, est, nxt))
+
+
 # ------------------------------------------------------------------ training
 def test_trainer_data_side_and_unrolled_loss():
     """Trainer.prepare_inputs (host generator, augmentation, synthesis, schedules) and the

@@ -185,10 +185,15 @@ def test_interrupt_leaves_no_file(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_replaces_and_respects_umask(tmp_path):
+def test_replaces_only_when_asked_and_respects_umask(tmp_path):
     path = tmp_path / "out.dng"
     make_bayer_dng(path, seed=1)
-    make_bayer_dng(path, seed=2)
+    before = path.read_bytes()
+    with pytest.raises(FileExistsError, match="out.dng already exists; pass overwrite=True"):
+        write_dng(path, np.full((32, 32), 600, np.uint16), **GOOD)  # the library's default: refuse
+    assert path.read_bytes() == before
+    make_bayer_dng(path, seed=2, overwrite=True)
+    assert path.read_bytes() != before
     assert _no_temporaries(tmp_path)
     umask = os.umask(0)
     os.umask(umask)

@@ -185,7 +185,7 @@ def test_interrupted_write_keeps_existing_output(tmp_path, pipe, monkeypatch):
 
     monkeypatch.setattr(Image.Image, "save", boom)
     with pytest.raises(KeyboardInterrupt):
-        res.save(target)
+        res.save(target, overwrite=True)
     assert target.read_bytes() == b"previous" and not list(tmp_path.glob(".*.tmp"))
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -78,6 +79,10 @@ def evaluate(args) -> int:
     from .evaluate import evaluate_sid, evaluate_synthetic, format_table
     from .sid import SIDPairDataset
 
+    from engine.io.atomic import atomic_path, refuse_existing
+
+    if args.json and not args.overwrite:  # before minutes of evaluation
+        refuse_existing(args.json, "use --overwrite to replace it")
     device = _device(args.device)
     model, config, _ = load_checkpoint(args.checkpoint)
     results = {}
@@ -94,9 +99,7 @@ def evaluate(args) -> int:
         print(format_table(table, f"SID ({len(pairs)} pairs, centre 512 crop"
                                   f"{', illuminance-corrected' if args.illuminance_correction else ''}), {args.steps} steps"))
     if args.json:
-        from engine.io.atomic import atomic_path
-
-        with atomic_path(args.json) as tmp, open(tmp, "w") as f:
+        with atomic_path(args.json, overwrite=args.overwrite) as tmp, open(tmp, "w") as f:
             json.dump({k: {str(r): m for r, m in v.items()} for k, v in results.items()}, f, indent=1)
     return 0
 
@@ -110,7 +113,11 @@ def export(args) -> int:
         print("error: an 8-channel origin-only model cannot be told apart from a photon model in the public "
               "format (it stores no options); keep our format", file=sys.stderr)
         return 1
-    export_public(model, args.public, epoch=int(meta.get("epoch", 0)), iterations=int(meta.get("global_step", 0)))
+    if Path(args.public).exists() and not args.overwrite:
+        print(f"error: {args.public} already exists; use --overwrite to replace it", file=sys.stderr)
+        return 2
+    export_public(model, args.public, epoch=int(meta.get("epoch", 0)), iterations=int(meta.get("global_step", 0)),
+                  overwrite=args.overwrite)
     print(f"wrote {args.public} (public format, {config.arch} {config.in_channels} -> {config.out_channels} channels)",
           file=sys.stderr)
     return 0
@@ -165,6 +172,7 @@ def add_training_commands(sub) -> None:
     e.add_argument("--sid-list", default=None)
     e.add_argument("--illuminance-correction", action="store_true", help="SID protocol's ground-truth rescaling")
     e.add_argument("--json", default=None, help="also write the tables as JSON")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing --json file (default: refuse)")
     e.add_argument("--device", default="auto")
     e.add_argument("-q", "--quiet", action="store_true")
     e.set_defaults(func=evaluate)
@@ -172,6 +180,7 @@ def add_training_commands(sub) -> None:
     x = sub.add_parser("export", help="write a checkpoint in the public ExposureDiffusion format ({'netG': ...})")
     x.add_argument("--checkpoint", required=True, help="our-format checkpoint (e.g. runs/ed/model.pt)")
     x.add_argument("--public", required=True, help="output path of the public-format file")
+    x.add_argument("--overwrite", action="store_true", help="replace an existing --public file (default: refuse)")
     x.set_defaults(func=export)
 
 

@@ -200,7 +200,8 @@ class Trainer:
         save_checkpoint(self.model, self.backbone_config, self.out / "model.pt",
                         meta={"epoch": self.epoch, "iteration": self.iteration, "global_step": self.global_step,
                               "noise_model": self.cfg.noise_model, "steps": self.cfg.steps,
-                              "step_weights": [float(w) for w in self.weights().detach().cpu()]})
+                              "step_weights": [float(w) for w in self.weights().detach().cpu()]},
+                        overwrite=True)  # the run's own file, replaced at every save
 
     def resume(self, path=None) -> bool:
         """Load ``path`` (default ``<out>/last.pt``) if it exists; True when resumed."""

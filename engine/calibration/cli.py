@@ -44,6 +44,8 @@ def add_calibrate_command(subparsers):
                    help="text report (default: PROFILE_report.txt beside the profile)")
     p.add_argument("--ppcc-samples", type=int, default=PPCC_SAMPLES,
                    help=f"bias pixels per ISO for the Tukey-lambda fit (default {PPCC_SAMPLES})")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing profile, report or plots (default: refuse before reading any frame)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
     p.set_defaults(func=run_calibrate)
     return p
@@ -71,7 +73,7 @@ def run_calibrate(args) -> int:
     say = None if args.quiet else (lambda msg: print(msg, file=sys.stderr))
     try:
         result = calibrate(bias, flat, out=out, camera_name=args.name, plots=plots, report=args.report,
-                           ppcc_samples=args.ppcc_samples, progress=say)
+                           ppcc_samples=args.ppcc_samples, progress=say, overwrite=args.overwrite)
     except (ValueError, OSError) as e:  # CalibrationError, unreadable raw files
         print(f"error: {e}", file=sys.stderr)
         return 1

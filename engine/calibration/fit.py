@@ -37,7 +37,7 @@ import numpy as np
 
 from kernels.profiles import ISO_MAX_REF, ISO_MIN_REF, CameraProfile, load_profile
 
-from ..io.atomic import atomic_path
+from ..io.atomic import atomic_path, refuse_existing
 from ..io.raw import RawFrame
 from .inputs import RAW_EXTENSIONS, find_frames, iso_from_path, raw_files, work_items
 from .stats import PPCC_SAMPLES, CalibrationError, IsoCalibration, _bias_stats, _calibrate_iso, _loglin
@@ -106,7 +106,8 @@ class CalibrationResult:
 
 
 def calibrate(bias, flats, *, out=None, camera_name=None, plots=None, report=None,
-              ppcc_samples: int = PPCC_SAMPLES, seed: int = 0, progress=None) -> CalibrationResult:
+              ppcc_samples: int = PPCC_SAMPLES, seed: int = 0, progress=None,
+              overwrite: bool = False) -> CalibrationResult:
     """Calibrate a camera's noise profile (SPEC §2-3) from bias and flat frames.
 
     Args:
@@ -128,12 +129,18 @@ def calibrate(bias, flats, *, out=None, camera_name=None, plots=None, report=Non
         ppcc_samples: bias pixels per ISO used for the Tukey-lambda fit.
         seed: seed of the pixel subsampling (the calibration is deterministic).
         progress: callable(str) told about each step (e.g. print), or None.
+        overwrite: replace an existing profile, report or plot; default: refuse them
+            (``FileExistsError``) before any frame is read.
 
     Raises:
         CalibrationError (a ValueError) for frames that cannot calibrate, saying what to
         capture; the errors of ``engine.read_raw`` for unreadable files.
     """
     say = progress or (lambda msg: None)
+    report = _report_path(out, report)
+    if not overwrite:  # before minutes of reading frames
+        for path in _outputs(out, plots, report):
+            refuse_existing(path, "pass overwrite=True (--overwrite) to replace it")
     if isinstance(ppcc_samples, bool) or not isinstance(ppcc_samples, int) or ppcc_samples < 1000:
         raise ValueError(f"ppcc_samples must be an int >= 1000, got {ppcc_samples!r}")
     rng = np.random.default_rng(seed)
@@ -211,7 +218,7 @@ def calibrate(bias, flats, *, out=None, camera_name=None, plots=None, report=Non
         color_bias=tuple(m.color_bias for m in measured))
     result = CalibrationResult(profile, tuple(measured), (float(a), float(b)), camera.get("make"),
                                camera.get("model"), first.shape, tuple(warnings))
-    return _write(result, out, plots, report, say)
+    return _write(result, out, plots, report, say, overwrite)
 
 
 def _check_same_camera(f: RawFrame, first, camera: dict):
@@ -308,12 +315,27 @@ def _default_name(make, model, out) -> str:
     return Path(out).stem if out is not None else "Camera"
 
 
-def _write(result: CalibrationResult, out, plots, report, say) -> CalibrationResult:
+def _report_path(out, report):
+    """The report's path: given, else ``<out stem>_report.txt`` beside ``out``; None: none."""
+    if report is None and out is not None:
+        return Path(out).with_name(Path(out).stem + "_report.txt")
+    return Path(report) if report else None
+
+
+def _outputs(out, plots, report) -> list[Path]:
+    """Every file ``calibrate`` will write."""
+    from .plots import PLOT_FILES
+
+    files = [Path(p) for p in (out, report) if p is not None]
+    return files + ([Path(plots) / name for name in PLOT_FILES] if plots is not None else [])
+
+
+def _write(result: CalibrationResult, out, plots, report, say, overwrite) -> CalibrationResult:
     updates = {}
     if out is not None:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(out) as tmp:
+        with atomic_path(out, overwrite=overwrite) as tmp:
             tmp.write_text(json.dumps({result.profile.name: result.profile.to_dict()}, indent=1) + "\n")
         load_profile(out)  # what was written loads back
         updates["profile_path"] = out
@@ -321,15 +343,13 @@ def _write(result: CalibrationResult, out, plots, report, say) -> CalibrationRes
     if plots is not None:
         from .plots import write_plots
 
-        updates["plot_paths"] = write_plots(result, plots)
+        updates["plot_paths"] = write_plots(result, plots, overwrite)
         say(f"plots written to {plots}")
-    if report is None and out is not None:
-        report = out.with_name(out.stem + "_report.txt")
     if report:
-        updates["report_path"] = Path(report)
+        updates["report_path"] = report
     result = dataclasses.replace(result, **updates)
     if report:
-        Path(report).parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(report) as tmp:
+        report.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(report, overwrite=overwrite) as tmp:
             tmp.write_text(result.report())
     return result

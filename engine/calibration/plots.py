@@ -156,8 +156,12 @@ def figure(charts, cols=2) -> Image.Image:
     return out
 
 
-def save_png(img: Image.Image, path) -> Path:
-    with atomic_path(path) as tmp:
+# The files ``write_plots`` writes into its folder.
+PLOT_FILES = ("photon_transfer.png", "tukey_lambda.png", "noise_fits.png")
+
+
+def save_png(img: Image.Image, path, overwrite: bool = False) -> Path:
+    with atomic_path(path, overwrite=overwrite) as tmp:
         img.save(tmp, format="PNG")
     return Path(path)
 
@@ -213,14 +217,13 @@ def scale_chart(result) -> Chart:
     return c
 
 
-def write_plots(result, folder) -> dict:
-    """Write the three PNGs into ``folder`` (created); {name: path}."""
+def write_plots(result, folder, overwrite: bool = False) -> dict:
+    """Write the three PNGs (``PLOT_FILES``) into ``folder`` (created); {name: path}.
+    Existing files raise ``FileExistsError`` unless ``overwrite``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     isos = result.isos
-    out = {}
-    out["photon_transfer"] = save_png(figure([photon_transfer_chart(m) for m in isos]), folder / "photon_transfer.png")
-    out["tukey_lambda"] = save_png(figure([probability_chart(m) for m in isos] + [ppcc_chart(isos)]),
-                                   folder / "tukey_lambda.png")
-    out["noise_fits"] = save_png(figure([gain_chart(result), scale_chart(result)]), folder / "noise_fits.png")
-    return out
+    figures = {"photon_transfer": lambda: figure([photon_transfer_chart(m) for m in isos]),
+               "tukey_lambda": lambda: figure([probability_chart(m) for m in isos] + [ppcc_chart(isos)]),
+               "noise_fits": lambda: figure([gain_chart(result), scale_chart(result)])}
+    return {name: save_png(draw(), folder / f"{name}.png", overwrite) for name, draw in figures.items()}

@@ -35,16 +35,19 @@ import torch
 
 from ..io.dng import write_frame_dng
 from ..io.output import mosaic_dn, output_format, srgb_dtype, srgb_image, write_srgb
+from ..io.paths import plan_outputs
 from ..io.raw import RawFrame, read_raw
 
 
 @dataclasses.dataclass
 class FileResult:
-    """What became of one input: ``error`` is None when ``output`` was written."""
+    """What became of one input: ``error`` is None when ``output`` was written, or when it
+    existed already and was left alone (``skipped``, with ``skip_existing=True``)."""
 
     source: Path
     output: Path
     error: str | None = None
+    skipped: bool = False
 
 
 def worker_pool(workers: int, start_method: str | None = None) -> cf.ProcessPoolExecutor:
@@ -58,8 +61,8 @@ def worker_pool(workers: int, start_method: str | None = None) -> cf.ProcessPool
                                   initializer=_worker_init)
 
 
-def enhance_files(pipe, files, outputs, *, fmt: str = "png", workers: int = 0,
-                  on_done: Callable[[FileResult], None] | None = None,
+def enhance_files(pipe, files, outputs, *, fmt: str = "png", workers: int = 0, overwrite: bool = False,
+                  skip_existing: bool = False, on_done: Callable[[FileResult], None] | None = None,
                   pools: tuple[cf.Executor, cf.Executor] | None = None, start_method: str | None = None,
                   **call) -> list[FileResult]:
     """Enhance ``files`` into ``outputs`` (same length, one output path per file).
@@ -68,6 +71,12 @@ def enhance_files(pipe, files, outputs, *, fmt: str = "png", workers: int = 0,
         pipe: an ``engine.Pipeline``.
         fmt: "png" (8-bit sRGB), "tiff" (16-bit sRGB) or "dng" (linear mosaic).
         workers: 0 for one file after the other; N > 0 for N decoder and N writer processes.
+        overwrite: replace outputs that exist. Default: refuse them all before any work
+            (``FileExistsError``); an output that appears during the run is never replaced
+            (that file fails). ``engine.io.paths.plan_outputs`` also refuses, before any
+            work, a file listed twice and an output that is one of the inputs.
+        skip_existing: leave existing outputs alone and enhance only the other files
+            (their results say ``skipped``).
         on_done: called with each file's ``FileResult`` as soon as it is known (progress).
         pools: (decoders, writers) process pools to use instead of starting ``workers`` of
             each (``worker_pool``; a service keeps its workers warm across calls; the caller
@@ -79,38 +88,42 @@ def enhance_files(pipe, files, outputs, *, fmt: str = "png", workers: int = 0,
         One ``FileResult`` per file, in input order.
     """
     files, outputs = [Path(f) for f in files], [Path(o) for o in outputs]
-    if len(files) != len(outputs):
-        raise ValueError(f"got {len(files)} files but {len(outputs)} output paths")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise ValueError(f"workers must be an integer >= 0, got {workers!r}")
+    todo = plan_outputs(files, outputs, overwrite=overwrite, skip_existing=skip_existing)
     kind = output_format(outputs[0] if outputs else "x.png", fmt)
-    results = [FileResult(f, o) for f, o in zip(files, outputs)]
+    results = [FileResult(f, o, skipped=i not in todo) for i, (f, o) in enumerate(zip(files, outputs))]
+    for r in results:
+        if r.skipped and on_done is not None:
+            on_done(r)
+    files, outputs = [files[i] for i in todo], [outputs[i] for i in todo]
+    results_todo = [results[i] for i in todo]
 
     def fail(i: int, e: BaseException) -> None:
-        results[i].error = f"{type(e).__name__}: {e}"
+        results_todo[i].error = f"{type(e).__name__}: {e}"
 
     def done(i: int) -> None:
         if on_done is not None:
-            on_done(results[i])
+            on_done(results_todo[i])
 
     if workers == 0:
         for i, (src, dst) in enumerate(zip(files, outputs)):
             try:
-                pipe(str(src), **call).save(dst, format=kind)
+                pipe(str(src), **call).save(dst, format=kind, overwrite=overwrite)
             except Exception as e:  # one bad file must not stop the batch
                 fail(i, e)
             done(i)
         return results
 
     if pools is not None:
-        if workers == 0:
-            raise ValueError("pools= needs workers > 0 (the pools' size: how many files to read ahead)")
-        return _overlapped(pipe, files, outputs, kind, 2 * workers, *pools, fail, done, call, results)
+        _overlapped(pipe, files, outputs, kind, overwrite, 2 * workers, *pools, fail, done, call)
+        return results
     with worker_pool(workers, start_method) as decoders, worker_pool(workers, start_method) as writers:
-        return _overlapped(pipe, files, outputs, kind, 2 * workers, decoders, writers, fail, done, call, results)
+        _overlapped(pipe, files, outputs, kind, overwrite, 2 * workers, decoders, writers, fail, done, call)
+    return results
 
 
-def _overlapped(pipe, files, outputs, kind, ahead, decoders, writers, fail, done, call, results) -> list[FileResult]:
+def _overlapped(pipe, files, outputs, kind, overwrite, ahead, decoders, writers, fail, done, call) -> None:
     """Decoders read ahead (at most ``ahead`` files in flight), this process enhances,
     writers encode; each file's result is reported through ``done`` when known."""
     decoding: deque = deque()
@@ -139,10 +152,9 @@ def _overlapped(pipe, files, outputs, kind, ahead, decoders, writers, fail, done
             continue
         while len(writing) >= ahead:
             finish_write()
-        writing.append((i, writers.submit(_write, str(outputs[i]), kind, payload)))
+        writing.append((i, writers.submit(_write, str(outputs[i]), kind, payload, overwrite)))
     while writing:
         finish_write()
-    return results
 
 
 # ------------------------------------------------------------------ worker side
@@ -173,10 +185,10 @@ def _payload(raw: torch.Tensor, frame: RawFrame, kind: str):
     return srgb_image(raw, frame, srgb_dtype(kind)).cpu().numpy()
 
 
-def _write(path: str, kind: str, payload) -> str:
+def _write(path: str, kind: str, payload, overwrite: bool) -> str:
     if kind == "dng":
         frame = _frame(payload)
-        write_frame_dng(path, frame, cfa=frame.cfa)
+        write_frame_dng(path, frame, cfa=frame.cfa, overwrite=overwrite)
     else:
-        write_srgb(path, np.asarray(payload), kind)
+        write_srgb(path, np.asarray(payload), kind, overwrite=overwrite)
     return path

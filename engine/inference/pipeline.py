@@ -82,9 +82,13 @@ class EnhancedFrame:
         """sRGB rendering ``[2h, 2w, 3]`` (uint8, uint16 or float32) with the camera's colour."""
         return srgb_image(self.raw, self.frame, out_dtype)
 
-    def save(self, path, format: str | None = None) -> Path:
-        """Write as PNG (8-bit sRGB), TIFF (16-bit sRGB) or DNG (linear mosaic); atomic."""
-        return save_output(path, self.raw, self.frame, format)
+    def save(self, path, format: str | None = None, *, overwrite: bool = False) -> Path:
+        """Write as PNG (8-bit sRGB), TIFF (16-bit sRGB) or DNG (linear mosaic); atomic.
+
+        An existing ``path`` raises ``FileExistsError`` unless ``overwrite=True``; the
+        frame's own source file is never written over (``engine.io.paths.OutputPathError``).
+        """
+        return save_output(path, self.raw, self.frame, format, overwrite=overwrite)
 
 
 class Pipeline:

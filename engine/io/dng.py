@@ -54,11 +54,11 @@ _COLOUR_CODE = {"R": 0, "G": 1, "B": 2}
 
 def write_dng(path, cfa, *, pattern, black_level, white_level, color_matrix=None, as_shot_neutral=None,
               iso=None, exposure_time=None, make=None, model=None, unique_camera_model=None,
-              calibration_illuminant=D65) -> Path:
+              calibration_illuminant=D65, overwrite: bool = False) -> Path:
     """Write a linear CFA DNG (uncompressed, 16 bits per pixel, little-endian).
 
     Args:
-        path: output file (conventionally ``.dng``); replaced atomically.
+        path: output file (conventionally ``.dng``), written atomically.
         cfa: uint16 ``[H, W]`` mosaic in DN (numpy, or torch on any device), H, W >= 22.
         pattern: "RGGB" | "BGGR" | "GRBG" | "GBRG".
         black_level: DN, a number or 4 values in plane order R, G1, B, G2 (G1 = the green
@@ -72,6 +72,7 @@ def write_dng(path, cfa, *, pattern, black_level, white_level, color_matrix=None
         make, model: ASCII strings (non-ASCII characters become "?").
         unique_camera_model: defaults to "make model", or "ExposureDiffusion" with neither.
         calibration_illuminant: EXIF LightSource code of color_matrix (21 = D65).
+        overwrite: replace an existing ``path`` (default: ``FileExistsError``).
 
     Returns:
         ``path`` as a Path.
@@ -131,7 +132,7 @@ def write_dng(path, cfa, *, pattern, black_level, white_level, color_matrix=None
     if exif:
         tags.append((_EXIF_PLACEHOLDER, _LONG, 1, 0, True))
 
-    with atomic_path(path) as tmp:
+    with atomic_path(path, overwrite=overwrite) as tmp:
         tifffile.imwrite(tmp, data, photometric=32803, subfiletype=0, byteorder="<", bigtiff=False,
                          metadata=None, software="exposure-diffusion", extratags=tags)
         if exif:
@@ -139,15 +140,17 @@ def write_dng(path, cfa, *, pattern, black_level, white_level, color_matrix=None
     return path
 
 
-def write_frame_dng(path, frame: RawFrame, cfa=None) -> Path:
+def write_frame_dng(path, frame: RawFrame, cfa=None, *, overwrite: bool = False) -> Path:
     """Write ``frame`` (or the mosaic ``cfa`` with ``frame``'s metadata, e.g. an enhanced
     output) as a DNG: same pattern, black / white levels, ISO, exposure, make / model,
-    white balance (as AsShotNeutral = 1 / gains) and colour matrix."""
+    white balance (as AsShotNeutral = 1 / gains) and colour matrix. ``overwrite`` as for
+    ``write_dng``."""
     gains = frame.wb_gains
     neutral = None if gains is None else (1.0 / gains[0], 1.0 / gains[1], 1.0 / gains[2])
     return write_dng(path, frame.cfa if cfa is None else cfa, pattern=frame.pattern, black_level=frame.black_level,
                      white_level=frame.white_level, color_matrix=frame.color_matrix, as_shot_neutral=neutral,
-                     iso=frame.iso, exposure_time=frame.exposure_time, make=frame.make, model=frame.model)
+                     iso=frame.iso, exposure_time=frame.exposure_time, make=frame.make, model=frame.model,
+                     overwrite=overwrite)
 
 
 # ----------------------------------------------------------------------------- helpers

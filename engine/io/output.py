@@ -1,12 +1,14 @@
 """Writing an enhanced frame: 8-bit PNG, 16-bit TIFF (sRGB) or a linear DNG mosaic.
 
-All writes are atomic (``engine.io.atomic``). The sRGB renderings come from the fused
+All writes are atomic (``engine.io.atomic``) and refuse to replace an existing file unless
+asked (``overwrite=True``); ``save_output`` never writes over the frame's source file. The sRGB renderings come from the fused
 ``kernels.render_srgb`` (white balance, demosaic, colour matrix, gamma) with the
 camera's own white balance and colour matrix; the DNG keeps the input's CFA pattern,
 black / white levels and colour metadata, so raw editors develop it like the original.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +19,9 @@ from PIL import Image
 from kernels import render_srgb, unpack_bayer
 
 from ..camera import camera_to_srgb
-from .atomic import atomic_path
+from .atomic import atomic_path, refuse_existing
 from .dng import write_frame_dng
+from .paths import check_not_inputs
 from .raw import RawFrame
 
 FORMATS = {".png": "png", ".tif": "tiff", ".tiff": "tiff", ".dng": "dng"}
@@ -53,15 +56,23 @@ def mosaic_dn(raw: torch.Tensor, frame: RawFrame) -> torch.Tensor:
     return unpack_bayer(raw.unsqueeze(0), frame.pattern, black, float(frame.white_level))[0]
 
 
-def save_output(path, raw: torch.Tensor, frame: RawFrame, fmt: str | None = None) -> Path:
-    """Write ``raw`` (``[4, h, w]`` float32 in [0, 1]) as PNG, TIFF or DNG; returns the path."""
+def save_output(path, raw: torch.Tensor, frame: RawFrame, fmt: str | None = None, *, overwrite: bool = False) -> Path:
+    """Write ``raw`` (``[4, h, w]`` float32 in [0, 1]) as PNG, TIFF or DNG; returns the path.
+
+    Never writes over the frame's own source file (``OutputPathError``, even with
+    ``overwrite``); an existing ``path`` raises ``FileExistsError`` unless ``overwrite``.
+    """
     path = Path(path)
     kind = output_format(path, fmt)
     if not path.parent.is_dir():
         raise FileNotFoundError(f"output folder {str(path.parent)!r} does not exist")
+    if os.path.isfile(frame.source):
+        check_not_inputs([path], [frame.source])
+    if not overwrite:
+        refuse_existing(path)  # before the rendering; atomic_path checks again at the end
     if kind == "dng":
-        return write_frame_dng(path, frame, cfa=mosaic_dn(raw, frame).cpu())
-    return write_srgb(path, srgb_image(raw, frame, srgb_dtype(kind)).cpu().numpy(), kind)
+        return write_frame_dng(path, frame, cfa=mosaic_dn(raw, frame).cpu(), overwrite=overwrite)
+    return write_srgb(path, srgb_image(raw, frame, srgb_dtype(kind)).cpu().numpy(), kind, overwrite=overwrite)
 
 
 def srgb_dtype(kind: str) -> torch.dtype:
@@ -69,10 +80,11 @@ def srgb_dtype(kind: str) -> torch.dtype:
     return torch.uint8 if kind == "png" else torch.uint16
 
 
-def write_srgb(path, img: np.ndarray, kind: str) -> Path:
-    """Encode an sRGB image ``[H, W, 3]`` (uint8 for "png", uint16 for "tiff") atomically."""
+def write_srgb(path, img: np.ndarray, kind: str, *, overwrite: bool = False) -> Path:
+    """Encode an sRGB image ``[H, W, 3]`` (uint8 for "png", uint16 for "tiff") atomically;
+    an existing ``path`` raises ``FileExistsError`` unless ``overwrite``."""
     path = Path(path)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, overwrite=overwrite) as tmp:
         if kind == "png":
             Image.fromarray(img, mode="RGB").save(tmp, format="PNG")
         else:

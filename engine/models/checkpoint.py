@@ -333,16 +333,18 @@ def _portable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
 
 
-def _atomic_save(obj: Any, path: str | os.PathLike) -> None:
+def _atomic_save(obj: Any, path: str | os.PathLike, overwrite: bool) -> None:
     """``torch.save`` through ``engine.io.atomic.atomic_path``: a temporary file beside ``path``,
-    fsync'ed, then renamed over it; removed on any failure (previous file untouched)."""
-    with atomic_path(path) as tmp:
+    fsync'ed, then renamed to it; removed on any failure (previous file untouched). An
+    existing ``path`` raises ``FileExistsError`` unless ``overwrite``."""
+    with atomic_path(path, overwrite=overwrite) as tmp:
         torch.save(obj, tmp)
 
 
 def save_checkpoint(model: nn.Module, config: BackboneConfig, path: str | os.PathLike, *,
-                    meta: Mapping[str, Any] | None = None) -> None:
-    """Write ``model`` in our format with its options explicit (atomic).
+                    meta: Mapping[str, Any] | None = None, overwrite: bool = False) -> None:
+    """Write ``model`` in our format with its options explicit (atomic; an existing ``path``
+    raises ``FileExistsError`` unless ``overwrite``).
 
     ``config`` must describe ``model`` (checked against the tensor shapes). ``meta``: any
     plain data (str/int/float/bool/None/tensors in lists/tuples/dicts), e.g. epoch, noise model.
@@ -360,12 +362,14 @@ def save_checkpoint(model: nn.Module, config: BackboneConfig, path: str | os.Pat
     meta = dict(meta or {})
     _check_plain(meta)
     _atomic_save({"format": FORMAT_NAME, "version": FORMAT_VERSION, "config": config.to_dict(),
-                  "state_dict": sd, "meta": meta}, path)
+                  "state_dict": sd, "meta": meta}, path, overwrite)
 
 
-def export_public(model: nn.Module, path: str | os.PathLike, epoch: int = 0, iterations: int = 0) -> None:
+def export_public(model: nn.Module, path: str | os.PathLike, epoch: int = 0, iterations: int = 0, *,
+                  overwrite: bool = False) -> None:
     """Write ``model`` the way the public ExposureDiffusion / ELD code does:
     ``{'netG': state_dict, 'epoch': epoch, 'iterations': iterations}`` (no optimizer state).
-    The options then live only in the tensor shapes (8 input channels read back as photon)."""
+    The options then live only in the tensor shapes (8 input channels read back as photon).
+    An existing ``path`` raises ``FileExistsError`` unless ``overwrite``."""
     _atomic_save({"netG": _portable_state_dict(model), "epoch": int(epoch),
-                  "iterations": int(iterations)}, path)
+                  "iterations": int(iterations)}, path, overwrite)
