@@ -13,9 +13,10 @@ setup(
                   "engine": ["data/*.pt", "data/*.md"]},
     include_package_data=True,
     install_requires=[
-        # The oldest torch the suite has passed on is 2.11 (2.11.0+cu130 on a GPU, 2.11.0 and
-        # 2.13.0 on CPU); README says the same. On a CPU-only machine install the CPU build
-        # first (`pip install torch==2.13.0` here) so pip does not fetch a CUDA build.
+        # The oldest torch the suite has run on is 2.11 (2.11.0 in a CPU venv, issue #12;
+        # 2.11.0+cu130 on the first GPU run); CI runs 2.13.0. README says the same. On a
+        # CPU-only machine install the CPU build first (`pip install torch==2.13.0` here)
+        # so pip does not fetch a CUDA build.
         "torch>=2.11",
         "triton>=3.3",
         "numpy>=1.24",
