@@ -10,7 +10,7 @@
 #   bash bench/gpu_check.sh cuda bench       # only some parts:
 #       cuda     tests/test_cuda.py (graphs, fp16, batches, CUDA reference sampling), verbose
 #       kernels  the kernel suites on CUDA (bayer, poisson, noise, exposure, isp, dihedral, CPU-path
-#                samplers, device mixes, pipeline)
+#                samplers, device mixes, pipeline, fused UNet convolutions and head)
 #       suite    every test (about 10 minutes on an H200: give it a call of its own)
 #       bench    bench/throughput.py (every stage, $BENCH_ARGS, default --repeats 5)
 #       training bench/throughput.py's training-step stage alone (the data share of a step)
@@ -68,7 +68,8 @@ run() {
 
 PYTEST=("$PY" -m pytest -p no:cacheprovider -rfEs)
 KERNEL_SUITES=(tests/test_bayer.py tests/test_poisson.py tests/test_noise.py tests/test_exposure.py tests/test_isp.py
-               tests/test_dihedral.py tests/test_cpu_sampling.py tests/test_device_mix.py tests/test_pipeline.py)
+               tests/test_dihedral.py tests/test_cpu_sampling.py tests/test_device_mix.py tests/test_pipeline.py
+               tests/test_conv.py tests/test_head_step.py tests/test_fused_unet.py)  # newest last: a stop spares the rest
 parts=" ${*:-cuda kernels bench} "
 for part in $parts; do
   case $part in

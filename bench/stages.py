@@ -52,6 +52,8 @@ def engine_configs(device) -> list[tuple[str, dict]]:
     """(name, Pipeline options); the first one is the headline: the engine's default."""
     if device.type == "cuda":
         return [("engine fp16 + CUDA graphs", dict(precision="fp16", cuda_graphs=True)),
+                ("engine fp16 + CUDA graphs, fused UNet", dict(precision="fp16", cuda_graphs=True, backbone_path="fused")),
+                ("engine fp16 + CUDA graphs, cuDNN UNet", dict(precision="fp16", cuda_graphs=True, backbone_path="eager")),
                 ("engine fp16, no graphs", dict(precision="fp16", cuda_graphs=False)),
                 ("engine fp32 + CUDA graphs", dict(precision="fp32", cuda_graphs=True)),
                 ("engine fp32, no graphs", dict(precision="fp32", cuda_graphs=False))]
@@ -130,34 +132,6 @@ def bench_engine(ctx: Context, path: Path) -> dict:
     return {"frame": [H, W], "megapixels": mp, "K": K, "steps": ctx.steps, "ratio": ctx.ratio,
             "loop_GFLOP": flops / 1e9, "headline": headline, "decode_alone": t_decode, "rows": rows,
             "timing": "runs of the baseline and each configuration interleaved, repeat by repeat"}
-
-
-# ---------------------------------------------------------------- backbone (CUDA)
-def bench_backbone(ctx: Context, H: int, W: int) -> dict:
-    """fp16 channels_last backbone forward in TFLOP/s against a large fp16 matmul."""
-    dev = ctx.device
-    n = 8192
-    a = torch.randn(n, n, device=dev, dtype=torch.float16)
-    b = torch.randn(n, n, device=dev, dtype=torch.float16)
-    t_mm = time_fn(lambda: torch.matmul(a, b), dev, ctx.repeats, 3, ctx.progress, "fp16 matmul", inner=0)
-    mm_rate = 2 * n ** 3 / (t_mm["median_ms"] / 1e3)
-    del a, b
-    hp, wp = -(-(H // 2) // 16) * 16, -(-(W // 2) // 16) * 16
-    net = copy.deepcopy(ctx.net).to(dev).half().to(memory_format=torch.channels_last).eval()
-    x = torch.rand(1, ctx.cfg.in_channels, hp, wp, device=dev, dtype=torch.float16).contiguous(memory_format=torch.channels_last)
-    flops = loop_flops(ctx.cfg, net, hp, wp, 1)
-
-    def forward():
-        with torch.inference_mode():
-            net(x)
-
-    t = time_fn(forward, dev, ctx.repeats, max(ctx.warmup, 2), ctx.progress, "backbone fp16")
-    rate = flops / (t["median_ms"] / 1e3)
-    del net, x
-    free(dev)
-    return {"input": [1, ctx.cfg.in_channels, hp, wp], "GFLOP_per_forward": flops / 1e9, "time": t,
-            "TFLOP_per_s": rate / 1e12, "matmul_fp16": t_mm, "matmul_fp16_TFLOP_per_s": mm_rate / 1e12,
-            "fraction_of_matmul": rate / mm_rate}
 
 
 # ---------------------------------------------------------------- fused kernels

@@ -62,7 +62,7 @@ def enhance(args) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
         pipe = Pipeline.from_checkpoint(args.checkpoint, device=_device(args.device), camera=args.camera,
-                                        max_tile=args.max_tile)
+                                        max_tile=args.max_tile, backbone_path=args.backbone)
     except (ValueError, OSError) as e:
         print(f"error: cannot load the model: {e}", file=sys.stderr)
         return 2
@@ -116,6 +116,10 @@ def add_engine_commands(sub) -> None:
     e.add_argument("--deterministic", action="store_true", help="use Poisson means instead of draws")
     e.add_argument("--format", default="png", choices=("png", "tiff", "dng"), help="output format (default png)")
     e.add_argument("--max-tile", type=int, default=None, help="process in tiles of at most this many packed pixels")
+    e.add_argument("--backbone", default="auto", choices=("auto", "fused", "eager", "compile"),
+                   help="what runs the network: auto (default; on a GPU the fastest of our fused Triton UNet and "
+                        "PyTorch's, timed at the first frame of each size and cached), fused, eager (PyTorch) or "
+                        "compile (torch.compile)")
     e.add_argument("--workers", default="auto", type=_workers_arg,
                    help="decoder / writer processes overlapping the device work (default auto: up to 4 beside "
                         "a GPU, 0 on a CPU)")

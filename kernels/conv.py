@@ -37,6 +37,12 @@ configuration runs, chosen by ``_interpreter_config`` or given by the caller.
 """
 from __future__ import annotations
 
+import concurrent.futures as cf
+import contextvars
+import inspect
+import os
+import warnings
+from contextlib import contextmanager, nullcontext
 from typing import NamedTuple
 
 import torch
@@ -55,21 +61,26 @@ MIN_K = 16
 MAX_IMAGE_ELEMENTS = 2**31 - 1
 
 
+# Autotune results are cached on disk (Triton's cache dir) where Triton can (3.3+), so a
+# second process starts without re-tuning.
+_CACHE_TUNING = {"cache_results": True} if "cache_results" in inspect.signature(triton.autotune).parameters else {}
+
+
 # --------------------------------------------------------------------------- configs
 def _conv_configs() -> list[triton.Config]:
-    """Tiles for Hopper (``wgmma``: 64 rows per warpgroup, 4 warps) and Ampere (``mma``);
-    small-N / small-K ones for the 32-channel levels and the first layer."""
+    """Tiles for Hopper (``wgmma``: 64 rows per warpgroup) and Ampere (``mma``), by output
+    width: 128 (levels 3-5), 64 (level 2) and 32 (level 1, the first layer's K of 16)."""
     out = []
     for tile_h, tile_w, bn, bk, warps, stages in (
         (8, 16, 128, 64, 8, 3),
         (8, 16, 128, 32, 8, 4),
+        (16, 16, 128, 32, 8, 3),
         (8, 16, 64, 64, 4, 3),
         (8, 16, 64, 32, 8, 4),
-        (16, 16, 128, 32, 8, 3),
         (8, 8, 64, 64, 4, 3),
+        (8, 16, 64, 16, 4, 4),
         (8, 16, 32, 32, 4, 4),
         (8, 16, 32, 16, 4, 4),
-        (8, 16, 64, 16, 4, 4),
     ):
         out.append(triton.Config({"TILE_H": tile_h, "TILE_W": tile_w, "BLOCK_N": bn, "BLOCK_K": bk},
                                  num_warps=warps, num_stages=stages))
@@ -78,30 +89,45 @@ def _conv_configs() -> list[triton.Config]:
 
 def _upconv_configs() -> list[triton.Config]:
     out = []
-    for bm, bn, bk, warps, stages in ((128, 128, 64, 8, 3), (128, 64, 64, 4, 3), (64, 64, 64, 4, 3),
-                                      (128, 128, 32, 8, 4), (128, 32, 32, 4, 4), (64, 32, 32, 4, 4)):
+    for bm, bn, bk, warps, stages in ((128, 128, 64, 8, 3), (128, 128, 32, 8, 4), (128, 64, 64, 4, 3),
+                                      (64, 64, 64, 4, 3), (128, 32, 32, 4, 4), (64, 32, 32, 4, 4)):
         out.append(triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps, num_stages=stages))
     return out
 
 
-def _fits(block: int, size: int) -> bool:
-    """A block is worth trying when it is not wider than the padded size it covers."""
-    return block <= max(MIN_K, triton.next_power_of_2(size))
+def _block_n(cout: int) -> int:
+    """The output block that fits a layer: its width rounded up to 32, 64 or 128 (a
+    narrower block wastes no columns; a wider layer loops over blocks of 128)."""
+    return min(128, max(32, triton.next_power_of_2(cout)))
+
+
+def _fits_k(block_k: int, channels: int) -> bool:
+    """K blocks between 32 (16 for the first layer's few channels) and the channels."""
+    widest = max(MIN_K, triton.next_power_of_2(channels))
+    return min(32, widest) <= block_k <= widest
 
 
 def _prune_conv(configs, named_args, **kwargs):
+    """Only the configurations whose blocks fit the layer: few per layer, so the first
+    frame compiles and tunes quickly."""
     k = max(named_args["C1"], named_args["C2"] or 0)
-    keep = [c for c in configs if _fits(c.kwargs["BLOCK_N"], named_args["COUT"]) and _fits(c.kwargs["BLOCK_K"], k)]
+    bn = _block_n(named_args["COUT"])
+    keep = [c for c in configs if c.kwargs["BLOCK_N"] == bn and _fits_k(c.kwargs["BLOCK_K"], k)]
     return keep or configs[-1:]
 
 
 def _prune_upconv(configs, named_args, **kwargs):
-    keep = [c for c in configs if _fits(c.kwargs["BLOCK_N"], named_args["COUT"])
-            and _fits(c.kwargs["BLOCK_K"], named_args["CIN"])]
+    bn = _block_n(named_args["COUT"])
+    keep = [c for c in configs if c.kwargs["BLOCK_N"] == bn and _fits_k(c.kwargs["BLOCK_K"], named_args["CIN"])]
     return keep or configs[-1:]
 
 
 # --------------------------------------------------------------------------- kernels
+# Sizes are not specialised on (== 1, multiple of 16): one compiled kernel per
+# configuration serves every level and frame size (strides still are: aligned loads).
+_SIZES = ["B", "H", "W", "C1", "C2", "CIN", "COUT"]
+
+
 @triton.jit
 def _accumulate_taps(acc, x_ptr, x_base, sxh, sxw, C, row0, CT, w_ptr, COUT_P, y, x, H, W, rn, n_mask,
                      BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr):
@@ -130,9 +156,9 @@ def _accumulate_taps(acc, x_ptr, x_base, sxh, sxw, C, row0, CT, w_ptr, COUT_P, y
 
 
 @triton.autotune(configs=_conv_configs(), key=["H", "W", "C1", "C2", "COUT", "B"],
-                 prune_configs_by={"early_config_prune": _prune_conv}, cache_results=True)
+                 prune_configs_by={"early_config_prune": _prune_conv}, **_CACHE_TUNING)
 @triton.heuristics({"EVEN_K": lambda a: a["C1"] % a["BLOCK_K"] == 0 and a["C2"] % a["BLOCK_K"] == 0})
-@triton.jit
+@triton.jit(do_not_specialize=_SIZES)
 def _conv3x3_kernel(
     x1_ptr, s1_b, s1_h, s1_w,
     x2_ptr, s2_b, s2_h, s2_w,
@@ -185,8 +211,8 @@ def _conv3x3_kernel(
 
 
 @triton.autotune(configs=_upconv_configs(), key=["H", "W", "CIN", "COUT", "B"],
-                 prune_configs_by={"early_config_prune": _prune_upconv}, cache_results=True)
-@triton.jit
+                 prune_configs_by={"early_config_prune": _prune_upconv}, **_CACHE_TUNING)
+@triton.jit(do_not_specialize=_SIZES)
 def _upconv2x2_kernel(
     x_ptr, sx_b, sx_h, sx_w,
     w_ptr, bias_ptr,
@@ -310,8 +336,51 @@ def _empty_nhwc(b, c, h, w, like: torch.Tensor) -> torch.Tensor:
     return torch.empty((b, c, h, w), dtype=like.dtype, device=like.device, memory_format=torch.channels_last)
 
 
+_RECORDING: contextvars.ContextVar = contextvars.ContextVar("conv_recorded_launches", default=None)
+
+
+@contextmanager
+def recorded_launches():
+    """Inside, ``conv3x3`` / ``upconv2x2`` record their launches (for ``precompile``)
+    instead of running them: their outputs are allocated but never written."""
+    launches: list = []
+    token = _RECORDING.set(launches)
+    try:
+        yield launches
+    finally:
+        _RECORDING.reset(token)
+
+
+def precompile(launches, max_workers: int | None = None) -> int:
+    """Compile, in parallel threads, every configuration the autotuner will try for the
+    recorded ``launches`` (CUDA), so that autotuning then only times them: without it the
+    first frame compiles some 30 kernels one after the other. Returns how many
+    (launch, configuration) compilations were requested; a failure only warns (the
+    autotuner compiles what is missing itself)."""
+    jobs = []
+    for kernel, args in launches:
+        named = dict(zip(kernel.arg_names, args))
+        prune = _prune_conv if kernel is _conv3x3_kernel else _prune_upconv
+        jobs += [(kernel, args, cfg) for cfg in prune(kernel.configs, named)]
+    async_mode = getattr(triton, "AsyncCompileMode", None)  # Triton >= 3.4; else one after the other
+    try:
+        with cf.ThreadPoolExecutor(max_workers or os.cpu_count() or 1) as pool:
+            with async_mode(pool) if async_mode is not None else nullcontext():
+                for kernel, args, cfg in jobs:
+                    kernel.fn.warmup(*args, grid=(1,), **cfg.kwargs, num_warps=cfg.num_warps,
+                                     num_stages=cfg.num_stages)
+    except Exception as e:  # noqa: BLE001 - an optimisation only
+        warnings.warn(f"parallel precompilation of the convolution kernels failed ({type(e).__name__}: {e}); "
+                      "the autotuner compiles them one by one", RuntimeWarning)
+    return len(jobs)
+
+
 def _launch(kernel, grid, args, config: triton.Config | None):
     """Autotuned launch; under the interpreter, or with an explicit ``config``, one config."""
+    recording = _RECORDING.get()
+    if recording is not None:
+        recording.append((kernel, args))
+        return
     if config is None and not triton_interpreter_enabled():
         kernel[grid](*args)
         return
@@ -477,8 +546,7 @@ def aot_specs():
               "y_ptr": "*fp16", "sy_b": "i32", "sy_h": "i32", "sy_w": "i32", "B": "i32", "H": "i32", "W": "i32",
               "CIN": "i32", "COUT": "i32", "COUT_P": "i32",
               "BLOCK_M": "constexpr", "BLOCK_N": "constexpr", "BLOCK_K": "constexpr"}
-    up_aligned = ("x_ptr", "w_ptr", "bias_ptr", "y_ptr", "sx_b", "sx_h", "sx_w", "sy_b", "sy_h", "sy_w", "CIN",
-                  "COUT_P")
+    up_aligned = ("x_ptr", "w_ptr", "bias_ptr", "y_ptr", "sx_b", "sx_h", "sx_w", "sy_b", "sy_h", "sy_w", "COUT_P")
     for i, cfg in enumerate(_upconv2x2_kernel.configs):
         specs.append(AotSpec(f"upconv2x2_cfg{i}", _upconv2x2_kernel.fn, up_sig, dict(cfg.kwargs), cfg.num_warps,
                              divisible_by_16=up_aligned, num_stages=cfg.num_stages, tensor_cores=True))

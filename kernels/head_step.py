@@ -24,8 +24,7 @@ import triton
 import triton.language as tl
 
 from ._common import DEFAULT_DN_SCALE, check_tensor, philox_seed, use_triton
-from .exposure import (_IN_DTYPES, BLOCK, NUM_WARPS, _allocate, _finish_step, _prepare, _tile,
-                       exposure_step_reference)
+from .exposure import _IN_DTYPES, BLOCK, NUM_WARPS, _allocate, _finish_step, _prepare, _tile, exposure_step_reference
 
 HEAD_COLUMNS = 16  # the head's 9 (or 4) output channels, padded to the tensor cores' N
 BLOCK_C = 16  # feature channels per K step

@@ -47,6 +47,12 @@ if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
 TRITON_DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _engine_cache(tmp_path_factory):
+    """The engine's disk cache (backbone choices) in a temporary folder, never the user's."""
+    os.environ["EXPOSURE_DIFFUSION_CACHE"] = str(tmp_path_factory.mktemp("engine_cache"))
+
+
 @pytest.fixture
 def triton_device() -> torch.device:
     return TRITON_DEVICE

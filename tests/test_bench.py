@@ -14,7 +14,7 @@ import torch
 
 from bench.scene import BLACK_LEVEL, WHITE_LEVEL, render_scene, write_scene_dng
 from bench.report import judge
-from engine import read_raw
+from engine import BackboneConfig, read_raw
 
 ROOT = Path(__file__).resolve().parents[1]
 KERNEL_STAGES = ("pack_bayer", "poisson", "synthesize_noise", "exposure_step", "render_srgb")
@@ -136,3 +136,38 @@ def test_a_failing_stage_is_reported_and_the_others_still_run(tmp_path, monkeypa
     printed = capsys.readouterr()
     assert "FAILED stages" in printed.out and "- kernels: RuntimeError: simulated kernel failure" in printed.out
     assert "Noise synthesis" in printed.out and "bench stage 'kernels' FAILED" in printed.err
+
+
+def test_backbone_stage_code_runs_on_a_cpu(monkeypatch):
+    """The backbone stage is measured on a GPU only; here its code runs end to end on a
+    small CPU frame (fused UNet through its kernels' references, matmul rate stubbed, no
+    torch.compile) so that the GPU session does not find a broken stage: rows for cuDNN
+    eager and the fused UNet, one per-layer row per kernel with consistent FLOP counts,
+    and the report's tables."""
+    import bench.backbone_stage as bs
+    from bench.report import report
+    from bench.stages import Context
+    from bench.timing import Progress
+    from engine.models.unet import unet_macs
+
+    cfg = BackboneConfig(options={"widths": (8, 8, 16, 16, 16)})
+    ctx = Context(torch.device("cpu"), cfg.build().eval(), cfg, 100.0, 2, 1, 0, Progress(1, True))
+    fake = {"median_ms": 1.0, "min_ms": 1.0, "max_ms": 1.0, "repeats": 1, "warmup": 0, "times_ms": [1.0]}
+    monkeypatch.setattr(bs, "matmul_rate", lambda dev, repeats, progress: (fake, 1e12))
+    res = bs.bench_backbone(ctx, 64, 96, copy_GBps=10.0, compile_modes=(), first_frame=False)
+    assert [r["name"] for r in res["rows"]] == ["cuDNN eager", "fused Triton UNet"]
+    assert len(res["layers"]) == 22
+    head_flops = 2 * 32 * 48 * 8 * 9
+    assert sum(r["GFLOP"] for r in res["layers"]) * 1e9 + head_flops == pytest.approx(2 * unet_macs(32, 48, 8, 9, (8, 8, 16, 16, 16)))
+    info = {"date": "d", "commit": "c", "device": "cpu", "device_name": "cpu", "torch": torch.__version__,
+            "threads": 1, "frame": [64, 96], "steps": 2, "ratio": 100, "repeats": 1, "weights": "w", "quick": True}
+    text = report({"info": info, "backbone": res})
+    assert "fused Triton UNet" in text and "conv9_2" in text and "Fused UNet, per kernel" in text
+
+
+def test_first_frame_script_prints_its_latencies():
+    proc = subprocess.run([sys.executable, "bench/first_frame.py", "--device", "cpu", "--height", "64", "--width", "96",
+                           "--steps", "2"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["backbone"] == ["eager"] and out["to_first_frame_s"] > out["first_frame_s"] > 0

@@ -95,3 +95,28 @@ def test_refusals():
         fused(torch.zeros(1, 4, 16, 16, dtype=torch.float16, device=DEV))
     with pytest.raises(TypeError, match="FusedUNet was built for torch.float16 inputs, got torch.float32"):
         fused(torch.zeros(1, 8, 16, 16, device=DEV))
+
+
+def test_precompile_plan_is_small_enough_for_a_quick_first_frame():
+    """Before autotuning, the fused UNet compiles every configuration the autotuner will
+    try, in parallel. Sizes are not specialised on, so one shape covers all; the pruned
+    configurations of the SID UNet's 22 launches come down to a few dozen distinct
+    kernels (the first-frame budget of issue 11 is 60 s)."""
+    import kernels.conv as conv
+
+    net = network(8, 9, (32, 64, 128, 256, 512))
+    fused = FusedUNet(net, torch.float16, backend="triton")
+    x = first_input(1, 8, 64, 64).half().contiguous(memory_format=torch.channels_last)
+    with conv.recorded_launches() as launches:
+        out = fused.features(x)
+    assert len(launches) == 22 and out.shape == (1, 32, 64, 64)
+    distinct = set()
+    for kernel, args in launches:
+        named = dict(zip(kernel.arg_names, args))
+        prune = conv._prune_conv if kernel is conv._conv3x3_kernel else conv._prune_upconv
+        variant = (kernel.fn.__name__ if hasattr(kernel.fn, "__name__") else str(kernel), named.get("HAS_SKIP"),
+                   named.get("POOL"), named.get("C1", 16) < 16)
+        distinct |= {(variant, tuple(sorted(c.kwargs.items())), c.num_warps, c.num_stages)
+                     for c in prune(kernel.configs, named)}
+    assert 10 <= len(distinct) <= 30, len(distinct)
+    assert fused.precompile(x) >= len(distinct)  # on a CPU only the plan is made: it must not fail

@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 import torch
 
-from kernels.conv import conv3x3, prepare_conv3x3, prepare_upconv2x2, upconv2x2
+from kernels.conv import conv3x3, precompile, prepare_conv3x3, prepare_upconv2x2, recorded_launches, upconv2x2
 from kernels.head_step import HeadWeights, head_output_reference, prepare_head
 
 from .unet import UNet, check_backbone_input
@@ -39,6 +39,24 @@ class HeadFeatures(NamedTuple):
 
     features: torch.Tensor
     head: HeadWeights
+
+
+class LayerCall(NamedTuple):
+    """One kernel launch of a forward pass: ``run()`` repeats it on the same tensors;
+    ``macs`` multiply-accumulates; ``bytes`` read (inputs, weights) + written (outputs)."""
+
+    name: str
+    run: object
+    macs: int
+    bytes: int
+
+
+def _cost(op, x, weights, out, skip) -> tuple[int, int]:
+    outs = out if isinstance(out, tuple) else (out,)
+    moved = sum(t.numel() * t.element_size() for t in (x, skip, weights.matrix, *outs) if t is not None)
+    c_in = sum(weights.in_channels)
+    taps = 9 if op is conv3x3 else 1  # a transposed 2x2 conv: one tap per output pixel
+    return outs[0][:, :1].numel() * c_in * weights.out_channels * taps, moved
 
 
 class FusedUNet:
@@ -78,32 +96,56 @@ class FusedUNet:
             self.decoder = [(up(f"upv{k}"), conv(f"conv{k}_1", skip=self.widths[9 - k]), conv(f"conv{k}_2"))
                             for k in range(6, 10)]
             self.head = prepare_head(unet.conv10_1.weight, unet.conv10_1.bias, dtype=dtype)
+        self._precompiled = False
 
     @property
     def device(self) -> torch.device:
         return self.head.matrix.device
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """The last decoder features ``[B, widths[0], h, w]`` (before the 1x1 head)."""
+    def features(self, x: torch.Tensor, record: list | None = None) -> torch.Tensor:
+        """The last decoder features ``[B, widths[0], h, w]`` (before the 1x1 head).
+
+        record: a list that receives one ``LayerCall`` per kernel launch (the bench's
+        per-layer table), or None.
+        """
         check_backbone_input(x, self.in_channels, self.multiple, "FusedUNet")
         if x.dtype != self.dtype:
             raise TypeError(f"FusedUNet was built for {self.dtype} inputs, got {x.dtype}")
-        kw = {"backend": self.backend}
+
+        def run(name, op, inp, weights, **kw):
+            out = op(inp, weights, backend=self.backend, **kw)
+            if record is not None:
+                record.append(LayerCall(name, lambda: op(inp, weights, backend=self.backend, **kw),
+                                        *_cost(op, inp, weights, out, kw.get("skip"))))
+            return out
+
         skips = []
         h = x
-        for level, (first, second) in enumerate(self.encoder):
-            h = conv3x3(h, first, **kw)
-            if level < 4:
-                skip, h = conv3x3(h, second, pool=True, **kw)
+        for level, (first, second) in enumerate(self.encoder, start=1):
+            h = run(f"conv{level}_1", conv3x3, h, first)
+            if level < 5:
+                skip, h = run(f"conv{level}_2 + pool", conv3x3, h, second, pool=True)
                 skips.append(skip)
             else:
-                h = conv3x3(h, second, **kw)
-        for (upv, first, second), skip in zip(self.decoder, reversed(skips)):
-            h = conv3x3(upconv2x2(h, upv, **kw), first, skip=skip, **kw)
-            h = conv3x3(h, second, **kw)
+                h = run(f"conv{level}_2", conv3x3, h, second)
+        for k, ((upv, first, second), skip) in enumerate(zip(self.decoder, reversed(skips)), start=6):
+            up = run(f"upv{k}", upconv2x2, h, upv)
+            h = run(f"conv{k}_1 (+ skip)", conv3x3, up, first, skip=skip)
+            h = run(f"conv{k}_2", conv3x3, h, second)
         return h
 
+    def precompile(self, x: torch.Tensor) -> int:
+        """Compile every kernel configuration the autotuner will try for this network, in
+        parallel (``kernels.conv.precompile``); sizes are not specialised on, so one
+        input shape covers every shape. Returns the number of compilations requested."""
+        with recorded_launches() as launches:
+            self.features(x)
+        self._precompiled = True
+        return precompile(launches)
+
     def __call__(self, x: torch.Tensor) -> HeadFeatures:
+        if x.is_cuda and not self._precompiled:
+            self.precompile(x)
         return HeadFeatures(self.features(x), self.head)
 
     def forward_reference_head(self, x: torch.Tensor) -> torch.Tensor:
