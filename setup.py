@@ -13,9 +13,11 @@ setup(
                   "engine": ["data/*.pt", "data/*.md"]},
     include_package_data=True,
     install_requires=[
-        # Any torch >= 2.3; on a CPU-only machine install the CPU build first
-        # (`pip install torch==2.13.0` here) so pip does not fetch a CUDA build.
-        "torch>=2.3",
+        # The oldest torch the suite has run on is 2.11 (2.11.0 in a CPU venv, issue #12;
+        # 2.11.0+cu130 on the first GPU run); CI runs 2.13.0. README says the same. On a
+        # CPU-only machine install the CPU build first (`pip install torch==2.13.0` here)
+        # so pip does not fetch a CUDA build.
+        "torch>=2.11",
         "triton>=3.3",
         "numpy>=1.24",
         "rawpy>=0.19",
@@ -28,6 +30,8 @@ setup(
     entry_points={"console_scripts": ["exposure-diffusion=training.cli:main"]},
     extras_require={
         "test": ["pytest>=7", "scikit-image>=0.21"],
-        "cupy": ["cupy-cuda12x>=13"],
+        # CuPy ships one wheel per CUDA major version: pick the one of your driver's CUDA.
+        "cupy12": ["cupy-cuda12x>=13"],
+        "cupy13": ["cupy-cuda13x>=13.6"],
     },
 )

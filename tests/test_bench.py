@@ -69,6 +69,9 @@ def test_quick_json_has_every_stage(quick_run):
     for side in ("ours", "feed"):
         assert tr[side]["median_ms"] > 0 and tr[side]["repeats"] == 2
     assert 0 < tr["ours_data_fraction"] < 1 and 0 <= tr["feed_wait_fraction"] < 1 and tr["speedup"] > 0
+    # on a CPU the trainer does not prefetch: reading + collating is part of the step's data side
+    assert tr["ours_prefetch"] is False and tr["ours_collate_ms"] > 0
+    assert tr["ours_data_ms"] == pytest.approx(tr["ours_prepare_inputs_ms"] + tr["ours_collate_ms"])
     assert res["failed_stages"] == {}
 
     batch = res["batch"]

@@ -1,7 +1,9 @@
 """CUDA-only checks of the engine's GPU path: fp16, CUDA graphs, replays, determinism.
 
 These skip on machines without a GPU (CI); the kernel suites already run on CUDA when
-one is present (tests/conftest.py picks the device). Never run yet: first GPU session.
+one is present (tests/conftest.py picks the device). First run: H200, 2026-11-30 (6 of 7
+passed; the batch test then asked for rounding-level agreement in stochastic mode, which
+the sampler does not give: see the two batch tests below).
 """
 import numpy as np
 import pytest
@@ -91,14 +93,43 @@ def test_a_frame_in_a_graphed_batch_draws_as_it_does_alone():
         assert torch.equal(batch[i].raw, pipe(xs[i], ratio=100, steps=3, seed=4, **ARR).raw), i
 
 
-def test_a_frame_in_a_unet_batch_matches_it_alone_closely(model):
+def test_a_frame_in_a_unet_batch_matches_it_alone_to_rounding_in_deterministic_mode(model):
+    """cuDNN may sum in another order for another batch size: fp16 rounding, no more
+    (the Poisson means of three steps, each within fp16 rounding of the other run's).
+    The cuDNN backbone is pinned: with backbone_path="auto" a batch and a single frame are
+    different shapes, timed separately, and may run different backbones."""
     net, cfg = model
-    pipe = Pipeline(net, cfg, device="cuda")
+    pipe = Pipeline(net, cfg, device="cuda", backbone_path="eager")
     xs = frames(3)
-    batch = pipe(xs, ratio=100, steps=3, seed=4, **ARR)
+    batch = pipe(xs, ratio=100, steps=3, stochastic=False, **ARR)
     for i in range(3):
-        alone = pipe(xs[i], ratio=100, steps=3, seed=4, **ARR).raw
+        alone = pipe(xs[i], ratio=100, steps=3, stochastic=False, **ARR).raw
         assert (batch[i].raw - alone).abs().max() < 2e-3, i
+
+
+def test_a_frame_in_a_unet_batch_draws_the_same_noise_up_to_redraws(model):
+    """Stochastic mode with a seed: a frame in a batch uses the same Philox keys and
+    counters as alone, but where cuDNN's rounding moved a Poisson mean across a sampling
+    boundary (one fp16 ulp of the network output moves it by ~0.3 photon at ratio 100;
+    measured with the Triton kernel on CPU: a one-ulp change of half the outputs redraws
+    16% of the pixels, by up to 109 photons where the rejection sampler takes another
+    candidate), that pixel draws another count. So batch and alone are not equal to
+    rounding (the first GPU run: max 0.0185 with 3 steps). The promise tested: with one
+    draw (2 steps) the frame shares its draws elsewhere, so batch and alone differ by well
+    under half of what two seeds of the frame alone differ by (every pixel drawn anew).
+    With more steps a redraw changes the next network input around it and later draws
+    move with it: no closer bound is promised there. The cuDNN backbone is pinned (see the
+    deterministic test)."""
+    net, cfg = model
+    pipe = Pipeline(net, cfg, device="cuda", backbone_path="eager")
+    xs = frames(3)
+    batch = pipe(xs, ratio=100, steps=2, seed=4, **ARR)
+    for i in range(3):
+        alone = pipe(xs[i], ratio=100, steps=2, seed=4, **ARR).raw.double()
+        other_seed = pipe(xs[i], ratio=100, steps=2, seed=5, **ARR).raw.double()
+        shared = ((batch[i].raw.double() - alone) ** 2).mean()
+        fresh = ((other_seed - alone) ** 2).mean()
+        assert shared < 0.5 * fresh, (i, shared.item(), fresh.item())
 
 
 def test_fused_unet_path_within_45_db_of_the_fp32_engine(model):
