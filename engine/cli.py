@@ -105,7 +105,7 @@ def enhance(args) -> int:
     if args.devices:
         from engine.inference.shard import run_ranks
 
-        return run_ranks(len(args.devices), lambda: _enhance_rank(args, files, outputs, options))
+        return run_ranks(len(args.devices), _enhance_rank, args, files, outputs, options)
     return _enhance_rank(args, files, outputs, options, todo)
 
 

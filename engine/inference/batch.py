@@ -182,6 +182,8 @@ class _Run:
             for i, payload, event in handed:
                 if event is not None:
                     event.synchronize()
+                if payload[0] == "image":  # numpy crosses to a writer through its pipe; a torch
+                    payload = ("image", payload[1].numpy(), payload[2])  # tensor would go through /dev/shm
                 while len(writing) >= ahead:
                     finish_write()
                 writing.append((i, writers.submit(_write, str(self.results[i].output), self.options, payload,
@@ -249,7 +251,8 @@ class _Run:
 def describe_error(e: BaseException, output) -> str:
     """A one-line reason for a failed file; disk-full and permission errors say so plainly."""
     if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        return (f"{type(e).__name__}: no space left for {output} ({e.strerror}); nothing was left under that name")
+        return (f"{type(e).__name__}: could not write {output}: {e.strerror} (disk full, quota or file size "
+                "limit); nothing was left under that name")
     if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"{type(e).__name__}: cannot write into {Path(output).parent} ({e.strerror})"
     return f"{type(e).__name__}: {e}"

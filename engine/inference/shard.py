@@ -101,21 +101,21 @@ def cpu_threads(rank: Rank) -> int:
     return max(1, (os.cpu_count() or 1) // rank.local_world)
 
 
-def run_ranks(n: int, fn: Callable[[], int]) -> int:
-    """Run ``fn`` in ``n`` processes on this machine as ranks 0..n-1 of one group
+def run_ranks(n: int, fn: Callable[..., int], *args) -> int:
+    """Run ``fn(*args)`` in ``n`` processes on this machine as ranks 0..n-1 of one group
     (environment as torchrun sets it); return the largest exit status.
 
-    The processes are forked where the platform can (the caller must not have used CUDA
-    yet: nothing before this point does), else spawned.
+    The processes are spawned (fresh interpreters, as torchrun starts them): a forked
+    copy of a process that already ran torch's OpenMP or CUDA could hang. ``fn`` and
+    ``args`` must therefore be picklable (a module-level function).
     """
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    ctx = multiprocessing.get_context(method)
+    ctx = multiprocessing.get_context("spawn")
     port = _free_port()
     procs = []
     for r in range(n):
         env = {"RANK": str(r), "WORLD_SIZE": str(n), "LOCAL_RANK": str(r), "LOCAL_WORLD_SIZE": str(n),
                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-        p = ctx.Process(target=_rank_main, args=(env, fn), name=f"enhance-rank-{r}")
+        p = ctx.Process(target=_rank_main, args=(env, fn, args), name=f"enhance-rank-{r}")
         p.start()
         procs.append(p)
     codes = []
@@ -125,9 +125,9 @@ def run_ranks(n: int, fn: Callable[[], int]) -> int:
     return max(c if c >= 0 else 1 for c in codes)  # a rank killed by a signal counts as failed
 
 
-def _rank_main(env: dict, fn: Callable[[], int]) -> None:
+def _rank_main(env: dict, fn: Callable[..., int], args) -> None:
     os.environ.update(env)
-    raise SystemExit(fn())
+    raise SystemExit(fn(*args))
 
 
 def _free_port() -> int:
