@@ -37,6 +37,7 @@ import concurrent.futures as cf
 import dataclasses
 import errno
 import multiprocessing
+import time
 from collections import deque
 from pathlib import Path
 from typing import Callable
@@ -92,7 +93,7 @@ def enhance_files(pipe, files, outputs, *, fmt: "OutputOptions | str" = "png", w
                   overwrite: bool = False, skip_existing: bool = False,
                   on_done: Callable[[FileResult], None] | None = None,
                   pools: tuple[cf.Executor, cf.Executor] | None = None, start_method: str | None = None,
-                  **call) -> list[FileResult]:
+                  stats: dict | None = None, **call) -> list[FileResult]:
     """Enhance ``files`` into ``outputs`` (same length, one output path per file).
 
     Args:
@@ -112,6 +113,11 @@ def enhance_files(pipe, files, outputs, *, fmt: "OutputOptions | str" = "png", w
             each (``worker_pool``; a service keeps its workers warm across calls; the caller
             shuts them down).
         start_method: how to start the workers ("fork" where available, else "spawn").
+        stats: a dict to fill with where this process's time went (seconds):
+            ``decode_wait_s`` (waiting for decoded frames), ``enhance_s`` (the pipeline
+            and the rendering / device encoding), ``write_wait_s`` (waiting for writers),
+            ``groups``; on CUDA also ``device_busy_s``: the device time from the start of
+            each group's work to the end of its rendering (CUDA events), summed.
         call: keyword arguments of every ``pipe(...)`` call (ratio, steps, K, iso, seed, ...).
 
     Returns:
@@ -128,7 +134,8 @@ def enhance_files(pipe, files, outputs, *, fmt: "OutputOptions | str" = "png", w
     for r in results:
         if r.skipped and on_done is not None:
             on_done(r)
-    run = _Run(pipe, [results[i] for i in todo], options, batch, overwrite, on_done, call)
+    run = _Run(pipe, [results[i] for i in todo], options, batch, overwrite, on_done, call,
+               stats if stats is not None else {})
     if workers == 0 and pools is None:
         inline = InlineExecutor()
         run.go(inline, inline, ahead=batch)
@@ -143,9 +150,12 @@ def enhance_files(pipe, files, outputs, *, fmt: "OutputOptions | str" = "png", w
 class _Run:
     """One ``enhance_files`` call: the steps of the module docstring over ``results``."""
 
-    def __init__(self, pipe, results, options: OutputOptions, batch, overwrite, on_done, call):
+    def __init__(self, pipe, results, options: OutputOptions, batch, overwrite, on_done, call, stats: dict):
         self.pipe, self.results, self.options, self.batch = pipe, results, options, batch
         self.overwrite, self.on_done, self.call = overwrite, on_done, call
+        self.stats = stats
+        stats.update(decode_wait_s=0.0, enhance_s=0.0, write_wait_s=0.0, groups=0)
+        self.spans: list = []  # (start, end) CUDA events of each group
         self.provenance = Provenance(float(call.get("ratio", 0)), int(call.get("steps", 3)))
         self.cuda = torch.device(pipe.device).type == "cuda"
         self.jpeg_on_device = (options.format == "jpeg" and options.jpeg_on_device is not False
@@ -171,11 +181,14 @@ class _Run:
 
         def finish_write() -> None:
             i, future = writing.popleft()
+            t0 = time.perf_counter()
             try:
                 future.result()
             except Exception as e:  # noqa: BLE001 - reported per file
                 self.fail(i, e)
                 return
+            finally:
+                self.stats["write_wait_s"] += time.perf_counter() - t0
             self.done(i)
 
         def hand_over() -> None:  # payloads of the previous group, once on the host
@@ -192,7 +205,13 @@ class _Run:
 
         def flush() -> None:
             if group:
+                t0 = time.perf_counter()
+                start = _event(self.cuda)
                 made = self.enhance(list(group))
+                if start is not None:
+                    self.spans.append((start, _event(True)))
+                self.stats["enhance_s"] += time.perf_counter() - t0
+                self.stats["groups"] += 1
                 hand_over()
                 handed.extend(made)
                 group.clear()
@@ -201,11 +220,14 @@ class _Run:
             while submitted < n and len(decoding) < ahead:
                 decoding.append(decoders.submit(_decode, str(self.results[submitted].source)))
                 submitted += 1
+            t0 = time.perf_counter()
             try:
                 frame = _frame(decoding.popleft().result(), pin=self.cuda)
             except Exception as e:  # noqa: BLE001 - a file that does not decode
                 self.fail(i, e)
                 continue
+            finally:
+                self.stats["decode_wait_s"] += time.perf_counter() - t0
             if group and (frame.shape != group[0][1].shape or frame.pattern != group[0][1].pattern):
                 flush()
             group.append((i, frame))
@@ -215,6 +237,9 @@ class _Run:
         hand_over()
         while writing:
             finish_write()
+        if self.spans:
+            self.spans[-1][1].synchronize()
+            self.stats["device_busy_s"] = sum(a.elapsed_time(b) for a, b in self.spans) / 1e3
 
     def enhance(self, group) -> list:
         """Enhance a group in one call; on failure, frame by frame (each error its own)."""
@@ -256,6 +281,15 @@ def describe_error(e: BaseException, output) -> str:
     if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"{type(e).__name__}: cannot write into {Path(output).parent} ({e.strerror})"
     return f"{type(e).__name__}: {e}"
+
+
+def _event(cuda: bool):
+    """A recorded CUDA event on the current stream (None off CUDA)."""
+    if not cuda:
+        return None
+    event = torch.cuda.Event(enable_timing=True)
+    event.record()
+    return event
 
 
 def _to_host(img: torch.Tensor):

@@ -15,7 +15,8 @@ none touches a GPU. The choices, measured on the CPU default bench frame in
   CUDA device ``encode_jpeg_on_device`` runs torchvision's nvJPEG encoder on a batch of
   frames; the APP1 EXIF segment is spliced in afterwards.
 - TIFF: tifffile, RGB, 16-bit by default (8-bit on request), uncompressed by default
-  ("fast"), Adobe Deflate with ``compression="small"``; IFD0 tags plus an EXIF IFD.
+  ("fast"), Adobe Deflate with the horizontal-differencing predictor with
+  ``compression="small"``; IFD0 tags plus an EXIF IFD.
 """
 from __future__ import annotations
 
@@ -66,7 +67,9 @@ def encode_tiff(img: np.ndarray, tags: list[Tag], compression: str = "fast") -> 
     extratags = tiff_ifd0_tags(tags) + ([(_EXIF_PLACEHOLDER, 4, 1, 0, True)] if exif else [])
     buf = io.BytesIO()
     tifffile.imwrite(buf, np.ascontiguousarray(img), photometric="rgb", byteorder="<", bigtiff=False, metadata=None,
-                     compression="adobe_deflate" if compression == "small" else None, description=description,
+                     compression="adobe_deflate" if compression == "small" else None,
+                     predictor=compression == "small",  # horizontal differencing: 12% smaller on 16-bit
+                     description=description,
                      software=software or False, extratags=extratags)
     if exif:
         append_exif_ifd(buf, exif, _EXIF_PLACEHOLDER)
