@@ -6,11 +6,13 @@
 #   bash bench/gpu_check.sh              # from the repository root, package installed
 #   OUT=/somewhere bash bench/gpu_check.sh
 #   bash bench/gpu_check.sh cuda bench   # only some parts: cuda (tests/test_cuda.py),
-#                                        # suite (every test), bench (the main job)
+#                                        # suite (every test), bench (the main job),
+#                                        # folder (issue 13: the file-to-file stage alone,
+#                                        # the encoders at 12 MP, enhance under torchrun)
 #
 # On a machine where the package cannot be pip-installed (no network), put the
-# repository on PYTHONPATH and carry the missing wheels (rawpy, nvtx): NOTES.md,
-# "First GPU session", has the exact commands.
+# repository on PYTHONPATH and carry the missing wheels (rawpy, nvtx, imagecodecs,
+# torchvision, nvidia-ml-py): NOTES.md, "GPU session runbook", has the exact commands.
 set -uo pipefail
 OUT=${OUT:-bench/out/gpu}
 PY=${PYTHON:-python3}
@@ -27,7 +29,7 @@ import platform, torch, triton, numpy
 print("python", platform.python_version(), "| torch", torch.__version__, "| triton", triton.__version__,
       "| numpy", numpy.__version__)
 print("cuda", torch.version.cuda, "| device", torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
-for name in ("rawpy", "nvtx", "cupy", "tifffile", "skimage", "scipy", "tqdm"):
+for name in ("rawpy", "nvtx", "imagecodecs", "torchvision", "pynvml", "cupy", "tifffile", "skimage", "scipy", "tqdm"):
     try:
         module = __import__(name)
         print(f"{name} {getattr(module, '__version__', '?')}")
@@ -36,7 +38,7 @@ for name in ("rawpy", "nvtx", "cupy", "tifffile", "skimage", "scipy", "tqdm"):
 EOF
 } 2>&1 | tee "$OUT/env.txt"
 
-parts=" ${*:-cuda suite bench} "
+parts=" ${*:-cuda suite bench folder} "
 # 1. the CUDA-only engine checks (graphs vs eager, replays, fp16, GPU vs CPU), verbose
 if [[ $parts == *" cuda "* ]]; then
   "$PY" -m pytest -v -rs tests/test_cuda.py 2>&1 | tee "$OUT/pytest_cuda.log" || status=1
@@ -48,6 +50,21 @@ fi
 # 3. the main job: 12 MP default on CUDA, every stage against its baseline
 if [[ $parts == *" bench "* ]]; then
   "$PY" bench/throughput.py --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log" || status=1
+fi
+
+# 4. issue 13: the folder run alone (every output format, GPU busy share), the encoders'
+#    CPU cost at 12 MP, and the CLI under torchrun (one rank per GPU) on 8 scene files
+if [[ $parts == *" folder "* ]]; then
+  "$PY" bench/throughput.py --skip engine,backbone,kernels,synthesis,training --repeats 2 \
+      --json "$OUT/folder.json" 2>&1 | tee "$OUT/folder.log" || status=1
+  "$PY" bench/encoders.py --height 2848 --width 4256 --repeats 3 --json "$OUT/encoders.json" 2>&1 \
+      | tee "$OUT/encoders.log" || status=1
+  "$PY" -c "import sys; from bench.scene import write_scene_files; write_scene_files(sys.argv[1], 8, 2848, 4256)" \
+      "$OUT/torchrun_in" || status=1
+  gpus=$("$PY" -c 'import torch; print(max(1, torch.cuda.device_count()))')
+  "$PY" -m torch.distributed.run --standalone --nproc_per_node "$gpus" -m training enhance "$OUT"/torchrun_in/*.dng \
+      --ratio 100 --format jpeg -o "$OUT/torchrun_out" --overwrite 2>&1 | tee "$OUT/torchrun.log" || status=1
+  rm -rf "$OUT/torchrun_in" "$OUT/torchrun_out"
 fi
 
 echo "gpu_check: exit status $status (logs in $OUT)"

@@ -4,10 +4,13 @@
 (checked with rawpy 0.28 for all four patterns): DNGVersion 1.4, UniqueCameraModel,
 CFARepeatPatternDim 2x2 + CFAPattern + CFAPlaneColor + CFALayout, BlackLevelRepeatDim
 2x2 + four BlackLevel values (without the repeat dim LibRaw drops per-site blacks),
-WhiteLevel, ColorMatrix1 + CalibrationIlluminant1, and optionally AsShotNeutral,
-Make/Model. ISO and exposure time go into an EXIF IFD, where LibRaw looks for them
-(it ignores ISOSpeedRatings in IFD0). ``write_frame_dng`` writes a :class:`RawFrame`
-(or an enhanced mosaic with a frame's metadata).
+WhiteLevel, ColorMatrix1 + CalibrationIlluminant1, BaselineExposure (0 by default: the
+mosaic is at its intended brightness, so raw editors open an enhanced frame as bright as
+our sRGB rendering), and optionally AsShotNeutral, Make/Model, Orientation, Software and
+ImageDescription. ISO, exposure time, aperture, focal length, lens and capture date / time
+go into an EXIF IFD, where LibRaw looks for them (it ignores ISOSpeedRatings in IFD0);
+``engine.io.exif`` builds the tags. ``write_frame_dng`` writes a :class:`RawFrame` (or an
+enhanced mosaic with a frame's metadata).
 
 Every write is atomic: a temporary file in the target's directory, fsync, then
 ``os.replace``; on any error the temporary file is removed and an existing file at

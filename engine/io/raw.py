@@ -27,9 +27,11 @@ What rawpy 0.28 does not expose, and the fallback used here: it has no make / mo
 all; it reports ISO 0 for a DNG that stores ISOSpeedRatings in IFD0 rather than in the
 EXIF IFD, and 65535 for speeds above that (EXIF 2.3 moves them to ISOSpeed); its
 ``rgb_xyz_matrix`` is LibRaw's built-in table (zeros for an unknown camera), not a DNG's
-own ColorMatrix. For TIFF-based files (DNG, ARW, NEF, CR2, ...) those tags are read from
-IFD0 / the EXIF IFD with tifffile; for other formats they are ``None`` (ISO and exposure
-still come from LibRaw).
+own ColorMatrix. For TIFF-based files (DNG, ARW, NEF, CR2, ..., and ORF / RW2, whose TIFF
+structure has another magic number) those tags, and the lens, aperture, focal length,
+capture date / time and orientation, are read from IFD0 / the EXIF IFD with tifffile; for
+other formats (CR3, CRW, RAF, MRW, IIQ) make and model are ``None`` and the rest comes
+from LibRaw (``raw.other``, ``raw.lens``, ``raw.sizes.flip``).
 """
 from __future__ import annotations
 
