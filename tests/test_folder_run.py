@@ -196,7 +196,7 @@ def test_unwritable_output_folder(pipe, folder, unwritable, tmp_path, capsys):
     assert list(unwritable.iterdir()) == []
 
 
-def test_two_inputs_for_one_name_get_distinct_outputs(tmp_path):
+def test_two_inputs_for_one_name_get_distinct_outputs_and_progress_shows_rate_and_eta(tmp_path, capsys):
     ckpt = small_checkpoint(tmp_path / "m.pt")
     make_bayer_dng(tmp_path / "x.dng", height=32, width=48, seed=1)
     (tmp_path / "b").mkdir()
@@ -205,8 +205,11 @@ def test_two_inputs_for_one_name_get_distinct_outputs(tmp_path):
     out = tmp_path / "out"
     code = main(["enhance", str(tmp_path / "x.dng"), str(tmp_path / "b" / "x.dng"), str(tmp_path / "x.DNG.dng"),
                  "--ratio", "50", "--checkpoint", str(ckpt), "-o", str(out), "--device", "cpu", "--steps", "1",
-                 "--format", "jpeg", "-q"])
+                 "--format", "jpeg"])
     assert code == 0
+    err = capsys.readouterr().err
+    bar = [part for part in err.split("\r") if "3/3 [" in part][-1]  # the bar's last refresh
+    assert "<00:00" in bar and "file/s" in bar, bar  # done / total [elapsed<time left, rate]
     # x / x / x.DNG clash (case-insensitively) -> x.dng / x.dng / x.DNG.dng -> the folders tell the first two apart
     assert sorted(p.name for p in out.iterdir()) == sorted(["b_x.dng.jpg", f"{tmp_path.name}_x.dng.jpg",
                                                             "x.DNG.dng.jpg"])

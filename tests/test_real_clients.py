@@ -17,6 +17,7 @@ The tests install nothing: ``.ci/run`` installs the programs (Debian packages da
 rawtherapee, libimage-exiftool-perl); where one is absent its tests skip, saying so.
 """
 import json
+import os
 import shutil
 import subprocess
 
@@ -63,7 +64,11 @@ def _render(program: str, src, out, workdir) -> np.ndarray:
                "--library", ":memory:", "--conf", "plugins/darkroom/workflow=none"]
     else:
         cmd = [RAWTHERAPEE, "-o", str(out), "-n", "-Y", "-c", str(src)]  # -n: 8-bit PNG, -Y: overwrite
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    home = workdir / "home"  # each program keeps its settings here, not in the user's home
+    home.mkdir(exist_ok=True)
+    env = {**os.environ, "HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"),
+           "XDG_CACHE_HOME": str(home / ".cache")}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0 and out.is_file(), f"{' '.join(cmd)}\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
     return np.asarray(Image.open(out).convert("RGB")).astype(np.float64)
 
