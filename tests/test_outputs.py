@@ -171,3 +171,20 @@ def test_device_jpeg_glue_batches_chw_images_and_returns_bytes(monkeypatch):
         assert isinstance(j, bytes)
         back = np.asarray(Image.open(io.BytesIO(jpeg_with_exif(j, pillow_exif([])))))
         assert np.abs(back.astype(float) - im.numpy()).mean() < 3
+
+
+@pytest.mark.parametrize("magic", [b"IIU\x00", b"IIRO"])
+def test_metadata_of_rw2_and_orf_structures(tmp_path, magic):
+    """Panasonic RW2 and Olympus ORF are TIFF structures with another magic number: their
+    make, model and capture tags are read too (tifffile parses them)."""
+    from engine.io.raw import _TIFF_MAGICS
+    from engine.io.tiff_metadata import tiff_metadata
+
+    path = tmp_path / "x.raw"
+    make_bayer_dng(path, make="Panasonic", model="DC-S5", iso=1600)
+    data = bytearray(path.read_bytes())
+    data[:4] = magic
+    path.write_bytes(bytes(data))
+    meta = tiff_metadata(path)
+    assert magic in _TIFF_MAGICS
+    assert (meta["make"], meta["model"], meta["iso"]) == ("Panasonic", "DC-S5", 1600)

@@ -61,7 +61,7 @@ MIN_BYTES_PER_PIXEL = 1.0 / 1024
 # TIFF, BigTIFF, and the TIFF structures of Olympus ORF ("IIRO", "IIRS", "MMOR") and
 # Panasonic RW2 ("IIU\0"), which tifffile parses too (metadata only).
 _TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+", b"IIRO", b"IIRS", b"MMOR", b"IIU\x00")
-# LibRaw's ``flip`` -> EXIF Orientation (LibRaw maps EXIF 1..8 to flip 0, 1, 3, 2, 4, 7, 6, 5).
+# LibRaw's ``flip`` -> EXIF Orientation (LibRaw maps EXIF 1..8 to flip 0, 1, 3, 2, 4, 6, 7, 5).
 _FLIP_TO_ORIENTATION = {0: 1, 1: 2, 3: 3, 2: 4, 4: 5, 7: 7, 6: 6, 5: 8}
 
 
