@@ -13,7 +13,11 @@ Outputs are named by ``engine.io.paths.output_names`` (distinct for every input)
 any work the command refuses (exit 2) a file listed twice, an output that would replace
 an input, and outputs that already exist unless ``--overwrite`` (replace them) or
 ``--skip-existing`` (enhance only the others: a run started again finishes what is left;
-outputs are written atomically, so an existing one is complete).
+outputs are written atomically, so an existing one is complete), and an output folder it
+cannot write into. The files come from the command line, standard input (``-``) or list
+files (``@list.txt``); under torchrun or with ``--devices`` each process takes its share
+(``engine.inference.shard``) and rank 0 prints the one summary, which lists every failed
+file.
 """
 from __future__ import annotations
 
@@ -241,8 +245,8 @@ def add_engine_commands(sub) -> None:
                    help="same-size frames per device call (default auto: 4 on CUDA, 1 on a CPU)")
     e.add_argument("--max-tile", type=int, default=None, help="process in tiles of at most this many packed pixels")
     e.add_argument("--workers", default="auto", type=_workers_arg,
-                   help="decoder / writer processes overlapping the device work (default auto: up to 4 beside "
-                        "a GPU, 0 on a CPU)")
+                   help="decoder and writer processes (N of each) overlapping the device work (default auto: beside a GPU "
+                        "(cores per GPU process - 1) / 2, at least 1; 0 on a CPU, whose cores the enhancement uses)")
     existing_outputs = e.add_mutually_exclusive_group()
     existing_outputs.add_argument("--overwrite", action="store_true",
                                   help="replace outputs that already exist (default: refuse, before any work)")
