@@ -49,6 +49,8 @@ def engine_configs(device) -> list[tuple[str, dict]]:
     """(name, Pipeline options); the first one is the headline: the engine's default."""
     if device.type == "cuda":
         return [("engine fp16 + CUDA graphs", dict(precision="fp16", cuda_graphs=True)),
+                ("engine fp16 + CUDA graphs, fused UNet", dict(precision="fp16", cuda_graphs=True, backbone_path="fused")),
+                ("engine fp16 + CUDA graphs, cuDNN UNet", dict(precision="fp16", cuda_graphs=True, backbone_path="eager")),
                 ("engine fp16, no graphs", dict(precision="fp16", cuda_graphs=False)),
                 ("engine fp32 + CUDA graphs", dict(precision="fp32", cuda_graphs=True)),
                 ("engine fp32, no graphs", dict(precision="fp32", cuda_graphs=False))]
@@ -129,34 +131,6 @@ def bench_engine(ctx: Context, path: Path) -> dict:
             "timing": "runs of the baseline and each configuration interleaved, repeat by repeat"}
 
 
-# ---------------------------------------------------------------- backbone (CUDA)
-def bench_backbone(ctx: Context, H: int, W: int) -> dict:
-    """fp16 channels_last backbone forward in TFLOP/s against a large fp16 matmul."""
-    dev = ctx.device
-    n = 8192
-    a = torch.randn(n, n, device=dev, dtype=torch.float16)
-    b = torch.randn(n, n, device=dev, dtype=torch.float16)
-    t_mm = time_fn(lambda: torch.matmul(a, b), dev, ctx.repeats, 3, ctx.progress, "fp16 matmul", inner=0)
-    mm_rate = 2 * n ** 3 / (t_mm["median_ms"] / 1e3)
-    del a, b
-    hp, wp = -(-(H // 2) // 16) * 16, -(-(W // 2) // 16) * 16
-    net = copy.deepcopy(ctx.net).to(dev).half().to(memory_format=torch.channels_last).eval()
-    x = torch.rand(1, ctx.cfg.in_channels, hp, wp, device=dev, dtype=torch.float16).contiguous(memory_format=torch.channels_last)
-    flops = loop_flops(ctx.cfg, net, hp, wp, 1)
-
-    def forward():
-        with torch.inference_mode():
-            net(x)
-
-    t = time_fn(forward, dev, ctx.repeats, max(ctx.warmup, 2), ctx.progress, "backbone fp16")
-    rate = flops / (t["median_ms"] / 1e3)
-    del net, x
-    free(dev)
-    return {"input": [1, ctx.cfg.in_channels, hp, wp], "GFLOP_per_forward": flops / 1e9, "time": t,
-            "TFLOP_per_s": rate / 1e12, "matmul_fp16": t_mm, "matmul_fp16_TFLOP_per_s": mm_rate / 1e12,
-            "fraction_of_matmul": rate / mm_rate}
-
-
 # ---------------------------------------------------------------- fused kernels
 def copy_bandwidth(device: torch.device, nbytes: int, repeats: int) -> dict:
     """Device copy bandwidth (read + write bytes per second) of a large copy."""
@@ -167,6 +141,39 @@ def copy_bandwidth(device: torch.device, nbytes: int, repeats: int) -> dict:
     dev_ms = device_time_ms(copy, device, 20)
     ms = dev_ms or t["median_ms"]
     return {"bytes_copied": nbytes, "time": t, "device_ms": dev_ms, "GBps": 2 * nbytes / ms / 1e6}
+
+
+# Device time per call of the whole op (value checks, key draw and kernel) measured on an
+# H200 at the 12 MP default (2848 x 4256), commit b6a82fd, 2026-11-30
+# (../shared/gpu-runs/2026-11-30/bench.log), before the sampler was rewritten (issue 11).
+RECORDED_2026_11_30_DEVICE_MS = {"_poisson_kernel": 0.918, "_synthesize_kernel": 1.019, "_exposure_fwd_kernel": 0.861}
+RECORDED_FRAME = (2848, 4256)
+
+
+def sampler_stats(dev, fused, sampler, op_device_ms, frame) -> dict:
+    """Poisson draws per second of one sampler kernel (its own device time), the launch
+    configuration autotune chose, and, on an H200 at the recorded frame size, the ratio to
+    the 2026-11-30 whole-op device time (a cross-run comparison: same device model, frame
+    and inputs, another process and day)."""
+    name, draws = sampler
+    kernel_ms = device_time_ms(fused, dev, 20, kernel=name)
+    out = {"sampler_kernel": name, "sampler_kernel_ms": kernel_ms, "poisson_draws": draws,
+           "G_draws_per_s": (draws / kernel_ms / 1e6) if kernel_ms else None,
+           "autotuned_config": tuned_config(name)}
+    if "H200" in torch.cuda.get_device_name(dev) and tuple(frame) == RECORDED_FRAME and op_device_ms:
+        out["vs_2026_11_30_recorded"] = RECORDED_2026_11_30_DEVICE_MS[name] / op_device_ms
+    return out
+
+
+def tuned_config(kernel_name: str) -> str | None:
+    """The configuration triton.autotune picked for the last key it tuned (None: not tuned)."""
+    from kernels import exposure, noise
+    import importlib
+
+    tuner = {"_poisson_kernel": importlib.import_module("kernels.poisson")._poisson_tuned,
+             "_synthesize_kernel": noise._synthesize_tuned, "_exposure_fwd_kernel": exposure._exposure_fwd_tuned}[kernel_name]
+    best = getattr(tuner, "best_config", None)
+    return None if best is None else f"{best.kwargs} num_warps={best.num_warps}"
 
 
 def bench_kernels(ctx: Context, H: int, W: int, bw: float) -> list[dict]:
@@ -181,12 +188,14 @@ def bench_kernels(ctx: Context, H: int, W: int, bw: float) -> list[dict]:
     warm = max(ctx.warmup, 1)
     inner = 0 if on_cuda else 1  # CUDA: several launches per sync (kernels take well under a millisecond)
 
-    def add(name, nbytes, fused, reference):
+    def add(name, nbytes, fused, reference, sampler=None):
+        """sampler: (Triton kernel name, Poisson draws per call) for the ops built on
+        kernels.poisson.poisson_sample: adds that kernel's own device time and draws/s."""
         short = name.split(" ")[0]
         ref_t = time_fn(reference, dev, ctx.repeats, warm, ctx.progress, short + " reference", inner)
         r = {"stage": name, "bytes": nbytes, "reference": ref_t, "reference_GBps": nbytes / ref_t["median_ms"] / 1e6}
         if on_cuda:
-            t = time_fn(fused, dev, ctx.repeats, warm, ctx.progress, short + " fused", inner)
+            t = time_fn(fused, dev, ctx.repeats, warm, ctx.progress, short + " fused", inner)  # warm-up autotunes
             ctx.progress.note(short + " device time (profiler)")
             dev_ms, ref_dev_ms = device_time_ms(fused, dev, 20), device_time_ms(reference, dev, 5)
             gbps = nbytes / (dev_ms or t["median_ms"]) / 1e6
@@ -195,23 +204,36 @@ def bench_kernels(ctx: Context, H: int, W: int, bw: float) -> list[dict]:
                      speedup=ref_t["median_ms"] / t["median_ms"],
                      speedup_device_time=(ref_dev_ms / dev_ms) if (dev_ms and ref_dev_ms) else None,
                      fraction_of_copy_bw=gbps * 1e9 / bw)
+            if sampler is not None:
+                r.update(sampler_stats(dev, fused, sampler, dev_ms, (H, W)))
         rows.append(r)
 
     add("pack_bayer (uint16 -> fp16, 4 ch)", cfa.numel() * 2 + n * 2,
         lambda: kernels.pack_bayer(cfa, "RGGB", 512, 16383, 100.0, out_dtype=torch.float16),
         lambda: kernels.pack_bayer(cfa, "RGGB", 512, 16383, 100.0, out_dtype=torch.float16, backend="torch"))
-    add("poisson (mean ~ 1e3, fp32)", n * 8, lambda: kernels.poisson(mu), lambda: kernels.poisson(mu, backend="torch"))
+    add("poisson (mean ~ 1e3, fp32)", n * 8, lambda: kernels.poisson(mu), lambda: kernels.poisson(mu, backend="torch"),
+        sampler=("_poisson_kernel", n))
+    if on_cuda:  # the 2026-11-30 sampler, same input, same run: the speed-up of the sampler itself
+        from bench.legacy_poisson import poisson_2026_11_30
+
+        key = kernels._common.philox_seed(None, dev)
+        legacy = lambda: poisson_2026_11_30(mu, key)  # noqa: E731
+        t = time_fn(legacy, dev, ctx.repeats, warm, ctx.progress, "poisson 2026-11-30 sampler", inner)
+        ms = device_time_ms(legacy, dev, 20) or t["median_ms"]
+        r = rows[-1]
+        r.update(legacy_sampler_kernel_ms=ms, legacy_sampler_G_per_s=n / ms / 1e6,
+                 sampler_speedup_same_run=(ms / r["sampler_kernel_ms"]) if r.get("sampler_kernel_ms") else None)
     kw = dict(ratio=100.0, K=2.0, sigma_TL=3.0, lam=-0.1, sigma_r=1.0, with_photon=True, concat_origin=True,
               out_dtype=torch.float16)
     add("synthesize_noise P+G+r+u (fp32 -> fp16, 12 ch)", n * 4 + n * 3 * 2,
         lambda: kernels.synthesize_noise(clean, "P+G+r+u", **kw),
-        lambda: kernels.synthesize_noise(clean, "P+G+r+u", **kw, backend="torch"))
+        lambda: kernels.synthesize_noise(clean, "P+G+r+u", **kw, backend="torch"), sampler=("_synthesize_kernel", n))
     net_out = torch.randn(1, 9, h, w, generator=g).to(dev, torch.float16)
     state = clean.half()
     skw = dict(ratio=100.0, K=2.0, rho=1.0, rho_next=34.0, with_photon=True, concat_origin=True)
     add("exposure_step (9 ch fp16 -> Y fp32 + 12 ch fp16)", n * 9 // 4 * 2 + n * 2 * 2 + n * 4 + n * 3 * 2,
         lambda: kernels.exposure_step(net_out, state, state, **skw),
-        lambda: kernels.exposure_step(net_out, state, state, **skw, backend="torch"))
+        lambda: kernels.exposure_step(net_out, state, state, **skw, backend="torch"), sampler=("_exposure_fwd_kernel", n))
     wb = torch.tensor([2.0, 1.0, 1.5, 1.0], device=dev)
     ccm = torch.tensor([[1.6, -0.4, -0.2], [-0.3, 1.5, -0.2], [0.0, -0.5, 1.5]], device=dev)
     add("render_srgb (fp32 4 ch -> uint8 RGB, full res)", n * 4 + H * W * 3,

@@ -25,8 +25,14 @@ and the same weights:
   DEFAULT_CHECKPOINT``) when it exists, else a randomly initialised default UNet
   (seeded); throughput does not depend on the weights' values. ``--checkpoint`` names
   other weights, ``--random-weights`` forces the random UNet.
-- CUDA only: the backbone alone in fp16 channels_last, in TFLOP/s (2 x MACs per forward,
-  SPEC §5), against the device's measured fp16 matmul rate.
+- CUDA only (``bench/backbone_stage.py``): the backbone alone in fp16 channels_last, one
+  frame's passes, cuDNN eager vs our fused Triton UNet vs ``torch.compile`` (default and
+  max-autotune-no-cudagraphs, compile time reported), in TFLOP/s (2 x MACs, SPEC §5)
+  against the device's measured fp16 matmul rate; a per-kernel table of the fused UNet
+  (ms, TFLOP/s, GB/s, fractions of the matmul rate and copy bandwidth); the first frame
+  of a fresh process and of a second one (``bench/first_frame.py``). The engine rows
+  include the engine with the fused UNet and with cuDNN (the headline lets the engine
+  choose, ``backbone_path="auto"``). ``--quick`` skips the compile rows and first frames.
 - each fused kernel (pack_bayer, poisson, synthesize_noise, exposure_step, render_srgb)
   against the composition of PyTorch ops it replaces (its reference, same device): GB/s
   and, on CUDA, the fraction of the measured copy bandwidth. On a CPU the production
@@ -88,9 +94,10 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR.parent))
 from bench.report import FULL, device_name, git_commit, report, targets, write_json  # noqa: E402
 from bench.scene import DEFAULT_ISO, DEFAULT_RATIO, write_scene_dng  # noqa: E402
+from bench.backbone_stage import COMPILE_MODES, bench_backbone  # noqa: E402
 from bench.batch_stage import bench_batch  # noqa: E402
-from bench.stages import (Context, bench_backbone, bench_engine, bench_kernels,  # noqa: E402
-                          bench_synthesis, copy_bandwidth, cpu_has_bf16)
+from bench.stages import (Context, bench_engine, bench_kernels, bench_synthesis,  # noqa: E402
+                          copy_bandwidth, cpu_has_bf16)
 from bench.timing import Progress  # noqa: E402
 from bench.training_stage import bench_training, training_sizes  # noqa: E402
 import engine.inference.pipeline  # noqa: E402
@@ -231,7 +238,9 @@ def main(argv=None) -> int:
         if "engine" in stages:
             stage("engine", lambda: bench_engine(ctx, path))
         if "backbone" in stages:
-            stage("backbone", lambda: bench_backbone(ctx, H, W))
+            stage("backbone", lambda: bench_backbone(ctx, H, W, results["copy_bandwidth"]["GBps"],
+                                                     compile_modes=() if args.quick else COMPILE_MODES,
+                                                     first_frame=not args.quick))
         if "kernels" in stages:
             stage("kernels", lambda: bench_kernels(ctx, H, W, results["copy_bandwidth"]["GBps"] * 1e9))
         if "synthesis" in stages:

@@ -104,11 +104,12 @@ def time_interleaved(fns: dict, device, repeats: int, warmup: int, progress, tag
     return {name: summary(t, warmup) for name, t in times.items()}
 
 
-def device_time_ms(fn, device, calls: int) -> float | None:
+def device_time_ms(fn, device, calls: int, kernel: str | None = None) -> float | None:
     """CUDA: mean GPU time per call in ms, summed from the profiler's kernel, memcpy and
     memset records. Unlike wall time it leaves out launch latency and the host syncs that
     the ops' argument checks make, so it is the figure to compare with copy bandwidth.
-    None when the profiler gives no device records."""
+    ``kernel``: count only the records whose name contains it (one Triton kernel, without
+    the op's value checks and key draw). None when the profiler gives no device records."""
     if device.type != "cuda":
         return None
     from torch.autograd import DeviceType
@@ -120,7 +121,8 @@ def device_time_ms(fn, device, calls: int) -> float | None:
                 fn()
             sync(device)
         total_us = sum(e.time_range.elapsed_us() for e in prof.events()
-                       if e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False))
+                       if e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False)
+                       and (kernel is None or kernel in e.name))
     except Exception as e:  # a profiler problem must not stop the bench; wall times still stand
         print(f"warning: CUDA profiler failed ({e}); GB/s from wall time", file=sys.stderr)
         return None

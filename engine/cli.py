@@ -141,7 +141,8 @@ def _enhance_rank(args, files, outputs, options, todo=None) -> int:
                 import torch
 
                 torch.set_num_threads(shard.cpu_threads(rank))
-            pipe = Pipeline.from_checkpoint(args.checkpoint, device=device, camera=args.camera, max_tile=args.max_tile)
+            pipe = Pipeline.from_checkpoint(args.checkpoint, device=device, camera=args.camera, max_tile=args.max_tile,
+                                            backbone_path=args.backbone)
         except (ValueError, OSError, RuntimeError) as e:
             trouble = f"cannot load the model: {e}"
         if trouble is None:
@@ -244,6 +245,10 @@ def add_engine_commands(sub) -> None:
     e.add_argument("--batch", default="auto", type=_batch_arg,
                    help="same-size frames per device call (default auto: 4 on CUDA, 1 on a CPU)")
     e.add_argument("--max-tile", type=int, default=None, help="process in tiles of at most this many packed pixels")
+    e.add_argument("--backbone", default="auto", choices=("auto", "fused", "eager", "compile"),
+                   help="what runs the network: auto (default; on a GPU the fastest of our fused Triton UNet and "
+                        "PyTorch's, timed at the first frame of each size and cached), fused, eager (PyTorch) or "
+                        "compile (torch.compile)")
     e.add_argument("--workers", default="auto", type=_workers_arg,
                    help="decoder and writer processes (N of each) overlapping the device work (default auto: beside a GPU "
                         "(cores per GPU process - 1) / 2, at least 1; 0 on a CPU, whose cores the enhancement uses)")

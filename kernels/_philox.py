@@ -4,8 +4,10 @@ Every random number of the project is a pure function of ``(seed, element index,
 iteration, stream)``: the 64-bit key is ``seed`` (read from a device tensor, see
 ``_common.philox_seed``), the 128-bit counter is ``(index_lo, iteration, stream,
 index_hi)``. ``stream`` separates the independent uses inside one kernel (shot noise,
-read noise, row noise, ...); ``iteration`` numbers the rounds of a rejection loop. So
-results do not depend on block sizes or launch order, and two uses never overlap.
+read noise, row noise, ...); ``iteration`` numbers the Philox calls of a rejection loop
+(the Poisson sampler: call 0 gives the inversion uniform and PTRS trials 0 and 1, call c
+trials 2c and 2c + 1). So results do not depend on block sizes, launch configurations
+or launch order, and two uses never overlap.
 """
 import triton
 import triton.language as tl

@@ -37,13 +37,25 @@ import triton.language as tl
 from ._common import DEFAULT_DN_SCALE, ValueChecks, check_same_device, check_tensor, per_sample, philox_seed, use_triton
 from ._cpu_sampling import poisson_draws
 from ._philox import STREAM_POISSON
+from ._tuning import autotuned, autotuning_enabled
 from .poisson import poisson_sample
 
 # Pixels per program; each program handles all 4 planes of them (4 * BLOCK elements).
-# 8 warps -> 2 elements per thread: the Poisson sampler then fits in 64 registers on
-# sm_80/sm_90 (4 warps: ~128), for occupancy on a memory-bound pass.
+# The backward kernel, and the forward one where nothing is tuned (the interpreter), use
+# BLOCK pixels and NUM_WARPS warps (2 elements per thread).
 BLOCK = 128
 NUM_WARPS = 8
+# Forward configurations (BLOCK pixels, warps) that triton.autotune tries on the user's
+# GPU. The Poisson sampler's rejection loops run as long as the slowest of a program's
+# 4 * BLOCK elements needs, so one-warp programs of 32-128 elements waste least;
+# (128, 8) is the shape measured on 2026-11-30. The draws are the same under every one.
+FWD_CONFIGS = (
+    ({"BLOCK": 8}, 1), ({"BLOCK": 16}, 1), ({"BLOCK": 32}, 1),
+    ({"BLOCK": 32}, 4), ({"BLOCK": 64}, 4), ({"BLOCK": 128}, 8),
+)
+# Tests: a (meta, num_warps) pair forcing one forward configuration; None: autotuned
+# on a GPU, (BLOCK, NUM_WARPS) under the interpreter.
+LAUNCH_CONFIG = None
 # Largest grid dimension 1 (one row of programs per sample).
 MAX_BATCH = 65535
 
@@ -92,19 +104,45 @@ def _exposure_fwd_kernel(
     WITH_PHOTON: tl.constexpr, CONCAT_ORIGIN: tl.constexpr, BLOCK: tl.constexpr,
 ):
     b, pix, pmask, y, x, plane, mask2 = _tile(h, w, BLOCK)
-
-    need_state: tl.constexpr = HEAD9 or (HAS_NEXT and ACCUMULATE)
-    if need_state:
-        st = tl.load(state_ptr + b * ss_b + plane * ss_c + (y * ss_h + x * ss_w)[None, :], mask=mask2, other=0.0).to(tl.float32)
     net = net_ptr + b * sn_b + (y * sn_h + x * sn_w)[None, :]
     if HEAD9:
         logit = tl.load(net, mask=pmask[None, :], other=0.0).to(tl.float32)
         x0 = tl.load(net + (1 + plane) * sn_c, mask=mask2, other=0.0).to(tl.float32)
         res = tl.load(net + (5 + plane) * sn_c, mask=mask2, other=0.0).to(tl.float32)
+    else:
+        x0 = tl.load(net + plane * sn_c, mask=mask2, other=0.0).to(tl.float32)
+        logit = x0  # unused
+        res = x0  # unused
+    _finish_step(logit, x0, res, b, pix, y, x, plane, mask2,
+                 state_ptr, ss_b, ss_c, ss_h, ss_w, origin_ptr, so_b, so_c, so_h, so_w,
+                 ratio_ptr, gain_ptr, rho_ptr, rho_next_ptr, seed_ptr, seed_stride,
+                 est_ptr, se_b, se_c, se_h, se_w, next_ptr, sx_b, sx_c, sx_h, sx_w, h, w, dn_scale,
+                 HEAD9, HAS_NEXT, STOCHASTIC, ACCUMULATE, WITH_PHOTON, CONCAT_ORIGIN)
+
+
+@triton.jit
+def _finish_step(
+    logit, x0, res, b, pix, y, x, plane, mask2,
+    state_ptr, ss_b, ss_c, ss_h, ss_w,
+    origin_ptr, so_b, so_c, so_h, so_w,
+    ratio_ptr, gain_ptr, rho_ptr, rho_next_ptr, seed_ptr, seed_stride,
+    est_ptr, se_b, se_c, se_h, se_w,
+    next_ptr, sx_b, sx_c, sx_h, sx_w,
+    h, w, dn_scale,
+    HEAD9: tl.constexpr, HAS_NEXT: tl.constexpr, STOCHASTIC: tl.constexpr, ACCUMULATE: tl.constexpr,
+    WITH_PHOTON: tl.constexpr, CONCAT_ORIGIN: tl.constexpr,
+):
+    """From the head's outputs of a tile (fp32: ``logit`` [1, BLOCK], ``x0`` and ``res``
+    [4, BLOCK]; a plain head's estimate in ``x0``) to the stored estimate and next input.
+    Shared by ``_exposure_fwd_kernel`` and the fused head kernel of ``kernels.head_step``."""
+    need_state: tl.constexpr = HEAD9 or (HAS_NEXT and ACCUMULATE)
+    if need_state:
+        st = tl.load(state_ptr + b * ss_b + plane * ss_c + (y * ss_h + x * ss_w)[None, :], mask=mask2, other=0.0).to(tl.float32)
+    if HEAD9:
         m = tl.sigmoid(logit)
         est = _clip01(x0) * m + _clip01(res + st) * (1.0 - m)
     else:
-        est = _clip01(tl.load(net + plane * sn_c, mask=mask2, other=0.0).to(tl.float32))
+        est = _clip01(x0)
     tl.store(est_ptr + b * se_b + plane * se_c + (y * se_h + x * se_w)[None, :], est, mask=mask2)
 
     if HAS_NEXT:
@@ -139,6 +177,13 @@ def _exposure_fwd_kernel(
         if CONCAT_ORIGIN:
             first: tl.constexpr = 8 if WITH_PHOTON else 4
             tl.store(out + first * sx_c, org.to(next_ptr.dtype.element_ty), mask=mask2)
+
+
+# Tuned per frame shape, dtypes and the options that change the kernel's work.
+_exposure_fwd_tuned = autotuned(
+    _exposure_fwd_kernel, FWD_CONFIGS,
+    key=["h", "w", "HEAD9", "HAS_NEXT", "STOCHASTIC", "ACCUMULATE", "WITH_PHOTON", "CONCAT_ORIGIN"],
+)
 
 
 @triton.jit
@@ -342,14 +387,19 @@ def _launch_forward(net_out, state, origin, cfg, params, seed, est, nxt):
     has_next = cfg.has_next
     if seed is None:  # never read: STOCHASTIC is off or there is no next step
         seed = torch.zeros(1, dtype=torch.int64, device=net_out.device)
-    _exposure_fwd_kernel[(triton.cdiv(h * w, BLOCK), B)](
+    args = (
         net_out, *net_out.stride(), state, *state.stride(), origin, *origin.stride(),
         params.ratio, params.K, params.rho, params.rho_next if has_next else params.rho, seed, int(seed.numel() > 1),
         est, *est.stride(), nx, *nx.stride(),
         h, w, cfg.dn_scale,
-        HEAD9=cfg.head9, HAS_NEXT=has_next, STOCHASTIC=cfg.stochastic and has_next, ACCUMULATE=cfg.accumulate,
-        WITH_PHOTON=cfg.with_photon, CONCAT_ORIGIN=cfg.concat_origin, BLOCK=BLOCK, num_warps=NUM_WARPS,
     )
+    flags = dict(HEAD9=cfg.head9, HAS_NEXT=has_next, STOCHASTIC=cfg.stochastic and has_next, ACCUMULATE=cfg.accumulate,
+                 WITH_PHOTON=cfg.with_photon, CONCAT_ORIGIN=cfg.concat_origin)
+    if LAUNCH_CONFIG is None and autotuning_enabled():
+        _exposure_fwd_tuned[lambda meta: (triton.cdiv(h * w, meta["BLOCK"]), B)](*args, **flags)
+        return
+    meta, warps = LAUNCH_CONFIG if LAUNCH_CONFIG is not None else ({"BLOCK": BLOCK}, NUM_WARPS)
+    _exposure_fwd_kernel[(triton.cdiv(h * w, meta["BLOCK"]), B)](*args, **flags, **meta, num_warps=warps)
 
 
 def _grad_buffer(t: torch.Tensor) -> torch.Tensor:
@@ -563,7 +613,7 @@ def aot_specs():
     def strides(prefix):
         return {f"{prefix}_{d}": "i32" for d in "bchw"}
 
-    def fwd(name, in_ty, out_ty, **flags):
+    def fwd(name, in_ty, out_ty, num_warps=NUM_WARPS, **flags):
         sig = {"net_ptr": f"*{in_ty}", **strides("sn"), "state_ptr": f"*{in_ty}", **strides("ss"),
                "origin_ptr": f"*{in_ty}", **strides("so"), "ratio_ptr": "*fp32", "gain_ptr": "*fp32",
                "rho_ptr": "*fp32", "rho_next_ptr": "*fp32", "seed_ptr": "*i64", "seed_stride": "i32",
@@ -573,7 +623,7 @@ def aot_specs():
                      CONCAT_ORIGIN=False, BLOCK=BLOCK)
         const.update(flags)
         sig.update({k: "constexpr" for k in const})
-        return AotSpec(f"exposure_fwd_{name}", _exposure_fwd_kernel, sig, const, NUM_WARPS)
+        return AotSpec(f"exposure_fwd_{name}", _exposure_fwd_kernel, sig, const, num_warps)
 
     def bwd(name, in_ty, **flags):
         sig = {"net_ptr": f"*{in_ty}", **strides("sn"), "state_ptr": f"*{in_ty}", **strides("ss"),
@@ -598,6 +648,9 @@ def aot_specs():
         fwd("head9_fp16_deterministic", "fp16", "fp16", STOCHASTIC=False),
         fwd("head9_fp16_last", "fp16", "fp32", HAS_NEXT=False, STOCHASTIC=False),
         fwd("head4_fp32_last", "fp32", "fp32", HEAD9=False, HAS_NEXT=False, STOCHASTIC=False),
+        # every configuration autotune may pick, on the engine's fp16 step with all channels
+        *[fwd(f"head9_fp16_photon_origin[{meta['BLOCK']}x{warps}w]", "fp16", "fp16", num_warps=warps,
+              WITH_PHOTON=True, CONCAT_ORIGIN=True, **meta) for meta, warps in FWD_CONFIGS],
         bwd("head9_fp32", "fp32"),
         bwd("head9_fp16", "fp16"),
         bwd("head9_fp32_photon_origin_grad", "fp32", WITH_PHOTON=True, CONCAT_ORIGIN=True, NEED_GORIGIN=True),

@@ -53,13 +53,26 @@ from ._philox import (
     standard_normal,
 )
 from .noise_model import NoiseModel, NoiseParams, parse_noise_model
+from ._tuning import autotuned, autotuning_enabled
 from .poisson import MAX_MEAN, poisson_sample
 
-# Shipped tile: BLOCK_H packed rows x BLOCK_W columns of one plane per program
-# (coalesced along w). Read at call time, so tests may change them.
+# Tile: BLOCK_H packed rows x BLOCK_W columns of one plane per program (coalesced along w).
+# Configurations (tile, warps) that triton.autotune tries on the user's GPU: the Poisson
+# sampler's rejection loops run as long as the slowest element of a program needs, so
+# one-warp programs of 32-128 elements waste least; (2 x 128, 4) is the shape measured on
+# 2026-11-30. The draws are the same under every configuration.
+CONFIGS = (
+    ({"BLOCK_H": 1, "BLOCK_W": 32}, 1), ({"BLOCK_H": 1, "BLOCK_W": 64}, 1), ({"BLOCK_H": 1, "BLOCK_W": 128}, 1),
+    ({"BLOCK_H": 1, "BLOCK_W": 128}, 4), ({"BLOCK_H": 2, "BLOCK_W": 128}, 4),
+)
+# The tile where nothing is tuned (the interpreter; an output sharing memory with the
+# input, which tuning's repeated launches would overwrite). Read at call time, so tests
+# may change them.
 BLOCK_H = 2
 BLOCK_W = 128
 NUM_WARPS = 4
+# Tests: a (meta, num_warps) pair forcing one configuration; None: as above.
+LAUNCH_CONFIG = None
 
 OUTPUTS = ("network", "dn")
 # --------------------------------------------------------------------------- kernel
@@ -86,7 +99,7 @@ def _tukey_lambda(bits, lam):
 def _synthesize_kernel(
     x_ptr, out_ptr, seed_ptr,
     ratio_ptr, k_ptr, sigma_g_ptr, sigma_tl_ptr, lam_ptr, sigma_r_ptr, black_ptr,
-    h, w, n_th, n_tw,
+    h, w,
     sxb, sxc, sxh, sxw,
     sob, soc, soh, sow,
     dn_scale,
@@ -101,6 +114,8 @@ def _synthesize_kernel(
     BLOCK_W: tl.constexpr,
 ):
     # One program: a BLOCK_H x BLOCK_W tile of plane c of sample b.
+    n_th = tl.cdiv(h, BLOCK_H)
+    n_tw = tl.cdiv(w, BLOCK_W)
     pid = tl.program_id(0)
     tw = pid % n_tw
     rest = pid // n_tw
@@ -163,6 +178,13 @@ def _synthesize_kernel(
             tl.store(out_ptr + out_offs + (c64 + 4) * soc, (a / (ratio * gain)).to(out_ty), mask=mask)
         if CONCAT_ORIGIN:
             tl.store(out_ptr + out_offs + (c64 + 4 + 4 * WITH_PHOTON) * soc, a.to(out_ty), mask=mask)
+
+
+# Tuned per patch shape, dtypes and the components drawn.
+_synthesize_tuned = autotuned(
+    _synthesize_kernel, CONFIGS,
+    key=["h", "w", "SHOT", "READ", "ROW", "QUANT", "DN_OUT", "WITH_PHOTON", "CONCAT_ORIGIN"],
+)
 
 
 # --------------------------------------------------------------------------- checks
@@ -389,10 +411,8 @@ def synthesize_noise(
     if out.numel() == 0:
         return out
     seed = philox_seed(generator, clean.device)
-    bh, bw = BLOCK_H, BLOCK_W
-    n_th, n_tw = triton.cdiv(h, bh), triton.cdiv(w, bw)
     dummy = p.ratio  # pointer for parameters a specialisation never reads
-    _synthesize_kernel[(B * 4 * n_th * n_tw,)](
+    args = (
         clean, out, seed,
         p.ratio, p.K,
         p.sigma_g if p.sigma_g is not None else dummy,
@@ -400,9 +420,11 @@ def synthesize_noise(
         p.lam if p.lam is not None else dummy,
         p.sigma_r if p.sigma_r is not None else dummy,
         p.black if p.black is not None else dummy,
-        h, w, n_th, n_tw,
+        h, w,
         *clean.stride(), *out.stride(),
         p.dn_scale,
+    )
+    flags = dict(
         SHOT={None: 0, "P": 1, "p": 2}[p.model.shot],
         READ={None: 0, "g": 1, "G": 2}[p.model.read],
         ROW=int(p.model.row),
@@ -410,10 +432,17 @@ def synthesize_noise(
         DN_OUT=int(output == "dn"),
         WITH_PHOTON=int(bool(with_photon)),
         CONCAT_ORIGIN=int(bool(concat_origin)),
-        BLOCK_H=bh,
-        BLOCK_W=bw,
-        num_warps=NUM_WARPS,
     )
+
+    def grid(meta):
+        return (B * 4 * triton.cdiv(h, meta["BLOCK_H"]) * triton.cdiv(w, meta["BLOCK_W"]),)
+
+    in_place = out.untyped_storage().data_ptr() == clean.untyped_storage().data_ptr()
+    if LAUNCH_CONFIG is None and autotuning_enabled() and not in_place:
+        _synthesize_tuned[grid](*args, **flags)
+    else:
+        meta, warps = LAUNCH_CONFIG or ({"BLOCK_H": BLOCK_H, "BLOCK_W": BLOCK_W}, NUM_WARPS)
+        _synthesize_kernel[grid(meta)](*args, **flags, **meta, num_warps=warps)
     return out
 
 
@@ -430,6 +459,7 @@ SHIPPED = (
     ("P+G+r+u", "fp32", "fp32", False, False, True),
     ("P+g+r", "fp32", "fp32", False, False, True),
 )
+TUNED_AOT = ("P+G+r+u", "fp32", "fp16", True, True, False)
 
 
 def aot_specs():
@@ -442,7 +472,7 @@ def aot_specs():
             "x_ptr": f"*{in_ty}", "out_ptr": f"*{out_ty}", "seed_ptr": "*i64",
             "ratio_ptr": "*fp32", "k_ptr": "*fp32", "sigma_g_ptr": "*fp32", "sigma_tl_ptr": "*fp32",
             "lam_ptr": "*fp32", "sigma_r_ptr": "*fp32", "black_ptr": "*fp32",
-            "h": "i32", "w": "i32", "n_th": "i32", "n_tw": "i32",
+            "h": "i32", "w": "i32",
             "sxb": "i64", "sxc": "i64", "sxh": "i64", "sxw": "i64",
             "sob": "i64", "soc": "i64", "soh": "i64", "sow": "i64",
             "dn_scale": "fp32",
@@ -458,4 +488,9 @@ def aot_specs():
         chans = 4 * (1 + photon + origin)
         name = f"synthesize_noise[{m.name},{in_ty}->{'dn' if dn else out_ty},{chans}ch]"
         specs.append(AotSpec(name, _synthesize_kernel, sig, const, NUM_WARPS))
+        if (model, in_ty, out_ty, photon, origin, dn) == TUNED_AOT:
+            # every configuration autotune may pick, on the training path's full model
+            for meta, warps in CONFIGS:
+                tile = f"{meta['BLOCK_H']}x{meta['BLOCK_W']}x{warps}w"
+                specs.append(AotSpec(f"{name}[{tile}]", _synthesize_kernel, sig, {**const, **meta}, warps))
     return specs

@@ -54,3 +54,41 @@ def test_every_kernel_module_is_registered():
                 if "@triton.jit" in f.read():
                     modules_with_kernels.add(f"kernels.{name[:-3]}")
     assert modules_with_kernels <= set(aot.KERNEL_MODULES)
+
+
+def test_tensor_core_kernels_use_hopper_warpgroup_mma(aot_report):
+    """On sm_90 the convolution kernels (and the head kernel's programs of a warpgroup or
+    more) must issue HGMMA (wgmma), not only the Ampere-style HMMA; on sm_80 HMMA (the
+    SASS from Triton's bundled cuobjdump). One-warp head programs use HMMA on both."""
+    gemms = [r for r in aot_report["results"] if r.get("tensor_cores")]
+    assert {r["kernel"].split("_")[0] for r in gemms} >= {"conv3x3", "upconv2x2", "head"}
+    assert all(r["tensor_cores"] == "wgmma" for r in gemms if r["kernel"].startswith(("conv3x3", "upconv2x2")))
+    assert any(r["tensor_cores"] == "wgmma" for r in gemms if r["kernel"].startswith("head"))
+    for r in gemms:
+        if r["arch"] == "sm_90" and r["tensor_cores"] == "wgmma":
+            assert r["hgmma"] > 0, r
+        else:
+            assert r["hmma"] > 0 and r["hgmma"] == 0, r
+
+
+def test_poisson_sampler_machine_code():
+    """DESIGN.md: a random kernel is memory-bound only if its sampler is cheap. Read from the
+    sm_90 SASS of every configuration autotune may pick for ``poisson``: no fp64 instruction,
+    the logs are MUFU.LG2 (not libdevice's polynomial), the inversion is unrolled (the only
+    loop is PTRS's rejection loop) and one-warp programs have no barrier."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    proc = subprocess.run([sys.executable, "-m", "kernels.aot", "--sass", "poisson["], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    from kernels.poisson import CONFIGS
+
+    assert len(report) == len(CONFIGS)
+    for r in report:
+        assert r["fp64"] == 0, r["kernel"]
+        assert r["spill_stores"] == 0 and r["spill_loads"] == 0, r["kernel"]
+        assert len(r["loops"]) == 1, (r["kernel"], r["loops"])
+        assert r["loops"][0]["mufu"].get("MUFU.LG2", 0) > 0, r["kernel"]
+        if r["num_warps"] == 1:
+            assert r["barriers"] == 0, r["kernel"]

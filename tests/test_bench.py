@@ -14,7 +14,7 @@ import torch
 
 from bench.scene import BLACK_LEVEL, WHITE_LEVEL, render_scene, write_scene_dng
 from bench.report import judge
-from engine import read_raw
+from engine import BackboneConfig, read_raw
 
 ROOT = Path(__file__).resolve().parents[1]
 KERNEL_STAGES = ("pack_bayer", "poisson", "synthesize_noise", "exposure_step", "render_srgb")
@@ -100,6 +100,34 @@ def test_quick_prints_table_and_keeps_files(quick_run):
         assert len(list((work / f"batch_out_{mode}").glob("*.png"))) == 4
 
 
+def test_sampler_table_and_targets_from_cuda_figures(quick_run):
+    """The Poisson-sampler rows (issue 11) exist only on CUDA: render them from this CPU
+    run's JSON with figures a CUDA run would add, and check every figure is shown."""
+    import copy
+
+    from bench.report import report, targets
+
+    res = copy.deepcopy(quick_run[0])
+    extra = {"poisson": dict(sampler_kernel="_poisson_kernel", sampler_kernel_ms=0.2, G_draws_per_s=60.6,
+                             autotuned_config="{'BLOCK': 32} num_warps=1", legacy_sampler_kernel_ms=0.9,
+                             sampler_speedup_same_run=4.5, vs_2026_11_30_recorded=3.8),
+             "exposure_step": dict(sampler_kernel="_exposure_fwd_kernel", sampler_kernel_ms=0.3, G_draws_per_s=40.4,
+                                   autotuned_config=None)}
+    for k in res["kernels"]:
+        k.update(extra.get(k["stage"].split(" ")[0], {}))
+    text = report(res)
+    section = text.split("Poisson sampler (issue 11)")[1].splitlines()
+    line = next(ln for ln in section if ln.startswith("poisson "))
+    for shown in ("0.200", "60.6", "4.50x (0.900 ms)", "3.80x", "{'BLOCK': 32} num_warps=1"):
+        assert shown in line
+    line = next(ln for ln in section if ln.startswith("exposure_step "))
+    assert "0.300" in line and "40.4" in line
+    rows = [dict(k, fraction_of_copy_bw=0.1) for k in res["kernels"]]
+    got = {t["what"]: t["status"] for t in targets({"kernels": rows}, torch.device("cuda"), True, 3)}
+    assert got["poisson sampler vs 2026-11-30 sampler, same run (issue 11)"] == "met"
+    assert got["poisson vs 2026-11-30 recorded (H200, issue 11)"].startswith("missed")
+
+
 def test_scene_is_deterministic_and_dark(tmp_path):
     a = write_scene_dng(tmp_path / "a.dng", 64, 96, ratio=100, seed=0, noise_seed=0)
     b = write_scene_dng(tmp_path / "b.dng", 64, 96, ratio=100, seed=0, noise_seed=0)
@@ -139,3 +167,38 @@ def test_a_failing_stage_is_reported_and_the_others_still_run(tmp_path, monkeypa
     printed = capsys.readouterr()
     assert "FAILED stages" in printed.out and "- kernels: RuntimeError: simulated kernel failure" in printed.out
     assert "Noise synthesis" in printed.out and "bench stage 'kernels' FAILED" in printed.err
+
+
+def test_backbone_stage_code_runs_on_a_cpu(monkeypatch):
+    """The backbone stage is measured on a GPU only; here its code runs end to end on a
+    small CPU frame (fused UNet through its kernels' references, matmul rate stubbed, no
+    torch.compile) so that the GPU session does not find a broken stage: rows for cuDNN
+    eager and the fused UNet, one per-layer row per kernel with consistent FLOP counts,
+    and the report's tables."""
+    import bench.backbone_stage as bs
+    from bench.report import report
+    from bench.stages import Context
+    from bench.timing import Progress
+    from engine.models.unet import unet_macs
+
+    cfg = BackboneConfig(options={"widths": (8, 8, 16, 16, 16)})
+    ctx = Context(torch.device("cpu"), cfg.build().eval(), cfg, 100.0, 2, 1, 0, Progress(1, True))
+    fake = {"median_ms": 1.0, "min_ms": 1.0, "max_ms": 1.0, "repeats": 1, "warmup": 0, "times_ms": [1.0]}
+    monkeypatch.setattr(bs, "matmul_rate", lambda dev, repeats, progress: (fake, 1e12))
+    res = bs.bench_backbone(ctx, 64, 96, copy_GBps=10.0, compile_modes=(), first_frame=False)
+    assert [r["name"] for r in res["rows"]] == ["cuDNN eager", "fused Triton UNet"]
+    assert len(res["layers"]) == 22
+    head_flops = 2 * 32 * 48 * 8 * 9
+    assert sum(r["GFLOP"] for r in res["layers"]) * 1e9 + head_flops == pytest.approx(2 * unet_macs(32, 48, 8, 9, (8, 8, 16, 16, 16)))
+    info = {"date": "d", "commit": "c", "device": "cpu", "device_name": "cpu", "torch": torch.__version__,
+            "threads": 1, "frame": [64, 96], "steps": 2, "ratio": 100, "repeats": 1, "weights": "w", "quick": True}
+    text = report({"info": info, "backbone": res})
+    assert "fused Triton UNet" in text and "conv9_2" in text and "Fused UNet, per kernel" in text
+
+
+def test_first_frame_script_prints_its_latencies():
+    proc = subprocess.run([sys.executable, "bench/first_frame.py", "--device", "cpu", "--height", "64", "--width", "96",
+                           "--steps", "2"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["backbone"] == ["eager"] and out["to_first_frame_s"] > out["first_frame_s"] > 0

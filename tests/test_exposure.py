@@ -14,6 +14,7 @@ import pytest
 import scipy.stats as st
 import torch
 
+from kernels import exposure as exposure_module
 from kernels._common import philox_seed, value_checks_disabled
 from kernels.exposure import BLOCK, exposure_step, exposure_step_reference
 from tests.conftest import TRITON_DEVICE
@@ -312,6 +313,19 @@ def test_seeds_generators_and_layout_independence():
     det = exposure_step(net, state, origin, backend="triton", stochastic=False, generator=g, **kw)[1]
     assert torch.equal(g.get_state(), state_before)
     assert torch.equal(det, exposure_step(net, state, origin, backend="triton", stochastic=False, **kw)[1])
+
+
+def test_draws_do_not_depend_on_launch_configuration(monkeypatch):
+    """The Poisson counter is the element's index: every forward configuration autotune may
+    pick (and the untuned one) gives the same next input, bit for bit."""
+    net, state, origin = make_inputs(B=2, h=5, w=11, seed=8)
+    kw = dict(params(), with_photon=True, concat_origin=True, backend="triton")
+    run = lambda: exposure_step(net, state, origin, generator=torch.Generator().manual_seed(4), **kw)  # noqa: E731
+    est, ref = run()
+    for config in exposure_module.FWD_CONFIGS:
+        monkeypatch.setattr(exposure_module, "LAUNCH_CONFIG", config)
+        e, nxt = run()
+        assert torch.equal(nxt, ref) and torch.equal(e, est), config
 
 
 @pytest.mark.parametrize("backend", ["triton", "torch"])

@@ -4,6 +4,7 @@ Statistical tests use fixed seeds, so they are repeatable; their false-failure r
 under a fresh seed is ALPHA per test (Bonferroni-corrected where one test makes
 several comparisons).
 """
+import importlib
 import math
 
 import numpy as np
@@ -14,9 +15,13 @@ import triton
 import triton.language as tl
 
 import kernels
+from kernels import _fastmath
+from kernels._common import philox_seed
 from kernels.poisson import MAX_MEAN, _log_poisson_pmf, poisson, poisson_reference
 from tests.conftest import TRITON_DEVICE
 from tests.helpers import chi_square_pvalue
+
+poisson_module = importlib.import_module("kernels.poisson")  # the attribute kernels.poisson is the op
 
 ALPHA = 1e-3  # per-test false-failure rate of every statistical test below
 N_SAMPLES = 20_000
@@ -101,10 +106,9 @@ def _log_pmf_probe(k_ptr, mu_ptr, out_ptr, n, BLOCK: tl.constexpr):
     tl.store(out_ptr + offs, _log_poisson_pmf(k, mu), mask=mask)
 
 
-@pytest.mark.skipif(TRITON_DEVICE.type == "cpu" and not kernels._common.triton_interpreter_enabled(), reason="needs CUDA or TRITON_INTERPRET=1")
-def test_log_pmf_accuracy_in_fp32():
-    """The acceptance test's log-pmf is accurate in fp32 even at mu = 1e6, where the
-    naive ``-mu + k log mu - lgamma(k + 1)`` loses about one unit to cancellation."""
+def _log_pmf_max_error():
+    """Largest absolute error of the kernel's log-pmf, where the pmf exceeds 1e-30, over
+    k within 6 sd of mu and k = 0..15, mu from 10 to 1e6."""
     rows = []
     for mu in (10.0, 37.5, 1e3, 1e5, 1e6):
         sd = math.sqrt(mu)
@@ -119,7 +123,59 @@ def test_log_pmf_accuracy_in_fp32():
     got = out.cpu().double().numpy()
     # absolute error in log-probability where the pmf matters (> 1e-30)
     sel = exact > -69
-    assert np.max(np.abs(got[sel] - exact[sel])) < 2e-4
+    return np.max(np.abs(got[sel] - exact[sel]))
+
+
+needs_triton = pytest.mark.skipif(TRITON_DEVICE.type == "cpu" and not kernels._common.triton_interpreter_enabled(),
+                                  reason="needs CUDA or TRITON_INTERPRET=1")
+
+
+@needs_triton
+def test_log_pmf_accuracy_in_fp32():
+    """The acceptance test's log-pmf is accurate in fp32 even at mu = 1e6, where the
+    naive ``-mu + k log mu - lgamma(k + 1)`` loses about one unit to cancellation."""
+    assert _log_pmf_max_error() < 2e-4
+
+
+@pytest.mark.skipif(not kernels._common.triton_interpreter_enabled(),
+                    reason="emulates the GPU's approximate log/division under the interpreter; a GPU runs the real ones")
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_fast_math_errors_at_their_bounds_change_nothing_measurable(monkeypatch, sign):
+    """On a GPU the sampler's logs and divisions are MUFU approximations (kernels/_fastmath.py:
+    log within 3.6e-7 absolute or 3 ulp, division within 2 ulp). With errors of those sizes
+    injected into every such call, all of one sign, the log-pmf keeps the accuracy bound
+    above and the draws still pass the moment and chi-square tests: no term amplifies them
+    (as k log mu would, at mu = 1e6, by ~1e7)."""
+    monkeypatch.setattr(_fastmath, "LOG_ERROR", tl.constexpr(sign * 3.6e-7))
+    monkeypatch.setattr(_fastmath, "DIV_ERROR", tl.constexpr(sign * 2.4e-7))
+    assert _log_pmf_max_error() < 2e-4
+    for mean in (10.0, 50.0, 1e3, 1e5):  # Bonferroni over 4 means x 3 tests
+        gen = torch.Generator().manual_seed(77 + int(mean))
+        k = poisson(torch.full((N_SAMPLES,), mean, device=TRITON_DEVICE), generator=gen, backend="triton")
+        k = k.cpu().numpy()
+        z_crit = st.norm.isf(ALPHA / 24)
+        assert abs(k.mean() - mean) <= z_crit * math.sqrt(mean / N_SAMPLES)
+        assert abs(k.var(ddof=1) - mean) <= z_crit * math.sqrt((mean + 2 * mean**2) / N_SAMPLES)
+        assert chi_square_pvalue(k.astype(np.int64), mean) > ALPHA / 12
+
+
+@needs_triton
+def test_draws_do_not_depend_on_launch_configuration():
+    """Every configuration autotune may pick (and the untuned one) draws the same counts:
+    the Philox counter is the element index, whatever the program that holds it. Zeros,
+    inversion and PTRS means are mixed inside every program."""
+    g = torch.Generator().manual_seed(5)
+    mu = torch.rand(700, generator=g) ** 3 * 2000.0
+    mu[::7] = 0.0
+    mu[3::11] = 1.5e5
+    mu = mu.to(TRITON_DEVICE)
+    ref = poisson(mu, generator=torch.Generator().manual_seed(9), backend="triton")
+    seed = philox_seed(torch.Generator().manual_seed(9), mu.device)
+    assert ref[mu < 10].sum() > 0 and ref[mu >= 10].sum() > 0
+    for meta, warps in poisson_module.CONFIGS:
+        out = torch.full_like(mu, -1.0)
+        poisson_module._launch(mu, out, seed, config=(meta["BLOCK"], warps))
+        assert torch.equal(out, ref), (meta, warps)
 
 
 @pytest.mark.parametrize(

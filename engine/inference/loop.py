@@ -15,6 +15,9 @@ import torch.nn.functional as F
 
 from kernels import exposure_step, value_checks_disabled
 from kernels._common import DEFAULT_DN_SCALE, ValueChecks, per_sample, philox_seed
+from kernels.head_step import head_exposure_step
+
+from ..models.fused_unet import HeadFeatures
 
 # The backbones need spatial sizes that are multiples of this (four 2x2 poolings).
 SIZE_MULTIPLE = 16
@@ -109,7 +112,9 @@ def run_exposure_diffusion(
     """Run the n-step exposure diffusion from the first network input.
 
     Args:
-        backbone: maps ``[B, C, h, w]`` to ``[B, 9 or 4, h, w]`` (h, w multiples of 16).
+        backbone: maps ``[B, C, h, w]`` to ``[B, 9 or 4, h, w]`` (h, w multiples of 16), or
+            to ``HeadFeatures`` (``engine.models.fused_unet``): then the head's 1x1
+            convolution runs inside the fused step (``kernels.head_step``).
         first_input: ``[B, C, h, w]``: ``A_T`` (4 ch), then ``A_T / (r K)`` if with_photon,
             then ``A_T`` if concat_origin (as ``kernels.pack_bayer`` writes it).
         ratio, K: float32 ``[B]`` on the data's device.
@@ -139,12 +144,14 @@ def run_exposure_diffusion(
         for i in range(steps):
             out = backbone(x)
             last = i == steps - 1
-            estimate, x = exposure_step(
-                out, state, origin, ratio=ratio, K=K, rho=rho[:, i], rho_next=None if last else rho[:, i + 1],
-                stochastic=stochastic, seed=None if last or not stochastic else seeds[i : i + 1],
-                accumulate=accumulate, with_photon=with_photon, concat_origin=concat_origin, dn_scale=dn_scale,
-                out_dtype=next_dtype, out_memory_format=memory_format, backend=backend,
-            )
+            step = dict(ratio=ratio, K=K, rho=rho[:, i], rho_next=None if last else rho[:, i + 1],
+                        stochastic=stochastic, seed=None if last or not stochastic else seeds[i : i + 1],
+                        accumulate=accumulate, with_photon=with_photon, concat_origin=concat_origin,
+                        dn_scale=dn_scale, out_dtype=next_dtype, out_memory_format=memory_format, backend=backend)
+            if isinstance(out, HeadFeatures):
+                estimate, x = head_exposure_step(out.features, out.head, state, origin, **step)
+            else:
+                estimate, x = exposure_step(out, state, origin, **step)
             if not last:
                 state = x[:, :4]
     return estimate

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,8 @@ from ..io.output import save_output, srgb_image
 from ..io.raw import RawFrame, read_raw_batch
 from ..models.backbones import BackboneConfig
 from ..models.checkpoint import load_checkpoint
+from ..models.fused_unet import FusedUNet
+from .backbone_choice import BACKBONE_PATHS, ChoiceCache, choice_cache_path, choose, device_fingerprint
 from .graphs import GraphedDiffusion
 from .loop import SIZE_MULTIPLE, exposure_schedule, pad_to_multiple, run_exposure_diffusion
 from .tiling import UNET_RADIUS, run_tiled
@@ -113,11 +116,18 @@ class Pipeline:
         camera: default camera profile (name or JSON path) for ISO -> K.
         max_tile: process frames in tiles of at most this many packed pixels a side
             (None: whole frames, tiling only after an out-of-memory error).
+        backbone_path: what runs the network (``engine.inference.backbone_choice``):
+            "auto" (default: on CUDA the fastest of our fused Triton UNet and the PyTorch
+            module, timed at the first frame of each shape and cached on disk; on a CPU
+            the module), "fused" (the SID UNet on CUDA in fp16), "eager" (the module:
+            cuDNN / oneDNN) or "compile" (``torch.compile`` of the module).
+        compile_candidate: let "auto" also time ``torch.compile`` (minutes of compiling
+            at the first frame).
     """
 
     def __init__(self, backbone: nn.Module, config: BackboneConfig, *, device=None, precision: str | None = None,
                  cuda_graphs: bool | None = None, dn_scale: float = DEFAULT_DN_SCALE, camera=None,
-                 max_tile: int | None = None):
+                 max_tile: int | None = None, backbone_path: str = "auto", compile_candidate: bool = False):
         self.device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("device 'cuda' requested but CUDA is not available on this machine")
@@ -144,6 +154,7 @@ class Pipeline:
         net = net.to(memory_format=torch.channels_last)  # faster convolutions on GPU and CPU (oneDNN)
         self.backbone = net
         self._graphed: dict[tuple, GraphedDiffusion] = {}
+        self._init_backbone_paths(backbone_path, compile_candidate)
 
     @classmethod
     def from_checkpoint(cls, path=None, *, expect: dict | None = None, **kwargs) -> "Pipeline":
@@ -157,6 +168,53 @@ class Pipeline:
         return cls(model, config, **kwargs)
 
     # ------------------------------------------------------------------ network
+    def _init_backbone_paths(self, path: str, compile_candidate: bool) -> None:
+        if path not in BACKBONE_PATHS:
+            raise ValueError(f"backbone_path must be one of {BACKBONE_PATHS}, got {path!r}")
+        self.fused_available = (self.config.arch == "unet" and self.device.type == "cuda"
+                                and self.precision == "fp16")
+        if path == "fused" and not self.fused_available:
+            raise ValueError("backbone_path='fused' runs the SID UNet on CUDA in fp16; this pipeline has "
+                             f"{self.config.arch} on {self.device} in {self.precision} (use 'auto' or 'eager')")
+        names = ["fused", "eager"] if self.fused_available else ["eager"]
+        if compile_candidate or path == "compile":
+            names.append("compile")
+        self.backbone_path = path
+        self._candidate_names = names if path == "auto" else [path]
+        self._builders = {"fused": lambda: FusedUNet(self.backbone, torch.float16), "eager": lambda: self._net,
+                          "compile": lambda: torch.compile(self._net)}
+        self._candidates: dict[str, object] = {}
+        if "fused" in self._candidate_names:  # weights re-laid out once, here
+            self._candidate("fused")
+        self._chosen: dict[str, str] = {}
+        self.backbone_timings: dict[str, dict] = {}  # choice key -> {candidate: median ms} when timed here
+
+    def _candidate(self, name: str):
+        if name not in self._candidates:
+            self._candidates[name] = self._builders[name]()
+        return self._candidates[name]
+
+    def _backbone_for(self, padded: torch.Tensor, ratio, K, rho, kw: dict) -> str:
+        """The backbone path for this input shape (see ``backbone_path``); times the
+        candidates on this very input the first time a shape is seen (eager loops, before
+        any CUDA-graph capture), unless the disk cache knows the answer."""
+        if len(self._candidate_names) == 1:
+            return self._candidate_names[0]
+        key = json.dumps([device_fingerprint(self.device), self.config.to_dict(), list(padded.shape),
+                          str(padded.dtype), rho.shape[1] - 1, kw["stochastic"], kw["accumulate"]])
+        if key not in self._chosen:
+            def run(name):
+                # The timing runs draw from a generator of their own: the user's generator
+                # (or torch's global one) must give the same result whether timing ran or not.
+                return run_exposure_diffusion(self._candidate(name), padded, ratio=ratio, K=K, rho=rho,
+                                              generator=torch.Generator().manual_seed(0), **kw)
+
+            self._chosen[key], timings = choose(key, self._candidate_names, run, self.device,
+                                                ChoiceCache(choice_cache_path()))
+            if timings:
+                self.backbone_timings[key] = timings
+        return self._chosen[key]
+
     def _net(self, x: torch.Tensor) -> torch.Tensor:
         if self.precision == "bf16":
             with torch.autocast(self.device.type, dtype=torch.bfloat16):
@@ -175,13 +233,15 @@ class Pipeline:
     def _run_whole(self, x, ratio, K, rho, generator, stochastic, accumulate) -> torch.Tensor:
         padded, (h, w) = pad_to_multiple(x)
         kw = self._loop_kwargs(stochastic, accumulate)
+        path = self._backbone_for(padded, ratio, K, rho, kw)
+        net = self._candidate(path)
         if self.cuda_graphs:
-            key = (stochastic, accumulate)
+            key = (stochastic, accumulate, path)
             if key not in self._graphed:
-                self._graphed[key] = GraphedDiffusion(self._net, **kw)
+                self._graphed[key] = GraphedDiffusion(net, **kw)
             estimate = self._graphed[key](padded, ratio=ratio, K=K, rho=rho, generator=generator)
         else:
-            estimate = run_exposure_diffusion(self._net, padded, ratio=ratio, K=K, rho=rho, generator=generator, **kw)
+            estimate = run_exposure_diffusion(net, padded, ratio=ratio, K=K, rho=rho, generator=generator, **kw)
         return estimate[:, :, :h, :w]
 
     def _run(self, x, ratio, K, rho, generator, stochastic, accumulate, tile) -> torch.Tensor:

@@ -1,0 +1,240 @@
+"""The backbone's final 1x1 convolution fused into the exposure step (SPEC §4-5).
+
+``head_exposure_step(features, head, state, origin, ...)`` is ``exposure_step(conv1x1(
+features), state, origin, ...)`` in one pass: each program loads the last decoder
+features of its pixels (``[BLOCK, C]``, NHWC), multiplies them by the head's weights on
+the tensor cores (``[C, 16]``, the 9 or 4 output channels padded to 16; fp32
+accumulation), adds the bias, and hands the mask logit, ``x0`` and ``R`` (or a plain
+head's estimate) to the exposure step's own tail (``kernels.exposure._finish_step``):
+the blend, the Poisson photons and the next network input. The head's 9 channels never
+go to memory.
+
+Same arguments, randomness (keys, counters: a fused step draws what the unfused step
+draws from the same head output) and outputs as ``kernels.exposure.exposure_step``;
+inference only (no autograd: training runs the backbone's own head). The reference is
+``exposure_step_reference`` of the plain-PyTorch 1x1 convolution.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from ._common import DEFAULT_DN_SCALE, check_tensor, philox_seed, use_triton
+from ._tuning import autotuned, autotuning_enabled
+from .exposure import _IN_DTYPES, _allocate, _finish_step, _prepare, _tile, exposure_step_reference
+
+HEAD_COLUMNS = 16  # the head's 9 (or 4) output channels, padded to the tensor cores' N
+BLOCK_C = 16  # feature channels per K step
+# Launch configurations (BLOCK pixels, warps) autotune tries, as for kernels.exposure:
+# one-warp programs keep the Poisson sampler's rejection loops short (the head's GEMM
+# then runs on Ampere-style mma); 4 and 8 warps with 64 / 128 pixels give Hopper's
+# wgmma its 64 rows per warpgroup. The draws are the same under every one. tl.dot
+# needs at least 16 rows.
+# (128 pixels on 8 warps spills on sm_80 with the sampler inlined: not offered.)
+CONFIGS = (({"BLOCK": 16}, 1), ({"BLOCK": 32}, 1), ({"BLOCK": 64}, 4))
+# The configuration used where nothing is tuned (the interpreter) and compiled ahead of time.
+BLOCK, NUM_WARPS = 64, 4
+# Tests: a (meta, num_warps) pair forcing one configuration; None: autotuned on a GPU,
+# (BLOCK, NUM_WARPS) under the interpreter.
+LAUNCH_CONFIG = None
+
+
+@triton.jit
+def _column(acc_t, cols, j):
+    """Column ``j`` of the ``[BLOCK, 16]`` head output as a ``[1, BLOCK]`` row (exact: a
+    masked sum with one non-zero term). acc_t: the output transposed, ``[16, BLOCK]``."""
+    return tl.sum(tl.where(cols[:, None] == j, acc_t, 0.0), axis=0)[None, :]
+
+
+@triton.jit
+def _planes(acc_t, cols, first, plane):
+    """Columns ``first .. first + 3`` as ``[4, BLOCK]`` planes (plane: [4, 1])."""
+    pick = cols[None, :, None] == (first + plane)[:, :, None]  # [4, 16, 1]
+    return tl.sum(tl.where(pick, acc_t[None, :, :], 0.0), axis=1)
+
+
+@triton.jit
+def _head_step_kernel(
+    feat_ptr, sf_b, sf_h, sf_w, C,
+    hw_ptr, hb_ptr,
+    state_ptr, ss_b, ss_c, ss_h, ss_w,
+    origin_ptr, so_b, so_c, so_h, so_w,
+    ratio_ptr, gain_ptr, rho_ptr, rho_next_ptr, seed_ptr, seed_stride,
+    est_ptr, se_b, se_c, se_h, se_w,
+    next_ptr, sx_b, sx_c, sx_h, sx_w,
+    h, w, dn_scale,
+    HEAD9: tl.constexpr, HAS_NEXT: tl.constexpr, STOCHASTIC: tl.constexpr, ACCUMULATE: tl.constexpr,
+    WITH_PHOTON: tl.constexpr, CONCAT_ORIGIN: tl.constexpr, BLOCK: tl.constexpr, BLOCK_C: tl.constexpr,
+    IEEE: tl.constexpr,
+):
+    b, pix, pmask, y, x, plane, mask2 = _tile(h, w, BLOCK)
+    rc = tl.arange(0, BLOCK_C)
+    cols = tl.arange(0, 16)
+    feat = feat_ptr + b * sf_b + (y * sf_h + x * sf_w)[:, None]
+    acc = tl.zeros((BLOCK, 16), dtype=tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        c = c0 + rc
+        f = tl.load(feat + c[None, :], mask=pmask[:, None] & (c[None, :] < C), other=0.0)
+        wt = tl.load(hw_ptr + c[:, None] * 16 + cols[None, :], mask=(c < C)[:, None], other=0.0)
+        if IEEE:  # fp32 features (tests, CPU): no TF32 rounding
+            acc = tl.dot(f, wt, acc, input_precision="ieee")
+        else:
+            acc = tl.dot(f, wt, acc)
+    acc += tl.load(hb_ptr + cols)[None, :]
+    acc_t = tl.trans(acc)  # [16, BLOCK]
+    if HEAD9:
+        logit = _column(acc_t, cols, 0)
+        x0 = _planes(acc_t, cols, 1, plane)
+        res = _planes(acc_t, cols, 5, plane)
+    else:
+        x0 = _planes(acc_t, cols, 0, plane)
+        logit = x0  # unused
+        res = x0  # unused
+    _finish_step(logit, x0, res, b, pix, y, x, plane, mask2,
+                 state_ptr, ss_b, ss_c, ss_h, ss_w, origin_ptr, so_b, so_c, so_h, so_w,
+                 ratio_ptr, gain_ptr, rho_ptr, rho_next_ptr, seed_ptr, seed_stride,
+                 est_ptr, se_b, se_c, se_h, se_w, next_ptr, sx_b, sx_c, sx_h, sx_w, h, w, dn_scale,
+                 HEAD9, HAS_NEXT, STOCHASTIC, ACCUMULATE, WITH_PHOTON, CONCAT_ORIGIN)
+
+
+_head_step_tuned = autotuned(
+    _head_step_kernel, CONFIGS,
+    key=["h", "w", "C", "HEAD9", "HAS_NEXT", "STOCHASTIC", "ACCUMULATE", "WITH_PHOTON", "CONCAT_ORIGIN"],
+)
+
+
+class HeadWeights(NamedTuple):
+    """A 1x1 head re-laid out by ``prepare_head``: ``matrix`` ``[C_pad, 16]`` (row = input
+    channel, zero rows / columns of padding) in the features' dtype, ``bias`` float32 [16];
+    ``weight`` / ``bias_original`` as given (for the reference)."""
+
+    matrix: torch.Tensor
+    bias: torch.Tensor
+    in_channels: int
+    out_channels: int
+    weight: torch.Tensor
+    bias_original: torch.Tensor
+
+
+def prepare_head(weight: torch.Tensor, bias: torch.Tensor, *, dtype: torch.dtype = torch.float16) -> HeadWeights:
+    """Re-lay out a ``nn.Conv2d(C, 9 or 4, 1)``'s weight ``[COUT, C, 1, 1]`` and bias (once)."""
+    check_tensor("weight", weight, ndims=(4,))
+    cout, cin, kh, kw = weight.shape
+    if (kh, kw) != (1, 1) or cout not in (4, 9):
+        raise ValueError(f"the head must be a 1x1 convolution to 9 (adaptive residual head) or 4 channels, got weight "
+                         f"shape {tuple(weight.shape)}")
+    check_tensor("bias", bias, ndims=(1,))
+    if bias.shape[0] != cout:
+        raise ValueError(f"bias must have {cout} values, got shape {tuple(bias.shape)}")
+    if dtype not in _IN_DTYPES:
+        raise TypeError(f"dtype must be one of float16, bfloat16, float32, got {dtype}")
+    rows = -(-cin // BLOCK_C) * BLOCK_C
+    matrix = torch.zeros(rows, HEAD_COLUMNS, dtype=dtype, device=weight.device)
+    matrix[:cin, :cout] = weight.detach()[:, :, 0, 0].t().to(dtype)
+    b = torch.zeros(HEAD_COLUMNS, dtype=torch.float32, device=weight.device)
+    b[:cout] = bias.detach().float()
+    return HeadWeights(matrix, b, cin, cout, weight.detach(), bias.detach())
+
+
+def head_output_reference(features: torch.Tensor, head: HeadWeights) -> torch.Tensor:
+    """The head's 1x1 convolution in plain PyTorch, fp32, weights rounded to the features'
+    dtype (as the kernel has them): ``[B, 9 or 4, h, w]`` float32."""
+    weight = head.weight.to(features.dtype).float()
+    return F.conv2d(features.float(), weight, head.bias_original.float())
+
+
+def head_exposure_step(features: torch.Tensor, head: HeadWeights, state: torch.Tensor, origin: torch.Tensor, *,
+                       ratio, K, rho, rho_next=None, stochastic: bool = True, generator=None, seed=None,
+                       accumulate: bool = False, with_photon: bool = False, concat_origin: bool = False,
+                       dn_scale: float = DEFAULT_DN_SCALE, out_dtype=None,
+                       out_memory_format=torch.contiguous_format, backend: str = "auto"):
+    """``exposure_step(conv1x1(features, head), state, origin, ...)`` in one fused pass.
+
+    Args:
+        features: ``[B, C, h, w]`` the backbone's last features (fp16 / bf16 / fp32,
+            channels_last memory read in place; other layouts are copied).
+        head: ``prepare_head`` of the backbone's final 1x1 convolution (dtype of
+            ``features``).
+        everything else: as ``kernels.exposure.exposure_step`` (no ``out=``).
+
+    Returns:
+        ``(estimate float32 [B, 4, h, w], next input or None)`` as ``exposure_step``.
+    """
+    check_tensor("features", features, dtypes=_IN_DTYPES, ndims=(4,))
+    if not isinstance(head, HeadWeights):
+        raise TypeError(f"head must come from prepare_head, got {type(head).__name__}")
+    B, C, h, w = features.shape
+    if C != head.in_channels:
+        raise ValueError(f"features must have {head.in_channels} channels (the head's input), got shape "
+                         f"{tuple(features.shape)}")
+    if head.matrix.device != features.device:
+        raise ValueError(f"head is on {head.matrix.device} but features are on {features.device}")
+    if not use_triton(features.device, backend):
+        return exposure_step_reference(
+            head_output_reference(features, head), state, origin, ratio=ratio, K=K, rho=rho, rho_next=rho_next,
+            stochastic=stochastic, generator=generator, seed=seed, accumulate=accumulate, with_photon=with_photon,
+            concat_origin=concat_origin, dn_scale=dn_scale, out_dtype=out_dtype, out_memory_format=out_memory_format)
+    if head.matrix.dtype != features.dtype:
+        raise TypeError(f"features are {features.dtype} but the head was prepared as {head.matrix.dtype}")
+    # The step's own checks, on a zero-stride stand-in of the head output (no memory).
+    stand_in = features.new_zeros(1).expand(B, head.out_channels, h, w)
+    cfg, params, out_dtype = _prepare(stand_in, state, origin, ratio, K, rho, rho_next, stochastic, accumulate,
+                                      with_photon, concat_origin, dn_scale, out_dtype, out_memory_format,
+                                      seed, generator, None, _IN_DTYPES)
+    if cfg.has_next and cfg.stochastic and seed is None:
+        seed = philox_seed(generator, features.device, count=B)
+    est, nxt = _allocate(stand_in, cfg, out_dtype, out_memory_format)
+    if B * h * w == 0:
+        return est, nxt
+    if features.stride(1) != 1:
+        features = features.contiguous(memory_format=torch.channels_last)
+    if seed is None:  # never read
+        seed = torch.zeros(1, dtype=torch.int64, device=features.device)
+    nx = nxt if nxt is not None else est
+    args = (features, features.stride(0), features.stride(2), features.stride(3), C, head.matrix, head.bias,
+            state, *state.stride(), origin, *origin.stride(),
+            params.ratio, params.K, params.rho, params.rho_next if cfg.has_next else params.rho, seed,
+            int(seed.numel() > 1), est, *est.stride(), nx, *nx.stride(), h, w, cfg.dn_scale)
+    flags = dict(HEAD9=cfg.head9, HAS_NEXT=cfg.has_next, STOCHASTIC=cfg.stochastic and cfg.has_next,
+                 ACCUMULATE=cfg.accumulate, WITH_PHOTON=cfg.with_photon, CONCAT_ORIGIN=cfg.concat_origin,
+                 BLOCK_C=BLOCK_C, IEEE=features.dtype == torch.float32)
+    if LAUNCH_CONFIG is None and autotuning_enabled():
+        _head_step_tuned[lambda meta: (triton.cdiv(h * w, meta["BLOCK"]), B)](*args, **flags)
+        return est, nxt
+    meta, warps = LAUNCH_CONFIG if LAUNCH_CONFIG is not None else ({"BLOCK": BLOCK}, NUM_WARPS)
+    _head_step_kernel[(triton.cdiv(h * w, meta["BLOCK"]), B)](*args, **flags, **meta, num_warps=warps)
+    return est, nxt
+
+
+def aot_specs():
+    from .aot import AotSpec
+
+    def strides(prefix, dims="bchw"):
+        return {f"{prefix}_{d}": "i32" for d in dims}
+
+    def spec(name, ty, block=BLOCK, warps=NUM_WARPS, **flags):
+        sig = {"feat_ptr": f"*{ty}", **strides("sf", "bhw"), "C": "i32", "hw_ptr": f"*{ty}", "hb_ptr": "*fp32",
+               "state_ptr": f"*{ty}", **strides("ss"), "origin_ptr": f"*{ty}", **strides("so"),
+               "ratio_ptr": "*fp32", "gain_ptr": "*fp32", "rho_ptr": "*fp32", "rho_next_ptr": "*fp32",
+               "seed_ptr": "*i64", "seed_stride": "i32", "est_ptr": "*fp32", **strides("se"),
+               "next_ptr": f"*{ty}", **strides("sx"), "h": "i32", "w": "i32", "dn_scale": "fp32"}
+        const = dict(HEAD9=True, HAS_NEXT=True, STOCHASTIC=True, ACCUMULATE=False, WITH_PHOTON=True,
+                     CONCAT_ORIGIN=False, BLOCK=block, BLOCK_C=BLOCK_C, IEEE=False)
+        const.update(flags)
+        sig.update({k: "constexpr" for k in const})
+        # wgmma needs 64 rows per warpgroup of 4 warps; smaller programs use mma
+        mma = "wgmma" if warps >= 4 and block >= 16 * warps else "mma"
+        return AotSpec(f"head_step_{name}_{block}x{warps}", _head_step_kernel, sig, const, warps,
+                       divisible_by_16=("feat_ptr", "hw_ptr", "hb_ptr", "sf_b", "sf_h", "sf_w", "C"), tensor_cores=mma)
+
+    specs = [spec("head9_fp16_photon", "fp16", meta["BLOCK"], warps) for meta, warps in CONFIGS]
+    return specs + [
+        spec("head9_fp16_photon_origin", "fp16", CONCAT_ORIGIN=True),
+        spec("head9_bf16_photon", "bf16"),
+        spec("head9_fp16_last", "fp16", HAS_NEXT=False, STOCHASTIC=False),
+        spec("head4_fp16", "fp16", 32, 1, HEAD9=False, WITH_PHOTON=False),
+    ]
