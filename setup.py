@@ -25,6 +25,9 @@ setup(
         "tqdm>=4.60",
         "tifffile>=2023.1",
         "pillow>=9",
+        # PNG encoding (8- and 16-bit, libpng; Pillow writes no 16-bit RGB PNG) and the
+        # fast default settings; tifffile also uses it for deflate when present.
+        "imagecodecs>=2024.1",
         "scipy>=1.10",  # camera calibration (Tukey-lambda PPCC fits)
     ],
     entry_points={"console_scripts": ["exposure-diffusion=training.cli:main"]},
@@ -33,5 +36,10 @@ setup(
         # CuPy ships one wheel per CUDA major version: pick the one of your driver's CUDA.
         "cupy12": ["cupy-cuda12x>=13"],
         "cupy13": ["cupy-cuda13x>=13.6"],
+        # JPEG encoded on the GPU (nvJPEG through torchvision.io.encode_jpeg). Optional: a
+        # torchvision wheel is built for one torch version, so it must be installed to match
+        # the torch build in use (e.g. pip install torch==X torchvision==Y from the same index);
+        # without it JPEGs are encoded by Pillow in the writer processes.
+        "gpu-jpeg": ["torchvision>=0.19"],
     },
 )

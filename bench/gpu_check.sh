@@ -19,13 +19,15 @@
 #       suite    every test (about 10 minutes on an H200: give it a call of its own)
 #       bench    bench/throughput.py (every stage, $BENCH_ARGS, default --repeats 5)
 #       training bench/throughput.py's training-step stage alone (the data share of a step)
+#       folder   issue 13: the file-to-file stage alone (every output format, GPU busy share),
+#                the encoders at 12 MP, enhance under torchrun (bench/folder_check.sh)
 #
-# Time limits in seconds (env): CUDA_S=120 KERNELS_S=200 SUITE_S=570 BENCH_S=430 TRAINING_S=150
+# Time limits in seconds (env): CUDA_S=120 KERNELS_S=200 SUITE_S=570 BENCH_S=430 TRAINING_S=150 FOLDER_S=400
 # (the first H200 run: test_cuda 9 s, the kernel suites 143 s, before the fused UNet's tests and first-use
 # compiles; the bench was not timed; if a part stops at its limit, give it a call of its own with a larger one).
 # On a machine where the package cannot be pip-installed (no network), put the
-# repository on PYTHONPATH and carry the missing wheels (rawpy, nvtx): NOTES.md,
-# "GPU sessions", has the exact commands.
+# repository on PYTHONPATH and carry the missing wheels (rawpy, nvtx, imagecodecs,
+# torchvision, nvidia-ml-py): NOTES.md, "GPU session runbook", has the exact commands.
 set -uo pipefail
 OUT=${OUT:-bench/out/gpu}
 PY=${PYTHON:-python3}
@@ -44,7 +46,7 @@ import platform, torch, triton, numpy
 print("python", platform.python_version(), "| torch", torch.__version__, "| triton", triton.__version__,
       "| numpy", numpy.__version__)
 print("cuda", torch.version.cuda, "| device", torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
-for name in ("rawpy", "nvtx", "cupy", "tifffile", "skimage", "scipy", "tqdm"):
+for name in ("rawpy", "nvtx", "imagecodecs", "torchvision", "pynvml", "cupy", "tifffile", "skimage", "scipy", "tqdm"):
     try:
         module = __import__(name)
         print(f"{name} {getattr(module, '__version__', '?')}")
@@ -86,7 +88,8 @@ for part in $parts; do
     # shellcheck disable=SC2086
     training) run training "${TRAINING_S:-150}" training.log "$PY" bench/throughput.py $BENCH_ARGS \
                 --skip engine,backbone,kernels,synthesis,batch --json "$OUT/training.json" ;;
-    *) echo "gpu_check: unknown part '$part' (cuda, kernels, suite, bench, training)"; status=2 ;;
+    folder) run folder "${FOLDER_S:-400}" folder.log bash bench/folder_check.sh "$OUT" ;;
+    *) echo "gpu_check: unknown part '$part' (cuda, kernels, suite, bench, training, folder)"; status=2 ;;
   esac
 done
 

@@ -132,6 +132,68 @@ def test_a_frame_in_a_unet_batch_draws_the_same_noise_up_to_redraws(model):
         assert shared < 0.5 * fresh, (i, shared.item(), fresh.item())
 
 
+# ----------------------------------------------------------------------------- folder run (issue 13)
+def _dngs(folder, n=4, h=256, w=384):
+    from tests.dngfactory import make_bayer_dng
+
+    folder.mkdir(exist_ok=True)
+    files = [folder / f"f{i}.dng" for i in range(n)]
+    for i, f in enumerate(files):
+        make_bayer_dng(f, height=h, width=w, seed=i)
+    return files
+
+
+def test_folder_run_on_cuda_is_byte_identical_between_modes(model, tmp_path):
+    """Pinned host memory, non-blocking copies both ways and groups of 2 through the graphs:
+    the overlapped run writes the bytes of the in-process run."""
+    from engine.inference.batch import enhance_files
+
+    net, cfg = model
+    pipe = Pipeline(net, cfg, device="cuda")
+    files = _dngs(tmp_path / "in")
+    runs = {}
+    for workers in (0, 2):
+        out = tmp_path / f"w{workers}"
+        out.mkdir()
+        stats = {}
+        results = enhance_files(pipe, files, [out / f"{f.stem}.png" for f in files], workers=workers, batch=2,
+                                stats=stats, ratio=100, steps=3, seed=0)
+        assert [r.error for r in results] == [None] * 4
+        assert stats["groups"] == 2 and stats["device_busy_s"] > 0
+        runs[workers] = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert runs[0] == runs[2] and len(runs[0]) == 4
+
+
+def test_jpeg_encoded_on_the_gpu_carries_exif_and_matches_pillow(model, tmp_path):
+    """nvJPEG through torchvision (the gpu-jpeg extra): a batch of frames encoded in one call,
+    EXIF spliced in; the picture within a few levels of Pillow's JPEG of the same frame."""
+    pytest.importorskip("torchvision", reason="torchvision (pip install .[gpu-jpeg], matching the torch build) "
+                                               "is not installed")
+    from PIL import Image
+
+    from engine.inference.batch import enhance_files
+    from engine.io.encode import device_jpeg_available
+    from engine.io.output import OutputOptions
+
+    assert device_jpeg_available("cuda")
+    net, cfg = model
+    pipe = Pipeline(net, cfg, device="cuda")
+    files = _dngs(tmp_path / "in")
+    outs = {}
+    for where, on_device in (("gpu", True), ("cpu", False)):
+        out = tmp_path / where
+        out.mkdir()
+        results = enhance_files(pipe, files, [out / f"{f.stem}.jpg" for f in files], batch=4, workers=1,
+                                fmt=OutputOptions("jpeg", jpeg_on_device=on_device), ratio=100, steps=3, seed=0)
+        assert [r.error for r in results] == [None] * 4
+        outs[where] = out
+    for f in files:
+        gpu, cpu = Image.open(outs["gpu"] / f"{f.stem}.jpg"), Image.open(outs["cpu"] / f"{f.stem}.jpg")
+        assert gpu.getexif()[272] == "ILCE-7SM2" and gpu.getexif().get_ifd(0x8769)[34855] == 800
+        diff = np.abs(np.asarray(gpu, dtype=np.float64) - np.asarray(cpu, dtype=np.float64))
+        assert gpu.size == cpu.size and diff.mean() < 3, diff.mean()
+
+
 def test_fused_unet_path_within_45_db_of_the_fp32_engine(model):
     """Our fused Triton UNet (fp16, head fused into the step) against the fp32 PyTorch
     engine, deterministic mode: the issue's bound, 45 dB."""

@@ -32,6 +32,7 @@ from kernels.poisson import MAX_MEAN
 
 from ..camera import resolve_gain
 from ..errors import InvalidRawError
+from ..io.exif import Provenance
 from ..io.output import save_output, srgb_image
 from ..io.raw import RawFrame, read_raw_batch
 from ..models.backbones import BackboneConfig
@@ -93,13 +94,17 @@ class EnhancedFrame:
         """sRGB rendering ``[2h, 2w, 3]`` (uint8, uint16 or float32) with the camera's colour."""
         return srgb_image(self.raw, self.frame, out_dtype)
 
-    def save(self, path, format: str | None = None, *, overwrite: bool = False) -> Path:
-        """Write as PNG (8-bit sRGB), TIFF (16-bit sRGB) or DNG (linear mosaic); atomic.
+    def save(self, path, format=None, *, overwrite: bool = False) -> Path:
+        """Write as PNG (8-bit sRGB; 16-bit with ``OutputOptions(bits=16)``), JPEG, TIFF
+        (16-bit sRGB) or DNG (linear mosaic), with the source's capture metadata and the
+        ratio / steps (EXIF); atomic. ``format``: a name, an ``engine.io.output.OutputOptions``
+        or None (from the extension).
 
         An existing ``path`` raises ``FileExistsError`` unless ``overwrite=True``; the
         frame's own source file is never written over (``engine.io.paths.OutputPathError``).
         """
-        return save_output(path, self.raw, self.frame, format, overwrite=overwrite)
+        return save_output(path, self.raw, self.frame, format, provenance=Provenance(self.ratio, self.steps),
+                           overwrite=overwrite)
 
 
 class Pipeline:
