@@ -33,6 +33,7 @@ from ..io.output import save_output, srgb_image
 from ..io.raw import RawFrame, read_raw_batch
 from ..models.backbones import BackboneConfig
 from ..models.checkpoint import load_checkpoint
+from .adaptive import DEFAULT_POLICY, AutoStepsPolicy, steps_for_batch
 from .graphs import GraphedDiffusion
 from .loop import SIZE_MULTIPLE, exposure_schedule, pad_to_multiple, run_exposure_diffusion
 from .tiling import UNET_RADIUS, run_tiled
@@ -135,6 +136,8 @@ class Pipeline:
         net = net.to(memory_format=torch.channels_last)  # faster convolutions on GPU and CPU (oneDNN)
         self.backbone = net
         self._graphed: dict[tuple, GraphedDiffusion] = {}
+        # steps="auto": engine.inference.adaptive (from_checkpoint takes a stored calibration)
+        self.auto_policy = DEFAULT_POLICY
 
     @classmethod
     def from_checkpoint(cls, path=None, *, expect: dict | None = None, **kwargs) -> "Pipeline":
@@ -144,8 +147,10 @@ class Pipeline:
         ``path=None`` loads the default model shipped with the package
         (``DEFAULT_CHECKPOINT``, trained with ``training`` on built-in synthetic data).
         """
-        model, config, _ = load_checkpoint(DEFAULT_CHECKPOINT if path is None else path, expect=expect)
-        return cls(model, config, **kwargs)
+        model, config, meta = load_checkpoint(DEFAULT_CHECKPOINT if path is None else path, expect=expect)
+        pipe = cls(model, config, **kwargs)
+        pipe.auto_policy = AutoStepsPolicy.from_meta(meta)
+        return pipe
 
     # ------------------------------------------------------------------ network
     def _net(self, x: torch.Tensor) -> torch.Tensor:
@@ -203,7 +208,7 @@ class Pipeline:
                     torch.cuda.empty_cache()
 
     # ------------------------------------------------------------------ public
-    def __call__(self, source, *, ratio, steps: int = 3, K=None, iso=None, camera=None, seed: int | None = None,
+    def __call__(self, source, *, ratio, steps: int | str = 3, K=None, iso=None, camera=None, seed: int | None = None,
                  stochastic: bool = True, schedule=None, accumulate: bool = False,
                  generator: torch.Generator | None = None, **raw_metadata):
         """Enhance one frame, or a batch of same-size frames.
@@ -214,7 +219,9 @@ class Pipeline:
                 ``white_level=`` and ``iso=`` or ``K=`` as keywords), a ``RawFrame``; or a
                 list of them / a ``[B, H, W]`` array for a batch.
             ratio: exposure ratio r to brighten by (0 < r <= 10000; > 1 when steps > 1).
-            steps: network evaluations n >= 1 (1 = the one-shot baseline).
+            steps: network evaluations n >= 1 (1 = the one-shot baseline), or "auto": chosen
+                per call from the input's photon count (``engine.inference.adaptive``; a batch
+                runs at the largest count its frames need).
             K: gain in DN per photo-electron; default from the ISO and camera profile.
             iso: overrides the file's ISO. camera: profile name / JSON path for ISO -> K.
             seed: fixed seed -> repeatable noise; None -> fresh noise every call.
@@ -232,9 +239,12 @@ class Pipeline:
             raise ValueError(f"ratio must be a finite number, got {ratio!r}")
         if not 0 < ratio <= MAX_RATIO:
             raise ValueError(f"ratio must lie in (0, {MAX_RATIO:g}], got {ratio}")
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-        if steps > 1 and ratio <= 1 and schedule is None:
+        auto = steps == "auto"
+        if auto and schedule is not None:
+            raise ValueError("steps='auto' chooses the schedule itself; give an integer steps with schedule=")
+        if not auto and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+            raise ValueError(f"steps must be an integer >= 1 or 'auto', got {steps!r}")
+        if not auto and steps > 1 and ratio <= 1 and schedule is None:
             raise ValueError(f"steps > 1 needs ratio > 1 (the exposure must grow between steps), got ratio {ratio}")
 
         batched = isinstance(source, (list, tuple)) or (getattr(source, "ndim", 0) == 3)
@@ -256,7 +266,7 @@ class Pipeline:
         B = len(frames)
         ratio_t = torch.full((B,), float(ratio), dtype=torch.float32, device=dev)
         K_t = torch.tensor(gains, dtype=torch.float32, device=dev)
-        rho = exposure_schedule(ratio_t, steps, schedule)
+        rho = None if auto else exposure_schedule(ratio_t, steps, schedule)
         with nvtx.annotate("pack", color="green"):
             cfa = torch.stack([f.cfa.to(dev, non_blocking=True) for f in frames])
             black = torch.tensor([f.black_level for f in frames], dtype=torch.float32, device=dev)
@@ -265,6 +275,9 @@ class Pipeline:
                                with_photon=self.config.with_photon, concat_origin=self.config.concat_origin,
                                out_dtype=self._act_dtype)
             first = first.contiguous(memory_format=torch.channels_last)
+        if auto:  # chosen before the loop (and before any CUDA-graph capture)
+            steps = steps_for_batch(first, ratio_t, K_t, self.auto_policy, self.dn_scale) if ratio > 1 else 1
+            rho = exposure_schedule(ratio_t, steps)
         with nvtx.annotate("diffusion", color="red"), torch.inference_mode():
             estimate = self._run(first, ratio_t, K_t, rho, generator, stochastic, accumulate, self.max_tile)
         results = [EnhancedFrame(raw=estimate[i], frame=f, ratio=float(ratio), K=gains[i], steps=steps,
