@@ -110,8 +110,8 @@ def photo_scene(g: torch.Generator, patch: int = 192) -> torch.Tensor:
         x = int(side * 0.7 * rnd())
         height = int(side * (0.08 + 0.1 * rnd()))
         for c in _colour(g, int(torch.randint(4, 13, (1,), generator=g)), vivid=0.35):
-            w = int(3 + 10 * rnd())
-            hb = int(height * (0.7 + 0.3 * rnd()))
+            w = min(int(3 + 10 * rnd()), side - x)  # (clamped at the frame's edge)
+            hb = min(int(height * (0.7 + 0.3 * rnd())), y1)
             img[:, y1 - hb : y1, x : x + w] = c.view(3, 1, 1) * (0.8 + 0.2 * torch.rand(1, 1, w, generator=g))
             x += w + int(2 * rnd())
             if x >= side:

@@ -8,7 +8,7 @@
 # Every run fine-tunes the previous default model (engine/data/default_model.pt, kept in
 # git history) with the issue-14 recipe: fixed equal step weights, the local-mean
 # (brightness) term of training.objective, 3 unrolled steps (1 for the one-step twin),
-# 128^2 packed patches, batch 4, bf16 autocast, lr 2e-4 halved at 50% and /10 at 90% of
+# 96^2 packed patches, batch 4, bf16 autocast, lr 2e-4 halved at 50% and /10 at 90% of
 # 1200 steps. A run stops after MAX more optimiser steps when given; started again with the
 # same folder it resumes exactly where it stopped (checkpoints every 25 steps).
 # The dead-leaves scenes need the deadleaves package; on Python 3.11 set
@@ -38,7 +38,7 @@ render_bank('$bank', 100, 256, seed=0, progress=True)" ;;
     esac
     python -c "import torch; torch.set_num_threads(1); import sys; from training.cli import main; sys.exit(main(sys.argv[1:]))" \
       train --out "$runs/$data" "${src[@]}" --init "$init" --steps $steps --fixed-weights \
-      --mean-loss 2 --mean-pool 8 --patch 128 --batch 4 --epochs 12 --iters-per-epoch 100 --lr 2e-4 \
+      --mean-loss 2 --mean-pool 8 --patch 96 --batch 4 --epochs 12 --iters-per-epoch 100 --lr 2e-4 \
       --amp bf16 --save-every 25 --log-every 5 --device cpu -q ${max:+--max-steps $max} ;;
   *) echo "usage: $0 bank|run RUNS [DATA [MAX]]" >&2; exit 2 ;;
 esac
