@@ -29,5 +29,10 @@ setup(
     extras_require={
         "test": ["pytest>=7", "scikit-image>=0.21"],
         "cupy": ["cupy-cuda12x>=13"],
+        # issue 14's evaluation: BM3D beside the models (wavelet needs scikit-image only)
+        "baselines": ["bm3d>=4", "scikit-image>=0.21"],
+        # dead-leaves training scenes; the package declares Python >= 3.12 (on 3.11 see
+        # training/deadleaves_scenes.py, import_deadleaves)
+        "deadleaves": ["deadleaves>=1.1; python_version >= '3.12'"],
     },
 )

@@ -29,7 +29,7 @@ def test_policy_steps_and_refusals():
     assert AutoStepsPolicy.from_meta({}) == DEFAULT_POLICY
     with pytest.raises(ValueError, match="counts must hold"):
         AutoStepsPolicy((1.0,), (1, 2, 3))
-    with pytest.raises(ValueError, match="strictly decreasing"):
+    with pytest.raises(ValueError, match="non-increasing"):
         AutoStepsPolicy((1.0, 5.0), (1, 2, 3))
 
 
@@ -58,3 +58,19 @@ def test_pipeline_auto_steps_follow_the_policy():
         pipe(frame, ratio=100, steps="auto", schedule=[1, 50, 100], **common)
     with pytest.raises(ValueError, match="integer >= 1 or 'auto'"):
         pipe(frame, ratio=100, steps="many", **common)
+
+
+def test_fit_policy_picks_the_cheapest_policy_within_tolerance():
+    from training.auto_steps import fit_policy
+
+    # bright frames (many electrons): 1 step is as good as 3; dark ones gain 1 dB from 3 steps
+    e = [5.0, 8.0, 60.0, 90.0]
+    measured = {100.0: {"electrons": e, "psnr": {1: [30.0, 30.0, 40.0, 40.0], 2: [30.5, 30.5, 40.0, 40.0],
+                                                   3: [31.0, 31.0, 40.0, 40.0]}}}
+    policy, report = fit_policy(measured, (1, 2, 3), tolerance=0.05)
+    assert [policy.steps(v) for v in e] == [3, 3, 1, 1]
+    assert report[100.0]["best_fixed"] == (3, 35.5) and report[100.0]["auto"] == (35.5, 2.0)
+    # nothing cheaper qualifies when every frame gains: the policy takes 3 everywhere
+    measured[100.0]["psnr"][3] = [31.0, 31.0, 41.0, 41.0]
+    policy, _ = fit_policy(measured, (1, 2, 3))
+    assert [policy.steps(v) for v in e] == [3, 3, 3, 3]

@@ -36,7 +36,7 @@ __all__ = ["AutoStepsPolicy", "DEFAULT_POLICY", "frame_electrons", "choose_steps
 
 @dataclasses.dataclass(frozen=True)
 class AutoStepsPolicy:
-    """``thresholds`` (electrons per pixel, decreasing) and ``counts`` (one more than
+    """``thresholds`` (electrons per pixel, non-increasing; equal ones skip a count) and ``counts`` (one more than
     thresholds): a frame with ``electrons >= thresholds[j]`` (first such j) gets
     ``counts[j]`` evaluations, else ``counts[-1]``."""
 
@@ -47,8 +47,8 @@ class AutoStepsPolicy:
         t, c = tuple(float(v) for v in self.thresholds), tuple(int(v) for v in self.counts)
         if len(c) != len(t) + 1 or any(v < 1 for v in c):
             raise ValueError(f"counts must hold len(thresholds) + 1 integers >= 1, got {self.counts!r}")
-        if any(a <= b for a, b in zip(t, t[1:])) or any(v < 0 for v in t):
-            raise ValueError(f"thresholds must be >= 0 and strictly decreasing, got {self.thresholds!r}")
+        if any(a < b for a, b in zip(t, t[1:])) or any(v < 0 for v in t):
+            raise ValueError(f"thresholds must be >= 0 and non-increasing, got {self.thresholds!r}")
         object.__setattr__(self, "thresholds", t)
         object.__setattr__(self, "counts", c)
 

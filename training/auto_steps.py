@@ -1,0 +1,119 @@
+"""Calibrating ``steps="auto"`` (``engine.inference.adaptive``) for one model.
+
+On calibration scenes that are *not* the evaluation hold-out (procedural scenes of their
+own seed stream, ``training.synthetic.synthetic_holdout(seed=CALIBRATION_SEED)``), at
+several ratios and the hold-out's camera / ISO, every frame is restored at each candidate
+step count; its photo-electron count (``adaptive.frame_electrons``) and its PSNR per count
+are recorded. The policy's thresholds are then chosen by a grid search over the recorded
+electron counts: among the policies whose mean PSNR at every ratio is within ``tolerance``
+dB of the best fixed count at that ratio, the one with the fewest mean evaluations wins
+(ties: the higher PSNR). The result goes into the checkpoint's metadata (``auto_steps``),
+where ``Pipeline.from_checkpoint`` and the evaluation find it.
+
+    python -m training.auto_steps --checkpoint runs/mix/model.pt --write runs/mix/model_auto.pt
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+
+import numpy as np
+import torch
+
+from engine.inference.adaptive import AutoStepsPolicy, frame_electrons
+from engine.models.checkpoint import load_checkpoint, save_checkpoint
+
+from .holdout_eval import _model_outputs, make_noisy_holdout
+from .metrics import illuminance_correction, psnr
+
+__all__ = ["measure", "fit_policy", "CALIBRATION_SEED"]
+
+CALIBRATION_SEED = 7
+
+
+def measure(backbone, config, *, counts=(1, 2, 3), ratios=(50, 100, 200, 300), n: int = 12, patch: int = 128,
+            iso: float = 3200, camera: str = "SonyA7S2", seed: int = CALIBRATION_SEED, device="cpu") -> dict:
+    """Per ratio: ``{"electrons": [n], "psnr": {count: [n]}}`` on the calibration scenes."""
+    from .synthetic import synthetic_holdout
+
+    clean = synthetic_holdout(n, patch, seed).normalised()
+    data = make_noisy_holdout(clean, ratios, camera=camera, iso=iso, seed=seed)
+    out = {}
+    for r in data.noisy:
+        p = data.params[r]
+        rec = {"electrons": frame_electrons(data.noisy[r], p.ratio, p.K).tolist(), "psnr": {}}
+        for c in counts:
+            y, _ = _model_outputs(backbone, config, data, r, c, batch=4, seed=seed, device=device, stochastic=True)
+            rec["psnr"][c] = psnr(illuminance_correction(y, clean), clean).tolist()
+        out[r] = rec
+    return out
+
+
+def fit_policy(measured: dict, counts=(1, 2, 3), tolerance: float = 0.05) -> tuple[AutoStepsPolicy, dict]:
+    """The cheapest policy within ``tolerance`` dB of the best fixed count at every ratio.
+
+    Returns the policy and a report ``{ratio: {"best_fixed": (count, psnr), "auto": (psnr,
+    mean evaluations)}}``.
+    """
+    counts = tuple(sorted(counts))
+    electrons = sorted({e for rec in measured.values() for e in rec["electrons"]})
+    grid = [float(v) for v in np.unique(np.quantile(electrons, np.linspace(0, 1, 25)))] + [float("inf")]
+    best = None
+    for ths in itertools.combinations(sorted(grid, reverse=True), len(counts) - 1):
+        if any(a < b for a, b in zip(ths, ths[1:])):
+            continue
+        policy = AutoStepsPolicy(tuple(min(t, 1e12) for t in ths) if ths else (), counts)
+        ok, evals, score = True, [], []
+        for rec in measured.values():
+            chosen = [policy.steps(e) for e in rec["electrons"]]
+            auto = float(np.mean([rec["psnr"][c][i] for i, c in enumerate(chosen)]))
+            fixed = max(float(np.mean(v)) for v in rec["psnr"].values())
+            ok &= auto >= fixed - tolerance
+            evals.append(float(np.mean(chosen)))
+            score.append(auto)
+        if ok:
+            key = (float(np.mean(evals)), -float(np.mean(score)))
+            if best is None or key < best[0]:
+                best = (key, policy)
+    if best is None:  # nothing within tolerance: always the largest count
+        policy = AutoStepsPolicy(tuple(float("1e12") for _ in counts[:-1]), counts)
+    else:
+        policy = best[1]
+    report = {}
+    for r, rec in measured.items():
+        chosen = [policy.steps(e) for e in rec["electrons"]]
+        means = {c: float(np.mean(v)) for c, v in rec["psnr"].items()}
+        c_best = max(means, key=means.get)
+        report[r] = {"best_fixed": (c_best, means[c_best]),
+                     "auto": (float(np.mean([rec["psnr"][c][i] for i, c in enumerate(chosen)])), float(np.mean(chosen)))}
+    return policy, report
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--write", default=None, help="write the checkpoint with the calibrated policy here")
+    ap.add_argument("--counts", type=int, nargs="+", default=[1, 2, 3])
+    ap.add_argument("--ratios", type=float, nargs="+", default=[50, 100, 200, 300])
+    ap.add_argument("--n", type=int, default=12)
+    ap.add_argument("--patch", type=int, default=128)
+    ap.add_argument("--tolerance", type=float, default=0.05)
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args(argv)
+    model, config, meta = load_checkpoint(args.checkpoint)
+    measured = measure(model, config, counts=args.counts, ratios=args.ratios, n=args.n, patch=args.patch,
+                       device=args.device)
+    policy, report = fit_policy(measured, args.counts, args.tolerance)
+    print(json.dumps({"policy": policy.to_meta(), "report": {str(k): v for k, v in report.items()}}, indent=1))
+    if args.write:
+        stored = next(iter(model.state_dict().values())).dtype
+        keep = {k: v for k, v in meta.items() if k not in ("format", "stored_dtype")}
+        dtype = torch.float16 if meta.get("stored_dtype") == "float16" else stored
+        save_checkpoint(model.to(dtype), config, args.write, meta={**keep, "auto_steps": policy.to_meta()})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
