@@ -81,6 +81,12 @@ def _scores(y: torch.Tensor, gt: torch.Tensor) -> tuple[list, list]:
     return psnr(y, gt).tolist(), ssim(y, gt).tolist()
 
 
+def _bias(y: torch.Tensor, gt: torch.Tensor) -> list:
+    """Mean signed error ``mean(Y - gt)`` per image *before* the illuminance correction
+    (normalised units): the brightness drift that the correction would hide."""
+    return (y.double() - gt.double()).flatten(1).mean(1).tolist()
+
+
 def _model_outputs(backbone, config, data: NoisyHoldout, r: float, steps, *, batch: int, seed: int, device,
                    stochastic: bool):
     """Outputs ``[n, 4, p, p]`` of one model at ``steps`` (int or "auto") and the step counts used."""
@@ -121,7 +127,9 @@ def evaluate_methods(data: NoisyHoldout, models: dict, *, steps=(1, 2, 3, 5), ba
 
     Returns:
         ``{"ratios": {r: {method: {"psnr": [n], "ssim": [n], "steps": [n] (models)}}},
-        "notes": [str]}``; methods are "noisy input", the baselines and ``f"{name} {steps}"``.
+        "notes": [str]}``; methods are "noisy input", the baselines and ``f"{name} {steps}"``;
+        models (and the input) also carry "bias": the mean signed error per image before the
+        illuminance correction.
     """
     notes = []
     baselines = list(baselines)
@@ -132,7 +140,7 @@ def evaluate_methods(data: NoisyHoldout, models: dict, *, steps=(1, 2, 3, 5), ba
     for r, noisy in data.noisy.items():
         gt, p = data.clean, data.params[r]
         table = {}
-        table["noisy input"] = dict(zip(("psnr", "ssim"), _scores(noisy, gt)))
+        table["noisy input"] = {**dict(zip(("psnr", "ssim"), _scores(noisy, gt))), "bias": _bias(noisy, gt)}
         for method in baselines:
             key = f"{data.noise_model}|{data.camera}|{r:g}|{method}|{_fingerprint(noisy)}"
             if baseline_cache is not None and key in baseline_cache:
@@ -156,7 +164,7 @@ def evaluate_methods(data: NoisyHoldout, models: dict, *, steps=(1, 2, 3, 5), ba
                 y, used = _model_outputs(backbone, config, data, r, n, batch=batch, seed=seed, device=device,
                                          stochastic=stochastic)
                 ps, ss = _scores(y, gt)
-                table[f"{name} {n}"] = {"psnr": ps, "ssim": ss, "steps": used}
+                table[f"{name} {n}"] = {"psnr": ps, "ssim": ss, "steps": used, "bias": _bias(y, gt)}
         out[r] = table
     return {"ratios": out, "notes": notes}
 
@@ -173,16 +181,17 @@ def _mean(v) -> float:
 
 
 def format_results(results: dict, *, per_image: bool = True) -> str:
-    """Plain-text tables: per ratio, the means (PSNR dB / SSIM, and mean network
-    evaluations of the models) and, with ``per_image``, one PSNR column per method."""
+    """Plain-text tables: per ratio, the means (PSNR dB / SSIM, mean network evaluations
+    of the models, mean signed error before the correction) and, with ``per_image``, one PSNR column per method."""
     lines = [f"note: {n}" for n in results["notes"]]
     for r, table in results["ratios"].items():
         lines.append(f"\nx{float(r):g}: mean over {len(next(iter(table.values()))['psnr'])} images "
                      "(illuminance-corrected, packed raw)")
-        lines.append(f"{'method':<28} {'PSNR':>7} {'SSIM':>7} {'evals':>6}")
+        lines.append(f"{'method':<28} {'PSNR':>7} {'SSIM':>7} {'evals':>6} {'bias':>9}")
         for m, s in table.items():
             ev = f"{_mean(s['steps']):6.2f}" if "steps" in s else f"{'':>6}"
-            lines.append(f"{m:<28} {_mean(s['psnr']):7.2f} {_mean(s['ssim']):7.4f} {ev}")
+            bias = f"{_mean(s['bias']):+9.5f}" if "bias" in s else f"{'':>9}"
+            lines.append(f"{m:<28} {_mean(s['psnr']):7.2f} {_mean(s['ssim']):7.4f} {ev} {bias}")
         if per_image:
             methods = list(table)
             lines.append("per image PSNR: " + " | ".join(f"[{j}] {m}" for j, m in enumerate(methods)))
