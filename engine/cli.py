@@ -83,6 +83,19 @@ def enhance(args) -> int:
     return 1 if failures else 0
 
 
+def _steps(value: str):
+    """--steps: an integer >= 1 or "auto"."""
+    if value == "auto":
+        return value
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"an integer >= 1 or 'auto', got {value!r}")
+    return n
+
+
 def _workers(value: str, device) -> int:
     """--workers: a number, or "auto": decode / encode processes only beside a GPU (on a
     CPU they would take cores from the enhancement itself)."""
@@ -103,7 +116,8 @@ def add_engine_commands(sub) -> None:
     e.add_argument("--checkpoint", default=None,
                    help="model checkpoint (public {'netG': ...} format or ours; default: the shipped model)")
     e.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    e.add_argument("--steps", type=int, default=3, help="network evaluations (default 3; 1 = one-shot)")
+    e.add_argument("--steps", type=_steps, default=3,
+                   help="network evaluations (default 3; 1 = one-shot; auto: per file, engine.inference.adaptive)")
     e.add_argument("--camera", default=None, help="camera profile for ISO -> gain (shipped name or JSON path)")
     e.add_argument("--iso", type=float, default=None, help="override the files' ISO")
     e.add_argument("--K", type=float, default=None, help="system gain in DN per photo-electron (overrides ISO)")

@@ -74,3 +74,15 @@ def test_fit_policy_picks_the_cheapest_policy_within_tolerance():
     measured[100.0]["psnr"][3] = [31.0, 31.0, 41.0, 41.0]
     policy, _ = fit_policy(measured, (1, 2, 3))
     assert [policy.steps(v) for v in e] == [3, 3, 3, 3]
+
+
+def test_enhance_command_takes_steps_auto(tmp_path):
+    from engine.cli import main as cli_main
+    from tests.dngfactory import make_bayer_dng
+
+    make_bayer_dng(tmp_path / "a.dng", height=64, width=64, iso=3200)
+    assert cli_main(["enhance", str(tmp_path / "a.dng"), "--ratio", "100", "--steps", "auto", "-o",
+                     str(tmp_path / "out"), "--device", "cpu", "-q"]) == 0
+    assert (tmp_path / "out" / "a.png").is_file()
+    with pytest.raises(SystemExit):
+        cli_main(["enhance", str(tmp_path / "a.dng"), "--ratio", "100", "--steps", "0"])
