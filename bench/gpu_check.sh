@@ -7,6 +7,10 @@
 #   OUT=/somewhere bash bench/gpu_check.sh
 #   bash bench/gpu_check.sh cuda bench   # only some parts: cuda (tests/test_cuda.py),
 #                                        # suite (every test), bench (the main job)
+#   BANK=deadleaves_bank_256.npy TRAIN_SECONDS=420 bash bench/gpu_check.sh train
+#                                        # issue 14's training call (not in the default parts):
+#                                        # training/recipes/gpu_train.py from the shipped model,
+#                                        # model_fp16.pt (<= 16 MB) + last.pt + logs in $OUT/train
 #
 # On a machine where the package cannot be pip-installed (no network), put the
 # repository on PYTHONPATH and carry the missing wheels (rawpy, nvtx): NOTES.md,
@@ -48,6 +52,12 @@ fi
 # 3. the main job: 12 MP default on CUDA, every stage against its baseline
 if [[ $parts == *" bench "* ]]; then
   "$PY" bench/throughput.py --json "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log" || status=1
+fi
+
+# 4. issue 14: one timed training call from the shipped model (only when asked for)
+if [[ $parts == *" train "* ]]; then
+  "$PY" training/recipes/gpu_train.py --out "$OUT/train" --seconds "${TRAIN_SECONDS:-420}" \
+    --init engine/data/default_model.pt ${BANK:+--bank "$BANK"} 2>&1 | tee "$OUT/train.log" || status=1
 fi
 
 echo "gpu_check: exit status $status (logs in $OUT)"
