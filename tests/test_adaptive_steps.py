@@ -74,6 +74,10 @@ def test_fit_policy_picks_the_cheapest_policy_within_tolerance():
     measured[100.0]["psnr"][3] = [31.0, 31.0, 41.0, 41.0]
     policy, _ = fit_policy(measured, (1, 2, 3))
     assert [policy.steps(v) for v in e] == [3, 3, 3, 3]
+    # the drifting case: 3 steps worst for bright frames, 2 best for dark ones: 2 then 1
+    measured[100.0]["psnr"] = {1: [30.0, 30.0, 40.0, 40.0], 2: [30.6, 30.6, 39.8, 39.8], 3: [30.4, 30.4, 39.0, 39.0]}
+    policy, report = fit_policy(measured, (1, 2, 3))
+    assert [policy.steps(v) for v in e] == [2, 2, 1, 1] and report[100.0]["auto"] == (35.3, 1.5)
 
 
 def test_enhance_command_takes_steps_auto(tmp_path):
