@@ -130,3 +130,11 @@ def test_the_default_holdout_is_pinned():
 
     raw = photo_holdout(16, 192, seed=0).raw
     assert hashlib.sha1(raw.numpy().tobytes()).hexdigest() == "215b5ca8284e8167c880f97a9ffac83b47e77d9c"
+
+
+def test_skimage_photographs_as_evaluation_scenes():
+    x = holdout_clean("skimage", 6, 64)
+    assert x.shape == (6, 4, 64, 64) and torch.equal(x, holdout_clean("skimage", 6, 64))
+    assert torch.all(x.mean((1, 2, 3)) > 0.015) and torch.all(x.mean((1, 2, 3)) < 0.25)
+    with pytest.raises(ValueError, match="smaller than"):
+        holdout_clean("skimage", 2, 200)

@@ -1,7 +1,8 @@
 """Calibrating ``steps="auto"`` (``engine.inference.adaptive``) for one model.
 
-On calibration scenes that are *not* the evaluation hold-out (procedural scenes of their
-own seed stream, ``training.synthetic.synthetic_holdout(seed=CALIBRATION_SEED)``), at
+On calibration scenes that are *not* the evaluation hold-out (a validation split: the
+photograph-like generator of ``training.holdout`` with its own seed, ``CALIBRATION_SEED``
+= 7, where the hold-out is seed 0; or procedural scenes), at
 several ratios and the hold-out's camera / ISO, every frame is restored at each candidate
 step count; its photo-electron count (``adaptive.frame_electrons``) and its PSNR per count
 are recorded. The policy's thresholds are then chosen by a grid search over the recorded
@@ -26,7 +27,7 @@ import torch
 from engine.inference.adaptive import AutoStepsPolicy, frame_electrons
 from engine.models.checkpoint import load_checkpoint, save_checkpoint
 
-from .holdout_eval import _model_outputs, make_noisy_holdout
+from .holdout_eval import _model_outputs, holdout_clean, make_noisy_holdout
 from .metrics import illuminance_correction, psnr
 
 __all__ = ["measure", "fit_policy", "CALIBRATION_SEED"]
@@ -35,11 +36,12 @@ CALIBRATION_SEED = 7
 
 
 def measure(backbone, config, *, counts=(1, 2, 3), ratios=(50, 100, 200, 300), n: int = 12, patch: int = 128,
-            iso: float = 3200, camera: str = "SonyA7S2", seed: int = CALIBRATION_SEED, device="cpu") -> dict:
+            iso: float = 3200, camera: str = "SonyA7S2", seed: int = CALIBRATION_SEED, scenes: str = "photo",
+            device="cpu") -> dict:
     """Per ratio: ``{"electrons": [n], "psnr": {count: [n]}}`` on the calibration scenes."""
-    from .synthetic import synthetic_holdout
-
-    clean = synthetic_holdout(n, patch, seed).normalised()
+    if seed == 0 and scenes == "photo":
+        raise ValueError("seed 0 of the photo scenes is the evaluation hold-out: calibrate on another seed")
+    clean = holdout_clean(scenes, n, patch, seed)
     data = make_noisy_holdout(clean, ratios, camera=camera, iso=iso, seed=seed)
     out = {}
     for r in data.noisy:
@@ -96,6 +98,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ratios", type=float, nargs="+", default=[50, 100, 200, 300])
     ap.add_argument("--n", type=int, default=12)
     ap.add_argument("--patch", type=int, default=128)
+    ap.add_argument("--scenes", default="photo", choices=("photo", "procedural"))
+    ap.add_argument("--seed", type=int, default=CALIBRATION_SEED)
     ap.add_argument("--tolerance", type=float, default=0.05)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--measured", default=None,
@@ -108,7 +112,7 @@ def main(argv=None) -> int:
                     for r, v in raw.items()}
     else:
         measured = measure(model, config, counts=args.counts, ratios=args.ratios, n=args.n, patch=args.patch,
-                           device=args.device)
+                           scenes=args.scenes, seed=args.seed, device=args.device)
         if args.measured:
             with open(args.measured, "w") as f:
                 json.dump({str(r): v for r, v in measured.items()}, f)

@@ -215,8 +215,9 @@ def add_training_commands(sub) -> None:
     e.add_argument("--ratios", type=float, nargs="+", default=[100, 300])
     e.add_argument("--steps", nargs="+", default=["1", "2", "3", "5"],
                    help="step counts of each model (integers, or 'auto': engine.inference.adaptive)")
-    e.add_argument("--scenes", default="photo", choices=("photo", "procedural"),
-                   help="hold-out scenes: photograph-like (training.holdout) or procedural")
+    e.add_argument("--scenes", default="photo", choices=("photo", "procedural", "skimage"),
+                   help="hold-out scenes: photograph-like (training.holdout), procedural, or scikit-image's "
+                        "photographs unprocessed to raw (at most 6; evaluation only)")
     e.add_argument("--holdout", type=int, default=16, help="hold-out scenes")
     e.add_argument("--patch", type=int, default=192, help="hold-out scene side (packed pixels)")
     e.add_argument("--seed", type=int, default=0, help="seed of the hold-out scenes and their noise")

@@ -28,9 +28,42 @@ from .metrics import illuminance_correction, psnr, ssim
 __all__ = ["NoisyHoldout", "make_noisy_holdout", "evaluate_methods", "format_results", "holdout_clean"]
 
 
+SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "stereo_motorcycle", "hubble_deep_field")
+
+
+def skimage_photos(n: int, patch: int, seed: int = 0) -> torch.Tensor:
+    """scikit-image's bundled *photographs* unprocessed to raw: evaluation material only
+    (nothing in this project trains or tunes on them). The centre ``2 patch`` square of each
+    (up to ``n`` of ``SKIMAGE_PHOTOS``; the stereo pair's left view) goes through
+    ``training.synthetic.srgb_to_packed_raw`` (inverse sRGB curve, Sony A7S II matrix,
+    white balance drawn per image) and is scaled to a mean raw value log-uniform in
+    [0.02, 0.2] (drawn per image from ``seed``); float32 ``[n, 4, patch, patch]``."""
+    import skimage.data
+
+    from .patches import sample_rng
+    from .synthetic import random_wb_gains, srgb_to_packed_raw
+
+    out = []
+    for i, name in enumerate(SKIMAGE_PHOTOS[:n]):
+        img = getattr(skimage.data, name)()
+        img = img[0] if isinstance(img, tuple) else img
+        side = 2 * patch
+        if min(img.shape[:2]) < side:
+            raise ValueError(f"skimage.data.{name} is smaller than {side} pixels: use a smaller patch")
+        top, left = (img.shape[0] - side) // 2, (img.shape[1] - side) // 2
+        rng = sample_rng(seed, 208, i)
+        x = srgb_to_packed_raw(img[top : top + side, left : left + side], wb_gains=random_wb_gains(rng))
+        mean = float(np.exp(rng.uniform(np.log(0.02), np.log(0.2))))
+        out.append((x * (mean / x.mean().clamp_min(1e-6))).clamp(0, 1))
+    return torch.stack(out)
+
+
 def holdout_clean(kind: str, n: int, patch: int, seed: int = 0) -> torch.Tensor:
     """Clean hold-out scenes, float32 ``[n, 4, patch, patch]``: ``kind`` "photo"
-    (``training.holdout``, the default) or "procedural" (``training.synthetic_holdout``)."""
+    (``training.holdout``, the default), "procedural" (``training.synthetic_holdout``) or
+    "skimage" (scikit-image's photographs, at most 6; evaluation only: :func:`skimage_photos`)."""
+    if kind == "skimage":
+        return skimage_photos(n, patch, seed)
     if kind == "photo":
         from .holdout import photo_holdout
 
@@ -39,7 +72,7 @@ def holdout_clean(kind: str, n: int, patch: int, seed: int = 0) -> torch.Tensor:
         from .synthetic import synthetic_holdout
 
         return synthetic_holdout(n, patch, seed).normalised()
-    raise ValueError(f"hold-out kind must be 'photo' or 'procedural', got {kind!r}")
+    raise ValueError(f"hold-out kind must be 'photo', 'procedural' or 'skimage', got {kind!r}")
 
 
 @dataclasses.dataclass
