@@ -4,6 +4,8 @@
 #   bash training/recipes/issue14.sh bank RUNS            # render the dead-leaves bank (once)
 #   bash training/recipes/issue14.sh run RUNS DATA [MAX]  # train (or resume) RUNS/DATA; DATA in
 #                                                         # procedural | deadleaves | mix | onestep-mix
+#   bash training/recipes/issue14.sh eval RUNS CKPT [evaluate options]   # photo hold-out, BM3D cached
+#   bash training/recipes/issue14.sh auto RUNS CKPT OUT   # calibrate steps="auto" into OUT
 #
 # Every run fine-tunes the previous default model (engine/data/default_model.pt, kept in
 # git history) with the issue-14 recipe: fixed equal step weights, the local-mean
@@ -40,5 +42,10 @@ render_bank('$bank', 100, 256, seed=0, progress=True)" ;;
       train --out "$runs/$data" "${src[@]}" --init "$init" --steps $steps --fixed-weights \
       --mean-loss 2 --mean-pool 8 --patch 96 --batch 4 --epochs 12 --iters-per-epoch 100 --lr 2e-4 \
       --amp bf16 --save-every 25 --log-every 5 --device cpu -q ${max:+--max-steps $max} ;;
-  *) echo "usage: $0 bank|run RUNS [DATA [MAX]]" >&2; exit 2 ;;
+  eval)
+    ckpt=$3; shift 3
+    python -m training evaluate --checkpoint "$ckpt" --device cpu --baseline-cache "$runs/baselines_photo16x192.json" "$@" ;;
+  auto)
+    python -m training.auto_steps --checkpoint "$3" --write "$4" --measured "$4.measured.json" ;;
+  *) echo "usage: $0 bank|run|eval|auto RUNS ..." >&2; exit 2 ;;
 esac
