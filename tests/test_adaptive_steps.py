@@ -3,28 +3,31 @@ import pytest
 import torch
 
 from engine import BackboneConfig, Pipeline
-from engine.inference.adaptive import (DEFAULT_POLICY, AutoStepsPolicy, choose_steps, frame_electrons,
-                                       steps_for_batch)
+from engine.inference.adaptive import DEFAULT_POLICY, AutoStepsPolicy, choose_steps, input_psnr, steps_for_batch
 from kernels._common import DEFAULT_DN_SCALE
 
 
-def test_frame_electrons_of_a_flat_frame():
+def test_input_psnr_of_a_flat_frame():
     a_t = torch.full((2, 4, 32, 32), 0.05)
     ratio, K = torch.tensor([100.0, 300.0]), torch.tensor([2.0, 1.0])
-    e = frame_electrons(a_t, ratio, K)
-    torch.testing.assert_close(e, 0.05 * DEFAULT_DN_SCALE / (ratio * K))
+    p = input_psnr(a_t, ratio, K)
+    torch.testing.assert_close(p, -10 * torch.log10(0.05 * ratio.double() * K.double() / DEFAULT_DN_SCALE))
 
 
-def test_frame_electrons_ignore_a_few_highlights():
-    a_t = torch.full((1, 4, 64, 64), 0.01)
-    a_t[..., :8, :8] = 1.0  # a lamp: 1.6% of the frame
-    e = frame_electrons(a_t, torch.tensor([100.0]), torch.tensor([1.0]))
-    assert float(e) == pytest.approx(0.01 * DEFAULT_DN_SCALE / 100)
+def test_input_psnr_is_the_psnr_of_shot_noise():
+    """A Poisson frame at the expected level: its measured PSNR agrees within 0.1 dB."""
+    g = torch.Generator().manual_seed(0)
+    ratio, K, x = 100.0, 2.0, 0.05
+    photons = torch.poisson(torch.full((1, 4, 128, 128), x * DEFAULT_DN_SCALE / (ratio * K)), generator=g)
+    a_t = photons * ratio * K / DEFAULT_DN_SCALE
+    measured = -10 * torch.log10(((a_t - x) ** 2).mean()).item()
+    assert abs(float(input_psnr(a_t, ratio, K)) - measured) < 0.1
 
 
 def test_policy_steps_and_refusals():
     p = AutoStepsPolicy((40.0, 12.0), (1, 2, 3))
     assert [p.steps(e) for e in (100, 40, 39.9, 12, 11.9, 0)] == [1, 1, 2, 2, 3, 3]
+    assert AutoStepsPolicy((30.0, 30.0), (1, 2, 3)).steps(29.0) == 3  # equal thresholds skip a count
     assert AutoStepsPolicy.from_meta({"auto_steps": p.to_meta()}) == p
     assert AutoStepsPolicy.from_meta({}) == DEFAULT_POLICY
     with pytest.raises(ValueError, match="counts must hold"):
@@ -33,21 +36,23 @@ def test_policy_steps_and_refusals():
         AutoStepsPolicy((1.0, 5.0), (1, 2, 3))
 
 
-def test_brighter_frames_need_no_more_steps():
-    ratio, K = torch.tensor([100.0] * 5), torch.tensor([1.0] * 5)  # 155.8 electrons per unit level
-    levels = torch.tensor([0.001, 0.01, 0.05, 0.1, 0.5]).view(5, 1, 1, 1)
-    counts = choose_steps(levels.expand(5, 4, 16, 16), ratio, K)
-    assert counts == sorted(counts, reverse=True) and counts[0] > counts[-1]
-    assert steps_for_batch(levels.expand(5, 4, 16, 16), ratio, K) == counts[0]
+def test_noisier_frames_need_no_fewer_steps():
+    """Higher ratio, gain or level: more noise in the amplified units: at least as many steps."""
+    ratio, K = torch.tensor([20.0, 100.0, 100.0, 300.0, 300.0]), torch.tensor([0.5, 1.0, 3.0, 3.0, 6.0])
+    a_t = torch.full((5, 4, 16, 16), 0.05)
+    counts = choose_steps(a_t, ratio, K)
+    assert counts == sorted(counts) and counts[0] < counts[-1]
+    assert steps_for_batch(a_t, ratio, K) == counts[-1]
 
 
 def test_pipeline_auto_steps_follow_the_policy():
     torch.manual_seed(0)
     cfg = BackboneConfig(options={"widths": (8, 8, 16, 16, 16)})
     pipe = Pipeline(cfg.build(), cfg, device="cpu", precision="fp32")
-    pipe.auto_policy = AutoStepsPolicy((40.0, 12.0), (1, 2, 4))
+    pipe.auto_policy = AutoStepsPolicy((30.0, 25.0), (1, 2, 4))
     common = dict(pattern="RGGB", black_level=512, white_level=16383, K=1.0, seed=0)
-    for dn, expected in ((512 + 60, 1), (512 + 20, 2), (512 + 2, 4)):  # electrons = DN over black / K
+    # input PSNR at ratio 100, K 1: -10 log10(DN over black * 100 / 15871 * 100 / 15583)
+    for dn, expected in ((512 + 10, 1), (512 + 40, 2), (512 + 200, 4)):
         frame = torch.full((64, 64), dn, dtype=torch.int32).to(torch.uint16).numpy()
         out = pipe(frame, ratio=100, steps="auto", **common)
         assert out.steps == expected and len(out.schedule) == expected + 1
@@ -63,9 +68,9 @@ def test_pipeline_auto_steps_follow_the_policy():
 def test_fit_policy_picks_the_cheapest_policy_within_tolerance():
     from training.auto_steps import fit_policy
 
-    # bright frames (many electrons): 1 step is as good as 3; dark ones gain 1 dB from 3 steps
-    e = [5.0, 8.0, 60.0, 90.0]
-    measured = {100.0: {"electrons": e, "psnr": {1: [30.0, 30.0, 40.0, 40.0], 2: [30.5, 30.5, 40.0, 40.0],
+    # clean inputs (high input PSNR): 1 step is as good as 3; noisy ones gain 1 dB from 3 steps
+    e = [25.0, 27.0, 35.0, 38.0]
+    measured = {100.0: {"input_psnr": e, "psnr": {1: [30.0, 30.0, 40.0, 40.0], 2: [30.5, 30.5, 40.0, 40.0],
                                                    3: [31.0, 31.0, 40.0, 40.0]}}}
     policy, report = fit_policy(measured, (1, 2, 3), tolerance=0.05)
     assert [policy.steps(v) for v in e] == [3, 3, 1, 1]

@@ -4,9 +4,9 @@ On calibration scenes that are *not* the evaluation hold-out (a validation split
 photograph-like generator of ``training.holdout`` with its own seed, ``CALIBRATION_SEED``
 = 7, where the hold-out is seed 0; or procedural scenes), at
 several ratios and the hold-out's camera / ISO, every frame is restored at each candidate
-step count; its photo-electron count (``adaptive.frame_electrons``) and its PSNR per count
+step count; its expected input PSNR (``adaptive.input_psnr``) and its PSNR per count
 are recorded. The policy's thresholds are then chosen by a grid search over the recorded
-electron counts: among the policies whose mean PSNR at every ratio is within ``tolerance``
+input PSNRs: among the policies whose mean PSNR at every ratio is within ``tolerance``
 dB of the best fixed count at that ratio, the one with the fewest mean evaluations wins
 (ties: the higher PSNR); when none is, the one with the smallest worst-case shortfall. The result goes into the checkpoint's metadata (``auto_steps``),
 where ``Pipeline.from_checkpoint`` and the evaluation find it.
@@ -24,7 +24,7 @@ import sys
 import numpy as np
 import torch
 
-from engine.inference.adaptive import AutoStepsPolicy, frame_electrons
+from engine.inference.adaptive import AutoStepsPolicy, input_psnr
 from engine.models.checkpoint import load_checkpoint, save_checkpoint
 
 from .holdout_eval import _model_outputs, holdout_clean, make_noisy_holdout
@@ -38,7 +38,7 @@ CALIBRATION_SEED = 7
 def measure(backbone, config, *, counts=(1, 2, 3), ratios=(50, 100, 200, 300), n: int = 12, patch: int = 128,
             iso: float = 3200, camera: str = "SonyA7S2", seed: int = CALIBRATION_SEED, scenes: str = "photo",
             device="cpu") -> dict:
-    """Per ratio: ``{"electrons": [n], "psnr": {count: [n]}}`` on the calibration scenes."""
+    """Per ratio: ``{"input_psnr": [n], "psnr": {count: [n]}}`` on the calibration scenes."""
     if seed == 0 and scenes == "photo":
         raise ValueError("seed 0 of the photo scenes is the evaluation hold-out: calibrate on another seed")
     clean = holdout_clean(scenes, n, patch, seed)
@@ -46,7 +46,7 @@ def measure(backbone, config, *, counts=(1, 2, 3), ratios=(50, 100, 200, 300), n
     out = {}
     for r in data.noisy:
         p = data.params[r]
-        rec = {"electrons": frame_electrons(data.noisy[r], p.ratio, p.K).tolist(), "psnr": {}}
+        rec = {"input_psnr": input_psnr(data.noisy[r], p.ratio, p.K).tolist(), "psnr": {}}
         for c in counts:
             y, _ = _model_outputs(backbone, config, data, r, c, batch=4, seed=seed, device=device, stochastic=True)
             rec["psnr"][c] = psnr(illuminance_correction(y, clean), clean).tolist()
@@ -62,14 +62,14 @@ def fit_policy(measured: dict, counts=(1, 2, 3), tolerance: float = 0.05) -> tup
     mean evaluations)}}``.
     """
     counts = tuple(sorted(counts))
-    electrons = sorted({e for rec in measured.values() for e in rec["electrons"]})
-    grid = [float(v) for v in np.unique(np.quantile(electrons, np.linspace(0, 1, 25)))] + [1e12]
+    values = sorted({e for rec in measured.values() for e in rec["input_psnr"]})
+    grid = [float(v) for v in np.unique(np.quantile(values, np.linspace(0, 1, 30)))] + [1e12]
     best = None
     for ths in itertools.combinations_with_replacement(sorted(grid, reverse=True), len(counts) - 1):
         policy = AutoStepsPolicy(ths, counts)
         deficit, evals, score = 0.0, [], []
         for rec in measured.values():
-            chosen = [policy.steps(e) for e in rec["electrons"]]
+            chosen = [policy.steps(e) for e in rec["input_psnr"]]
             auto = float(np.mean([rec["psnr"][c][i] for i, c in enumerate(chosen)]))
             fixed = max(float(np.mean(v)) for v in rec["psnr"].values())
             deficit = max(deficit, fixed - auto)
@@ -82,7 +82,7 @@ def fit_policy(measured: dict, counts=(1, 2, 3), tolerance: float = 0.05) -> tup
     policy = best[1]
     report = {}
     for r, rec in measured.items():
-        chosen = [policy.steps(e) for e in rec["electrons"]]
+        chosen = [policy.steps(e) for e in rec["input_psnr"]]
         means = {c: float(np.mean(v)) for c, v in rec["psnr"].items()}
         c_best = max(means, key=means.get)
         report[r] = {"best_fixed": (c_best, means[c_best]),
@@ -108,7 +108,7 @@ def main(argv=None) -> int:
     model, config, meta = load_checkpoint(args.checkpoint)
     if args.measured and os.path.isfile(args.measured):
         raw = json.loads(open(args.measured).read())
-        measured = {float(r): {"electrons": v["electrons"], "psnr": {int(c): p for c, p in v["psnr"].items()}}
+        measured = {float(r): {"input_psnr": v["input_psnr"], "psnr": {int(c): p for c, p in v["psnr"].items()}}
                     for r, v in raw.items()}
     else:
         measured = measure(model, config, counts=args.counts, ratios=args.ratios, n=args.n, patch=args.patch,
