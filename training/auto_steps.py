@@ -102,6 +102,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=CALIBRATION_SEED)
     ap.add_argument("--tolerance", type=float, default=0.05)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--fp16", action="store_true", help="store the written weights as float16 (the shipped format)")
     ap.add_argument("--measured", default=None,
                     help="JSON of the measurements: read if it exists (no network runs), else written")
     args = ap.parse_args(argv)
@@ -121,7 +122,7 @@ def main(argv=None) -> int:
     if args.write:
         stored = next(iter(model.state_dict().values())).dtype
         keep = {k: v for k, v in meta.items() if k not in ("format", "stored_dtype")}
-        dtype = torch.float16 if meta.get("stored_dtype") == "float16" else stored
+        dtype = torch.float16 if args.fp16 or meta.get("stored_dtype") == "float16" else stored
         save_checkpoint(model.to(dtype), config, args.write, meta={**keep, "auto_steps": policy.to_meta()})
     return 0
 

@@ -5,7 +5,7 @@
 #   bash training/recipes/issue14.sh run RUNS DATA [MAX]  # train (or resume) RUNS/DATA; DATA in
 #                                                         # procedural | deadleaves | mix | onestep-mix
 #   bash training/recipes/issue14.sh eval RUNS CKPT [evaluate options]   # photo hold-out, BM3D cached
-#   bash training/recipes/issue14.sh auto RUNS CKPT OUT   # calibrate steps="auto" into OUT
+#   bash training/recipes/issue14.sh auto RUNS CKPT OUT   # calibrate steps="auto" into OUT (fp16)
 #
 # Every run fine-tunes the previous default model (engine/data/default_model.pt, kept in
 # git history) with the issue-14 recipe: fixed equal step weights, the local-mean
@@ -46,6 +46,6 @@ render_bank('$bank', 100, 256, seed=0, progress=True)" ;;
     ckpt=$3; shift 3
     python -m training evaluate --checkpoint "$ckpt" --device cpu --baseline-cache "$runs/baselines_photo16x192.json" "$@" ;;
   auto)
-    python -m training.auto_steps --checkpoint "$3" --write "$4" --measured "$4.measured.json" ;;
+    python -m training.auto_steps --checkpoint "$3" --write "$4" --measured "$4.measured.json" --fp16 ;;
   *) echo "usage: $0 bank|run|eval|auto RUNS ..." >&2; exit 2 ;;
 esac
