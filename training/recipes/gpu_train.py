@@ -10,9 +10,10 @@
    Scene ``i`` is a pure function of ``(--seed, i)``.
 2. The production ``training.Trainer`` (device synthesis, unrolled steps, exact resume) runs
    the issue-14 recipe (fixed equal step weights, the local-mean term, 3 steps, bf16) from
-   ``--init`` on random crops... of the pool (flips and transposes on the device), until
-   ``--seconds`` of wall time or ``--total-steps``; the learning rate halves at 50% and drops
-   to 1/10 at 90% of ``--total-steps``.
+   ``--init`` on the pool (flips and transposes on the device), until
+   ``--seconds`` of wall time (the pool's time included) or ``--total-steps``; the learning
+   rate halves at 50% and drops to 1/10 at 90% of ``--total-steps`` (default: as many steps
+   as the budget allows, from a 20-step speed probe, so the schedule completes in the call).
 3. ``<out>/model_fp16.pt`` (the engine's format, weights stored as float16, ~15.5 MB: small
    enough to come back through the device tool) and ``<out>/last.pt`` (full state; resumes)
    are written, with ``log.jsonl`` and ``summary.json`` (steps, seconds, ms per step).
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -89,14 +91,16 @@ def render_pool(n: int, patch: int, seed: int, bank: str | None, workers: int) -
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--seconds", type=float, default=420, help="wall-clock budget of the training loop")
+    ap.add_argument("--seconds", type=float, default=420,
+                    help="wall-clock budget from the start (pool, probe and training; saving comes after)")
     ap.add_argument("--init", default=None, help="engine checkpoint to start from")
     ap.add_argument("--bank", default=None, help="dead-leaves bank (.npy); none: procedural scenes only")
     ap.add_argument("--scenes", type=int, default=4000, help="clean scenes in the pool")
     ap.add_argument("--patch", type=int, default=256)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--total-steps", type=int, default=6000, help="length of the LR schedule")
+    ap.add_argument("--total-steps", type=int, default=0,
+                    help="length of the LR schedule; 0: as many steps as --seconds allow, from a 20-step speed probe")
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--mean-loss", type=float, default=2.0)
     ap.add_argument("--amp", default="bf16", choices=("bf16", "fp16", "none"))
@@ -112,17 +116,39 @@ def main(argv=None) -> int:
     t_pool = time.time() - t_start
     print(f"pool: {len(raw)} scenes of {args.patch}^2 in {t_pool:.1f} s", file=sys.stderr, flush=True)
 
-    iters = max(1, args.total_steps // 10)
-    cfg = TrainConfig(steps=args.steps, learnable_weights=False, mean_weight=args.mean_loss, mean_pool=8,
-                      init=args.init, patch=args.patch, batch=args.batch, epochs=10, iters_per_epoch=iters,
-                      lr=args.lr, amp=None if args.amp == "none" else args.amp, seed=args.seed, save_every=500,
-                      log_every=50)
+    def config(total: int) -> TrainConfig:
+        return TrainConfig(steps=args.steps, learnable_weights=False, mean_weight=args.mean_loss, mean_pool=8,
+                           init=args.init, patch=args.patch, batch=args.batch, epochs=10,
+                           iters_per_epoch=max(1, total // 10), lr=args.lr,
+                           amp=None if args.amp == "none" else args.amp, seed=args.seed, save_every=500, log_every=50)
+
+    total_steps = args.total_steps
+    if total_steps <= 0 and not (out / "last.pt").is_file():  # a resumed run keeps its schedule
+        probe = Trainer(config(1000), PoolPatches(raw), out / "probe", device=args.device, progress=False)
+        order = probe._epoch_order(0)
+        probe.train_step(order)  # warm-up (allocations, autotuning)
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t = time.time()
+        for _ in range(20):
+            probe.train_step(order)
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        per_step = (time.time() - t) / 20
+        total_steps = max(10, int(0.95 * (args.seconds - (time.time() - t_start)) / per_step))
+        print(f"probe: {1000 * per_step:.1f} ms per step -> {total_steps} steps", file=sys.stderr, flush=True)
+        del probe
+        shutil.rmtree(out / "probe", ignore_errors=True)
+    elif total_steps <= 0:
+        total_steps = torch.load(out / "last.pt", weights_only=True)["config"]["iters_per_epoch"] * 10
+    cfg = config(total_steps)
+    iters = cfg.iters_per_epoch
     trainer = Trainer(cfg, PoolPatches(raw), out, device=args.device, progress=False)
     resumed = trainer.resume()
     trainer.model.train()
     total = cfg.epochs * iters
     t0, first, order, order_epoch, last = time.time(), trainer.global_step, None, None, {}
-    while trainer.global_step < total and time.time() - t0 < args.seconds:
+    while trainer.global_step < total and time.time() - t_start < args.seconds:
         if order_epoch != trainer.epoch:
             order, order_epoch = trainer._epoch_order(trainer.epoch), trainer.epoch
         last = trainer.train_step(order)
