@@ -73,7 +73,10 @@ class AutoStepsPolicy:
         return self.counts[-1]
 
 
-DEFAULT_POLICY = AutoStepsPolicy()
+# The shipped default model's calibration (python -m training.auto_steps --checkpoint
+# engine/data/default_model.pt: photograph-like scenes of seed 7, counts 1/2/3, 2026-11-30);
+# checkpoints that carry their own (meta["auto_steps"]) use theirs.
+DEFAULT_POLICY = AutoStepsPolicy((27.68, 23.19), (1, 2, 3))
 
 
 def input_psnr(a_t: torch.Tensor, ratio: torch.Tensor, K: torch.Tensor,
