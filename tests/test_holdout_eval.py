@@ -138,3 +138,13 @@ def test_skimage_photographs_as_evaluation_scenes():
     assert torch.all(x.mean((1, 2, 3)) > 0.015) and torch.all(x.mean((1, 2, 3)) < 0.25)
     with pytest.raises(ValueError, match="smaller than"):
         holdout_clean("skimage", 2, 200)
+
+
+def test_auto_steps_use_the_models_own_policy():
+    from engine.inference.adaptive import AutoStepsPolicy
+
+    data = make_noisy_holdout(holdout_clean("photo", 2, 32), [100], iso=3200)
+    (net, cfg), = _tiny_models().values()
+    always = {"one": (net, cfg, AutoStepsPolicy((-1e9, -1e9), (1, 2, 3))), "three": (net, cfg, AutoStepsPolicy((1e9, 1e9), (1, 2, 3)))}
+    res = evaluate_methods(data, always, steps=("auto",), baselines=())
+    assert res["ratios"][100.0]["one auto"]["steps"] == [1, 1] and res["ratios"][100.0]["three auto"]["steps"] == [3, 3]

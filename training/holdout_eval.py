@@ -121,10 +121,12 @@ def _bias(y: torch.Tensor, gt: torch.Tensor) -> list:
 
 
 def _model_outputs(backbone, config, data: NoisyHoldout, r: float, steps, *, batch: int, seed: int, device,
-                   stochastic: bool):
-    """Outputs ``[n, 4, p, p]`` of one model at ``steps`` (int or "auto") and the step counts used."""
-    from engine.inference.adaptive import choose_steps
+                   stochastic: bool, policy=None):
+    """Outputs ``[n, 4, p, p]`` of one model at ``steps`` (int or "auto": with ``policy``,
+    default ``adaptive.DEFAULT_POLICY``) and the step counts used."""
+    from engine.inference.adaptive import DEFAULT_POLICY, choose_steps
 
+    policy = policy or DEFAULT_POLICY
     p, noisy = data.params[r], data.noisy[r]
     gen = torch.Generator().manual_seed(seed * 1000 + int(r) + 500)
     outs, used = [], []
@@ -134,7 +136,7 @@ def _model_outputs(backbone, config, data: NoisyHoldout, r: float, steps, *, bat
         parts = [a_t] + ([a_t / (ratio * K).view(-1, 1, 1, 1)] if config.with_photon else []) + \
                 ([a_t] if config.concat_origin else [])
         first = torch.cat(parts, 1)
-        counts = [steps] * a_t.shape[0] if steps != "auto" else choose_steps(a_t, ratio, K)
+        counts = [steps] * a_t.shape[0] if steps != "auto" else choose_steps(a_t, ratio, K, policy)
         y = torch.empty_like(a_t)
         for n in sorted(set(counts)):  # frames with the same count run together
             idx = [i for i, c in enumerate(counts) if c == n]
@@ -150,8 +152,8 @@ def evaluate_methods(data: NoisyHoldout, models: dict, *, steps=(1, 2, 3, 5), ba
     """Scores of every method on ``data``.
 
     Args:
-        models: ``{name: (backbone, BackboneConfig)}``; each runs at every entry of ``steps``
-            (ints, or "auto").
+        models: ``{name: (backbone, BackboneConfig[, AutoStepsPolicy])}``; each runs at every
+            entry of ``steps`` (ints, or "auto" with the model's policy, default ``DEFAULT_POLICY``).
         baselines: classical methods to include ("wavelet", "bm3d"); BM3D is skipped with a
             note when the package is missing.
         baseline_cache: optional dict (e.g. loaded from JSON) of baseline scores keyed by
@@ -189,13 +191,13 @@ def evaluate_methods(data: NoisyHoldout, models: dict, *, steps=(1, 2, 3, 5), ba
             table[method] = dict(zip(("psnr", "ssim"), _scores(torch.stack(ys), gt)))
             if baseline_cache is not None:
                 baseline_cache[key] = table[method]
-        for name, (backbone, config) in models.items():
+        for name, (backbone, config, *policy) in models.items():
             backbone = backbone.to(device).eval()
             for n in steps:
                 if progress:
                     progress(f"x{r:g}: {name}, {n} steps")
                 y, used = _model_outputs(backbone, config, data, r, n, batch=batch, seed=seed, device=device,
-                                         stochastic=stochastic)
+                                         stochastic=stochastic, policy=policy[0] if policy else None)
                 ps, ss = _scores(y, gt)
                 table[f"{name} {n}"] = {"psnr": ps, "ssim": ss, "steps": used, "bias": _bias(y, gt)}
         out[r] = table
@@ -235,11 +237,13 @@ def format_results(results: dict, *, per_image: bool = True) -> str:
 
 
 def load_models(paths_and_names) -> dict:
-    """``[(name, checkpoint path)]`` -> ``{name: (backbone, config)}`` (engine checkpoints)."""
+    """``[(name, checkpoint path)]`` -> ``{name: (backbone, config, auto-steps policy)}``
+    (engine checkpoints; the policy from the checkpoint's metadata, else the default)."""
+    from engine.inference.adaptive import AutoStepsPolicy
     from engine.models.checkpoint import load_checkpoint
 
     models = {}
     for name, path in paths_and_names:
-        model, config, _ = load_checkpoint(path)
-        models[name] = (model, config)
+        model, config, meta = load_checkpoint(path)
+        models[name] = (model, config, AutoStepsPolicy.from_meta(meta))
     return models
