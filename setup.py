@@ -41,5 +41,10 @@ setup(
         # the torch build in use (e.g. pip install torch==X torchvision==Y from the same index);
         # without it JPEGs are encoded by Pillow in the writer processes.
         "gpu-jpeg": ["torchvision>=0.19"],
+        # issue 14's evaluation: BM3D beside the models (wavelet needs scikit-image only)
+        "baselines": ["bm3d>=4", "scikit-image>=0.21"],
+        # dead-leaves training scenes; the package declares Python >= 3.12 (on 3.11 see
+        # training/deadleaves_scenes.py, import_deadleaves)
+        "deadleaves": ["deadleaves>=1.1; python_version >= '3.12'"],
     },
 )

@@ -21,6 +21,9 @@
 #       training bench/throughput.py's training-step stage alone (the data share of a step)
 #       folder   issue 13: the file-to-file stage alone (every output format, GPU busy share),
 #                the encoders at 12 MP, enhance under torchrun (bench/folder_check.sh)
+#       train    issue 14's training call (not in the default parts): training/recipes/gpu_train.py
+#                from the shipped model for TRAIN_SECONDS (default 420; BANK=deadleaves_bank_256.npy),
+#                model_fp16.pt (<= 16 MB) + last.pt + logs in $OUT/train
 #
 # Time limits in seconds (env): CUDA_S=120 KERNELS_S=200 SUITE_S=570 BENCH_S=430 TRAINING_S=150 FOLDER_S=400
 # (the first H200 run: test_cuda 9 s, the kernel suites 143 s, before the fused UNet's tests and first-use
@@ -89,7 +92,10 @@ for part in $parts; do
     training) run training "${TRAINING_S:-150}" training.log "$PY" bench/throughput.py $BENCH_ARGS \
                 --skip engine,backbone,kernels,synthesis,batch --json "$OUT/training.json" ;;
     folder) run folder "${FOLDER_S:-400}" folder.log bash bench/folder_check.sh "$OUT" ;;
-    *) echo "gpu_check: unknown part '$part' (cuda, kernels, suite, bench, training, folder)"; status=2 ;;
+    # shellcheck disable=SC2086  # BANK adds two words when set
+    train) run train "$((${TRAIN_SECONDS:-420} + 120))" train.log "$PY" training/recipes/gpu_train.py --out "$OUT/train" \
+             --seconds "${TRAIN_SECONDS:-420}" --init engine/data/default_model.pt ${BANK:+--bank "$BANK"} ;;
+    *) echo "gpu_check: unknown part '$part' (cuda, kernels, suite, bench, training, folder, train)"; status=2 ;;
   esac
 done
 

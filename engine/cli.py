@@ -210,7 +210,7 @@ def _batch(value: str, device) -> int:
 def add_engine_commands(sub) -> None:
     """Register the engine's subcommands (``enhance``, ``calibrate``) on an argparse
     subparsers object."""
-    from engine.argtypes import camera_arg, device_arg, integer_arg, real_arg
+    from engine.argtypes import camera_arg, device_arg, integer_arg, real_arg, steps_or_auto_arg
     from engine.calibration.cli import add_calibrate_command
     from engine.camera import K_RANGE
     from engine.inference.loop import SIZE_MULTIPLE
@@ -230,8 +230,9 @@ def add_engine_commands(sub) -> None:
     e.add_argument("--devices", type=_devices_arg, default=None,
                    help="several devices, one process each, the files shared out between them "
                         "(e.g. cuda:0,cuda:1; or start the same command under torchrun --nproc_per_node N)")
-    e.add_argument("--steps", type=integer_arg(1, MAX_STEPS), default=3,
-                   help=f"network evaluations, 1..{MAX_STEPS} (default 3; 1 = one-shot)")
+    e.add_argument("--steps", type=steps_or_auto_arg(MAX_STEPS), default=3,
+                   help=f"network evaluations, 1..{MAX_STEPS} (default 3; 1 = one-shot), or auto: per file from its "
+                        "expected quality (engine.inference.adaptive)")
     e.add_argument("--camera", default=None, type=camera_arg,
                    help="camera profile for ISO -> gain (shipped name or JSON path)")
     e.add_argument("--iso", type=real_arg(0, low_open=True), default=None, help="override the files' ISO (> 0)")

@@ -84,7 +84,9 @@ class TrainConfig:
     Noise: ``noise_model`` ("P+g", "P+G+r+u", ...), ``cameras`` (profile names/paths;
     None = all shipped), ``K_range`` ((lo, hi) or "camera"), ``ratio_range`` or the
     ``continuous`` range (SPEC §3). Schedule: ``steps`` unrolled evaluations, step weights
-    ``learnable_weights``. Optimiser: Adam ``lr`` (betas 0.9, 0.999) multiplied by
+    ``learnable_weights``; ``mean_weight`` / ``mean_pool``: the local-mean (brightness) term
+    of ``training.objective`` (0: SPEC §4 as written). ``init``: an engine checkpoint whose
+    weights start the run (fine-tuning; ignored when resuming, which loads ``last.pt``). Optimiser: Adam ``lr`` (betas 0.9, 0.999) multiplied by
     ``lr_factors`` after the epoch fractions ``lr_milestones`` (SPEC §4: halved at
     epoch 150 and 1e-5 from epoch 270 of 300). ``batch`` is the global batch.
     """
@@ -97,6 +99,9 @@ class TrainConfig:
     steps: int = 3
     learnable_weights: bool = True
     accumulate_form: bool = False
+    mean_weight: float = 0.0
+    mean_pool: int = 8
+    init: str | None = None
     noise_model: str = "P+G+r+u"
     cameras: tuple | None = None
     K_range: tuple | str = (0.1, 30.0)
@@ -202,7 +207,15 @@ class Trainer:
         self.iters_per_epoch = cfg.iters_per_epoch or max(1, len(dataset) // cfg.batch)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.backbone_config = cfg.backbone_config()
-        self.model = self.backbone_config.build().to(self.device).to(memory_format=torch.channels_last)
+        self.model = self.backbone_config.build()
+        if cfg.init:
+            from engine.models.checkpoint import load_checkpoint
+
+            init_model, init_config, _ = load_checkpoint(cfg.init)
+            if init_config != self.backbone_config:
+                raise ValueError(f"init checkpoint {cfg.init} has options {init_config}, the run {self.backbone_config}")
+            self.model.load_state_dict(init_model.state_dict())
+        self.model = self.model.to(self.device).to(memory_format=torch.channels_last)
         self.weights = StepWeights(cfg.steps, learnable=cfg.learnable_weights).to(self.device)
         params = list(self.model.parameters()) + ([self.weights.raw] if cfg.learnable_weights else [])
         self.optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999))
@@ -388,7 +401,7 @@ class Trainer:
         with value_checks_disabled(), autocast:
             return unrolled_loss(self.net, x.first, x.clean, ratio=x.ratio, K=x.K, rho=x.rho, weights=self.weights(),
                                  with_photon=cfg.with_photon, concat_origin=cfg.concat_origin, generator=x.generator,
-                                 accumulate=cfg.accumulate_form)
+                                 accumulate=cfg.accumulate_form, mean_weight=cfg.mean_weight, mean_pool=cfg.mean_pool)
 
     def train_step(self, order: torch.Tensor) -> dict:
         """One optimiser step over the global batch; returns the logged values."""

@@ -156,7 +156,6 @@ class _Run:
         self.stats = stats
         stats.update(decode_wait_s=0.0, enhance_s=0.0, write_wait_s=0.0, groups=0)
         self.spans: list = []  # (start, end) CUDA events of each group
-        self.provenance = Provenance(float(call.get("ratio", 0)), int(call.get("steps", 3)))
         self.cuda = torch.device(pipe.device).type == "cuda"
         self.jpeg_on_device = (options.format == "jpeg" and options.jpeg_on_device is not False
                                and device_jpeg_available(pipe.device))
@@ -259,17 +258,17 @@ class _Run:
         """(i, what a writer needs, CUDA event or None) per frame, made on the device."""
         opts = self.options
         if opts.format == "dng":
-            return [(i, ("dng", _fields(e.frame, mosaic_dn(e.raw, e.frame).cpu().numpy()), self.provenance), None)
+            return [(i, ("dng", _fields(e.frame, mosaic_dn(e.raw, e.frame).cpu().numpy()), _provenance(e)), None)
                     for i, e in zip(indices, enhanced)]
         images = [srgb_image(e.raw, e.frame, opts.sample_dtype) for e in enhanced]
         if self.jpeg_on_device:
             jpegs = encode_jpeg_on_device(images, opts.quality)
-            return [(i, ("bytes", jpeg_with_exif(data, pillow_exif(exif_tags(e.frame, self.provenance)))), None)
+            return [(i, ("bytes", jpeg_with_exif(data, pillow_exif(exif_tags(e.frame, _provenance(e))))), None)
                     for i, e, data in zip(indices, enhanced, jpegs)]
         out = []
         for i, e, img in zip(indices, enhanced, images):
             host, event = _to_host(img)
-            out.append((i, ("image", host, exif_tags(e.frame, self.provenance)), event))
+            out.append((i, ("image", host, exif_tags(e.frame, _provenance(e))), event))
         return out
 
 
@@ -301,6 +300,11 @@ def _to_host(img: torch.Tensor):
     event = torch.cuda.Event()
     event.record()
     return host, event
+
+
+def _provenance(enhanced) -> Provenance:
+    """What made this output: its own ratio and step count (with steps="auto" each frame's)."""
+    return Provenance(enhanced.ratio, enhanced.steps)
 
 
 # ------------------------------------------------------------------ worker side
