@@ -32,7 +32,8 @@ setup(
     ],
     entry_points={"console_scripts": ["exposure-diffusion=training.cli:main"]},
     extras_require={
-        "test": ["pytest>=7", "scikit-image>=0.21"],
+        # bm3d: the evaluation's classical baseline is tested too (tests/test_holdout_eval.py)
+        "test": ["pytest>=7", "scikit-image>=0.21", "bm3d>=4"],
         # CuPy ships one wheel per CUDA major version: pick the one of your driver's CUDA.
         "cupy12": ["cupy-cuda12x>=13"],
         "cupy13": ["cupy-cuda13x>=13.6"],
