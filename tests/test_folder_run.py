@@ -10,25 +10,21 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import torch
 
-from engine import BackboneConfig, Pipeline
 from engine.cli import input_paths, main
 from engine.inference.batch import enhance_files
 from engine.io.output import OutputOptions
 from tests.dngfactory import make_bayer_dng, random_bytes_file
 
+from .helpers import small_cpu_pipeline
 from .test_cli import small_checkpoint
 
-SMALL = {"widths": (8, 8, 16, 16, 16)}
 REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def pipe():
-    torch.manual_seed(0)
-    cfg = BackboneConfig(options=SMALL)
-    return Pipeline(cfg.build(), cfg, device="cpu", precision="fp32")
+    return small_cpu_pipeline()
 
 
 @pytest.fixture(scope="module")
