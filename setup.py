@@ -13,9 +13,11 @@ setup(
                   "engine": ["data/*.pt", "data/*.md"]},
     include_package_data=True,
     install_requires=[
-        # Any torch >= 2.3; on a CPU-only machine install the CPU build first
-        # (`pip install torch==2.13.0` here) so pip does not fetch a CUDA build.
-        "torch>=2.3",
+        # The oldest torch the suite has run on is 2.11 (2.11.0 in a CPU venv, issue #12;
+        # 2.11.0+cu130 on the first GPU run); CI runs 2.13.0. README says the same. On a
+        # CPU-only machine install the CPU build first (`pip install torch==2.13.0` here)
+        # so pip does not fetch a CUDA build.
+        "torch>=2.11",
         "triton>=3.3",
         "numpy>=1.24",
         "rawpy>=0.19",
@@ -23,11 +25,27 @@ setup(
         "tqdm>=4.60",
         "tifffile>=2023.1",
         "pillow>=9",
+        # PNG encoding (8- and 16-bit, libpng; Pillow writes no 16-bit RGB PNG) and the
+        # fast default settings; tifffile also uses it for deflate when present.
+        "imagecodecs>=2024.1",
         "scipy>=1.10",  # camera calibration (Tukey-lambda PPCC fits)
     ],
     entry_points={"console_scripts": ["exposure-diffusion=training.cli:main"]},
     extras_require={
-        "test": ["pytest>=7", "scikit-image>=0.21"],
-        "cupy": ["cupy-cuda12x>=13"],
+        # bm3d: the evaluation's classical baseline is tested too (tests/test_holdout_eval.py)
+        "test": ["pytest>=7", "scikit-image>=0.21", "bm3d>=4"],
+        # CuPy ships one wheel per CUDA major version: pick the one of your driver's CUDA.
+        "cupy12": ["cupy-cuda12x>=13"],
+        "cupy13": ["cupy-cuda13x>=13.6"],
+        # JPEG encoded on the GPU (nvJPEG through torchvision.io.encode_jpeg). Optional: a
+        # torchvision wheel is built for one torch version, so it must be installed to match
+        # the torch build in use (e.g. pip install torch==X torchvision==Y from the same index);
+        # without it JPEGs are encoded by Pillow in the writer processes.
+        "gpu-jpeg": ["torchvision>=0.19"],
+        # issue 14's evaluation: BM3D beside the models (wavelet needs scikit-image only)
+        "baselines": ["bm3d>=4", "scikit-image>=0.21"],
+        # dead-leaves training scenes; the package declares Python >= 3.12 (on 3.11 see
+        # training/deadleaves_scenes.py, import_deadleaves)
+        "deadleaves": ["deadleaves>=1.1; python_version >= '3.12'"],
     },
 )

@@ -43,6 +43,8 @@ CAMERA = "SonyA7S2"
 DEFAULT_ISO = 3200
 DEFAULT_RATIO = 100.0
 LONG_EXPOSURE_S = 10.0  # the reference exposure; the file's exposure time is this / ratio
+# The rest of the capture metadata a camera writes (EXIF), carried into every output.
+CAPTURE = dict(lens="FE 35mm F1.8", f_number=1.8, focal_length=35.0, capture_time="2026:11:30 21:15:42", orientation=1)
 # Sony ILCE-7SM2 XYZ(D65) -> camera RGB (Adobe DNG Converter / dcraw adobe_coeff, /10000).
 SONY_A7S2_COLOR_MATRIX = np.array([[5838, -1430, -246], [-3497, 11477, 2297], [-748, 1885, 5778]]) / 10000.0
 
@@ -184,22 +186,26 @@ def short_exposure_cfa(clean: torch.Tensor, *, ratio: float = DEFAULT_RATIO, iso
     return cfa.numpy().astype(np.uint16)
 
 
-def write_cfa_dng(path, cfa: np.ndarray, *, ratio: float = DEFAULT_RATIO, iso: float = DEFAULT_ISO) -> Path:
+def write_cfa_dng(path, cfa: np.ndarray, *, ratio: float = DEFAULT_RATIO, iso: float = DEFAULT_ISO,
+                  **capture) -> Path:
     """Write a scene mosaic as a Sony-A7S-II-like DNG (atomic; the bench's own scratch file,
-    replaced when it exists)."""
+    replaced when it exists). ``capture``: more of ``write_dng``'s metadata (lens,
+    f_number, focal_length, capture_time, orientation), default ``CAPTURE``."""
     return write_dng(path, cfa, pattern=PATTERN, black_level=BLACK_LEVEL, white_level=WHITE_LEVEL,
                      color_matrix=SONY_A7S2_COLOR_MATRIX, as_shot_neutral=tuple(camera_neutral()),
-                     iso=iso, exposure_time=LONG_EXPOSURE_S / ratio, make=MAKE, model=MODEL, overwrite=True)
+                     iso=iso, exposure_time=LONG_EXPOSURE_S / ratio, make=MAKE, model=MODEL, overwrite=True,
+                     **{**CAPTURE, **capture})
 
 
 def write_scene_dng(path, height: int, width: int, *, ratio: float = DEFAULT_RATIO, iso: float = DEFAULT_ISO,
-                    seed: int = 0, noise_seed: int = 0) -> Path:
+                    seed: int = 0, noise_seed: int = 0, **capture) -> Path:
     """Render the scene at ``height x width`` Bayer sites (even, >= 22) and write its
-    noisy short exposure (darkened by ``ratio``) as a DNG; returns the path."""
+    noisy short exposure (darkened by ``ratio``) as a DNG; returns the path. ``capture``
+    as for ``write_cfa_dng``."""
     _check_size(height, width)
     clean = clean_packed(render_scene(height, width, seed))
     return write_cfa_dng(path, short_exposure_cfa(clean, ratio=ratio, iso=iso, noise_seed=noise_seed),
-                         ratio=ratio, iso=iso)
+                         ratio=ratio, iso=iso, **capture)
 
 
 def write_scene_files(folder, count: int, height: int, width: int, *, ratio: float = DEFAULT_RATIO,

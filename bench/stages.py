@@ -1,14 +1,13 @@
 """The measured stages of the main job (bench/throughput.py): the engine end to end
 against the eager fp32 baseline, the backbone alone (CUDA), the device copy bandwidth,
 each fused kernel against its PyTorch reference, noise synthesis against the per-sample
-numpy path, and the file-to-file batch (with its worker-process functions). Each stage
-takes a ``Context`` and returns a JSON-ready dict (or list of dicts).
+numpy path (the file-to-file batch is in ``bench/batch_stage.py``). Each stage takes a
+``Context`` and returns a JSON-ready dict (or list of dicts).
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
-import os
 import time
 from pathlib import Path
 
@@ -17,12 +16,10 @@ import torch
 
 import kernels
 from bench.baseline import EagerLoop, numpy_eld_synthesis
-from bench.scene import DEFAULT_ISO, write_scene_files
 from bench.timing import Progress, device_time_ms, free, psnr, time_fn, time_interleaved
 import engine.inference.pipeline
 from engine import BackboneConfig, Pipeline, read_raw
 from engine.models.backbones import count_macs, unet_macs
-from engine.inference.batch import enhance_files, worker_pool
 from engine.camera import resolve_gain
 
 
@@ -273,56 +270,3 @@ def bench_synthesis(ctx: Context, batch: int, size: int) -> dict:
             "numpy_cpu_share_of_one_core": cpu_share,
             "ours_time": t_ours, "ours_Melem_per_s": our_rate / 1e6, "speedup": our_rate / np_rate,
             "speedup_vs_single_core_numpy": our_rate / np_rate}
-
-
-# ---------------------------------------------------------------- file-to-file batch
-def _warm_worker(_) -> int:
-    """Imports what the workers need (a spawned process starts bare) and holds the worker briefly."""
-    import engine.inference.batch  # noqa: F401
-    from PIL import Image  # noqa: F401
-    time.sleep(0.3)
-    return os.getpid()
-
-
-def bench_batch(ctx: Context, workdir: Path, count: int, H: int, W: int, workers: int, repeats: int) -> dict:
-    """A folder of DNGs -> PNGs through ``engine.inference.batch.enhance_files``: one after the other,
-    against decode / write in worker processes overlapped with the device work; same
-    Pipeline, same seeds, same outputs. The two modes alternate ``repeats`` times; worker
-    start-up is excluded (the pools are started and warmed first)."""
-    dev, p = ctx.device, ctx.progress
-    p.note(f"writing {count} DNG files of {H}x{W}")
-    files = write_scene_files(workdir / "batch_in", count, H, W, ratio=ctx.ratio, iso=DEFAULT_ISO)
-    name, opts = engine_configs(dev)[0]
-    pipe = Pipeline(copy.deepcopy(ctx.net), ctx.cfg, device=dev, **opts)
-    kw = dict(ratio=ctx.ratio, steps=ctx.steps)
-    p.note("batch warm-up")
-    pipe(str(files[0]), seed=0, **kw)  # shape warm-up (and CUDA graph capture) excluded
-    seq_dir, ovl_dir = workdir / "batch_out_sequential", workdir / "batch_out_overlapped"
-    seq_dir.mkdir(parents=True, exist_ok=True)
-    ovl_dir.mkdir(parents=True, exist_ok=True)
-
-    def run(out_dir, workers, pools=None):
-        # the product path: engine.inference.batch.enhance_files, as `exposure-diffusion enhance --workers N` runs it
-        results = enhance_files(pipe, files, [out_dir / (f.stem + ".png") for f in files], fmt="png",
-                                workers=workers, pools=pools, overwrite=True, seed=0, **kw)  # every repeat rewrites
-        errors = [r.error for r in results if r.error is not None]
-        if errors:
-            raise RuntimeError(f"batch: {len(errors)} file(s) failed: {errors[0]}")
-
-    with worker_pool(workers) as decoders, worker_pool(workers) as writers:  # as the product starts them
-        p.note("batch: starting worker processes")
-        warm = [pool.submit(_warm_worker, i) for pool in (decoders, writers) for i in range(workers)]
-        for w in warm:
-            w.result()
-        times = time_interleaved({"sequential": lambda: run(seq_dir, 0),
-                                  "overlapped": lambda: run(ovl_dir, workers, (decoders, writers))},
-                                 dev, repeats, 0, p, " batch")
-    identical = all((seq_dir / (f.stem + ".png")).read_bytes() == (ovl_dir / (f.stem + ".png")).read_bytes() for f in files)
-    del pipe
-    free(dev)
-    t_seq, t_ovl = times["sequential"]["median_ms"] / 1e3, times["overlapped"]["median_ms"] / 1e3
-    return {"files": count, "frame": [H, W], "engine": name, "workers_decode": workers, "workers_write": workers,
-            "sequential": times["sequential"], "overlapped": times["overlapped"],
-            "sequential_s": t_seq, "overlapped_s": t_ovl, "sequential_files_per_s": count / t_seq,
-            "overlapped_files_per_s": count / t_ovl, "speedup": t_seq / t_ovl, "outputs_identical": identical,
-            "output_format": "png"}

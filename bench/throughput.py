@@ -46,9 +46,13 @@ and the same weights:
   device) against the same step fed by a CPU DataLoader doing the numpy synthesis in
   worker processes; ms per step, speedup, and the share of the step spent on data
   (issue #4's target on a GPU: under 5%). CUDA: 8 x 512^2 patches; CPU: 2 x 128^2.
-- a file-to-file batch over a folder of DNGs (written PNGs): decoding in worker processes
-  and PNG encoding in writer processes, overlapped with the device work, against the same
-  files done one after the other by the same Pipeline; files/s and speedup.
+- a file-to-file batch over a folder of DNGs (``bench/batch_stage.py``): PNG written one
+  file after the other against decoding in worker processes and encoding in writer
+  processes overlapped with the device work (same Pipeline, same bytes); then each output
+  format (PNG, JPEG (nvJPEG on CUDA when torchvision works), TIFF, DNG) overlapped: files/s,
+  bytes per file, where the main process waited, and on CUDA the GPU's busy share (NVML,
+  sampled) and the device span of the groups (CUDA events); on a CPU also the PNG batch
+  shared by 2 CPU processes (``enhance --devices cpu,cpu``). Targets of issue #13.
 
 Timing: warm-up runs are excluded (CUDA: ``--warmup`` runs in the timed mode, default 2,
 which also captures the CUDA graphs; CPU: default 0 extra, because the deterministic
@@ -64,8 +68,8 @@ defined for the full run). A table is printed at the end; JSON goes atomically t
 the table, its traceback on stderr and in the JSON) while the other stages still run,
 and the exit status is then 1.
 
-Default sizes. CUDA: the 12 MP frame (2848 x 4256 Bayer sites), 10 repeats, 8 batch files
-of 12 MP. CPU: 1424 x 2128 (3 MP, a quarter of 12 MP, same aspect), 3 repeats, 6 batch
+Default sizes. CUDA: the 12 MP frame (2848 x 4256 Bayer sites), 10 repeats, 16 batch files
+of 12 MP (batch 4, (cores - 1) // 2 decoder and writer processes each). CPU: 1424 x 2128 (3 MP, a quarter of 12 MP, same aspect), 3 repeats, 6 batch
 files of 768 x 1152. The CPU default is smaller because one 12 MP frame with 3 steps of
 the full UNet is ~1.7 TMAC: on a 2-core CPU that is ~45 s per frame for the eager fp32
 baseline, and the engine stage runs 18 frames (baseline, fp32 and bf16 engine: one
@@ -93,7 +97,8 @@ sys.path.insert(0, str(BENCH_DIR.parent))
 from bench.report import FULL, device_name, git_commit, report, targets, write_json  # noqa: E402
 from bench.scene import DEFAULT_ISO, DEFAULT_RATIO, write_scene_dng  # noqa: E402
 from bench.backbone_stage import COMPILE_MODES, bench_backbone  # noqa: E402
-from bench.stages import (Context, bench_batch, bench_engine, bench_kernels, bench_synthesis,  # noqa: E402
+from bench.batch_stage import bench_batch  # noqa: E402
+from bench.stages import (Context, bench_engine, bench_kernels, bench_synthesis,  # noqa: E402
                           copy_bandwidth, cpu_has_bf16)
 from bench.timing import Progress  # noqa: E402
 from bench.training_stage import bench_training, training_sizes  # noqa: E402
@@ -123,10 +128,15 @@ def parse_args(argv):
     ap.add_argument("--repeats", type=integer_arg(1), help="timed runs per figure (CUDA 10, CPU 3, --quick 1)")
     ap.add_argument("--warmup", type=integer_arg(0), help="extra warm-up runs per figure (CUDA 2, CPU 0: see the docstring)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes, one repeat: a smoke run")
-    ap.add_argument("--batch-files", type=integer_arg(1), help="files in the file-to-file batch (CUDA 8, CPU 6, --quick 4)")
+    ap.add_argument("--batch-files", type=integer_arg(1), help="files in the file-to-file batch (CUDA 16, CPU 6, --quick 4)")
     ap.add_argument("--batch-height", type=integer_arg(32), help="batch frame height (CUDA: the frame's; CPU 768; --quick 96)")
     ap.add_argument("--batch-width", type=integer_arg(32), help="batch frame width (CUDA: the frame's; CPU 1152; --quick 128)")
-    ap.add_argument("--workers", type=integer_arg(1), help="decode and write processes each (default: cores / 4, 1 to 4)")
+    ap.add_argument("--workers", type=integer_arg(1),
+                    help="decode and write processes each (default: CUDA (cores - 1) // 2 as enhance --workers auto; "
+                         "CPU 1)")
+    ap.add_argument("--batch", type=integer_arg(1), help="same-size frames per device call in the file batch (CUDA 4, CPU 1)")
+    ap.add_argument("--ranks", type=integer_arg(0), default=None,
+                    help="CPU: also run the PNG file batch shared between this many processes (default 2; 0: no)")
     ap.add_argument("--checkpoint", help="weights to use (default: the shipped default model when it exists, "
                                          "else a random-init default UNet, see --seed)")
     ap.add_argument("--random-weights", action="store_true", help="random-init default UNet even when a default model is shipped")
@@ -165,8 +175,10 @@ def parse_args(argv):
             ap.error(f"{name} must be even and >= 32 Bayer sites, got {v}")
     args.repeats = args.repeats if args.repeats is not None else (1 if args.quick else (10 if cuda else 3))
     args.warmup = args.warmup if args.warmup is not None else (2 if cuda else 0)
-    args.batch_files = args.batch_files if args.batch_files is not None else (4 if args.quick else (8 if cuda else 6))
-    args.workers = args.workers or max(1, min(4, (os.cpu_count() or 1) // 4))
+    args.batch_files = args.batch_files if args.batch_files is not None else (4 if args.quick else (16 if cuda else 6))
+    args.workers = args.workers or (max(1, ((os.cpu_count() or 2) - 1) // 2) if cuda else 1)
+    args.batch = args.batch or (4 if cuda else 1)
+    args.ranks = (0 if (cuda or args.quick) else 2) if args.ranks is None else args.ranks
     if args.repeats < 1 or args.warmup < 0 or args.batch_files < 1 or args.steps < 1:
         ap.error("--repeats, --batch-files and --steps must be >= 1, --warmup >= 0")
     if args.steps > 1 and args.ratio <= 1:
@@ -249,7 +261,7 @@ def main(argv=None) -> int:
             stage("training", lambda: bench_training(ctx, amp=amp, **sizes))
         if "batch" in stages:
             stage("batch", lambda: bench_batch(ctx, workdir, args.batch_files, bh, bw, args.workers,
-                                               min(args.repeats, 2)))
+                                               min(args.repeats, 2), batch=args.batch, ranks=args.ranks))
     finally:
         progress.close()
         if not args.keep:

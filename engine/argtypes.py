@@ -35,6 +35,22 @@ def integer_arg(low: int | None = None, high: int | None = None, *, multiple: in
     return parse
 
 
+def steps_or_auto_arg(high: int) -> Callable[[str], int | str]:
+    """A step count in [1, high], or ``auto`` (``engine.inference.adaptive`` chooses)."""
+    count = integer_arg(1, high)
+
+    def parse(text: str) -> int | str:
+        if text.strip() == "auto":
+            return "auto"
+        try:
+            return count(text)
+        except argparse.ArgumentTypeError as e:
+            raise argparse.ArgumentTypeError(f"{e} (or 'auto')") from None
+
+    parse.__name__ = "steps"
+    return parse
+
+
 def real_arg(low: float | None = None, high: float | None = None, *, low_open: bool = False,
              what: str = "") -> Callable[[str], float]:
     """A finite number in [low, high] (``low_open``: low itself excluded)."""

@@ -13,26 +13,23 @@ Outputs are named by ``engine.io.paths.output_names`` (distinct for every input)
 any work the command refuses (exit 2) a file listed twice, an output that would replace
 an input, and outputs that already exist unless ``--overwrite`` (replace them) or
 ``--skip-existing`` (enhance only the others: a run started again finishes what is left;
-outputs are written atomically, so an existing one is complete).
+outputs are written atomically, so an existing one is complete), and an output folder it
+cannot write into. The files come from the command line, standard input (``-``) or list
+files (``@list.txt``); under torchrun or with ``--devices`` each process takes its share
+(``engine.inference.shard``) and rank 0 prints the one summary, which lists every failed
+file.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from tqdm import tqdm
 
 from engine.io.paths import OutputPathError, check_inputs_distinct, output_names, plan_outputs
-
-
-def _device(value: str) -> str:
-    if value == "auto":
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return value
 
 
 def _workers_arg(value: str) -> str:
@@ -41,80 +38,201 @@ def _workers_arg(value: str) -> str:
     raise argparse.ArgumentTypeError(f"expected 'auto' or a number >= 0, got {value!r}")
 
 
-def enhance(args) -> int:
-    from engine.inference.pipeline import Pipeline
+def _batch_arg(value: str) -> str:
+    if value == "auto" or (value.isdigit() and int(value) >= 1):
+        return value
+    raise argparse.ArgumentTypeError(f"expected 'auto' or a number >= 1, got {value!r}")
 
-    files = [Path(f) for f in args.files]
-    out_dir = Path(args.output)
-    if out_dir.exists() and not out_dir.is_dir():
-        print(f"error: output {out_dir} exists and is not a folder", file=sys.stderr)
-        return 2
+
+def _quality_arg(value: str) -> int:
+    if value.isdigit() and 1 <= int(value) <= 100:
+        return int(value)
+    raise argparse.ArgumentTypeError(f"expected a JPEG quality 1..100, got {value!r}")
+
+
+def _devices_arg(value: str) -> list[str]:
+    devices = [d.strip() for d in value.split(",") if d.strip()]
+    if not devices:
+        raise argparse.ArgumentTypeError("expected devices separated by commas, e.g. cuda:0,cuda:1")
+    return devices
+
+
+def input_paths(args: list[str], stdin=None) -> list[Path]:
+    """The files named on the command line: paths, ``-`` (one path per line on standard
+    input) and ``@list.txt`` (one path per line in that file); empty lines are ignored."""
+    out: list[Path] = []
+    for a in args:
+        if a == "-":
+            lines = (stdin or sys.stdin).read().splitlines()
+        elif a.startswith("@") and len(a) > 1:
+            try:
+                lines = Path(a[1:]).read_text(encoding="utf-8").splitlines()
+            except OSError as e:
+                raise OutputPathError(f"cannot read the list of files {a[1:]}: {e.strerror or e}") from None
+        else:
+            lines = [a]
+        out += [Path(line) for line in lines if line.strip()]
+    return out
+
+
+def _check_writable(folder: Path) -> None:
+    """Refuse, before any work, an output folder this process cannot create files in."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", suffix=".tmp", dir=folder)
+    except OSError as e:
+        raise OutputPathError(f"cannot write into the output folder {folder}: {e.strerror or e}") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def enhance(args) -> int:
+    from engine.io.output import OutputOptions
+
     try:  # every refusal before the model is loaded or a folder made
+        files = input_paths(args.files)
+        if not files:
+            raise OutputPathError("no input files (an empty list?)")
+        out_dir = Path(args.output)
+        if out_dir.exists() and not out_dir.is_dir():
+            raise OutputPathError(f"output {out_dir} exists and is not a folder")
+        options = OutputOptions(format=args.format, bits=args.bits, quality=args.quality,
+                                compression=args.compression,
+                                jpeg_on_device={"auto": None, "gpu": True, "cpu": False}[args.jpeg_encoder])
         check_inputs_distinct(files)
-        outputs = output_names(files, out_dir, "." + args.format)
+        outputs = output_names(files, out_dir, options.extension)
         todo = plan_outputs(files, outputs, overwrite=args.overwrite, skip_existing=args.skip_existing)
-    except (OutputPathError, FileExistsError) as e:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _check_writable(out_dir)
+    except (OutputPathError, FileExistsError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    skipped = len(files) - len(todo)
-    if skipped and not args.quiet:
-        print(f"skipping {skipped} file(s) whose output exists (--skip-existing)", file=sys.stderr)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        pipe = Pipeline.from_checkpoint(args.checkpoint, device=_device(args.device), camera=args.camera,
-                                        max_tile=args.max_tile, backbone_path=args.backbone)
-    except (ValueError, OSError) as e:
-        print(f"error: cannot load the model: {e}", file=sys.stderr)
-        return 2
+    if args.devices:
+        from engine.inference.shard import run_ranks
+
+        return run_ranks(len(args.devices), _enhance_rank, args, files, outputs, options)
+    return _enhance_rank(args, files, outputs, options, todo)
+
+
+def _enhance_rank(args, files, outputs, options, todo=None) -> int:
+    """This process's share of the files (all of them with one process; see
+    ``engine.inference.shard``), then one summary from rank 0."""
+    from engine.inference import shard
     from engine.inference.batch import enhance_files
+    from engine.inference.pipeline import Pipeline
 
-    workers = _workers(args.workers, pipe.device)
-    bar = tqdm(total=len(todo), desc="enhance", unit="file", disable=args.quiet)
+    rank = shard.current_rank()
+    shard.join(rank)
+    try:
+        if todo is None:  # under torchrun each rank plans itself; the barrier keeps writes after every plan
+            try:
+                todo = plan_outputs(files, outputs, overwrite=args.overwrite, skip_existing=args.skip_existing)
+            except (OutputPathError, FileExistsError) as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
+        shard.barrier(rank)
+        skipped = len(files) - len(todo)
+        if skipped and not args.quiet and rank.rank == 0:
+            print(f"skipping {skipped} file(s) whose output exists (--skip-existing)", file=sys.stderr)
+        mine = shard.shard(todo, rank)
+        results, trouble = [], None
+        try:
+            device = shard.rank_device(rank, args.device, args.devices)
+            if device.type == "cpu" and rank.local_world > 1:
+                import torch
 
-    def report(result) -> None:
-        bar.update(1)
-        bar.set_postfix_str(result.source.name)
-        if result.error is not None:
-            tqdm.write(f"FAILED {result.source}: {result.error}", file=sys.stderr)
+                torch.set_num_threads(shard.cpu_threads(rank))
+            pipe = Pipeline.from_checkpoint(args.checkpoint, device=device, camera=args.camera, max_tile=args.max_tile,
+                                            backbone_path=args.backbone)
+        except (ValueError, OSError, RuntimeError) as e:
+            trouble = f"cannot load the model: {e}"
+        if trouble is None:
+            workers = _workers(args.workers, pipe.device, rank.local_world)
+            batch = _batch(args.batch, pipe.device)
+            where = f" (rank {rank.rank} of {rank.world})" if rank.distributed else ""
+            bar = tqdm(total=len(mine), desc="enhance" + where, unit="file", disable=args.quiet or rank.rank != 0)
 
-    results = enhance_files(pipe, [files[i] for i in todo], [outputs[i] for i in todo], fmt=args.format,
-                            workers=workers, on_done=report, overwrite=args.overwrite, ratio=args.ratio,
-                            steps=args.steps, K=args.K, iso=args.iso, seed=args.seed, stochastic=not args.deterministic)
-    bar.close()
-    failures = [r for r in results if r.error is not None]
-    done = len(results) - len(failures)
-    print(f"{done} of {len(files)} files enhanced into {out_dir}" + (f"; {skipped} skipped (output exists)" if skipped else "")
-          + (f"; {len(failures)} failed" if failures else ""), file=sys.stderr)
+            def report(result) -> None:
+                bar.update(1)
+                bar.set_postfix_str(result.source.name)
+                if result.error is not None:
+                    tqdm.write(f"FAILED {result.source}: {result.error}", file=sys.stderr)
+
+            try:
+                results = enhance_files(pipe, [files[i] for i in mine], [outputs[i] for i in mine], fmt=options,
+                                        workers=workers, batch=batch, on_done=report, overwrite=args.overwrite,
+                                        ratio=args.ratio, steps=args.steps, K=args.K, iso=args.iso, seed=args.seed,
+                                        stochastic=not args.deterministic)
+            except (OutputPathError, FileExistsError, ValueError) as e:
+                trouble = str(e)
+            bar.close()
+        # Every rank reaches this gather, whatever happened to it, so none waits forever.
+        parts = shard.gather((trouble, [(str(r.source), r.error) for r in results]), rank)
+    finally:
+        shard.leave(rank)
+    troubles = [t for t, _ in parts if t is not None]
+    if troubles:
+        if rank.rank == 0:
+            for t in dict.fromkeys(troubles):
+                print(f"error: {t}", file=sys.stderr)
+        return 2
+    everyone = [r for _, part in parts for r in part]
+    failures = [(src, err) for src, err in everyone if err is not None]
+    if rank.rank == 0:
+        done = len(everyone) - len(failures)
+        print(f"{done} of {len(files)} files enhanced into {args.output}"
+              + (f" by {rank.world} processes" if rank.distributed else "")
+              + (f"; {skipped} skipped (output exists)" if skipped else "")
+              + (f"; {len(failures)} failed:" if failures else ""), file=sys.stderr)
+        for src, err in failures:
+            print(f"  {src}: {err}", file=sys.stderr)
     return 1 if failures else 0
 
 
-def _workers(value: str, device) -> int:
-    """--workers: a number, or "auto": decode / encode processes only beside a GPU (on a
-    CPU they would take cores from the enhancement itself)."""
+def _workers(value: str, device, ranks_here: int = 1) -> int:
+    """--workers: a number, or "auto": beside a GPU, decoder and writer processes on this
+    rank's share of the cores (one core left for the process driving the device), at
+    least one of each; on a CPU none (they would take cores from the enhancement itself)."""
     if value != "auto":
         return int(value)
-    return min(4, max(1, (os.cpu_count() or 2) - 2)) if device.type == "cuda" else 0
+    if device.type != "cuda":
+        return 0
+    cores = max(1, (os.cpu_count() or 2) // max(1, ranks_here))
+    return max(1, (cores - 1) // 2)
+
+
+def _batch(value: str, device) -> int:
+    """--batch: a number, or "auto": 4 same-size frames per graph replay on CUDA, 1 on a CPU."""
+    if value != "auto":
+        return int(value)
+    return 4 if device.type == "cuda" else 1
 
 
 def add_engine_commands(sub) -> None:
     """Register the engine's subcommands (``enhance``, ``calibrate``) on an argparse
     subparsers object."""
-    from engine.argtypes import camera_arg, device_arg, integer_arg, real_arg
+    from engine.argtypes import camera_arg, device_arg, integer_arg, real_arg, steps_or_auto_arg
     from engine.calibration.cli import add_calibrate_command
     from engine.camera import K_RANGE
     from engine.inference.loop import SIZE_MULTIPLE
     from engine.inference.pipeline import MAX_RATIO, MAX_SEED, MAX_STEPS
 
     e = sub.add_parser("enhance", help="enhance raw files (any format rawpy reads)")
-    e.add_argument("files", nargs="+", help="raw files: ARW, NEF, CR2, DNG, ...")
+    e.add_argument("files", nargs="+",
+                   help="raw files (ARW, NEF, CR2, DNG, ...); '-' reads one path per line from standard input, "
+                        "'@list.txt' from that file (for folders too large for a command line)")
     e.add_argument("--ratio", type=real_arg(0, MAX_RATIO, low_open=True), required=True,
                    help=f"exposure ratio to brighten by, in (0, {MAX_RATIO:g}] (e.g. 100, 300; > 1 with --steps > 1)")
     e.add_argument("-o", "--output", default=".", help="output folder (created if missing; default: .)")
     e.add_argument("--checkpoint", default=None,
                    help="model checkpoint (public {'netG': ...} format or ours; default: the shipped model)")
-    e.add_argument("--device", default="auto", type=device_arg, help="auto, cpu, cuda or cuda:N")
-    e.add_argument("--steps", type=integer_arg(1, MAX_STEPS), default=3,
-                   help=f"network evaluations, 1..{MAX_STEPS} (default 3; 1 = one-shot)")
+    e.add_argument("--device", default="auto", type=device_arg,
+                   help="auto, cpu, cuda or cuda:N (under torchrun, auto / cuda take each rank's local GPU)")
+    e.add_argument("--devices", type=_devices_arg, default=None,
+                   help="several devices, one process each, the files shared out between them "
+                        "(e.g. cuda:0,cuda:1; or start the same command under torchrun --nproc_per_node N)")
+    e.add_argument("--steps", type=steps_or_auto_arg(MAX_STEPS), default=3,
+                   help=f"network evaluations, 1..{MAX_STEPS} (default 3; 1 = one-shot), or auto: per file from its "
+                        "expected quality (engine.inference.adaptive)")
     e.add_argument("--camera", default=None, type=camera_arg,
                    help="camera profile for ISO -> gain (shipped name or JSON path)")
     e.add_argument("--iso", type=real_arg(0, low_open=True), default=None, help="override the files' ISO (> 0)")
@@ -123,7 +241,19 @@ def add_engine_commands(sub) -> None:
     e.add_argument("--seed", type=integer_arg(0, MAX_SEED), default=None,
                    help="fixed seed, an integer in [0, 2**64 - 1]: repeatable outputs")
     e.add_argument("--deterministic", action="store_true", help="use Poisson means instead of draws")
-    e.add_argument("--format", default="png", choices=("png", "tiff", "dng"), help="output format (default png)")
+    e.add_argument("--format", default="png", type=str.lower, choices=("png", "jpeg", "jpg", "tiff", "tif", "dng"),
+                   help="output format (default png): png / jpeg / tiff are sRGB renderings, dng the linear "
+                        "mosaic for raw editors; every one carries the source's capture metadata (EXIF)")
+    e.add_argument("--bits", type=int, choices=(8, 16), default=None,
+                   help="sample depth: png 8 (default) or 16, tiff 16 (default) or 8")
+    e.add_argument("--quality", type=_quality_arg, default=95, help="JPEG quality 1..100 (default 95)")
+    e.add_argument("--compression", choices=("fast", "small"), default="fast",
+                   help="fast (default: PNG zlib level 1, TIFF uncompressed) or small (PNG level 9, TIFF deflate)")
+    e.add_argument("--jpeg-encoder", choices=("auto", "gpu", "cpu"), default="auto",
+                   help="JPEG on the GPU (nvJPEG through torchvision) or the CPU (Pillow); auto: the GPU when "
+                        "the device is CUDA and torchvision works, else the CPU")
+    e.add_argument("--batch", default="auto", type=_batch_arg,
+                   help="same-size frames per device call (default auto: 4 on CUDA, 1 on a CPU)")
     e.add_argument("--max-tile", type=integer_arg(SIZE_MULTIPLE, multiple=SIZE_MULTIPLE), default=None,
                    help=f"process in tiles of at most this many packed pixels (a multiple of {SIZE_MULTIPLE})")
     e.add_argument("--backbone", default="auto", choices=("auto", "fused", "eager", "compile"),
@@ -131,8 +261,8 @@ def add_engine_commands(sub) -> None:
                         "PyTorch's, timed at the first frame of each size and cached), fused, eager (PyTorch) or "
                         "compile (torch.compile)")
     e.add_argument("--workers", default="auto", type=_workers_arg,
-                   help="decoder / writer processes overlapping the device work (default auto: up to 4 beside "
-                        "a GPU, 0 on a CPU)")
+                   help="decoder and writer processes (N of each) overlapping the device work (default auto: beside a GPU "
+                        "(cores per GPU process - 1) / 2, at least 1; 0 on a CPU, whose cores the enhancement uses)")
     existing_outputs = e.add_mutually_exclusive_group()
     existing_outputs.add_argument("--overwrite", action="store_true",
                                   help="replace outputs that already exist (default: refuse, before any work)")

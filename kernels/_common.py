@@ -122,6 +122,52 @@ def use_triton(device: torch.device, backend: str) -> bool:
     )
 
 
+def generator_device(generator: torch.Generator) -> torch.device:
+    """The device a generator draws on (one function, so a CPU-only test can stand a CPU
+    generator in for a CUDA one: ``tests/device_mix.py``)."""
+    return generator.device
+
+
+def device_generator(device, key: int) -> torch.Generator:
+    """A new ``torch.Generator`` on ``device`` seeded with ``key`` (see ``generator_device``)."""
+    return torch.Generator(device=device).manual_seed(int(key))
+
+
+def same_device(a: torch.device, b: torch.device) -> bool:
+    """True when ``a`` and ``b`` name one device ("cuda" and "cuda:<current>" are one)."""
+    a, b = torch.device(a), torch.device(b)
+    if a.type != b.type:
+        return False
+    if a.index == b.index or a.type == "cpu":
+        return True
+    index = lambda d: d.index if d.index is not None else torch.cuda.current_device()  # noqa: E731
+    return index(a) == index(b)
+
+
+def draw_key(generator: torch.Generator | None, device=None) -> int:
+    """One 62-bit key drawn from ``generator`` (advancing it; None: torch's default
+    generator of ``device``) as a Python int: a host read of one number when the
+    generator lives on a GPU."""
+    dev = generator_device(generator) if generator is not None else torch.device(device or "cpu")
+    return int(torch.randint(0, 2**62, (1,), generator=generator, dtype=torch.int64, device=dev))
+
+
+def generator_for(generator: torch.Generator | None, device) -> torch.Generator | None:
+    """The generator that samples on ``device`` for a caller's ``generator``.
+
+    The promise of every public op: ``generator=`` may live on any device (a CPU
+    ``torch.Generator``, what ``torch.manual_seed`` users pass, with CUDA data is the usual
+    case). torch's samplers only take a generator of the device they draw on, so a
+    generator on another device only gives a 62-bit key (advancing it once), which seeds a
+    fresh generator on ``device``; a generator already on ``device`` (and None: torch's
+    default generator of ``device``) is used as it is. Either way the same generator state
+    gives the same draws on a given device, and the draws happen on the data's device.
+    """
+    if generator is None or same_device(generator_device(generator), device):
+        return generator
+    return device_generator(device, draw_key(generator))
+
+
 def philox_seed(generator: torch.Generator | None, device: torch.device, count: int = 1) -> torch.Tensor:
     """Draw fresh 62-bit Philox keys from ``generator`` (default: torch's global one).
 
@@ -134,9 +180,10 @@ def philox_seed(generator: torch.Generator | None, device: torch.device, count: 
     """
     if generator is None:
         return torch.randint(0, 2**62, (count,), device=device, dtype=torch.int64)
-    if generator.device.type != "cpu":
+    gen_device = generator_device(generator)
+    if gen_device.type != "cpu":
         # CUDA generators cannot produce int64 on the CPU; draw on their own device.
-        seed = torch.randint(0, 2**62, (count,), generator=generator, device=generator.device, dtype=torch.int64)
+        seed = torch.randint(0, 2**62, (count,), generator=generator, device=gen_device, dtype=torch.int64)
         return seed.to(device)
     seed = torch.randint(0, 2**62, (count,), generator=generator, dtype=torch.int64)
     return to_device(seed, device, non_blocking=True)
@@ -216,6 +263,9 @@ def per_sample(
     else:
         lower, strict, bound = None, False, None
     if isinstance(value, torch.Tensor):
+        # the count before the device: a bad input gets the same message on every device
+        if value.numel() not in (1, batch):
+            raise ValueError(f"{name} has {value.numel()} values but the batch has {batch} samples")
         if value.device != device:
             raise ValueError(f"{name} is on {value.device} but the data is on {device}")
         t = value.detach().to(torch.float32).reshape(-1)

@@ -16,6 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+from ._common import device_generator, draw_key, generator_for
+
 # Elements per chunk: large enough that a chunk's ~5 ms dwarfs the thread hand-off.
 POISSON_CHUNK = 1 << 17
 
@@ -41,16 +43,29 @@ def poisson_draws(mu: torch.Tensor, generator: torch.Generator | None = None) ->
     Args:
         mu: non-negative means, any shape, float32 (other float dtypes are converted).
         generator: seeds the draws (default: torch's global generator, so
-            ``torch.manual_seed`` makes them repeatable).
+            ``torch.manual_seed`` makes them repeatable); on any device
+            (``kernels._common.generator_for``): the draws are made on mu's device.
 
     Returns:
-        float32 counts of mu's shape. On the CPU above ``POISSON_CHUNK`` elements, chunk
+        float32 counts of mu's shape. On CUDA one ``torch.poisson`` call on a private
+        generator keyed from ``generator`` (see the comment inside; note that
+        curand_poisson approximates means above 4000 by a rounded normal: the exact
+        sampler on CUDA is the Triton kernel). On the CPU above ``POISSON_CHUNK`` elements, chunk
         i is ``torch.poisson`` under a generator seeded by the i-th of a batch of keys
         drawn from ``generator``, spread over ``torch.get_num_threads()`` threads (the
         same draws whatever the thread count); otherwise one ``torch.poisson`` call.
     """
     mu = mu.to(torch.float32)
+    generator = generator_for(generator, mu.device)  # any device's generator (kernels._common)
     n = mu.numel()
+    if mu.device.type == "cuda":
+        # torch.poisson on CUDA (curand_poisson) reserves 20 numbers of the generator's
+        # Philox stream per element, but Knuth's method (means below 64) uses about
+        # mean + 1 of them: the generator's next draws would repeat the tail
+        # (pytorch/pytorch#136750), correlating e.g. shot with read noise (the first GPU
+        # run: within-row variance 216 against 199). So every call draws on a private
+        # generator keyed from the caller's.
+        return torch.poisson(mu, generator=device_generator(mu.device, draw_key(generator, mu.device)))
     if mu.device.type != "cpu" or n <= POISSON_CHUNK:
         return torch.poisson(mu, generator=generator)
     workers = max(1, torch.get_num_threads())
@@ -82,6 +97,7 @@ def tukey_lambda_draws(lam: torch.Tensor, shape, generator: torch.Generator | No
     ``log(u / v)`` exactly at lam = 0 (the Triton kernel's formula).
     """
     lam = lam.to(torch.float32)
+    generator = generator_for(generator, lam.device)
     u = torch.rand(shape, generator=generator, dtype=torch.float32, device=lam.device).clamp_(min=2.0**-25)
     log_v = torch.log1p(-u)
     diff = torch.log(u).sub_(log_v)

@@ -27,7 +27,7 @@ import tempfile
 
 # Modules whose kernels ship; each defines aot_specs().
 KERNEL_MODULES = ("kernels.poisson", "kernels.bayer", "kernels.noise", "kernels.exposure", "kernels.isp",
-                  "kernels.conv", "kernels.head_step")
+                  "kernels.conv", "kernels.head_step", "kernels.dihedral")
 ARCHS = (80, 90)
 
 

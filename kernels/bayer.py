@@ -190,8 +190,6 @@ def parse_pattern(pattern) -> tuple[int, int, tuple[int, int, int, int]]:
 def _black_per_plane(black_level, codes, batch: int, device: torch.device) -> torch.Tensor:
     """black_level (number, 4 values by colour code, [4] or [B, 4]) -> float32 [B, 4] in plane order."""
     if isinstance(black_level, torch.Tensor):
-        if black_level.device != device:
-            raise ValueError(f"black_level is on {black_level.device} but the data is on {device}")
         t = black_level.detach().to(torch.float32)
     elif isinstance(black_level, (int, float)) and not isinstance(black_level, bool):
         t = torch.tensor(float(black_level), dtype=torch.float32, device=device)
@@ -200,12 +198,15 @@ def _black_per_plane(black_level, codes, batch: int, device: torch.device) -> to
             t = torch.tensor(black_level.tolist() if hasattr(black_level, "tolist") else black_level, dtype=torch.float32, device=device)
         except (TypeError, ValueError):
             raise TypeError(f"black_level must be a number, 4 values or a tensor [4] / [B, 4], got {type(black_level).__name__}") from None
-    if t.numel() == 1:
-        return t.reshape(1, 1).expand(batch, 4).contiguous()
-    if t.dim() == 1 and t.shape[0] == 4:
-        t = t.unsqueeze(0).expand(batch, 4)
-    elif not (t.dim() == 2 and t.shape[1] == 4 and t.shape[0] in (1, batch)):
+    one, four = t.numel() == 1, t.dim() == 1 and t.shape[0] == 4
+    if not (one or four or (t.dim() == 2 and t.shape[1] == 4 and t.shape[0] in (1, batch))):
         raise ValueError(f"black_level must be a number, 4 values (by colour code) or [B, 4] with B = {batch}, got shape {tuple(t.shape)}")
+    if t.device != device:  # after the shape: a bad input gets the same message on every device
+        raise ValueError(f"black_level is on {t.device} but the data is on {device}")
+    if one:
+        return t.reshape(1, 1).expand(batch, 4).contiguous()
+    if four:
+        t = t.unsqueeze(0)
     return t.expand(batch, 4)[:, list(codes)].contiguous()
 
 

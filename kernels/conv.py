@@ -1,15 +1,16 @@
 """The SID UNet's convolutions as fused Triton implicit GEMMs on tensor cores (NHWC).
 
-Two ops, each with a plain-PyTorch reference:
+Two ops, each with a plain-PyTorch reference, on weights re-laid out once by
+``prepare_conv3x3`` / ``prepare_upconv2x2``:
 
-``conv3x3(x, weight, bias, *, skip=None, pool=False)``
+``conv3x3(x, weights, *, skip=None, pool=False)``
     3x3 convolution, stride 1, zero padding 1, then bias and LeakyReLU(0.2), in one pass.
     ``skip`` is a second input read as if concatenated after ``x`` along the channels
     (the decoder's ``cat([up, skip])`` is never materialised). ``pool=True`` also returns
     the 2x2 max-pooled result, written from the same tile (the encoder's ``conv*_2`` +
     ``max_pool2d``). The first layer's few input channels (4 / 8 / 12) are padded to the
     tensor cores' K of 16 inside the kernel (masked loads, zero weight rows).
-``upconv2x2(x, weight, bias)``
+``upconv2x2(x, weights)``
     2x2 transposed convolution with stride 2 (the decoder's up-sampling) as a GEMM per
     output phase (dy, dx) with a strided store, bias fused.
 
@@ -260,7 +261,7 @@ class ConvWeights(NamedTuple):
     bias: float32 ``[COUT]``.
     in_channels: (C1, C2): channels of the first input and of the skip (0 without).
     out_channels: COUT.
-    weight: the original weight, for the reference.
+    weight, bias_original: as given (the references use them).
     """
 
     matrix: torch.Tensor
@@ -325,8 +326,13 @@ def _check_activation(name: str, t, channels: int | None = None) -> None:
     check_tensor(name, t, dtypes=_DTYPES + (torch.float32,), ndims=(4,))
     if channels is not None and t.shape[1] != channels:
         raise ValueError(f"{name} must have {channels} channels, got shape {tuple(t.shape)}")
-    if t.shape[2] * t.shape[3] * t.shape[1] > MAX_IMAGE_ELEMENTS:
-        raise ValueError(f"{name}: one image of {tuple(t.shape[1:])} has more than 2**31 - 1 elements; use tiles")
+    _check_image_size(name, t.shape[1], t.shape[2], t.shape[3])
+
+
+def _check_image_size(name: str, c: int, h: int, w: int) -> None:
+    """The kernels index within one image in int32."""
+    if c * h * w > MAX_IMAGE_ELEMENTS:
+        raise ValueError(f"{name}: one image of {c}x{h}x{w} has more than 2**31 - 1 elements; process it in tiles")
 
 
 def _nhwc(t: torch.Tensor) -> torch.Tensor:
@@ -429,6 +435,7 @@ def conv3x3(x: torch.Tensor, weights: ConvWeights, *, skip: torch.Tensor | None 
         if skip.device != x.device:
             raise ValueError(f"skip is on {skip.device} but x is on {x.device}")
     B, _, H, W = x.shape
+    _check_image_size("the output", weights.out_channels, H, W)
     if pool and (H % 2 or W % 2):
         raise ValueError(f"pool=True needs an even height and width, got {H}x{W}")
     if weights.matrix.device != x.device:
@@ -475,6 +482,7 @@ def upconv2x2(x: torch.Tensor, weights: ConvWeights, *, backend: str = "auto",
         raise TypeError(f"x is {x.dtype} but the weights were prepared as {weights.matrix.dtype}")
     x = _nhwc(x)
     B, _, H, W = x.shape
+    _check_image_size("the output", weights.out_channels, 2 * H, 2 * W)
     y = _empty_nhwc(B, weights.out_channels, 2 * H, 2 * W, x)
 
     def grid(meta):

@@ -368,7 +368,6 @@ def _prepare(net_out, state, origin, ratio, K, rho, rho_next, stochastic, accumu
     check_tensor("net_out", net_out, dtypes=dtypes, ndims=(4,))
     check_tensor("state", state, dtypes=dtypes, ndims=(4,))
     check_tensor("origin", origin, dtypes=dtypes, ndims=(4,))
-    device = check_same_device(net_out=net_out, state=state, origin=origin)
     B, C, h, w = net_out.shape
     if C not in (4, 9):
         raise ValueError(
@@ -377,6 +376,7 @@ def _prepare(net_out, state, origin, ratio, K, rho, rho_next, stochastic, accumu
     for name, t in (("state", state), ("origin", origin)):
         if tuple(t.shape) != (B, 4, h, w):
             raise ValueError(f"{name} must have shape {(B, 4, h, w)} to match net_out {tuple(net_out.shape)}, got {tuple(t.shape)}")
+    device = check_same_device(net_out=net_out, state=state, origin=origin)  # after shapes: same message on any device
     if B > MAX_BATCH:
         raise ValueError(f"batch size must be <= {MAX_BATCH}, got {B}")
     if h > MAX_HEIGHT:
@@ -614,7 +614,8 @@ def exposure_step(
     Inside CUDA-graph capture pass per-sample values as device tensors, ``seed=`` as
     the key, and wrap the call in ``kernels._common.value_checks_disabled()``.
     """
-    if not use_triton(net_out.device if isinstance(net_out, torch.Tensor) else torch.device("cpu"), backend):
+    check_tensor("net_out", net_out)  # before dispatch: the same refusal whatever the device and backend
+    if not use_triton(net_out.device, backend):
         return exposure_step_reference(
             net_out, state, origin, ratio=ratio, K=K, rho=rho, rho_next=rho_next, stochastic=stochastic,
             generator=generator, seed=seed, accumulate=accumulate, with_photon=with_photon,

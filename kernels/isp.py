@@ -27,7 +27,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ._common import ValueChecks, check_same_device, check_tensor, use_triton
+from ._common import ValueChecks, check_same_device, check_tensor, to_device, use_triton
 from .bayer import parse_pattern
 
 OUT_DTYPES = (torch.uint8, torch.uint16, torch.float32)
@@ -111,6 +111,17 @@ def _render_kernel(x_ptr, out_ptr, wb_ptr, ccm_ptr, h, w, r_row, r_col,
             tl.store(optr + ch, v, mask=inside)
 
 
+def _colour_constant(name: str, value, device: torch.device) -> torch.Tensor:
+    """wb / ccm as a tensor: numbers and sequences are made on the data's device; tensors
+    are kept as given (``_prepare`` copies host tensors to the data's device)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    try:
+        return torch.as_tensor(value, dtype=torch.float32, device=device)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{name} must be a tensor or a sequence of numbers, got {type(value).__name__}") from None
+
+
 def _prepare(packed, pattern, wb, ccm, out_dtype):
     check_tensor("packed", packed, dtypes=(torch.float32, torch.float16), ndims=(3, 4))
     if packed.dim() == 3:
@@ -121,15 +132,19 @@ def _prepare(packed, pattern, wb, ccm, out_dtype):
         raise TypeError(f"out_dtype must be one of {OUT_DTYPES}, got {out_dtype}")
     B = packed.shape[0]
     r_row, r_col, _ = parse_pattern(pattern)
-    wb = torch.as_tensor(wb, dtype=torch.float32, device=packed.device) if not isinstance(wb, torch.Tensor) else wb
-    ccm = torch.as_tensor(ccm, dtype=torch.float32, device=packed.device) if not isinstance(ccm, torch.Tensor) else ccm
-    check_same_device(packed=packed, wb=wb, ccm=ccm)
-    if wb.shape[-1] == 3:  # R, G, B gains: G1 and G2 share G
+    wb = _colour_constant("wb", wb, packed.device)
+    ccm = _colour_constant("ccm", ccm, packed.device)
+    # shapes before devices: a bad input gets the same message on every device
+    if wb.shape[-1:] == (3,):  # R, G, B gains: G1 and G2 share G
         wb = wb[..., [0, 1, 2, 1]]
     if wb.shape not in ((4,), (B, 4)):
         raise ValueError(f"wb must hold 3 (R, G, B) or 4 (R, G1, B, G2) gains, or [B, 4]; got shape {tuple(wb.shape)}")
     if ccm.shape not in ((3, 3), (B, 3, 3)):
         raise ValueError(f"ccm must be a 3x3 camera -> sRGB matrix or [B, 3, 3], got shape {tuple(ccm.shape)}")
+    if packed.device.type != "cpu":  # host constants follow the data (asynchronous pinned copies)
+        wb = to_device(wb, packed.device, non_blocking=True) if wb.device.type == "cpu" else wb
+        ccm = to_device(ccm, packed.device, non_blocking=True) if ccm.device.type == "cpu" else ccm
+    check_same_device(packed=packed, wb=wb, ccm=ccm)
     wb = wb.to(torch.float32).expand(B, 4).contiguous()
     ccm = ccm.to(torch.float32).expand(B, 3, 3).contiguous()
     checks = ValueChecks()
@@ -190,6 +205,9 @@ def render_srgb(packed, pattern, wb, ccm, *, out_dtype=torch.uint8, backend: str
             are clipped at ``min(wb)`` (highlights render neutral, see the module docstring).
         ccm: camera RGB -> linear sRGB 3x3 matrix (rows sum to 1 for a neutral white),
             or ``[B, 3, 3]``.
+            wb and ccm may be numbers / sequences or tensors on the host: host tensors
+            are copied to packed's device (a CPU 3x3 matrix with CUDA data is the usual
+            call); a tensor on another GPU is refused.
         out_dtype: uint8 (0..255), uint16 (0..65535) or float32 (0..1), sRGB-encoded.
         backend: "auto", "triton" or "torch".
 

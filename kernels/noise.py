@@ -52,7 +52,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import DEFAULT_DN_SCALE, ValueChecks, check_tensor, per_sample, philox_seed, use_triton
+from ._common import (
+    DEFAULT_DN_SCALE, ValueChecks, check_tensor, generator_for, per_sample, philox_seed, use_triton,
+)
 from ._cpu_sampling import poisson_draws, tukey_lambda_draws
 from ._fastmath import fast_exp2, fast_log2, fast_rcp
 from ._philox import (
@@ -257,10 +259,11 @@ def _black_level(value, batch: int, device: torch.device, checks: ValueChecks) -
     if value is None:
         return torch.zeros(batch, 4, dtype=torch.float32, device=device)
     if isinstance(value, torch.Tensor) and value.dim() == 2:
-        if value.device != device:
-            raise ValueError(f"black_level is on {value.device} but the data is on {device}")
+        # the shape before the device: a bad input gets the same message on every device
         if value.shape[1] != 4 or value.shape[0] not in (1, batch):
             raise ValueError(f"a 2-D black_level must have shape [{batch}, 4] or [1, 4] (per plane), got {tuple(value.shape)}")
+        if value.device != device:
+            raise ValueError(f"black_level is on {value.device} but the data is on {device}")
         t = value.detach().to(torch.float32).expand(batch, 4).contiguous()
         checks.require(lambda: torch.isfinite(t), lambda: f"black_level must be finite, got {t.tolist()}")
         return t
@@ -385,6 +388,7 @@ def _contiguous_strides(shape) -> tuple:
 # --------------------------------------------------------------------------- reference
 def _reference(p: _Prepared, with_photon: bool, concat_origin: bool, output: str, generator) -> torch.Tensor:
     x = p.clean.to(torch.float32)
+    generator = generator_for(generator, x.device)  # a CPU generator with CUDA data: a key, then CUDA draws
     B = x.shape[0]
     col = lambda t: t.view(B, 1, 1, 1)  # noqa: E731
     ratio, K = col(p.ratio), col(p.K)

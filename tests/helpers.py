@@ -38,3 +38,15 @@ def chi_square_pvalue(samples: np.ndarray, mean: float, n_bins: int = 30) -> flo
         # (nearly) degenerate distribution: every sample must sit in the one bin
         return 1.0 if counts.sum() == len(samples) else 0.0
     return st.chisquare(obs_m, exp_m).pvalue
+
+
+SMALL_UNET = {"widths": (8, 8, 16, 16, 16)}  # a UNet small enough for many CPU frames in a test
+
+
+def small_cpu_pipeline():
+    """A fp32 CPU ``engine.Pipeline`` around a small, seeded random UNet."""
+    from engine import BackboneConfig, Pipeline
+
+    torch.manual_seed(0)
+    cfg = BackboneConfig(options=SMALL_UNET)
+    return Pipeline(cfg.build(), cfg, device="cpu", precision="fp32")

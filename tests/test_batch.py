@@ -2,23 +2,19 @@
 pipeline, the same outputs as one file after the other, per-file errors."""
 import pytest
 import rawpy
-import torch
 
-from engine import BackboneConfig, Pipeline
 from engine.inference.batch import enhance_files
 from engine.cli import main
 from tests.dngfactory import make_bayer_dng, random_bytes_file, truncated_copy
 
+from .helpers import small_cpu_pipeline
 from .test_cli import small_checkpoint
 
-SMALL = {"widths": (8, 8, 16, 16, 16)}
 
 
 @pytest.fixture(scope="module")
 def pipe():
-    torch.manual_seed(0)
-    cfg = BackboneConfig(options=SMALL)
-    return Pipeline(cfg.build(), cfg, device="cpu", precision="fp32")
+    return small_cpu_pipeline()
 
 
 @pytest.fixture(scope="module")

@@ -69,11 +69,20 @@ def test_quick_json_has_every_stage(quick_run):
     for side in ("ours", "feed"):
         assert tr[side]["median_ms"] > 0 and tr[side]["repeats"] == 2
     assert 0 < tr["ours_data_fraction"] < 1 and 0 <= tr["feed_wait_fraction"] < 1 and tr["speedup"] > 0
+    # on a CPU the trainer does not prefetch: reading + collating is part of the step's data side
+    assert tr["ours_prefetch"] is False and tr["ours_collate_ms"] > 0
+    assert tr["ours_data_ms"] == pytest.approx(tr["ours_prepare_inputs_ms"] + tr["ours_collate_ms"])
     assert res["failed_stages"] == {}
 
     batch = res["batch"]
     assert batch["files"] == 4 and batch["sequential_files_per_s"] > 0 and batch["overlapped_files_per_s"] > 0
     assert batch["outputs_identical"], "sequential and overlapped batches must write the same PNGs (same seeds)"
+    assert list(batch["formats"]) == ["png", "jpeg", "tiff", "dng"]
+    for fmt, f in batch["formats"].items():
+        assert f["files_per_s"] > 0 and f["bytes_per_file"] > 0 and f["gpu_busy"] is None, fmt
+        assert f["main_process"]["groups"] == 4 and f["main_process"]["enhance_s"] > 0, fmt
+    sizes = {fmt: f["bytes_per_file"] for fmt, f in batch["formats"].items()}
+    assert sizes["jpeg"] < sizes["png"] < sizes["tiff"]  # 8-bit JPEG < 8-bit PNG < 16-bit uncompressed TIFF
 
     whats = [t["what"] for t in res["targets"]]
     assert "engine vs eager fp32 (CPU)" in whats
@@ -88,7 +97,7 @@ def test_quick_prints_table_and_keeps_files(quick_run):
     _, stdout, work = quick_run
     assert "missed by" not in stdout and "not judged: smoke run" in stdout
     for heading in ("Engine end to end", "Fused kernels", "Noise synthesis", "Training step", "File-to-file batch",
-                    "Targets"):
+                    "Output formats, overlapped", "Targets"):
         assert heading in stdout
     frame = read_raw(str(work / "scene.dng"))  # the scene went through rawpy
     assert frame.shape == (128, 192) and frame.pattern == "RGGB" and frame.iso == 3200

@@ -172,3 +172,14 @@ def test_refusals():
         prepare_conv3x3(m.weight, m.bias, dtype=torch.float32)
     with pytest.raises(ValueError, match=r"upconv2x2 needs a 2x2 kernel"):
         prepare_upconv2x2(torch.zeros(16, 8, 3, 3), torch.zeros(8))
+
+
+def test_images_beyond_int32_indexing_are_refused(monkeypatch):
+    """The kernels index inside one image in int32: larger images (input or output) are
+    refused with the way out (tiles), before any allocation."""
+    monkeypatch.setattr(conv, "MAX_IMAGE_ELEMENTS", 16 * 8 * 8 - 1)
+    w = prepare_conv3x3(layer(16, 32, 0).weight, torch.zeros(32))
+    with pytest.raises(ValueError, match=r"x: one image of 16x8x8 has more than 2\*\*31 - 1 elements; process it"):
+        conv3x3(activations(1, 16, 8, 8, torch.float16, 0), w, backend="triton")
+    with pytest.raises(ValueError, match=r"the output: one image of 32x4x8 has more than"):
+        conv3x3(activations(1, 16, 4, 8, torch.float16, 0), w, backend="triton")

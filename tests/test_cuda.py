@@ -1,7 +1,9 @@
 """CUDA-only checks of the engine's GPU path: fp16, CUDA graphs, replays, determinism.
 
 These skip on machines without a GPU (CI); the kernel suites already run on CUDA when
-one is present (tests/conftest.py picks the device). Never run yet: first GPU session.
+one is present (tests/conftest.py picks the device). First run: H200, 2026-11-30 (6 of 7
+passed; the batch test then asked for rounding-level agreement in stochastic mode, which
+the sampler does not give: see the two batch tests below).
 """
 import numpy as np
 import pytest
@@ -91,14 +93,105 @@ def test_a_frame_in_a_graphed_batch_draws_as_it_does_alone():
         assert torch.equal(batch[i].raw, pipe(xs[i], ratio=100, steps=3, seed=4, **ARR).raw), i
 
 
-def test_a_frame_in_a_unet_batch_matches_it_alone_closely(model):
+def test_a_frame_in_a_unet_batch_matches_it_alone_to_rounding_in_deterministic_mode(model):
+    """cuDNN may sum in another order for another batch size: fp16 rounding, no more
+    (the Poisson means of three steps, each within fp16 rounding of the other run's).
+    The cuDNN backbone is pinned: with backbone_path="auto" a batch and a single frame are
+    different shapes, timed separately, and may run different backbones."""
+    net, cfg = model
+    pipe = Pipeline(net, cfg, device="cuda", backbone_path="eager")
+    xs = frames(3)
+    batch = pipe(xs, ratio=100, steps=3, stochastic=False, **ARR)
+    for i in range(3):
+        alone = pipe(xs[i], ratio=100, steps=3, stochastic=False, **ARR).raw
+        assert (batch[i].raw - alone).abs().max() < 2e-3, i
+
+
+def test_a_frame_in_a_unet_batch_draws_the_same_noise_up_to_redraws(model):
+    """Stochastic mode with a seed: a frame in a batch uses the same Philox keys and
+    counters as alone, but where cuDNN's rounding moved a Poisson mean across a sampling
+    boundary (one fp16 ulp of the network output moves it by ~0.3 photon at ratio 100;
+    measured with the Triton kernel on CPU: a one-ulp change of half the outputs redraws
+    16% of the pixels, by up to 109 photons where the rejection sampler takes another
+    candidate), that pixel draws another count. So batch and alone are not equal to
+    rounding (the first GPU run: max 0.0185 with 3 steps). The promise tested: with one
+    draw (2 steps) the frame shares its draws elsewhere, so batch and alone differ by well
+    under half of what two seeds of the frame alone differ by (every pixel drawn anew).
+    With more steps a redraw changes the next network input around it and later draws
+    move with it: no closer bound is promised there. The cuDNN backbone is pinned (see the
+    deterministic test)."""
+    net, cfg = model
+    pipe = Pipeline(net, cfg, device="cuda", backbone_path="eager")
+    xs = frames(3)
+    batch = pipe(xs, ratio=100, steps=2, seed=4, **ARR)
+    for i in range(3):
+        alone = pipe(xs[i], ratio=100, steps=2, seed=4, **ARR).raw.double()
+        other_seed = pipe(xs[i], ratio=100, steps=2, seed=5, **ARR).raw.double()
+        shared = ((batch[i].raw.double() - alone) ** 2).mean()
+        fresh = ((other_seed - alone) ** 2).mean()
+        assert shared < 0.5 * fresh, (i, shared.item(), fresh.item())
+
+
+# ----------------------------------------------------------------------------- folder run (issue 13)
+def _dngs(folder, n=4, h=256, w=384):
+    from tests.dngfactory import make_bayer_dng
+
+    folder.mkdir(exist_ok=True)
+    files = [folder / f"f{i}.dng" for i in range(n)]
+    for i, f in enumerate(files):
+        make_bayer_dng(f, height=h, width=w, seed=i)
+    return files
+
+
+def test_folder_run_on_cuda_is_byte_identical_between_modes(model, tmp_path):
+    """Pinned host memory, non-blocking copies both ways and groups of 2 through the graphs:
+    the overlapped run writes the bytes of the in-process run."""
+    from engine.inference.batch import enhance_files
+
     net, cfg = model
     pipe = Pipeline(net, cfg, device="cuda")
-    xs = frames(3)
-    batch = pipe(xs, ratio=100, steps=3, seed=4, **ARR)
-    for i in range(3):
-        alone = pipe(xs[i], ratio=100, steps=3, seed=4, **ARR).raw
-        assert (batch[i].raw - alone).abs().max() < 2e-3, i
+    files = _dngs(tmp_path / "in")
+    runs = {}
+    for workers in (0, 2):
+        out = tmp_path / f"w{workers}"
+        out.mkdir()
+        stats = {}
+        results = enhance_files(pipe, files, [out / f"{f.stem}.png" for f in files], workers=workers, batch=2,
+                                stats=stats, ratio=100, steps=3, seed=0)
+        assert [r.error for r in results] == [None] * 4
+        assert stats["groups"] == 2 and stats["device_busy_s"] > 0
+        runs[workers] = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert runs[0] == runs[2] and len(runs[0]) == 4
+
+
+def test_jpeg_encoded_on_the_gpu_carries_exif_and_matches_pillow(model, tmp_path):
+    """nvJPEG through torchvision (the gpu-jpeg extra): a batch of frames encoded in one call,
+    EXIF spliced in; the picture within a few levels of Pillow's JPEG of the same frame."""
+    pytest.importorskip("torchvision", reason="torchvision (pip install .[gpu-jpeg], matching the torch build) "
+                                               "is not installed")
+    from PIL import Image
+
+    from engine.inference.batch import enhance_files
+    from engine.io.encode import device_jpeg_available
+    from engine.io.output import OutputOptions
+
+    assert device_jpeg_available("cuda")
+    net, cfg = model
+    pipe = Pipeline(net, cfg, device="cuda")
+    files = _dngs(tmp_path / "in")
+    outs = {}
+    for where, on_device in (("gpu", True), ("cpu", False)):
+        out = tmp_path / where
+        out.mkdir()
+        results = enhance_files(pipe, files, [out / f"{f.stem}.jpg" for f in files], batch=4, workers=1,
+                                fmt=OutputOptions("jpeg", jpeg_on_device=on_device), ratio=100, steps=3, seed=0)
+        assert [r.error for r in results] == [None] * 4
+        outs[where] = out
+    for f in files:
+        gpu, cpu = Image.open(outs["gpu"] / f"{f.stem}.jpg"), Image.open(outs["cpu"] / f"{f.stem}.jpg")
+        assert gpu.getexif()[272] == "ILCE-7SM2" and gpu.getexif().get_ifd(0x8769)[34855] == 800
+        diff = np.abs(np.asarray(gpu, dtype=np.float64) - np.asarray(cpu, dtype=np.float64))
+        assert gpu.size == cpu.size and diff.mean() < 3, diff.mean()
 
 
 def test_fused_unet_path_within_45_db_of_the_fp32_engine(model):

@@ -2,6 +2,7 @@
 import torch
 
 from engine import Pipeline
+from engine.inference.adaptive import AutoStepsPolicy
 from engine.models.checkpoint import load_checkpoint
 from engine.cli import main as cli_main
 from engine.inference.pipeline import DEFAULT_CHECKPOINT
@@ -14,6 +15,10 @@ def test_default_checkpoint_loads_with_the_documented_options():
     assert config.arch == "unet" and config.in_channels == 8 and config.out_channels == 9
     assert meta["stored_dtype"] == "float16"
     assert meta["steps"] == 3
+    # issue 14: trained with fixed equal step weights and carries its steps="auto" calibration
+    assert meta["step_weights"] == [1 / 3] * 3 or all(abs(w - 1 / 3) < 1e-6 for w in meta["step_weights"])
+    policy = AutoStepsPolicy.from_meta(meta)
+    assert policy.counts == (1, 2, 3, 5) and policy == AutoStepsPolicy(tuple(meta["auto_steps"]["thresholds"]), (1, 2, 3, 5))
 
 
 def test_default_model_beats_the_noisy_input_on_holdout_patches():

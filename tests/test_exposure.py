@@ -438,6 +438,7 @@ def test_straight_through_gradient_equals_deterministic_gradient(backend):
     kw = dict(params(), with_photon=True, concat_origin=True)
     g = torch.Generator().manual_seed(2)
     g_est, g_next = torch.randn(2, 4, 3, 4, generator=g).to(DEV), torch.randn(2, 12, 3, 4, generator=g).to(DEV)
+    # a host generator with device data, deliberately: any device's generator is accepted
     sto = lambda n, s, o: exposure_step(n, s, o, backend=backend, generator=torch.Generator().manual_seed(3), **kw)  # noqa: E731
     det = lambda n, s, o: exposure_step(n, s, o, backend=backend, stochastic=False, **kw)  # noqa: E731
     with torch.no_grad():

@@ -51,6 +51,7 @@ def test_flat_colour_renders_flat_everywhere_including_borders(backend, pattern)
     """Bilinear demosaic of a constant-per-colour mosaic is that constant at every pixel."""
     x = torch.empty(1, 4, 3, 4, device=TRITON_DEVICE)
     x[:, 0], x[:, 1], x[:, 2], x[:, 3] = 0.2, 0.5, 0.05, 0.5
+    # torch.eye(3) on the host with device data, deliberately: host colour constants are copied
     out = render_srgb(x, pattern, [1.0, 1.0, 1.0], torch.eye(3), out_dtype=torch.float32, backend=backend)
     expected = srgb(torch.tensor([0.2, 0.5, 0.05]))
     assert torch.allclose(out.cpu(), expected.expand_as(out.cpu()), atol=1e-6)
@@ -72,6 +73,7 @@ def test_single_red_site_spreads_bilinearly_at_its_true_position(backend):
 
 
 def test_empty_frame():
+    # CCM on the host with device data, deliberately (copied to the data's device)
     out = render_srgb(torch.rand(1, 4, 0, 3, device=TRITON_DEVICE), "RGGB", WB, CCM, backend="triton")
     assert out.shape == (1, 0, 6, 3)
 

@@ -50,6 +50,8 @@ def big_tiles(monkeypatch):
 
 
 def gen(seed: int) -> torch.Generator:
+    """A generator on the device under test. Tests that pass ``torch.Generator()`` instead
+    do so deliberately: a host generator with device data is part of the ops' promise."""
     return torch.Generator(device=DEV).manual_seed(seed) if DEV.type == "cuda" else torch.Generator().manual_seed(seed)
 
 
@@ -143,7 +145,8 @@ def test_zero_photons_give_exact_zero_and_black_level():
 @pytest.mark.parametrize("backend", ["triton", "torch"])
 def test_negative_clean_values_read_as_zero_photons(backend):
     x = torch.tensor([-0.3, 0.0, 0.5, -1e-3], device=DEV).view(1, 1, 1, 4).expand(2, 4, 2, 4).contiguous()
-    z = synthesize_noise(x, "P", ratio=100.0, K=1.0, output="dn", generator=torch.Generator().manual_seed(1), backend=backend)
+    host = torch.Generator().manual_seed(1)  # deliberately on the host (any device's generator is accepted)
+    z = synthesize_noise(x, "P", ratio=100.0, K=1.0, output="dn", generator=host, backend=backend)
     assert torch.all(z[x <= 0] == 0) and torch.all(z[x > 0] > 0)
 
 
@@ -450,7 +453,7 @@ def test_row_noise_shared_along_cfa_rows_and_independent(big_tiles):
 def test_row_noise_shared_across_column_tiles(backend):
     """The shipped tile is BLOCK_W wide: a 300-wide row spans 3 programs per plane, and all
     of them (for both planes of the CFA row) must add the same value."""
-    g = gen(7) if backend == "triton" else torch.Generator().manual_seed(7)
+    g = gen(7) if backend == "triton" else torch.Generator().manual_seed(7)  # the reference: a host generator, deliberately
     z = synthesize_noise(torch.zeros(2, 4, 3, 300, device=DEV), "r", ratio=100.0, K=1.0, sigma_r=2.0,
                          output="dn", generator=g, backend=backend)
     assert torch.equal(z, z[..., :1].expand_as(z))
@@ -471,7 +474,10 @@ def test_full_model_variance_decomposition(big_tiles, backend):
     """P+G+r+u on a flat patch, residual e = z - y split per (sample, CFA half, row) of
     2 * W pixels: the mean is 0, the within-row variance is K y + sigma_TL^2 Var(TL) + 1/12
     (z-test with the sample's own 4th moment), and the row means have variance
-    sigma_r^2 + within / (2 W) (chi-square, 2 H dof). Per sample, Bonferroni over 2 x 3."""
+    sigma_r^2 + within / (2 W) (chi-square, 2 H dof). Per sample, Bonferroni over 2 x 3.
+    The within-row variance needs the components independent: on CUDA torch.poisson used
+    to leave its Philox numbers to the generator's next draw (the Tukey-lambda uniforms),
+    which added 2 K sigma_TL Cov ~ 17 DN^2 (kernels._cpu_sampling.poisson_draws)."""
     x = const_image([0.5, 0.3], h=2 * H, w=W)
     ratio, K, sigma_tl, lam, sigma_r = [100.0, 250.0], [2.0, 0.4], [3.0, 1.0], [-0.1, 0.15], [2.5, 1.2]
     z = synthesize_noise(x, "P+G+r+u", ratio=ratio, K=K, sigma_TL=sigma_tl, lam=lam, sigma_r=sigma_r,
@@ -512,7 +518,7 @@ def test_triton_and_reference_draw_the_same_distribution(big_tiles, model, kw):
     common = dict(ratio=[100.0, 150.0], K=[1.0, 2.0], **kw)
     output = "network" if model == "P+g" else "dn"
     t = synthesize_noise(x, model, output=output, generator=gen(10), backend="triton", **common)
-    r = synthesize_noise(x, model, output=output, generator=torch.Generator().manual_seed(10), backend="torch", **common)
+    r = synthesize_noise(x, model, output=output, generator=torch.Generator().manual_seed(10), backend="torch", **common)  # host gen.
     if output == "network":
         assert 0 < t.min() and t.max() < 1
     for b in range(2):

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from engine import BackboneConfig, Pipeline, export_public
+from engine import BackboneConfig, export_public
 from engine.cli import main
 from engine.inference.batch import enhance_files
 from engine.io import atomic
@@ -14,6 +14,7 @@ from engine.io.paths import OutputPathError, output_names
 from training.cli import main as program
 from tests.dngfactory import make_bayer_dng
 
+from .helpers import small_cpu_pipeline
 from .test_cli import small_checkpoint
 
 
@@ -33,8 +34,7 @@ def ckpt(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pipe():
-    cfg = BackboneConfig(options={"widths": (8, 8, 16, 16, 16)})
-    return Pipeline(cfg.build(), cfg, device="cpu", precision="fp32")
+    return small_cpu_pipeline()
 
 
 def enhance(ckpt, *args):

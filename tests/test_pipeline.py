@@ -6,6 +6,7 @@ import tifffile
 import torch
 from PIL import Image
 
+import engine.io.atomic
 from engine import BackboneConfig, EnhancedFrame, Pipeline, read_raw
 from engine.camera import DEFAULT_CAMERA, camera_to_srgb, match_camera
 from engine.inference.pipeline import cpu_supports_bf16
@@ -168,7 +169,7 @@ def test_constructor_refusals(kwargs, match):
 def test_save_refusals(tmp_path, pipe):
     res = pipe(torch.full((32, 32), 600, dtype=torch.uint16), ratio=10, steps=1, K=1.0, **ARR)
     with pytest.raises(ValueError, match="cannot tell the output format"):
-        res.save(tmp_path / "out.jpg")
+        res.save(tmp_path / "out.gif")
     with pytest.raises(ValueError, match="unknown output format 'bmp'"):
         res.save(tmp_path / "out.x", format="bmp")
     with pytest.raises(FileNotFoundError, match="does not exist"):
@@ -183,7 +184,8 @@ def test_interrupted_write_keeps_existing_output(tmp_path, pipe, monkeypatch):
     def boom(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(Image.Image, "save", boom)
+    # Interrupted once the encoded bytes are in the temporary file, before it takes the name.
+    monkeypatch.setattr(engine.io.atomic.os, "fsync", boom)
     with pytest.raises(KeyboardInterrupt):
         res.save(target, overwrite=True)
     assert target.read_bytes() == b"previous" and not list(tmp_path.glob(".*.tmp"))

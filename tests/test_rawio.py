@@ -185,7 +185,7 @@ def test_dlpack_zero_copy():
 
 
 def test_cupy_zero_copy():
-    cupy = pytest.importorskip("cupy", reason="cupy is an optional extra (pip install .[cupy])")
+    cupy = pytest.importorskip("cupy", reason="cupy is an optional extra (pip install .[cupy12] or .[cupy13])")
     if not torch.cuda.is_available():
         pytest.skip("cupy needs a CUDA device")
     a = cupy.random.randint(0, 16383, (16, 24)).astype(cupy.uint16)

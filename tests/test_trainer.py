@@ -70,6 +70,38 @@ def test_resume_continues_exactly(tmp_path):
     assert not list((tmp_path / "b").glob(".*.tmp"))
 
 
+class ThreadRecordingPatches(ToyPatches):
+    """ToyPatches that note which thread read each item."""
+
+    def __init__(self, n=8):
+        super().__init__(n)
+        self.threads = []
+
+    def __getitem__(self, key):
+        import threading
+
+        self.threads.append(threading.current_thread().name)
+        return super().__getitem__(key)
+
+
+def test_prefetching_the_next_batches_changes_no_bit(tmp_path):
+    """The next step's patches are read in a background thread (the default on CUDA): over
+    an epoch boundary and with two micro-batches per step, the weights equal a run that
+    reads them in the step, and the prefetched reads were the ones used."""
+    cfg = tiny_config(batch=4, accumulate=2)
+    plain = Trainer(cfg, ToyPatches(), tmp_path / "a", device="cpu", progress=False, prefetch=False)
+    plain.fit(max_steps=6)  # 4 iterations per epoch: crosses into epoch 1
+    data = ThreadRecordingPatches()
+    fetched = Trainer(cfg, data, tmp_path / "b", device="cpu", progress=False, prefetch=True)
+    fetched.fit(max_steps=6)
+    for k, v in plain.model.state_dict().items():
+        assert torch.equal(v, fetched.model.state_dict()[k]), k
+    assert torch.equal(plain.weights.raw, fetched.weights.raw)
+    # step 1 reads in the step; steps 2-6 (and the 7th, prefetched but not run) in the thread
+    assert data.threads[:4] == ["MainThread"] * 4
+    assert all(t.startswith("prefetch") for t in data.threads[4:]) and len(data.threads) == 7 * 4
+
+
 def test_resume_refuses_other_options(tmp_path):
     Trainer(tiny_config(), ToyPatches(), tmp_path, device="cpu", progress=False).fit(max_steps=1)
     other = Trainer(tiny_config(steps=3), ToyPatches(), tmp_path, device="cpu", progress=False)

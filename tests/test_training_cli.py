@@ -22,11 +22,12 @@ def test_train_then_resume_then_evaluate_then_enhance(tmp_path, capsys):
     assert torch.load(run / "last.pt", weights_only=True)["global_step"] == 4
     out_json = tmp_path / "eval.json"
     assert main(["evaluate", "--checkpoint", str(run / "model.pt"), "--holdout", "2", "--patch", "64", "--steps", "2",
-                 "--json", str(out_json), "-q"]) == 0
+                 "--baselines", "wavelet", "--json", str(out_json), "-q"]) == 0
     printed = capsys.readouterr().out
-    assert "synthetic hold-out" in printed and "input PSNR" in printed
-    table = json.loads(out_json.read_text())["synthetic"]
-    assert set(table) == {"100.0", "300.0"} and all(v["psnr"] > 0 for v in table.values())
+    assert "photo hold-out: 2 scenes" in printed and "noisy input" in printed and "model 2" in printed
+    table = json.loads(out_json.read_text())["holdout"]
+    assert set(table) == {"100.0", "300.0"}
+    assert all(len(m["psnr"]) == 2 and min(m["psnr"]) > 0 for v in table.values() for m in v.values())
     assert main(["export", "--checkpoint", str(run / "model.pt"), "--public", str(tmp_path / "public.pt")]) == 0
     public = torch.load(tmp_path / "public.pt", weights_only=True)
     assert set(public) == {"netG", "epoch", "iterations"} and public["iterations"] == 4

@@ -2,7 +2,9 @@
 
 The crops are cut on the uint16 cache (cheap, on the CPU); everything here runs batched on
 the batch's device, with no per-sample Python loop and no host synchronisation (per-sample
-choices are applied with ``torch.where``), so it also runs inside a CUDA graph.
+choices are applied with ``torch.where``), so it also runs inside a CUDA graph. On a GPU
+``augment_and_normalise`` runs the fused ``kernels.dihedral.normalise_dihedral`` instead
+(the same arithmetic in one pass).
 
 Why flipping packed planes is valid (SPEC §1 packing, derivation for an RGGB cell; the
 other patterns differ only by which site R starts on, which packing removes):
@@ -31,6 +33,10 @@ from __future__ import annotations
 
 import torch
 
+from kernels import value_checks_disabled
+from kernels._common import to_device, use_triton
+from kernels.dihedral import normalise_dihedral
+
 __all__ = ["normalise_packed", "random_dihedral", "apply_dihedral", "augment_and_normalise"]
 
 # Plane order after a transpose: R, G2, B, G1 (see the module docstring).
@@ -58,7 +64,7 @@ def _per_sample(name: str, v, B: int, dev, width: int | None = None) -> torch.Te
 
 def _levels(raw: torch.Tensor, black, white, ratio):
     B, dev = raw.shape[0], raw.device
-    return (_per_sample("black", black, B, dev, 4), _per_sample("white", white, B, dev),
+    return (_per_sample("black", black, B, dev, 4).contiguous(), _per_sample("white", white, B, dev),
             _per_sample("ratio", ratio, B, dev))
 
 
@@ -97,6 +103,12 @@ def _flip(x: torch.Tensor, dim: int) -> torch.Tensor:
     return x.flip(dim)
 
 
+def _where(cond: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    if a.dtype == torch.uint16:  # torch <= 2.11 has no uint16 where on the CPU; int16 is the same bits
+        return torch.where(cond, a.view(torch.int16), b.view(torch.int16)).view(torch.uint16)
+    return torch.where(cond, a, b)
+
+
 def apply_dihedral(x: torch.Tensor, flags: torch.Tensor) -> torch.Tensor:
     """Apply per-sample (horizontal flip, vertical flip, transpose) to packed ``x``.
 
@@ -113,12 +125,12 @@ def apply_dihedral(x: torch.Tensor, flags: torch.Tensor) -> torch.Tensor:
     if flags.device != x.device:
         raise ValueError(f"flags are on {flags.device} but x is on {x.device}")
     sel = lambda k: flags[:, k].view(B, 1, 1, 1)  # noqa: E731
-    x = torch.where(sel(0), _flip(x, -1), x)
-    x = torch.where(sel(1), _flip(x, -2), x)
+    x = _where(sel(0), _flip(x, -1), x)
+    x = _where(sel(1), _flip(x, -2), x)
     if h == w:
         groups = x.reshape(B, C // 4, 4, h, w)  # permute by slices, not an index tensor: no host copy
         xt = torch.cat([groups[:, :, p : p + 1] for p in _TRANSPOSE_PLANES], dim=2).reshape(B, C, h, w).transpose(-1, -2)
-        x = torch.where(sel(2), xt, x).contiguous()  # where may follow xt's transposed strides
+        x = _where(sel(2), xt, x).contiguous()  # where may follow xt's transposed strides
     elif bool(flags[:, 2].any()):  # only reached for non-square input (a host sync there is fine)
         raise ValueError(f"a transpose needs square patches, got {h}x{w}; pass transpose=False")
     return x
@@ -141,11 +153,23 @@ def augment_and_normalise(raw: torch.Tensor, black, white, generator: torch.Gene
     Returns:
         float32 ``[B, 4, p, p]`` in [0, 1] (and the flags when asked).
     """
-    x = normalise_packed(raw, black, white, ratio=ratio)
-    if transpose and x.shape[-1] != x.shape[-2]:
-        raise ValueError(f"a transpose needs square patches, got {x.shape[-2]}x{x.shape[-1]}; pass transpose=False")
+    if raw.dim() != 4 or raw.shape[1] != 4:
+        raise ValueError(f"raw must be a packed batch [B, 4, h, w], got shape {tuple(raw.shape)}")
+    if transpose and raw.shape[-1] != raw.shape[-2]:
+        raise ValueError(f"a transpose needs square patches, got {raw.shape[-2]}x{raw.shape[-1]}; pass transpose=False")
     gen_device = generator.device if generator is not None else raw.device
-    flags = random_dihedral(x.shape[0], generator=generator, device=gen_device, flips=flips, transpose=transpose)
-    flags = flags.to(raw.device)
-    out = apply_dihedral(x, flags)
+    flags = random_dihedral(raw.shape[0], generator=generator, device=gen_device, flips=flips, transpose=transpose)
+    # a pinned, non-blocking copy: a plain .to() from a CPU generator's flags waits for the
+    # device's queue (a host synchronisation per micro-batch in the trainer)
+    flags = to_device(flags, raw.device, non_blocking=True)
+    if use_triton(raw.device, "auto"):
+        # on a GPU: one fused pass (uint16 read once, float32 written once) instead of about
+        # ten tensor-op passes; the same float32 arithmetic, bit-identical (tests/test_dihedral.py).
+        # Its value checks would read the device: the levels are the dataset's, unchecked
+        # here as in normalise_packed.
+        black_t, white_t, ratio_t = _levels(raw, black, white, ratio)
+        with value_checks_disabled():
+            out = normalise_dihedral(raw, black_t, white_t, flags, ratio=ratio_t)
+    else:
+        out = apply_dihedral(normalise_packed(raw, black, white, ratio=ratio), flags)
     return (out, flags) if return_flags else out

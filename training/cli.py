@@ -51,10 +51,12 @@ def train(args) -> int:
                 ratio_range=tuple(args.ratio_range) if args.ratio_range else None, continuous=args.continuous,
                 patch=args.patch, batch=args.batch, accumulate=args.accumulate, epochs=args.epochs,
                 iters_per_epoch=args.iters_per_epoch, lr=args.lr, clip_grad=args.clip_grad, amp=args.amp,
-                compile=args.compile, seed=args.seed, save_every=args.save_every, log_every=args.log_every)
+                compile=args.compile, seed=args.seed, save_every=args.save_every, log_every=args.log_every,
+                mean_weight=args.mean_loss, mean_pool=args.mean_pool, init=args.init)
             dataset = build_training_dataset(sid_root=args.sid_root, sid_list=args.sid_list,
-                                             srgb_folder=args.srgb_folder,
-                                             procedural=not (args.sid_root or args.srgb_folder) or args.procedural,
+                                             srgb_folder=args.srgb_folder, deadleaves_bank=args.deadleaves_bank,
+                                             procedural=not (args.sid_root or args.srgb_folder or args.deadleaves_bank)
+                                             or args.procedural,
                                              patch=args.patch, cache=None if args.cache == "none" else args.cache,
                                              cache_dir=args.cache_dir, seed=args.seed)
             trainer = Trainer(cfg, dataset, args.out, device=device, progress=not args.quiet)
@@ -83,14 +85,24 @@ def train(args) -> int:
     return 0
 
 
+def _compare_arg(text: str) -> tuple[str, str]:
+    """--compare NAME=CHECKPOINT."""
+    import argparse
+
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=CHECKPOINT, got {text!r}")
+    return name, path
+
+
 def evaluate(args) -> int:
+    from engine.io.atomic import atomic_path, refuse_existing
     from engine.models.checkpoint import load_checkpoint
 
-    from .evaluate import evaluate_sid, evaluate_synthetic, format_table
+    from .evaluate import evaluate_sid, format_table
+    from .holdout_eval import evaluate_methods, format_results, holdout_clean, load_models, make_noisy_holdout
     from .options import check_holdout_size
     from .sid import SIDPairDataset
-
-    from engine.io.atomic import atomic_path, refuse_existing
 
     if args.json and not args.overwrite:  # before minutes of evaluation
         refuse_existing(args.json, "use --overwrite to replace it")
@@ -100,27 +112,50 @@ def evaluate(args) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    steps = args.steps
+    named = [("model", args.checkpoint)] + list(args.compare or [])
     try:
-        model, config, _ = load_checkpoint(args.checkpoint)
+        models = load_models(named)
     except (ValueError, OSError) as e:  # CheckpointError names the file and the reason
         print(f"error: cannot load the model: {e}", file=sys.stderr)
         return 2
-    results = {}
-    table = evaluate_synthetic(model, config, ratios=args.ratios, steps=args.steps, n=args.holdout, patch=args.patch,
-                               noise_model=args.noise_model, camera=args.camera, device=device, progress=not args.quiet)
-    results["synthetic"] = table
-    print(format_table(table, f"synthetic hold-out ({args.holdout} patches of {args.patch}^2, {args.noise_model}, "
-                              f"{args.camera}), {args.steps} steps"))
+    clean = holdout_clean(args.scenes, args.holdout, args.patch, args.seed)
+    data = make_noisy_holdout(clean, args.ratios, noise_model=args.noise_model, camera=args.camera,
+                              iso=args.iso if args.iso > 0 else None, seed=args.seed)
+    cache = None
+    if args.baseline_cache:
+        cache = json.loads(open(args.baseline_cache).read()) if os.path.isfile(args.baseline_cache) else {}
+    baselines = [] if args.baselines == ["none"] else args.baselines
+    progress = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    results = evaluate_methods(data, models, steps=steps, baselines=baselines, batch=args.batch, seed=args.seed,
+                               device=device, stochastic=not args.deterministic, progress=progress,
+                               baseline_cache=cache)
+    if cache is not None:
+        with atomic_path(args.baseline_cache, overwrite=True) as tmp, open(tmp, "w") as f:  # a cache: rewritten
+            json.dump(cache, f)
+    iso = f"ISO {args.iso:g}" if args.iso > 0 else "gain over the camera's range"
+    print(f"{args.scenes} hold-out: {args.holdout} scenes of {args.patch}^2 packed pixels (seed {args.seed}), "
+          f"{args.noise_model} noise of {args.camera} at {iso}; "
+          + ", ".join(f"{name} = {path}" for name, path in named))
+    print(format_results(results, per_image=not args.means_only))
+    out = {"holdout": {str(r): t for r, t in results["ratios"].items()}, "notes": results["notes"],
+           "settings": {"scenes": args.scenes, "n": args.holdout, "patch": args.patch, "seed": args.seed,
+                        "noise_model": args.noise_model, "camera": args.camera, "iso": args.iso,
+                        "models": dict(named), "stochastic": not args.deterministic}}
     if args.sid_root:
+        model, config, _ = load_checkpoint(args.checkpoint)
         pairs = SIDPairDataset(args.sid_root, args.sid_list, crop="center", patch=512)
-        table = evaluate_sid(model, config, pairs, steps=args.steps, camera=args.camera,
-                             correct_illuminance=args.illuminance_correction, device=device, progress=not args.quiet)
-        results["sid"] = table
-        print(format_table(table, f"SID ({len(pairs)} pairs, centre 512 crop"
-                                  f"{', illuminance-corrected' if args.illuminance_correction else ''}), {args.steps} steps"))
+        out["sid"] = {}
+        for n in [v for v in steps if v != "auto"]:
+            table = evaluate_sid(model, config, pairs, steps=n, camera=args.camera,
+                                 correct_illuminance=args.illuminance_correction, device=device,
+                                 progress=not args.quiet)
+            out["sid"][str(n)] = {str(r): m for r, m in table.items()}
+            print(format_table(table, f"SID ({len(pairs)} pairs, centre 512 crop"
+                                      f"{', illuminance-corrected' if args.illuminance_correction else ''}), {n} steps"))
     if args.json:
         with atomic_path(args.json, overwrite=args.overwrite) as tmp, open(tmp, "w") as f:
-            json.dump({k: {str(r): m for r, m in v.items()} for k, v in results.items()}, f, indent=1)
+            json.dump(out, f, indent=1)
     return 0
 
 
@@ -151,11 +186,19 @@ def add_training_commands(sub) -> None:
     """Register ``train``, ``evaluate`` and ``export``. Every numeric option is checked while
     parsing (``training.options`` / ``engine.argtypes``): a bad value stops with exit status 2
     and a message naming the option, before anything is loaded."""
-    from engine.argtypes import camera_arg, device_arg, integer_arg, noise_model_arg, real_arg
+    from engine.argtypes import camera_arg, device_arg, integer_arg, noise_model_arg, real_arg, steps_or_auto_arg
     from engine.inference.pipeline import MAX_RATIO, MAX_STEPS
 
-    from .options import (MAX_BATCH, MAX_EPOCHS, MAX_ITERS_PER_EPOCH, MAX_LR, MAX_PATCH, MAX_SAMPLES_PER_EPOCH,
-                          option_arg, ratio_range_arg)
+    from .options import (
+        MAX_BATCH,
+        MAX_EPOCHS,
+        MAX_ITERS_PER_EPOCH,
+        MAX_LR,
+        MAX_PATCH,
+        MAX_SAMPLES_PER_EPOCH,
+        option_arg,
+        ratio_range_arg,
+    )
 
     t = sub.add_parser("train", help="train a backbone (built-in synthetic data unless a dataset is given)")
     t.add_argument("--out", required=True, help="run folder: checkpoints (last.pt, model.pt) and log.jsonl")
@@ -165,6 +208,8 @@ def add_training_commands(sub) -> None:
     t.add_argument("--sid-root", default=None, help="SID dataset root (Sony/long, Sony/short)")
     t.add_argument("--sid-list", default=None, help="SID list file (default: every file in Sony/long)")
     t.add_argument("--srgb-folder", default=None, help="a folder of sRGB photos turned into raw")
+    t.add_argument("--deadleaves-bank", default=None,
+                   help="dead-leaves scenes from this bank (.npy of training.deadleaves_scenes.render_bank)")
     t.add_argument("--procedural", action="store_true", help="add procedural scenes to a dataset given above")
     t.add_argument("--cache", default="memory", choices=("memory", "disk", "none"),
                    help="SID long-exposure cache (default memory)")
@@ -184,6 +229,12 @@ def add_training_commands(sub) -> None:
     t.add_argument("--ratio-range", type=ratio_range_arg(), nargs=2, default=None, metavar=("LOW", "HIGH"),
                    help=f"exposure ratio range, 1 < LOW <= HIGH <= {MAX_RATIO:g} (default 100 300); LOW must leave "
                         f"steps - 1 integer multiples in [2, LOW - 1]")
+    t.add_argument("--mean-loss", type=real_arg(0), default=0.0,
+                   help="weight >= 0 of the local-mean (brightness) term of each step's loss (default 0: SPEC as "
+                        "written; the shipped model used it, see engine/data/README.md)")
+    t.add_argument("--mean-pool", type=integer_arg(1, 512), default=8,
+                   help="block side of the local-mean term, in packed pixels, 1..512 (default 8)")
+    t.add_argument("--init", default=None, help="start from this engine checkpoint's weights (fine-tuning)")
     t.add_argument("--continuous", action="store_true", help="continuous ratio range U(20, 300)")
     t.add_argument("--patch", type=option_arg("patch"), default=512,
                    help=f"packed patch side, a multiple of 16 in 16..{MAX_PATCH} (default 512)")
@@ -215,20 +266,37 @@ def add_training_commands(sub) -> None:
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=train)
 
-    e = sub.add_parser("evaluate", help="PSNR/SSIM on the synthetic hold-out set and, optionally, SID pairs")
+    e = sub.add_parser("evaluate", help="the model beside the noisy input, wavelet and BM3D on a hold-out set "
+                                        "(and, optionally, SID pairs)")
     e.add_argument("--checkpoint", required=True, help="model checkpoint (ours or the public {'netG': ...} format)")
+    e.add_argument("--compare", action="append", default=None, metavar="NAME=CHECKPOINT", type=_compare_arg,
+                   help="another model evaluated on the same inputs (repeatable), e.g. onestep=runs/onestep/model.pt")
     e.add_argument("--ratios", type=real_arg(1.0, MAX_RATIO, low_open=True), nargs="+", default=[100, 300],
                    help=f"exposure ratios to evaluate, each in (1, {MAX_RATIO:g}] (default 100 300)")
-    e.add_argument("--steps", type=integer_arg(1, MAX_STEPS), default=3,
-                   help=f"network evaluations per image, 1..{MAX_STEPS} (default 3)")
-    e.add_argument("--holdout", type=integer_arg(1), default=32,
-                   help="synthetic hold-out patches, >= 1, at most 4 GiB of them in memory (default 32)")
-    e.add_argument("--patch", type=integer_arg(16, MAX_PATCH, multiple=16), default=256,
-                   help=f"hold-out patch side, a multiple of 16 in 16..{MAX_PATCH} (default 256)")
+    e.add_argument("--steps", nargs="+", type=steps_or_auto_arg(MAX_STEPS), default=[1, 2, 3, 5],
+                   help=f"step counts of each model, 1..{MAX_STEPS} or 'auto' (engine.inference.adaptive) "
+                        "(default 1 2 3 5)")
+    e.add_argument("--scenes", default="photo", choices=("photo", "procedural", "skimage"),
+                   help="hold-out scenes: photograph-like (training.holdout, default), procedural, or scikit-image's "
+                        "photographs unprocessed to raw (at most 6; evaluation only)")
+    e.add_argument("--holdout", type=integer_arg(1), default=16,
+                   help="hold-out scenes, >= 1, at most 4 GiB of them in memory (default 16)")
+    e.add_argument("--patch", type=integer_arg(16, MAX_PATCH, multiple=16), default=192,
+                   help=f"hold-out scene side in packed pixels, a multiple of 16 in 16..{MAX_PATCH} (default 192)")
+    e.add_argument("--seed", type=integer_arg(0, 2**32 - 1), default=0,
+                   help="seed of the hold-out scenes and their noise (default 0)")
     e.add_argument("--noise-model", default="P+G+r+u", type=noise_model_arg,
-                   help="ELD noise of the synthetic hold-out, e.g. P+g or P+G+r+u (default)")
+                   help="ELD noise of the hold-out, e.g. P+g or P+G+r+u (default)")
     e.add_argument("--camera", default="SonyA7S2", type=camera_arg,
                    help="camera profile of the hold-out noise / SID gains (default SonyA7S2)")
+    e.add_argument("--iso", type=real_arg(0), default=3200,
+                   help="ISO of the hold-out noise (default 3200; 0: gains over the camera's range)")
+    e.add_argument("--baselines", nargs="+", default=["wavelet", "bm3d"], choices=("wavelet", "bm3d", "none"),
+                   help="classical denoisers run beside the models (default wavelet bm3d; 'none': skip)")
+    e.add_argument("--baseline-cache", default=None, help="JSON file keeping baseline scores between runs")
+    e.add_argument("--deterministic", action="store_true", help="Poisson means instead of draws in the steps")
+    e.add_argument("--batch", type=integer_arg(1, 4096), default=4, help="frames per network call (default 4)")
+    e.add_argument("--means-only", action="store_true", help="no per-image table")
     e.add_argument("--sid-root", default=None, help="SID dataset root: also evaluate on its test pairs")
     e.add_argument("--sid-list", default=None, help="SID list file of the pairs (default: every pair found)")
     e.add_argument("--illuminance-correction", action="store_true", help="SID protocol's ground-truth rescaling")

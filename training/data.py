@@ -131,7 +131,8 @@ class EpochTaggedSampler(Sampler):
         return len(self.sampler)
 
 
-def build_training_dataset(*, sid_root=None, sid_list=None, srgb_folder=None, procedural: bool | int = True,
+def build_training_dataset(*, sid_root=None, sid_list=None, srgb_folder=None, deadleaves_bank=None,
+                           procedural: bool | int = True,
                            patch: int = 512, weights: Sequence[float] | None = None, length: int | None = None,
                            cache="memory", cache_dir=None, seed: int = 0, white_level: float | None = None) -> MixedPatchDataset:
     """The training set from whatever is at hand; with no argument, procedural scenes only
@@ -141,10 +142,12 @@ def build_training_dataset(*, sid_root=None, sid_list=None, srgb_folder=None, pr
         sid_root, sid_list: SID long exposures (:class:`SIDLongDataset`; ``sid_list`` None
             takes every file in ``Sony/long``).
         srgb_folder: a folder of sRGB photos (:class:`SRGBFolderDataset`).
+        deadleaves_bank: a dead-leaves bank ``.npy`` (``training.deadleaves_scenes``): finished
+            dead-leaves scenes (1000 per epoch, or as many as the other sources have samples).
         procedural: include procedural scenes; an int sets how many per epoch (default
             1000, or as many as the other sources have samples).
-        weights: one per included source, in the order SID, sRGB, procedural (default:
-            equal).
+        weights: one per included source, in the order SID, sRGB, dead leaves, procedural
+            (default: equal).
         length: samples per epoch (default: the sum over the sources).
         cache, cache_dir, white_level: for SID (see :class:`SIDLongDataset`).
     """
@@ -154,6 +157,10 @@ def build_training_dataset(*, sid_root=None, sid_list=None, srgb_folder=None, pr
                                       white_level=white_level))
     if srgb_folder is not None:
         sources.append(SRGBFolderDataset(srgb_folder, patch=patch, seed=seed))
+    if deadleaves_bank is not None:
+        from .deadleaves_scenes import DeadLeavesDataset
+
+        sources.append(DeadLeavesDataset(deadleaves_bank, max(1000, sum(len(s) for s in sources)), patch=patch, seed=seed))
     if procedural:
         n = procedural if not isinstance(procedural, bool) else max(1000, sum(len(s) for s in sources))
         sources.append(ProceduralSceneDataset(n, patch=patch, seed=seed))

@@ -3,12 +3,25 @@
 Per sample, ``steps - 1`` distinct integers drawn from ``[2, r - 1]`` are the inner
 exposure multiples; every step is unrolled with gradients, the Poisson draws pass them
 straight through (``kernels.exposure_step``'s autograd), and the loss is
-``sum_i w_i * (L_i + aux_i)`` with ``L_i = mean|Y_i - gt|`` and, for the adaptive
-residual head, ``aux_i = mean(|x0 - gt| * M + |clip(R + A_i) - gt| * (1 - M))``.
+``sum_i w_i * (L_i + aux_i + lambda_mean * B_i)`` with ``L_i = mean|Y_i - gt|``, for the
+adaptive residual head ``aux_i = mean(|x0 - gt| * M + |clip(R + A_i) - gt| * (1 - M))``,
+and the local-mean (brightness) term ``B_i = mean|pool(Y_i) - pool(gt)|`` over
+``mean_pool x mean_pool`` blocks of each plane (``lambda_mean = 0``: SPEC §4 as written).
+
+Why the local-mean term (issue 14): an L1 loss makes each estimate the posterior *median*,
+which for the right-skewed photon-count posteriors of dark pixels lies below the mean; the
+next state is built from the estimate (``(rho_next - 1)`` of its ``rho_next`` exposures), so
+that dark bias is carried into the state, and each further step adds its own: the estimates
+drift darker step by step. The public reference code hides this by rescaling every step's
+estimate with the ground-truth illuminance correction *inside* its loop (training and
+evaluation), which an engine without ground truth cannot do. The block means of the error
+average many pixels, so the L1 of them is minimised by a (nearly) mean-unbiased local
+brightness; the pixel L1 keeps its edges.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from kernels import exposure_step
@@ -62,9 +75,23 @@ def _aux_loss(out: torch.Tensor, state: torch.Tensor, gt: torch.Tensor) -> torch
     return torch.mean((x0 - gt).abs() * m + ((resid + state.float()).clamp(0, 1) - gt).abs() * (1 - m))
 
 
+def local_mean_error(estimate: torch.Tensor, gt: torch.Tensor, pool: int) -> torch.Tensor:
+    """``mean |avgpool(Y) - avgpool(gt)|`` over ``pool x pool`` blocks of every plane.
+
+    Args: estimate, gt: ``[B, 4, h, w]`` (any float dtype; computed in float32), ``pool``
+    >= 1 (1: the pixel L1). Blocks that do not fit at the bottom/right edges are dropped.
+    Returns a float32 scalar (normalised units).
+    """
+    if pool < 1:
+        raise ValueError(f"pool must be >= 1, got {pool}")
+    e = estimate.float() - gt.float()
+    return F.avg_pool2d(e, pool).abs().mean() if pool > 1 else e.abs().mean()
+
+
 def unrolled_loss(backbone: nn.Module, first_input: torch.Tensor, gt: torch.Tensor, *, ratio: torch.Tensor,
                   K: torch.Tensor, rho: torch.Tensor, weights: torch.Tensor, with_photon: bool, concat_origin: bool,
                   generator: torch.Generator | None = None, accumulate: bool = False,
+                  mean_weight: float = 0.0, mean_pool: int = 8,
                   dn_scale: float = DEFAULT_DN_SCALE,
                   memory_format: torch.memory_format = torch.channels_last) -> tuple[torch.Tensor, torch.Tensor]:
     """Loss of one batch with all steps unrolled (gradients through every step).
@@ -74,6 +101,7 @@ def unrolled_loss(backbone: nn.Module, first_input: torch.Tensor, gt: torch.Tens
             ``kernels.synthesize_noise``); gt: clean ``[B, 4, p, p]`` float32.
         ratio, K: float32 ``[B]``; rho: ``[B, n + 1]`` (``sample_inner_exposures``);
         weights: ``[n]`` step weights (``StepWeights()``).
+        mean_weight, mean_pool: weight and block size of the local-mean term (module docstring).
         memory_format: layout of the intermediate network inputs (channels_last: the
             faster convolution layout on GPUs and oneDNN CPUs).
 
@@ -96,6 +124,8 @@ def unrolled_loss(backbone: nn.Module, first_input: torch.Tensor, gt: torch.Tens
                                       out_memory_format=memory_format)
         l1 = (estimate - gt).abs().mean()
         aux = _aux_loss(out, state, gt) if out.shape[1] == 9 else torch.zeros_like(l1)
+        if mean_weight:
+            aux = aux + mean_weight * local_mean_error(estimate, gt, mean_pool)
         total = total + weights[i] * (l1 + aux)
         per_step.append(l1.detach().float())
         if not last:

@@ -77,12 +77,20 @@ class PackedBatch:
         return normalise_packed(self.raw, self.black, self.white)
 
 
-def collate_patches(items) -> PackedBatch:
-    """DataLoader ``collate_fn``: a list of item dicts -> :class:`PackedBatch`."""
+def collate_patches(items, *, pin_memory: bool = False) -> PackedBatch:
+    """DataLoader ``collate_fn``: a list of item dicts -> :class:`PackedBatch`.
+
+    ``pin_memory=True`` stacks the pixels straight into page-locked memory (one copy
+    instead of a stack and a pin), so the copy to a GPU can run without blocking.
+    """
     if not items:
         raise ValueError("collate_patches: empty list of items")
+    raws = [it["raw"] for it in items]
+    raw = None
+    if pin_memory:
+        raw = torch.empty((len(raws), *raws[0].shape), dtype=raws[0].dtype, pin_memory=True)
     return PackedBatch(
-        raw=torch.stack([it["raw"] for it in items]),
+        raw=torch.stack(raws, out=raw) if raw is not None else torch.stack(raws),
         black=torch.stack([torch.as_tensor(it["black"], dtype=torch.float32) for it in items]),
         white=torch.tensor([float(it["white"]) for it in items], dtype=torch.float32),
         index=torch.tensor([int(it["index"]) for it in items], dtype=torch.int64),

@@ -27,6 +27,7 @@ import dataclasses
 import json
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -83,7 +84,9 @@ class TrainConfig:
     Noise: ``noise_model`` ("P+g", "P+G+r+u", ...), ``cameras`` (profile names/paths;
     None = all shipped), ``K_range`` ((lo, hi) or "camera"), ``ratio_range`` or the
     ``continuous`` range (SPEC §3). Schedule: ``steps`` unrolled evaluations, step weights
-    ``learnable_weights``. Optimiser: Adam ``lr`` (betas 0.9, 0.999) multiplied by
+    ``learnable_weights``; ``mean_weight`` / ``mean_pool``: the local-mean (brightness) term
+    of ``training.objective`` (0: SPEC §4 as written). ``init``: an engine checkpoint whose
+    weights start the run (fine-tuning; ignored when resuming, which loads ``last.pt``). Optimiser: Adam ``lr`` (betas 0.9, 0.999) multiplied by
     ``lr_factors`` after the epoch fractions ``lr_milestones`` (SPEC §4: halved at
     epoch 150 and 1e-5 from epoch 270 of 300). ``batch`` is the global batch.
     """
@@ -96,6 +99,9 @@ class TrainConfig:
     steps: int = 3
     learnable_weights: bool = True
     accumulate_form: bool = False
+    mean_weight: float = 0.0
+    mean_pool: int = 8
+    init: str | None = None
     noise_model: str = "P+G+r+u"
     cameras: tuple | None = None
     K_range: tuple | str = (0.1, 30.0)
@@ -178,9 +184,14 @@ class Trainer:
             ``training.patches`` (uint16 ``[4, p, p]`` patches with levels).
         out_dir: where checkpoints and ``log.jsonl`` go.
         device: the training device (CUDA rank-local under torchrun).
+        prefetch: read and collate the next step's patches in a background thread while
+            the device runs the current step (into pinned memory on CUDA, so the copy does
+            not block either); default: on for CUDA. Results do not depend on it: a batch
+            is a pure function of (epoch, iteration).
     """
 
-    def __init__(self, cfg: TrainConfig, dataset, out_dir, *, device=None, progress: bool = True):
+    def __init__(self, cfg: TrainConfig, dataset, out_dir, *, device=None, progress: bool = True,
+                 prefetch: bool | None = None):
         self.cfg = cfg
         self.dataset = dataset
         self.out = Path(out_dir)
@@ -196,7 +207,15 @@ class Trainer:
         self.iters_per_epoch = cfg.iters_per_epoch or max(1, len(dataset) // cfg.batch)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.backbone_config = cfg.backbone_config()
-        self.model = self.backbone_config.build().to(self.device).to(memory_format=torch.channels_last)
+        self.model = self.backbone_config.build()
+        if cfg.init:
+            from engine.models.checkpoint import load_checkpoint
+
+            init_model, init_config, _ = load_checkpoint(cfg.init)
+            if init_config != self.backbone_config:
+                raise ValueError(f"init checkpoint {cfg.init} has options {init_config}, the run {self.backbone_config}")
+            self.model.load_state_dict(init_model.state_dict())
+        self.model = self.model.to(self.device).to(memory_format=torch.channels_last)
         self.weights = StepWeights(cfg.steps, learnable=cfg.learnable_weights).to(self.device)
         params = list(self.model.parameters()) + ([self.weights.raw] if cfg.learnable_weights else [])
         self.optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999))
@@ -207,6 +226,11 @@ class Trainer:
         if cfg.compile:
             self.net = torch.compile(self.net)
         self.epoch, self.iteration, self.global_step = 0, 0, 0
+        self.prefetch = self.device.type == "cuda" if prefetch is None else bool(prefetch)
+        self._pin = self.device.type == "cuda"
+        self._orders: dict[int, torch.Tensor] = {}
+        self._prefetcher: ThreadPoolExecutor | None = None
+        self._prefetched = None  # (epoch, iteration, order, future) of the next step's batches
 
     # ------------------------------------------------------------ state
     def state_dict(self) -> dict:
@@ -304,18 +328,48 @@ class Trainer:
 
     # ------------------------------------------------------------ data
     def _epoch_order(self, epoch: int) -> torch.Tensor:
-        n = len(self.dataset)
-        g = _generator(self.cfg.seed, 1, epoch)
-        reps = math.ceil(self.iters_per_epoch * self.cfg.batch / n)
-        return torch.cat([torch.randperm(n, generator=g) for _ in range(reps)])
+        """The sample order of ``epoch`` (the same tensor object while it is current, so a
+        prefetch made for it is recognised)."""
+        if epoch not in self._orders:
+            n = len(self.dataset)
+            g = _generator(self.cfg.seed, 1, epoch)
+            reps = math.ceil(self.iters_per_epoch * self.cfg.batch / n)
+            self._orders = {epoch: torch.cat([torch.randperm(n, generator=g) for _ in range(reps)])}
+        return self._orders[epoch]
 
-    def _micro_batches(self, order: torch.Tensor):
-        """This rank's micro-batches of the current iteration: (micro index, PackedBatch)."""
-        start = self.iteration * self.cfg.batch
+    def _micro_batches(self, order: torch.Tensor, epoch: int | None = None, iteration: int | None = None) -> list:
+        """This rank's micro-batches of an iteration (default: the current one): a list of
+        (micro index, PackedBatch), collated into pinned memory on CUDA."""
+        epoch = self.epoch if epoch is None else epoch
+        start = (self.iteration if iteration is None else iteration) * self.cfg.batch
+        out = []
         for a in range(self.cfg.accumulate):
             m = self.rank * self.cfg.accumulate + a
             idx = order[start + m * self.micro : start + (m + 1) * self.micro].tolist()
-            yield m, collate_patches([self.dataset[(self.epoch, i)] for i in idx])
+            out.append((m, collate_patches([self.dataset[(epoch, i)] for i in idx], pin_memory=self._pin)))
+        return out
+
+    def _take_batches(self, order: torch.Tensor) -> list:
+        """The current iteration's micro-batches: the prefetched ones when they were made
+        for this (epoch, iteration, order), else read now."""
+        pre, self._prefetched = self._prefetched, None
+        if pre is not None and pre[:2] == (self.epoch, self.iteration) and pre[2] is order:
+            return pre[3].result()
+        if pre is not None:  # made for another step (a resume, another order): let it finish unused
+            wait([pre[3]])
+        return self._micro_batches(order)
+
+    def _prefetch_next(self, order: torch.Tensor) -> None:
+        """Start reading the (new) current iteration's batches in the background thread."""
+        if not self.prefetch:
+            return
+        if self.iteration == 0:  # a new epoch: its order
+            order = self._epoch_order(self.epoch)
+        if self._prefetcher is None:
+            self._prefetcher = ThreadPoolExecutor(1, thread_name_prefix="prefetch")
+        epoch, iteration = self.epoch, self.iteration
+        self._prefetched = (epoch, iteration, order,
+                            self._prefetcher.submit(self._micro_batches, order, epoch, iteration))
 
     # ------------------------------------------------------------ one step
     def prepare_inputs(self, batch, m: int) -> MicroInputs:
@@ -347,7 +401,7 @@ class Trainer:
         with value_checks_disabled(), autocast:
             return unrolled_loss(self.net, x.first, x.clean, ratio=x.ratio, K=x.K, rho=x.rho, weights=self.weights(),
                                  with_photon=cfg.with_photon, concat_origin=cfg.concat_origin, generator=x.generator,
-                                 accumulate=cfg.accumulate_form)
+                                 accumulate=cfg.accumulate_form, mean_weight=cfg.mean_weight, mean_pool=cfg.mean_pool)
 
     def train_step(self, order: torch.Tensor) -> dict:
         """One optimiser step over the global batch; returns the logged values."""
@@ -355,7 +409,7 @@ class Trainer:
             group["lr"] = self.cfg.lr * lr_factor(self.cfg, self.epoch)
         self.optimizer.zero_grad(set_to_none=True)
         losses, steps_l1 = [], []
-        micro = list(self._micro_batches(order))
+        micro = self._take_batches(order)
         for j, (m, batch) in enumerate(micro):
             sync = not self.distributed or j == len(micro) - 1
             ctx = self.net.no_sync() if not sync else contextlib.nullcontext()
@@ -376,6 +430,8 @@ class Trainer:
         self.iteration += 1
         if self.iteration >= self.iters_per_epoch:
             self.epoch, self.iteration = self.epoch + 1, 0
+        # the next step's patches are read and collated while the device runs this one
+        self._prefetch_next(order)
         # the step's only host read: the logged values
         return {"loss": float(torch.stack(losses).mean()), "l1_per_step": torch.stack(steps_l1).mean(0).tolist()}
 

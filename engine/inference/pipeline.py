@@ -32,11 +32,13 @@ from kernels.poisson import MAX_MEAN
 
 from ..camera import resolve_gain
 from ..errors import InvalidRawError
+from ..io.exif import Provenance
 from ..io.output import save_output, srgb_image
 from ..io.raw import RawFrame, read_raw_batch
 from ..models.backbones import BackboneConfig
 from ..models.checkpoint import load_checkpoint
 from ..models.fused_unet import FusedUNet
+from .adaptive import DEFAULT_POLICY, AutoStepsPolicy, steps_for_batch
 from .backbone_choice import BACKBONE_PATHS, ChoiceCache, choice_cache_path, choose, device_fingerprint
 from .graphs import GraphedDiffusion
 from .loop import SIZE_MULTIPLE, exposure_schedule, pad_to_multiple, run_exposure_diffusion
@@ -93,13 +95,17 @@ class EnhancedFrame:
         """sRGB rendering ``[2h, 2w, 3]`` (uint8, uint16 or float32) with the camera's colour."""
         return srgb_image(self.raw, self.frame, out_dtype)
 
-    def save(self, path, format: str | None = None, *, overwrite: bool = False) -> Path:
-        """Write as PNG (8-bit sRGB), TIFF (16-bit sRGB) or DNG (linear mosaic); atomic.
+    def save(self, path, format=None, *, overwrite: bool = False) -> Path:
+        """Write as PNG (8-bit sRGB; 16-bit with ``OutputOptions(bits=16)``), JPEG, TIFF
+        (16-bit sRGB) or DNG (linear mosaic), with the source's capture metadata and the
+        ratio / steps (EXIF); atomic. ``format``: a name, an ``engine.io.output.OutputOptions``
+        or None (from the extension).
 
         An existing ``path`` raises ``FileExistsError`` unless ``overwrite=True``; the
         frame's own source file is never written over (``engine.io.paths.OutputPathError``).
         """
-        return save_output(path, self.raw, self.frame, format, overwrite=overwrite)
+        return save_output(path, self.raw, self.frame, format, provenance=Provenance(self.ratio, self.steps),
+                           overwrite=overwrite)
 
 
 class Pipeline:
@@ -161,6 +167,8 @@ class Pipeline:
         self.backbone = net
         self._graphed: dict[tuple, GraphedDiffusion] = {}
         self._init_backbone_paths(backbone_path, compile_candidate)
+        # steps="auto": engine.inference.adaptive (from_checkpoint takes a stored calibration)
+        self.auto_policy = DEFAULT_POLICY
 
     @classmethod
     def from_checkpoint(cls, path=None, *, expect: dict | None = None, **kwargs) -> "Pipeline":
@@ -170,8 +178,10 @@ class Pipeline:
         ``path=None`` loads the default model shipped with the package
         (``DEFAULT_CHECKPOINT``, trained with ``training`` on built-in synthetic data).
         """
-        model, config, _ = load_checkpoint(DEFAULT_CHECKPOINT if path is None else path, expect=expect)
-        return cls(model, config, **kwargs)
+        model, config, meta = load_checkpoint(DEFAULT_CHECKPOINT if path is None else path, expect=expect)
+        pipe = cls(model, config, **kwargs)
+        pipe.auto_policy = AutoStepsPolicy.from_meta(meta)
+        return pipe
 
     # ------------------------------------------------------------------ network
     def _init_backbone_paths(self, path: str, compile_candidate: bool) -> None:
@@ -296,7 +306,7 @@ class Pipeline:
             raise ValueError("a batch needs frames of one size and one CFA pattern; process them one by one")
         return frames
 
-    def __call__(self, source, *, ratio, steps: int = 3, K=None, iso=None, camera=None, seed: int | None = None,
+    def __call__(self, source, *, ratio, steps: int | str = 3, K=None, iso=None, camera=None, seed: int | None = None,
                  stochastic: bool = True, schedule=None, accumulate: bool = False,
                  generator: torch.Generator | None = None, **raw_metadata):
         """Enhance one frame, or a batch of same-size frames.
@@ -307,7 +317,9 @@ class Pipeline:
                 ``white_level=`` and ``iso=`` or ``K=`` as keywords), a ``RawFrame``; or a
                 list of them / a ``[B, H, W]`` array for a batch.
             ratio: exposure ratio r to brighten by (0 < r <= 10000; > 1 when steps > 1).
-            steps: network evaluations, 1 <= n <= ``MAX_STEPS`` (100; 1 = the one-shot baseline).
+            steps: network evaluations, 1 <= n <= ``MAX_STEPS`` (100; 1 = the one-shot baseline),
+                or "auto": chosen per call from the input's expected quality
+                (``engine.inference.adaptive``; a batch runs at the largest count its frames need).
             K: gain in DN per photo-electron, in ``engine.camera.K_RANGE`` (0.01 .. 1e4);
                 default from the ISO and camera profile.
             iso: overrides the file's ISO (> 0). camera: profile name / JSON path for ISO -> K.
@@ -325,10 +337,16 @@ class Pipeline:
         if seed is not None and generator is not None:
             raise ValueError("give seed= or generator=, not both")
         ratio = real("ratio", ratio, low=0, high=MAX_RATIO, low_open=True)
-        steps = integer("steps", steps, low=1, high=MAX_STEPS)
+        if isinstance(steps, str) and steps != "auto":
+            raise ValueError(f"steps must be 'auto' or an integer in [1, {MAX_STEPS}], got {steps!r}")
+        auto = steps == "auto"
+        if auto and schedule is not None:
+            raise ValueError("steps='auto' chooses the schedule itself; give an integer steps with schedule=")
+        if not auto:
+            steps = integer("steps", steps, low=1, high=MAX_STEPS)
         if seed is not None:
             seed = integer("seed", seed, low=0, high=MAX_SEED)
-        if steps > 1 and ratio <= 1 and schedule is None:
+        if not auto and steps > 1 and ratio <= 1 and schedule is None:
             raise ValueError(f"steps > 1 needs ratio > 1 (the exposure must grow between steps), got ratio {ratio:g}")
         if K is not None:  # checked before any file is decoded (an ISO can only be checked after)
             K = resolve_gain(K=K)
@@ -348,7 +366,7 @@ class Pipeline:
         B = len(frames)
         ratio_t = torch.full((B,), float(ratio), dtype=torch.float32, device=dev)
         K_t = torch.tensor(gains, dtype=torch.float32, device=dev)
-        rho = exposure_schedule(ratio_t, steps, schedule)
+        rho = None if auto else exposure_schedule(ratio_t, steps, schedule)
         with nvtx.annotate("pack", color="green"):
             cfa = torch.stack([f.cfa.to(dev, non_blocking=True) for f in frames])
             black = torch.tensor([f.black_level for f in frames], dtype=torch.float32, device=dev)
@@ -357,6 +375,9 @@ class Pipeline:
                                with_photon=self.config.with_photon, concat_origin=self.config.concat_origin,
                                out_dtype=self._act_dtype)
             first = first.contiguous(memory_format=torch.channels_last)
+        if auto:  # chosen before the loop (and before any CUDA-graph capture)
+            steps = steps_for_batch(first, ratio_t, K_t, self.auto_policy, self.dn_scale) if ratio > 1 else 1
+            rho = exposure_schedule(ratio_t, steps)
         with nvtx.annotate("diffusion", color="red"), torch.inference_mode():
             estimate = self._run(first, ratio_t, K_t, rho, generator, stochastic, accumulate, self.max_tile)
         results = [EnhancedFrame(raw=estimate[i], frame=f, ratio=float(ratio), K=gains[i], steps=steps,

@@ -4,10 +4,13 @@
 (checked with rawpy 0.28 for all four patterns): DNGVersion 1.4, UniqueCameraModel,
 CFARepeatPatternDim 2x2 + CFAPattern + CFAPlaneColor + CFALayout, BlackLevelRepeatDim
 2x2 + four BlackLevel values (without the repeat dim LibRaw drops per-site blacks),
-WhiteLevel, ColorMatrix1 + CalibrationIlluminant1, and optionally AsShotNeutral,
-Make/Model. ISO and exposure time go into an EXIF IFD, where LibRaw looks for them
-(it ignores ISOSpeedRatings in IFD0). ``write_frame_dng`` writes a :class:`RawFrame`
-(or an enhanced mosaic with a frame's metadata).
+WhiteLevel, ColorMatrix1 + CalibrationIlluminant1, BaselineExposure (0 by default: the
+mosaic is at its intended brightness, so raw editors open an enhanced frame as bright as
+our sRGB rendering), and optionally AsShotNeutral, Make/Model, Orientation, Software and
+ImageDescription. ISO, exposure time, aperture, focal length, lens and capture date / time
+go into an EXIF IFD, where LibRaw looks for them (it ignores ISOSpeedRatings in IFD0);
+``engine.io.exif`` builds the tags. ``write_frame_dng`` writes a :class:`RawFrame` (or an
+enhanced mosaic with a frame's metadata).
 
 Every write is atomic: a temporary file in the target's directory, fsync, then
 ``os.replace``; on any error the temporary file is removed and an existing file at
@@ -21,8 +24,6 @@ from __future__ import annotations
 
 import math
 import os
-import struct
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,8 @@ import torch
 from ..camera import colour_matrix_problem
 from ..errors import InvalidRawError
 from .atomic import atomic_path
+from .exif import (SOFTWARE, Provenance, append_exif_ifd as _append_exif_ifd, ascii_text, exif_ifd_entries, exif_tags,
+                   rationals, tiff_ifd0_tags)
 from .raw import PATTERNS, RawFrame, plane_sites
 
 __all__ = ["write_dng", "write_frame_dng", "MIN_SIDE", "SRGB_COLOR_MATRIX"]
@@ -55,7 +58,9 @@ _COLOUR_CODE = {"R": 0, "G": 1, "B": 2}
 
 def write_dng(path, cfa, *, pattern, black_level, white_level, color_matrix=None, as_shot_neutral=None,
               iso=None, exposure_time=None, make=None, model=None, unique_camera_model=None,
-              calibration_illuminant=D65, overwrite: bool = False) -> Path:
+              calibration_illuminant=D65, lens=None, f_number=None, focal_length=None, capture_time=None,
+              orientation=None, provenance: Provenance | None = None, baseline_exposure: float | None = 0.0,
+              overwrite: bool = False) -> Path:
     """Write a linear CFA DNG (uncompressed, 16 bits per pixel, little-endian).
 
     Args:
@@ -73,6 +78,12 @@ def write_dng(path, cfa, *, pattern, black_level, white_level, color_matrix=None
         make, model: ASCII strings (non-ASCII characters become "?").
         unique_camera_model: defaults to "make model", or "ExposureDiffusion" with neither.
         calibration_illuminant: EXIF LightSource code of color_matrix (21 = D65).
+        lens, f_number, focal_length (mm), capture_time ("YYYY:MM:DD HH:MM:SS"): EXIF.
+        orientation: EXIF Orientation 1..8 (IFD0), so editors turn the picture as the camera was held.
+        provenance: ratio and steps of an enhancement (ImageDescription, Software).
+        baseline_exposure: DNG BaselineExposure in EV (None: not written). 0 for a mosaic
+            already at its intended brightness (an enhanced frame: the ratio is applied),
+            so that a raw editor's neutral rendering matches our sRGB output.
         overwrite: replace an existing ``path`` (default: ``FileExistsError``).
 
     Returns:
@@ -123,88 +134,57 @@ def write_dng(path, cfa, *, pattern, black_level, white_level, color_matrix=None
         (50721, _SRATIONAL, 9, _rationals(matrix, name, "color_matrix", signed=True), True),  # ColorMatrix1
         (50778, _SHORT, 1, int(calibration_illuminant), True),  # CalibrationIlluminant1
     ]
-    if make_s:
-        tags.append((271, _ASCII, 0, make_s, True))
-    if model_s:
-        tags.append((272, _ASCII, 0, model_s, True))
+    if baseline_exposure is not None:
+        tags.append((50730, _SRATIONAL, 1, _rationals([_number("baseline_exposure", baseline_exposure, name)], name,
+                                                       "baseline_exposure", signed=True), True))  # BaselineExposure
     if as_shot_neutral is not None:
         neutral = _values("as_shot_neutral", as_shot_neutral, 3, name)
         if min(neutral) <= 0:
             raise InvalidRawError(name, f"as_shot_neutral {tuple(neutral)} must be > 0")
         tags.append((50728, _RATIONAL, 3, _rationals(neutral, name, "as_shot_neutral"), True))
-    exif = _exif_entries(iso, exposure_time, name)
+    _check_exif_numbers(iso, exposure_time, name)
+    info = exif_tags(None, provenance, make=make_s, model=model_s, iso=iso, exposure_time=exposure_time, lens=lens,
+                     f_number=f_number, focal_length=focal_length, capture_time=capture_time, orientation=orientation)
+    tags += tiff_ifd0_tags(info)
+    exif = exif_ifd_entries(info)
     if exif:
         tags.append((_EXIF_PLACEHOLDER, _LONG, 1, 0, True))
+    description = provenance.description() if provenance is not None else None
 
     with atomic_path(path, overwrite=overwrite) as tmp:
         tifffile.imwrite(tmp, data, photometric=32803, subfiletype=0, byteorder="<", bigtiff=False,
-                         metadata=None, software="exposure-diffusion", extratags=tags)
+                         metadata=None, software=provenance.software if provenance else SOFTWARE,
+                         description=description, extratags=tags)
         if exif:
-            _append_exif_ifd(tmp, exif)
+            _append_exif_ifd(tmp, exif, _EXIF_PLACEHOLDER)
     return path
 
 
-def write_frame_dng(path, frame: RawFrame, cfa=None, *, overwrite: bool = False) -> Path:
+def write_frame_dng(path, frame: RawFrame, cfa=None, *, provenance: Provenance | None = None,
+                    overwrite: bool = False) -> Path:
     """Write ``frame`` (or the mosaic ``cfa`` with ``frame``'s metadata, e.g. an enhanced
-    output) as a DNG: same pattern, black / white levels, ISO, exposure, make / model,
-    white balance (as AsShotNeutral = 1 / gains) and colour matrix. ``overwrite`` as for
-    ``write_dng``."""
+    output with its ``provenance``) as a DNG: same pattern, black / white levels, capture
+    metadata (ISO, exposure, aperture, focal length, lens, date / time, orientation, make /
+    model), white balance (as AsShotNeutral = 1 / gains) and colour matrix, BaselineExposure
+    0. ``overwrite`` as for ``write_dng``."""
     gains = frame.wb_gains
     neutral = None if gains is None else (1.0 / gains[0], 1.0 / gains[1], 1.0 / gains[2])
     return write_dng(path, frame.cfa if cfa is None else cfa, pattern=frame.pattern, black_level=frame.black_level,
                      white_level=frame.white_level, color_matrix=frame.color_matrix, as_shot_neutral=neutral,
                      iso=frame.iso, exposure_time=frame.exposure_time, make=frame.make, model=frame.model,
+                     lens=frame.lens, f_number=frame.f_number, focal_length=frame.focal_length,
+                     capture_time=frame.capture_time, orientation=frame.orientation, provenance=provenance,
                      overwrite=overwrite)
 
 
 # ----------------------------------------------------------------------------- helpers
 
 
-def _exif_entries(iso, exposure_time, name) -> list[tuple[int, int, int, bytes]]:
-    """(tag, type, count, little-endian value bytes) of the EXIF IFD, sorted by tag."""
-    entries = []
-    if exposure_time is not None:
-        t = _number("exposure_time", exposure_time, name)
-        if t <= 0:
-            raise InvalidRawError(name, f"exposure_time must be > 0 seconds, got {exposure_time!r}")
-        num, den = _rationals([t], name, "exposure_time")
-        entries.append((33434, _RATIONAL, 1, struct.pack("<II", num, den)))  # ExposureTime
-    if iso is not None:
-        v = _number("iso", iso, name)
-        if v <= 0:
-            raise InvalidRawError(name, f"iso must be > 0, got {iso!r}")
-        v = max(1, min(int(round(v)), 0xFFFFFFFF))
-        entries.append((34855, _SHORT, 1, struct.pack("<H", min(v, 65535))))  # ISOSpeedRatings
-        if v > 65535:  # EXIF 2.3: ISOSpeedRatings saturates, the value goes to ISOSpeed
-            entries.append((34864, _SHORT, 1, struct.pack("<H", 3)))  # SensitivityType: ISO speed
-            entries.append((34867, _LONG, 1, struct.pack("<I", v)))  # ISOSpeed
-    if entries:
-        entries.append((36864, _UNDEFINED, 4, b"0230"))  # ExifVersion
-    return entries
-
-
-def _append_exif_ifd(tmp: Path, entries) -> None:
-    """Append an EXIF IFD to the (little-endian, classic TIFF) file and point IFD0 at it."""
-    with tifffile.TiffFile(tmp) as tf:
-        tag = tf.pages[0].tags[_EXIF_PLACEHOLDER]
-        entry_at, value_at = tag.offset, tag.valueoffset
-    with open(tmp, "rb+") as f:
-        end = f.seek(0, os.SEEK_END)
-        start = end + (end & 1)  # IFDs start on a word boundary
-        extra_at = start + 2 + 12 * len(entries) + 4
-        ifd, extra = bytearray(struct.pack("<H", len(entries))), bytearray()
-        for code, typ, count, value in entries:
-            if len(value) <= 4:
-                ifd += struct.pack("<HHI", code, typ, count) + value.ljust(4, b"\0")
-            else:
-                ifd += struct.pack("<HHII", code, typ, count, extra_at + len(extra))
-                extra += value + b"\0" * (len(value) & 1)
-        ifd += struct.pack("<I", 0)  # no next IFD
-        f.write(b"\0" * (start - end) + ifd + extra)
-        f.seek(entry_at)
-        f.write(struct.pack("<H", _EXIF_IFD))
-        f.seek(value_at)
-        f.write(struct.pack("<I", start))
+def _check_exif_numbers(iso, exposure_time, name) -> None:
+    if exposure_time is not None and _number("exposure_time", exposure_time, name) <= 0:
+        raise InvalidRawError(name, f"exposure_time must be > 0 seconds, got {exposure_time!r}")
+    if iso is not None and _number("iso", iso, name) <= 0:
+        raise InvalidRawError(name, f"iso must be > 0, got {iso!r}")
 
 
 def _cfa_array(cfa, name) -> np.ndarray:
@@ -247,21 +227,11 @@ def _values(what, value, n, name, allow_scalar=False) -> list[float]:
 
 
 def _rationals(values, name, what, signed=False) -> tuple[int, ...]:
-    """Flattened (numerator, denominator) pairs, exact to ~1e-9 relative, within 32 bits."""
-    lo, hi = (-(1 << 31), (1 << 31) - 1) if signed else (0, (1 << 32) - 1)
-    out = []
-    for v in values:
-        f = Fraction(v).limit_denominator(1 << 20)
-        while not lo <= f.numerator <= hi:
-            if f.denominator == 1:
-                raise InvalidRawError(name, f"{what} value {v!r} does not fit a 32-bit TIFF rational")
-            f = Fraction(v).limit_denominator(max(1, f.denominator // 16))
-        out += [f.numerator, f.denominator]
-    return tuple(out)
+    """Flattened (numerator, denominator) pairs within 32 bits (``exif.rationals``)."""
+    try:
+        return rationals(values, signed=signed)
+    except ValueError as e:
+        raise InvalidRawError(name, f"{what} {e}") from None
 
 
-def _ascii(s) -> str | None:
-    if s is None:
-        return None
-    s = "".join(c if 32 <= ord(c) < 127 else "?" for c in str(s)).strip()
-    return s or None
+_ascii = ascii_text

@@ -27,9 +27,11 @@ What rawpy 0.28 does not expose, and the fallback used here: it has no make / mo
 all; it reports ISO 0 for a DNG that stores ISOSpeedRatings in IFD0 rather than in the
 EXIF IFD, and 65535 for speeds above that (EXIF 2.3 moves them to ISOSpeed); its
 ``rgb_xyz_matrix`` is LibRaw's built-in table (zeros for an unknown camera), not a DNG's
-own ColorMatrix. For TIFF-based files (DNG, ARW, NEF, CR2, ...) those tags are read from
-IFD0 / the EXIF IFD with tifffile; for other formats they are ``None`` (ISO and exposure
-still come from LibRaw).
+own ColorMatrix. For TIFF-based files (DNG, ARW, NEF, CR2, ..., and ORF / RW2, whose TIFF
+structure has another magic number) those tags, and the lens, aperture, focal length,
+capture date / time and orientation, are read from IFD0 / the EXIF IFD with tifffile; for
+other formats (CR3, CRW, RAF, MRW, IIQ) make and model are ``None`` and the rest comes
+from LibRaw (``raw.other``, ``raw.lens``, ``raw.sizes.flip``).
 """
 from __future__ import annotations
 
@@ -61,7 +63,11 @@ MAX_PIXELS = 1 << 29
 # A file must hold at least one byte per this many declared pixels; well below any real
 # raw codec (lossless ~ 1/2, lossy ~ 1/8 byte per pixel), far above a lying header.
 MIN_BYTES_PER_PIXEL = 1.0 / 1024
-_TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+# TIFF, BigTIFF, and the TIFF structures of Olympus ORF ("IIRO", "IIRS", "MMOR") and
+# Panasonic RW2 ("IIU\0"), which tifffile parses too (metadata only).
+_TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+", b"IIRO", b"IIRS", b"MMOR", b"IIU\x00")
+# LibRaw's ``flip`` -> EXIF Orientation (LibRaw maps EXIF 1..8 to flip 0, 1, 3, 2, 4, 6, 7, 5).
+_FLIP_TO_ORIENTATION = {0: 1, 1: 2, 3: 3, 2: 4, 4: 5, 7: 7, 6: 6, 5: 8}
 
 
 def plane_sites(pattern: str) -> tuple[int, int, int, int]:
@@ -87,6 +93,13 @@ class RawFrame:
         wb_gains: as-shot white-balance multipliers (R, G1, B, G2) with G1 = 1, or None.
         color_matrix: float64 [3, 3] XYZ -> camera RGB, or None.
         source: file path, or a description such as "numpy array".
+        lens: lens model as the file names it (e.g. "FE 35mm F1.8"), or None.
+        f_number: aperture as an f-number (e.g. 2.8), or None.
+        focal_length: mm, or None.
+        capture_time: when the picture was taken, as EXIF writes it ("YYYY:MM:DD HH:MM:SS",
+            the camera's clock), or None.
+        orientation: EXIF Orientation 1..8 (how to turn the picture for display; the
+            pixels stay as the sensor read them), or None when unknown.
     """
 
     cfa: torch.Tensor
@@ -100,6 +113,11 @@ class RawFrame:
     wb_gains: tuple[float, float, float, float] | None = None
     color_matrix: np.ndarray | None = None
     source: str = "array"
+    lens: str | None = None
+    f_number: float | None = None
+    focal_length: float | None = None
+    capture_time: str | None = None
+    orientation: int | None = None
 
     def __post_init__(self):
         src = self.source
@@ -118,6 +136,15 @@ class RawFrame:
         set_("exposure_time", None if self.exposure_time is None else _positive("exposure_time", self.exposure_time, src))
         set_("make", text_value(self.make))
         set_("model", text_value(self.model))
+        set_("lens", text_value(self.lens))
+        set_("capture_time", text_value(self.capture_time))
+        for name in ("f_number", "focal_length"):
+            if getattr(self, name) is not None:
+                set_(name, _positive(name, getattr(self, name), src))
+        if self.orientation is not None:
+            if isinstance(self.orientation, bool) or self.orientation not in range(1, 9):
+                raise InvalidRawError(src, f"orientation must be an EXIF Orientation 1..8, got {self.orientation!r}")
+            set_("orientation", int(self.orientation))
         if self.wb_gains is not None:
             gains = self.wb_gains
             if len(gains) == 3:  # R, G, B
@@ -345,7 +372,7 @@ def _read_rawpy(raw, name, pattern, overrides, meta) -> RawFrame:
             raise UnsupportedSensorError(name, f"colour filter cell {found!r} (colours {desc!r}) is not an RGB Bayer pattern")
         black = list(raw.black_level_per_channel)
         cam_mul = list(raw.camera_whitebalance)
-        other = raw.other
+        other, lens, flip = raw.other, raw.lens, int(raw.sizes.flip)
         xyz_cam = np.asarray(raw.rgb_xyz_matrix, dtype=np.float64)[:3]
         white = float(raw.white_level)
         warn_if_cut_short(name, img)
@@ -368,6 +395,13 @@ def _read_rawpy(raw, name, pattern, overrides, meta) -> RawFrame:
         iso=(float(other.iso_speed) if 0 < other.iso_speed < 65535 else meta.get("iso", float(other.iso_speed) or None)),
         exposure_time=(float(other.shutter_speed) if other.shutter_speed > 0 else meta.get("exposure_time")),
         make=meta.get("make"), model=meta.get("model"),
+        # The TIFF tags where the file has them (exact text); LibRaw's parse of the maker's
+        # metadata for every other format it reads.
+        lens=meta.get("lens") or text_value(lens.model),
+        f_number=meta.get("f_number") or (float(other.aperture) if other.aperture > 0 else None),
+        focal_length=meta.get("focal_length") or (float(other.focal_length) if other.focal_length > 0 else None),
+        capture_time=meta.get("capture_time") or _exif_time(other.timestamp),
+        orientation=meta.get("orientation") or _FLIP_TO_ORIENTATION.get(flip),
         wb_gains=gains if all(math.isfinite(g) and g > 0 for g in gains) else None,
         color_matrix=_file_colour_matrix(name, meta.get("color_matrix"), xyz_cam),
     )
@@ -477,6 +511,14 @@ def _positive(what, value, src) -> float:
         return real(what, value, low=0, low_open=True)
     except ValueError as e:
         raise InvalidRawError(src, str(e)) from None
+
+
+def _exif_time(when) -> str | None:
+    """LibRaw's capture timestamp as EXIF text; None for its "unknown" (the epoch)."""
+    try:
+        return None if when is None or when.timestamp() <= 86400 else when.strftime("%Y:%m:%d %H:%M:%S")
+    except (AttributeError, OverflowError, OSError, ValueError):
+        return None
 
 
 def _fmt(v) -> str:

@@ -1,7 +1,12 @@
 """Camera metadata from the TIFF structure of TIFF-based raws (DNG, ARW, NEF, CR2, ...).
 
-LibRaw (through rawpy) decodes the pixels; make, model, ISO, exposure time and a DNG's
-own colour matrix are read here from IFD0 and the EXIF IFD with tifffile, best effort.
+LibRaw (through rawpy) decodes the pixels; make, model, ISO, exposure time, aperture,
+focal length, lens, capture date / time, orientation and a DNG's own colour matrix are
+read here from IFD0 and the EXIF IFD with tifffile, best effort. tifffile also parses the
+TIFF structures of Olympus ORF and Panasonic RW2 (other magic numbers). Formats that are
+not TIFF (Canon CR3 and CRW, Fujifilm RAF, Minolta MRW, Phase One IIQ) have no make or
+model here: rawpy does not expose them; their capture settings come from LibRaw
+(``engine.io.raw``).
 """
 from __future__ import annotations
 
@@ -40,6 +45,12 @@ def tiff_metadata(name) -> dict:
         iso = exif["ISOSpeed"]
     out["iso"] = float(iso) if isinstance(iso, (int, float)) and iso > 0 else None
     out["exposure_time"] = _rational(exif.get("ExposureTime", tags.get(33434)))
+    out["f_number"] = _rational(exif.get("FNumber", tags.get(33437)))
+    out["focal_length"] = _rational(exif.get("FocalLength", tags.get(37386)))
+    out["lens"] = text_value(exif.get("LensModel", tags.get(42036)))
+    out["capture_time"] = _exif_time(exif.get("DateTimeOriginal", tags.get(36867)))
+    orientation = tags.get(274)
+    out["orientation"] = int(orientation) if isinstance(orientation, int) and 1 <= orientation <= 8 else None
     if 50706 in tags:  # DNG: the file's own ColorMatrix, preferring the D65 (21) one
         mats = [(tags.get(50778 + k), _srationals(tags.get(50721 + k))) for k in (0, 1)]
         mats = [(ill, m) for ill, m in mats if m is not None]
@@ -47,6 +58,14 @@ def tiff_metadata(name) -> dict:
         if mats:
             out["color_matrix"] = mats[0][1]
     return {k: v for k, v in out.items() if v is not None}
+
+
+def _exif_time(v) -> str | None:
+    """An EXIF date / time ("YYYY:MM:DD HH:MM:SS"); None when empty or all zeros / blanks."""
+    text = text_value(v)
+    if text is None or not any(c.isdigit() and c != "0" for c in text):
+        return None
+    return text
 
 
 def _rational(v) -> float | None:

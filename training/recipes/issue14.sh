@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The runs of issue 14 on a CPU (one thread), reproducible and resumable.
+#
+#   bash training/recipes/issue14.sh bank RUNS            # render the dead-leaves bank (once)
+#   bash training/recipes/issue14.sh run RUNS DATA [MAX]  # train (or resume) RUNS/DATA; DATA in
+#                                                         # procedural | deadleaves | mix | onestep-mix
+#   bash training/recipes/issue14.sh eval RUNS CKPT [evaluate options]   # photo hold-out, BM3D cached
+#   bash training/recipes/issue14.sh auto RUNS CKPT OUT   # calibrate steps="auto" into OUT (fp16)
+#
+# Every run fine-tunes the previous default model (engine/data/default_model.pt, kept in
+# git history) with the issue-14 recipe: fixed equal step weights, the local-mean
+# (brightness) term of training.objective, 3 unrolled steps (1 for the one-step twin),
+# 96^2 packed patches, batch 4, bf16 autocast, lr 2e-4 halved at 50% and /10 at 90% of
+# 1200 steps. A run stops after MAX more optimiser steps when given; started again with the
+# same folder it resumes exactly where it stopped (checkpoints every 25 steps).
+# The dead-leaves scenes need the deadleaves package; on Python 3.11 set
+# EXPOSURE_DIFFUSION_DEADLEAVES_PATH (see training/deadleaves_scenes.py).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS=1
+what=$1; runs=$2
+bank="$runs/deadleaves_bank_256.npy"
+# The init weights: the default model as shipped before issue 14 (commit 3d4e87b).
+init="$runs/init_default_3d4e87b.pt"
+if [ ! -f "$init" ]; then mkdir -p "$runs"; git show 3d4e87b:engine/data/default_model.pt > "$init"; fi
+case "$what" in
+  bank)
+    python -c "import torch; torch.set_num_threads(1)
+from training.deadleaves_scenes import render_bank
+render_bank('$bank', 100, 256, seed=0, progress=True)" ;;
+  run)
+    data=$3; max=${4:-}
+    steps=3
+    case "$data" in
+      procedural) src=() ;;
+      deadleaves) src=(--deadleaves-bank "$bank") ;;
+      mix) src=(--deadleaves-bank "$bank" --procedural) ;;
+      onestep-mix) src=(--deadleaves-bank "$bank" --procedural); steps=1 ;;
+      *) echo "unknown data $data" >&2; exit 2 ;;
+    esac
+    python -c "import torch; torch.set_num_threads(1); import sys; from training.cli import main; sys.exit(main(sys.argv[1:]))" \
+      train --out "$runs/$data" "${src[@]}" --init "$init" --steps $steps --fixed-weights \
+      --mean-loss 2 --mean-pool 8 --patch 96 --batch 4 --epochs 12 --iters-per-epoch 100 --lr 2e-4 \
+      --amp bf16 --save-every 25 --log-every 5 --device cpu -q ${max:+--max-steps $max} ;;
+  eval)
+    ckpt=$3; shift 3
+    python -m training evaluate --checkpoint "$ckpt" --device cpu --baseline-cache "$runs/baselines_photo16x192.json" "$@" ;;
+  auto)
+    python -m training.auto_steps --checkpoint "$3" --write "$4" --measured "$4.measured.json" --fp16 ;;
+  *) echo "usage: $0 bank|run|eval|auto RUNS ..." >&2; exit 2 ;;
+esac
