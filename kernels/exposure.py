@@ -250,6 +250,13 @@ def _finish_plane(
             tl.store(out + first * sx_c, org.to(next_ptr.dtype.element_ty), mask=pmask)
 
 
+# Tuned per frame shape, dtypes and the options that change the kernel's work.
+_exposure_fwd_tuned = autotuned(
+    _exposure_fwd_kernel, FWD_CONFIGS,
+    key=["h", "w", "HEAD9", "HAS_NEXT", "STOCHASTIC", "ACCUMULATE", "WITH_PHOTON", "CONCAT_ORIGIN"],
+)
+
+
 @triton.jit
 def _exposure_bwd_kernel(
     net_ptr, sn_b, sn_c, sn_h, sn_w,

@@ -330,6 +330,24 @@ def test_draws_do_not_depend_on_launch_configuration(monkeypatch):
         assert torch.equal(nxt, ref) and torch.equal(e, est), config
 
 
+@pytest.mark.parametrize("module_name, tuned, kernel, configs", [
+    ("kernels.exposure", "_exposure_fwd_tuned", "_exposure_fwd_kernel", "FWD_CONFIGS"),
+    ("kernels.noise", "_synthesize_tuned", "_synthesize_kernel", "CONFIGS"),
+    ("kernels.head_step", "_head_step_tuned", "_head_step_kernel", "CONFIGS"),
+])
+def test_autotuned_launchers_wrap_their_kernel_and_configurations(module_name, tuned, kernel, configs):
+    """The GPU path launches the autotuned wrapper (CPU tests launch the kernel itself): it
+    must exist, wrap the module's kernel and offer exactly the module's configurations
+    (the bench reads the tuned choice from it)."""
+    import importlib
+
+    mod = importlib.import_module(module_name)
+    wrapper = getattr(mod, tuned)
+    assert wrapper.fn is getattr(mod, kernel)
+    offered = [(dict(c.kwargs), c.num_warps) for c in wrapper.configs]
+    assert offered == [(dict(meta), warps) for meta, warps in getattr(mod, configs)]
+
+
 @pytest.mark.parametrize("backend", ["triton", "torch"])
 def test_a_shared_key_makes_each_sample_independent_of_its_batch(backend):
     """With one key for the batch, sample b of a batch is drawn exactly as sample b alone
