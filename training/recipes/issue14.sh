@@ -3,7 +3,8 @@
 #
 #   bash training/recipes/issue14.sh bank RUNS            # render the dead-leaves bank (once)
 #   bash training/recipes/issue14.sh run RUNS DATA [MAX]  # train (or resume) RUNS/DATA; DATA in
-#                                                         # procedural | deadleaves | mix | onestep-mix
+#                                                         # procedural | deadleaves | mix | onestep-mix |
+#                                                         # deadleaves-long
 #   bash training/recipes/issue14.sh eval RUNS CKPT [evaluate options]   # photo hold-out, BM3D cached
 #   bash training/recipes/issue14.sh auto RUNS CKPT OUT   # calibrate steps="auto" into OUT (fp16)
 #
@@ -11,7 +12,9 @@
 # git history) with the issue-14 recipe: fixed equal step weights, the local-mean
 # (brightness) term of training.objective, 3 unrolled steps (1 for the one-step twin),
 # 96^2 packed patches, batch 4, bf16 autocast, lr 2e-4 halved at 50% and /10 at 90% of
-# 1200 steps. A run stops after MAX more optimiser steps when given; started again with the
+# 1200 steps. deadleaves-long (session 4) continues from the model shipped after the first
+# dead-leaves run (engine/data/default_model.pt of commit 33350c6) for 4500 more steps at lr 1e-4
+# with the same recipe and schedule. A run stops after MAX more optimiser steps when given; started again with the
 # same folder it resumes exactly where it stopped (checkpoints every 25 steps).
 # The dead-leaves scenes need the deadleaves package; on Python 3.11 set
 # EXPOSURE_DIFFUSION_DEADLEAVES_PATH (see training/deadleaves_scenes.py).
@@ -30,17 +33,20 @@ from training.deadleaves_scenes import render_bank
 render_bank('$bank', 100, 256, seed=0, progress=True)" ;;
   run)
     data=$3; max=${4:-}
-    steps=3
+    steps=3; from="$init"; lr=2e-4; epochs=12
     case "$data" in
       procedural) src=() ;;
       deadleaves) src=(--deadleaves-bank "$bank") ;;
+      deadleaves-long)
+        src=(--deadleaves-bank "$bank"); lr=1e-4; epochs=45; from="$runs/init_default_33350c6.pt"
+        if [ ! -f "$from" ]; then git show 33350c6:engine/data/default_model.pt > "$from"; fi ;;
       mix) src=(--deadleaves-bank "$bank" --procedural) ;;
       onestep-mix) src=(--deadleaves-bank "$bank" --procedural); steps=1 ;;
       *) echo "unknown data $data" >&2; exit 2 ;;
     esac
     python -c "import torch; torch.set_num_threads(1); import sys; from training.cli import main; sys.exit(main(sys.argv[1:]))" \
-      train --out "$runs/$data" "${src[@]}" --init "$init" --steps $steps --fixed-weights \
-      --mean-loss 2 --mean-pool 8 --patch 96 --batch 4 --epochs 12 --iters-per-epoch 100 --lr 2e-4 \
+      train --out "$runs/$data" "${src[@]}" --init "$from" --steps $steps --fixed-weights \
+      --mean-loss 2 --mean-pool 8 --patch 96 --batch 4 --epochs $epochs --iters-per-epoch 100 --lr $lr \
       --amp bf16 --save-every 25 --log-every 5 --device cpu -q ${max:+--max-steps $max} ;;
   eval)
     ckpt=$3; shift 3
