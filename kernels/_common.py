@@ -310,3 +310,37 @@ def _value_message(name: str, bound: str | None, values: list[float]) -> str:
 
 def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
+
+
+# The per-sample kernels (exposure step, head step, noise synthesis) address within a sample
+# with int32 offsets and Philox indices, and take samples and row tiles as grid dimensions 2
+# and 1 (at most 65535 each).
+MAX_GRID_YZ = 65535
+MAX_SAMPLE_ELEMENTS = 2**31
+
+
+def sample_span(shape: Sequence[int], stride: Sequence[int] | None = None) -> int:
+    """Elements one sample (index 0 of dimension 0) of a view spans in memory: 1 + its largest
+    offset. ``stride`` None: the contiguous tensor of ``shape`` still to be allocated."""
+    if stride is None:
+        return math.prod(shape[1:])
+    return 1 + sum((n - 1) * abs(st) for n, st in zip(shape[1:], stride[1:]) if n > 0)
+
+
+def check_sample_spans(**views) -> None:
+    """Refuse views whose samples span ``MAX_SAMPLE_ELEMENTS`` or more elements (int32 offsets).
+
+    views: name -> tensor, or the shape (tuple) of a contiguous output still to be allocated;
+    None and empty views are skipped. Size checks before this leave only unusually strided
+    views or many-channel outputs."""
+    for name, view in views.items():
+        if view is None:
+            continue
+        shape, stride = (tuple(view.shape), view.stride()) if isinstance(view, torch.Tensor) else (tuple(view), None)
+        if math.prod(shape) == 0:
+            continue
+        span = sample_span(shape, stride)
+        if span >= MAX_SAMPLE_ELEMENTS:
+            layout = f"shape {shape}, strides {stride}" if stride is not None else f"contiguous, shape {shape}"
+            raise ValueError(f"{name}: one sample spans {span} elements in memory ({layout}); the Triton kernel "
+                             f"addresses a sample with int32 offsets (< 2**31 elements)")

@@ -42,7 +42,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import DEFAULT_DN_SCALE, ValueChecks, check_same_device, check_tensor, per_sample, philox_seed, use_triton
+from ._common import (
+    DEFAULT_DN_SCALE, MAX_GRID_YZ, MAX_SAMPLE_ELEMENTS, ValueChecks, check_same_device, check_sample_spans, check_tensor,
+    per_sample, philox_seed, use_triton,
+)
 from ._cpu_sampling import poisson_draws
 from ._fastmath import fast_rcp, fast_sigmoid
 from ._philox import STREAM_POISSON
@@ -72,11 +75,9 @@ FWD_DEFAULT = ({"BLOCK_H": 4, "BLOCK_W": 32, "TILES": 1}, 4)
 # Tests: a (meta, num_warps) pair forcing one forward configuration; None: autotuned
 # on a GPU, FWD_DEFAULT under the interpreter.
 LAUNCH_CONFIG = None
-# Grid limits: samples and row tiles are grid dimensions 2 and 1 (at most 65535 each).
-MAX_BATCH = 65535
-MAX_HEIGHT = 65535
-# Offsets and Philox indices within a sample are int32.
-MAX_SAMPLE_ELEMENTS = 2**31
+# Grid limits (samples and row tiles are grid dimensions 2 and 1); offsets and Philox
+# indices within a sample are int32.
+MAX_BATCH = MAX_HEIGHT = MAX_GRID_YZ
 
 _IN_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _REF_DTYPES = _IN_DTYPES + (torch.float64,)  # float64: reference backend only (gradcheck)
@@ -449,20 +450,6 @@ def _check_out(out, cfg, bhw, device, dtypes):
     if nxt.device != device:
         raise ValueError(f"out[1] (next_input) is on {nxt.device} but the data is on {device}")
     return nxt.dtype
-
-
-def sample_span(t: torch.Tensor) -> int:
-    """Elements one sample of ``t`` spans in memory (1 + the largest offset within it)."""
-    return 1 + sum((n - 1) * abs(st) for n, st in zip(t.shape[1:], t.stride()[1:]) if n > 0)
-
-
-def check_sample_spans(**tensors: torch.Tensor) -> None:
-    """The kernels address within a sample with int32 offsets: refuse views whose samples
-    span 2**31 elements or more (the size checks leave only unusually strided views)."""
-    for name, t in tensors.items():
-        if t is not None and t.numel() and sample_span(t) >= MAX_SAMPLE_ELEMENTS:
-            raise ValueError(f"{name}: one sample spans {sample_span(t)} elements in memory (strides {t.stride()}); "
-                             f"the Triton kernel addresses a sample with int32 offsets (< 2**31 elements)")
 
 
 def grid_of(h: int, w: int, B: int):

@@ -53,7 +53,8 @@ import triton
 import triton.language as tl
 
 from ._common import (
-    DEFAULT_DN_SCALE, ValueChecks, check_tensor, generator_for, per_sample, philox_seed, use_triton,
+    DEFAULT_DN_SCALE, MAX_GRID_YZ, MAX_SAMPLE_ELEMENTS, ValueChecks, check_sample_spans, check_tensor, generator_for,
+    per_sample, philox_seed, use_triton,
 )
 from ._cpu_sampling import poisson_draws, tukey_lambda_draws
 from ._fastmath import fast_exp2, fast_log2, fast_rcp
@@ -90,11 +91,9 @@ BLOCK_H = 1
 BLOCK_W = 128
 TILES = 1
 NUM_WARPS = 4
-# Grid limits (samples and row tiles are grid dimensions 2 and 1) and int32 offsets and
-# Philox indices within a sample.
-MAX_BATCH = 65535
-MAX_HEIGHT = 65535
-MAX_SAMPLE_ELEMENTS = 2**31
+# Grid limits (samples and row tiles are grid dimensions 2 and 1); offsets and Philox
+# indices within a sample are int32.
+MAX_BATCH = MAX_HEIGHT = MAX_GRID_YZ
 # Tests: a (meta, num_warps) pair forcing one configuration; None: as above.
 LAUNCH_CONFIG = None
 
@@ -364,25 +363,7 @@ def _check_kernel_limits(clean: torch.Tensor, out_shape: tuple, out: torch.Tenso
     if 4 * h * w >= MAX_SAMPLE_ELEMENTS:
         raise ValueError(f"4 * h * w must be < 2**31 on the Triton path (int32 indices within a sample), "
                          f"got h={h}, w={w}")
-    spans = {"clean": _sample_span(clean.shape, clean.stride()),
-             "out": _sample_span(out_shape, out.stride() if out is not None else _contiguous_strides(out_shape))}
-    for name, span in spans.items():
-        if span >= MAX_SAMPLE_ELEMENTS:
-            raise ValueError(f"{name}: one sample spans {span} elements in memory; the Triton kernel addresses a "
-                             f"sample with int32 offsets (< 2**31 elements)")
-
-
-def _sample_span(shape, stride) -> int:
-    """Elements one sample spans in memory (1 + its largest offset)."""
-    return 1 + sum((n - 1) * abs(st) for n, st in zip(shape[1:], stride[1:]) if n > 0)
-
-
-def _contiguous_strides(shape) -> tuple:
-    strides, step = [], 1
-    for n in reversed(shape):
-        strides.append(step)
-        step *= max(n, 1)
-    return tuple(reversed(strides))
+    check_sample_spans(clean=clean, out=out if out is not None else tuple(out_shape))
 
 
 # --------------------------------------------------------------------------- reference

@@ -542,8 +542,8 @@ def test_views_spanning_2_31_elements_per_sample_refused():
     constructible with unusual strides; meta tensors stand in, no memory needed)."""
     view = torch.empty_strided((1, 9, 2, 2), (0, 2**28, 2, 1), device="meta")
     with pytest.raises(ValueError, match=r"net_out: one sample spans 2147483652 elements in memory .* int32 offsets"):
-        exposure_module.check_sample_spans(net_out=view)
-    exposure_module.check_sample_spans(net_out=view[:, :8])  # 2**31 - 2**28 + 4: fine
+        kernels_common.check_sample_spans(net_out=view)
+    kernels_common.check_sample_spans(net_out=view[:, :8])  # 2**31 - 2**28 + 4: fine
 
 
 @pytest.mark.skipif(not kernels_common.triton_interpreter_enabled(),
