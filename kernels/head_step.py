@@ -23,11 +23,11 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ._common import DEFAULT_DN_SCALE, check_tensor, philox_seed, use_triton
+from ._common import DEFAULT_DN_SCALE, check_sample_spans, check_tensor, philox_seed, use_triton
 from ._tuning import autotuned, autotuning_enabled
 from ._fastmath import fast_sigmoid
-from .exposure import (_IN_DTYPES, _allocate, _finish_plane, _pixels, _prepare, _step_factors, check_sample_spans,
-                       exposure_step_reference, grid_of)
+from .exposure import (_IN_DTYPES, _allocate, _finish_plane, _pixels, _prepare, _step_factors, exposure_step_reference,
+                       grid_of)
 
 HEAD_COLUMNS = 16  # the head's 9 (or 4) output channels, padded to the tensor cores' N
 BLOCK_C = 16  # feature channels per K step

@@ -4,7 +4,7 @@
 #   bash training/recipes/issue14.sh bank RUNS            # render the dead-leaves bank (once)
 #   bash training/recipes/issue14.sh run RUNS DATA [MAX]  # train (or resume) RUNS/DATA; DATA in
 #                                                         # procedural | deadleaves | mix | onestep-mix |
-#                                                         # deadleaves-long
+#                                                         # deadleaves-long | onestep-deadleaves
 #   bash training/recipes/issue14.sh eval RUNS CKPT [evaluate options]   # photo hold-out, BM3D cached
 #   bash training/recipes/issue14.sh auto RUNS CKPT OUT   # calibrate steps="auto" into OUT (fp16)
 #
@@ -14,7 +14,9 @@
 # 96^2 packed patches, batch 4, bf16 autocast, lr 2e-4 halved at 50% and /10 at 90% of
 # 1200 steps. deadleaves-long (session 4) continues from the model shipped after the first
 # dead-leaves run (engine/data/default_model.pt of commit 33350c6) for 4500 more steps at lr 1e-4
-# with the same recipe and schedule. A run stops after MAX more optimiser steps when given; started again with the
+# with the same recipe and schedule; onestep-deadleaves is its one-step twin (the same init
+# and data, 1 unrolled step, 5700 optimiser steps = 1200 + 4500, lr 2e-4 with the same
+# schedule). A run stops after MAX more optimiser steps when given; started again with the
 # same folder it resumes exactly where it stopped (checkpoints every 25 steps).
 # The dead-leaves scenes need the deadleaves package; on Python 3.11 set
 # EXPOSURE_DIFFUSION_DEADLEAVES_PATH (see training/deadleaves_scenes.py).
@@ -40,6 +42,7 @@ render_bank('$bank', 100, 256, seed=0, progress=True)" ;;
       deadleaves-long)
         src=(--deadleaves-bank "$bank"); lr=1e-4; epochs=45; from="$runs/init_default_33350c6.pt"
         if [ ! -f "$from" ]; then git show 33350c6:engine/data/default_model.pt > "$from"; fi ;;
+      onestep-deadleaves) src=(--deadleaves-bank "$bank"); steps=1; epochs=57 ;;
       mix) src=(--deadleaves-bank "$bank" --procedural) ;;
       onestep-mix) src=(--deadleaves-bank "$bank" --procedural); steps=1 ;;
       *) echo "unknown data $data" >&2; exit 2 ;;
