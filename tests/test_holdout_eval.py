@@ -2,6 +2,8 @@
 baselines (GAT + wavelet / BM3D) and the comparison table."""
 import math
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -76,10 +78,16 @@ def test_deadleaves_dataset_from_a_bank():
 
 
 def test_render_leaves_with_the_package():
+    before = {n: m for n, m in sys.modules.items() if n.split(".")[0] == "torchvision"}
     try:
         import_deadleaves()
     except ImportError:
         pytest.skip("the optional 'deadleaves' package is not installed")
+    # A torchvision stand-in used for the import (where torchvision does not load) is gone again.
+    after = {n: m for n, m in sys.modules.items() if n.split(".")[0] == "torchvision"}
+    assert all(after.get(n) is m for n, m in before.items()) and (not before or set(after) >= set(before))
+    if not before:
+        assert all(getattr(m, "__file__", None) for m in after.values()), "a torchvision stand-in was left behind"
     a = render_leaves(7, 48)
     assert a.shape == (48, 48, 3) and a.dtype == np.uint8 and np.array_equal(a, render_leaves(7, 48))
     assert len(np.unique(a.reshape(-1, 3), axis=0)) > 4  # several leaves

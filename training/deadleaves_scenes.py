@@ -27,6 +27,7 @@ the bank.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -47,6 +48,36 @@ _TAG_DEADLEAVES = 205
 _SHAPES = ("circular", "ellipsoid", "rectangular", "polygon")
 
 
+@contextlib.contextmanager
+def _torchvision_stand_in():
+    """While ``deadleaves`` is imported: where torchvision cannot be imported, a stand-in
+    with its one function ``deadleaves`` takes (``pil_to_tensor``), removed afterwards so
+    that the rest of the process sees torchvision as it is (absent or broken: e.g. the
+    JPEG encoder's check, ``engine.io.encode.device_jpeg_available``)."""
+    try:
+        import torchvision.transforms.functional  # noqa: F401
+    except Exception:  # noqa: BLE001 - missing or not loadable beside this torch
+        pass
+    else:
+        yield
+        return
+    names = [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]
+    saved = {n: sys.modules.pop(n) for n in names}
+    fn = types.ModuleType("torchvision.transforms.functional")
+    fn.pil_to_tensor = lambda pic: torch.as_tensor(np.array(pic)).permute(2, 0, 1).contiguous()
+    tv, tr = types.ModuleType("torchvision"), types.ModuleType("torchvision.transforms")
+    tv.transforms, tr.functional = tr, fn
+    stand_in = {"torchvision": tv, "torchvision.transforms": tr, "torchvision.transforms.functional": fn}
+    sys.modules.update(stand_in)
+    try:
+        yield
+    finally:
+        for name in stand_in:
+            if sys.modules.get(name) is stand_in[name]:
+                del sys.modules[name]
+        sys.modules.update(saved)
+
+
 def import_deadleaves():
     """The ``deadleaves`` module, or ImportError saying how to get it.
 
@@ -62,17 +93,8 @@ def import_deadleaves():
     if extra and extra not in sys.path:
         sys.path.append(extra)
     try:
-        import torchvision.transforms.functional  # noqa: F401
-    except Exception:  # noqa: BLE001 - missing or not loadable beside this torch
-        fn = types.ModuleType("torchvision.transforms.functional")
-        fn.pil_to_tensor = lambda pic: torch.as_tensor(np.array(pic)).permute(2, 0, 1).contiguous()
-        tv, tr = types.ModuleType("torchvision"), types.ModuleType("torchvision.transforms")
-        tv.transforms, tr.functional = tr, fn
-        for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
-            del sys.modules[name]
-        sys.modules.update({"torchvision": tv, "torchvision.transforms": tr, "torchvision.transforms.functional": fn})
-    try:
-        import deadleaves
+        with _torchvision_stand_in():
+            import deadleaves
     except ImportError as e:
         raise ImportError("the dead-leaves scenes need the 'deadleaves' package (pip install -e \".[deadleaves]\" "
                           "on Python >= 3.12; on 3.11 see training.deadleaves_scenes.import_deadleaves)") from e
