@@ -83,11 +83,13 @@ def import_deadleaves():
 
     ``deadleaves`` 1.1 declares Python >= 3.12 and imports torchvision only for
     ``pil_to_tensor`` (image-sourced colours, unused here). On Python 3.11, or where PyPI's
-    torchvision does not load beside the installed torch, install it with
-    ``pip install --no-deps --ignore-requires-python --target DIR deadleaves torchquad loguru
-    autoray pandas`` and set ``EXPOSURE_DIFFUSION_DEADLEAVES_PATH=DIR``: that folder is then
+    torchvision does not load beside the installed torch, install it alone with
+    ``pip install --no-deps --ignore-requires-python --target DIR deadleaves``, its other
+    imports normally (``pip install torchquad pandas matplotlib``), and set
+    ``EXPOSURE_DIFFUSION_DEADLEAVES_PATH=DIR`` (as ``.ci/run`` does): that folder is then
     appended to ``sys.path`` and, if torchvision cannot be imported, its one function is
-    provided in plain torch (HWC uint8 -> CHW tensor, what torchvision's does).
+    provided in plain torch (HWC uint8 -> CHW tensor, what torchvision's does) while the
+    package is imported.
     """
     extra = os.environ.get("EXPOSURE_DIFFUSION_DEADLEAVES_PATH")
     if extra and extra not in sys.path:
