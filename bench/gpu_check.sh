@@ -1,23 +1,26 @@
 #!/usr/bin/env bash
 # One pass on a CUDA machine: environment, the CUDA-only tests, the kernel suites on CUDA,
-# then the main job at 12 MP. Since the fused UNet (compiling and autotuning its kernels at
-# first use) and the backbone stage (torch.compile in two modes, first frames of fresh
-# processes), run it as two calls of the device tool: `cuda kernels` (<= 330 s) and `bench`
-# (<= 440 s). Every log and the bench
-# JSON go to $OUT (default bench/out/gpu); nothing stops at the first failure, every part
-# has its own time limit (so one slow part cannot eat the others' time), and the end of
-# the output lists each part's status and the name of every failing test.
+# then the bench at 12 MP, in one call of the device tool of at most 9 minutes (issue 12):
+# the whole call has a budget (BUDGET_S, default 540 s) and each part runs under its own
+# limit or what is left of the budget, whichever is less, so a slow part cannot eat the
+# others' time nor the call overrun. A part stopped at its limit still reports: pytest
+# prints its failures, the bench prints and writes the stages it finished (its JSON is
+# also saved after every stage). Every log and the bench JSON go to $OUT (default
+# bench/out/gpu); the end of the output lists each part's status and the name of every
+# failing test. What a call did not reach is named there: run it in the next call.
 #
-#   bash bench/gpu_check.sh                  # cuda kernels bench (the default; about 13 minutes)
-#   bash bench/gpu_check.sh cuda kernels     # first call
-#   bash bench/gpu_check.sh bench            # second call
+#   bash bench/gpu_check.sh                  # cuda kernels bench (the default: one 9-minute call)
+#   bash bench/gpu_check.sh folder           # issue 13, a call of its own
+#   BUDGET_S=580 BENCH_S=560 BENCH_ARGS="--repeats 5 --quiet --skip engine,batch" bash bench/gpu_check.sh bench
 #   OUT=/somewhere bash bench/gpu_check.sh
 #   bash bench/gpu_check.sh cuda bench       # only some parts:
 #       cuda     tests/test_cuda.py (graphs, fp16, batches, CUDA reference sampling), verbose
 #       kernels  the kernel suites on CUDA (bayer, poisson, noise, exposure, isp, dihedral, CPU-path
 #                samplers, device mixes, pipeline, fused UNet convolutions and head)
 #       suite    every test (about 10 minutes on an H200: give it a call of its own)
-#       bench    bench/throughput.py (every stage, $BENCH_ARGS, default --repeats 5)
+#       bench    bench/throughput.py ($BENCH_ARGS, default --repeats 5 --skip batch: engine, backbone
+#                with torch.compile and first frames, kernels, synthesis, training step; the
+#                file-to-file stage is the folder part's)
 #       training bench/throughput.py's training-step stage alone (the data share of a step)
 #       folder   issue 13: the file-to-file stage alone (every output format, GPU busy share),
 #                the encoders at 12 MP, enhance under torchrun (bench/folder_check.sh)
@@ -25,16 +28,20 @@
 #                from the shipped model for TRAIN_SECONDS (default 420; BANK=deadleaves_bank_256.npy),
 #                model_fp16.pt (<= 16 MB) + last.pt + logs in $OUT/train
 #
-# Time limits in seconds (env): CUDA_S=120 KERNELS_S=200 SUITE_S=570 BENCH_S=430 TRAINING_S=150 FOLDER_S=400
-# (the first H200 run: test_cuda 9 s, the kernel suites 143 s, before the fused UNet's tests and first-use
-# compiles; the bench was not timed; if a part stops at its limit, give it a call of its own with a larger one).
+# Time limits in seconds (env): BUDGET_S=540 for the whole call; per part CUDA_S=120 KERNELS_S=200
+# SUITE_S=570 BENCH_S=430 TRAINING_S=150 FOLDER_S=400 (the first H200 run: test_cuda 9 s, the kernel
+# suites 143 s, before the fused UNet's tests and first-use compiles; the bench was not timed).
+# For the train part the budget is raised to fit TRAIN_SECONDS + 120 unless BUDGET_S is given.
 # On a machine where the package cannot be pip-installed (no network), put the
 # repository on PYTHONPATH and carry the missing wheels (rawpy, nvtx, imagecodecs,
-# torchvision, nvidia-ml-py): NOTES.md, "GPU session runbook", has the exact commands.
+# torchvision, nvidia-ml-py): NOTES.md, "GPU sessions", has the exact commands.
 set -uo pipefail
 OUT=${OUT:-bench/out/gpu}
 PY=${PYTHON:-python3}
-BENCH_ARGS=${BENCH_ARGS:---repeats 5 --quiet}
+BENCH_ARGS=${BENCH_ARGS:---repeats 5 --quiet --skip batch}
+parts=" ${*:-cuda kernels bench} "
+if [[ -z ${BUDGET_S:-} && $parts == *" train "* ]]; then BUDGET_S=$((${TRAIN_SECONDS:-420} + 180)); fi
+BUDGET_S=${BUDGET_S:-540}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 status=0
@@ -60,10 +67,15 @@ EOF
 
 # run NAME LIMIT_S LOG CMD...: one part under its time limit (SIGINT first, so pytest still
 # prints its summary of failures), its status recorded for the summary at the end.
+# The part's limit is cut to what is left of the call's budget (5 s kept for the summary).
 run() {
   local name=$1 limit=$2 log=$3
   shift 3
-  local t0=$SECONDS rc
+  local t0=$SECONDS rc left=$((BUDGET_S - SECONDS - 5))
+  if (( left < 10 )); then
+    summary+=("$name: NOT RUN (the call's ${BUDGET_S} s budget is spent)"); status=1; return
+  fi
+  if (( left < limit )); then limit=$left; fi
   echo "=== $name (limit ${limit} s): $*"
   timeout --signal=INT --kill-after=15 "$limit" "$@" 2>&1 | tee "$OUT/$log"
   rc=${PIPESTATUS[0]}
@@ -80,7 +92,6 @@ PYTEST=("$PY" -m pytest -p no:cacheprovider -rfEs)
 KERNEL_SUITES=(tests/test_bayer.py tests/test_poisson.py tests/test_noise.py tests/test_exposure.py tests/test_isp.py
                tests/test_dihedral.py tests/test_cpu_sampling.py tests/test_device_mix.py tests/test_pipeline.py
                tests/test_conv.py tests/test_head_step.py tests/test_fused_unet.py)  # newest last: a stop spares the rest
-parts=" ${*:-cuda kernels bench} "
 for part in $parts; do
   case $part in
     cuda) run cuda "${CUDA_S:-120}" pytest_cuda.log "${PYTEST[@]}" -v tests/test_cuda.py ;;

@@ -222,18 +222,28 @@ def main(argv=None) -> int:
     workdir = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="exposure_bench_"))
     workdir.mkdir(parents=True, exist_ok=True)
     failed: dict[str, str] = {}
+    running: list[str] = []  # the stage in progress, if any
+
+    def save_so_far() -> None:
+        """The JSON of the stages finished so far (replaced after each stage): a run stopped
+        later, even by SIGKILL, keeps what it measured."""
+        write_json(Path(args.json), {**results, "failed_stages": failed, "partial": True})
 
     def stage(name: str, measure) -> None:
         """Run one stage; a failure is recorded (JSON, table, exit status) and the others still run,
         so one broken path does not cost the figures of every other stage."""
+        running[:] = [name]
         try:
             results[name] = measure()
         except Exception as e:  # noqa: BLE001 - reported, never swallowed: the run exits 1
             failed[name] = f"{type(e).__name__}: {e}"
             results[name] = {"error": failed[name], "traceback": traceback.format_exc()}
             print(f"\nbench stage '{name}' FAILED:\n{results[name]['traceback']}", file=sys.stderr)
+        running.clear()
         progress.done()
+        save_so_far()
 
+    stopped = None
     try:
         progress.note(f"writing the {H}x{W} scene DNG")
         t0 = time.perf_counter()
@@ -262,6 +272,15 @@ def main(argv=None) -> int:
         if "batch" in stages:
             stage("batch", lambda: bench_batch(ctx, workdir, args.batch_files, bh, bw, args.workers,
                                                min(args.repeats, 2), batch=args.batch, ranks=args.ranks))
+    except KeyboardInterrupt:
+        # Ctrl-C, or SIGINT from a time limit (bench/gpu_check.sh): report and keep the stages
+        # already measured; the stage in progress and those after it have no figures.
+        where = running[0] if running else "set-up"
+        stopped = f"stopped by SIGINT during '{where}'; stages not reached: " + (
+            ", ".join(s for s in stages if s not in results and s != where) or "none")
+        failed[where] = "stopped by SIGINT before it finished (no figures)"
+        results[where] = {"error": failed[where]}
+        print(f"\nbench {stopped}", file=sys.stderr)
     finally:
         progress.close()
         if not args.keep:
@@ -270,6 +289,8 @@ def main(argv=None) -> int:
         results["backbone"] = {"skipped": "CUDA only (the fp16 matrix rate is a GPU figure)"}
     info["load_average_at_end"] = os.getloadavg()
     results["failed_stages"] = failed
+    if stopped:
+        results["stopped"] = stopped
     measured = {k: v for k, v in results.items() if k not in failed}
     results["targets"] = targets(measured, device, (H, W) == FULL, args.steps, smoke=args.quick)
     print(report(results))

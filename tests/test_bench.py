@@ -239,3 +239,29 @@ def test_first_frame_script_prints_its_latencies():
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["backbone"] == ["eager"] and out["to_first_frame_s"] > out["first_frame_s"] > 0
+
+
+def test_a_run_stopped_by_sigint_keeps_the_stages_it_measured(tmp_path, monkeypatch, capsys):
+    """bench/gpu_check.sh stops a part at its time limit with SIGINT: the stages already
+    measured are still printed and written (the JSON is also saved after every stage, so a
+    SIGKILL keeps them too), the stopped stage is named, and the exit status is 1."""
+    from bench import throughput
+
+    saved_after_engine = {}
+
+    def interrupted(*args, **kwargs):
+        saved_after_engine.update(json.loads(out.read_text()))  # written when 'engine' finished
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(throughput, "bench_kernels", interrupted)
+    out = tmp_path / "r.json"
+    rc = throughput.main(["--quick", "--device", "cpu", "--quiet", "--skip", "batch,training", "--json", str(out)])
+    assert rc == 1
+    assert saved_after_engine["partial"] is True and "rows" in saved_after_engine["engine"]
+    assert "kernels" not in saved_after_engine
+    res = json.loads(out.read_text())
+    assert "partial" not in res and "rows" in res["engine"] and "synthesis" not in res
+    assert res["failed_stages"] == {"kernels": "stopped by SIGINT before it finished (no figures)"}
+    assert res["stopped"] == "stopped by SIGINT during 'kernels'; stages not reached: synthesis"
+    printed = capsys.readouterr()
+    assert "Engine" in printed.out and "- kernels: stopped by SIGINT" in printed.out
