@@ -319,6 +319,20 @@ MAX_GRID_YZ = 65535
 MAX_SAMPLE_ELEMENTS = 2**31
 
 
+def check_grid_and_offsets(B: int, h: int, w: int, per_pixel: int, where: str = "") -> None:
+    """Refuse sizes a per-sample kernel cannot address: more than ``MAX_GRID_YZ`` samples or
+    packed rows (grid dimensions), or ``per_pixel * h * w`` elements per sample (the most any
+    of its tensors holds per sample) at or above ``MAX_SAMPLE_ELEMENTS`` (int32 offsets).
+    where: appended to the messages (e.g. " on the Triton path")."""
+    if B > MAX_GRID_YZ:
+        raise ValueError(f"batch size must be <= {MAX_GRID_YZ}{where}, got {B}")
+    if h > MAX_GRID_YZ:
+        raise ValueError(f"h (packed rows) must be <= {MAX_GRID_YZ}{where}, got {h}")
+    if per_pixel * h * w >= MAX_SAMPLE_ELEMENTS:
+        raise ValueError(f"{per_pixel} * h * w must be < 2**31{where} (int32 offsets within a sample), "
+                         f"got h={h}, w={w}")
+
+
 def sample_span(shape: Sequence[int], stride: Sequence[int] | None = None) -> int:
     """Elements one sample (index 0 of dimension 0) of a view spans in memory: 1 + its largest
     offset. ``stride`` None: the contiguous tensor of ``shape`` still to be allocated."""

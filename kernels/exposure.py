@@ -43,7 +43,7 @@ import triton
 import triton.language as tl
 
 from ._common import (
-    DEFAULT_DN_SCALE, MAX_GRID_YZ, MAX_SAMPLE_ELEMENTS, ValueChecks, check_same_device, check_sample_spans, check_tensor,
+    DEFAULT_DN_SCALE, ValueChecks, check_grid_and_offsets, check_same_device, check_sample_spans, check_tensor,
     per_sample, philox_seed, use_triton,
 )
 from ._cpu_sampling import poisson_draws
@@ -75,9 +75,6 @@ FWD_DEFAULT = ({"BLOCK_H": 4, "BLOCK_W": 32, "TILES": 1}, 4)
 # Tests: a (meta, num_warps) pair forcing one forward configuration; None: autotuned
 # on a GPU, FWD_DEFAULT under the interpreter.
 LAUNCH_CONFIG = None
-# Grid limits (samples and row tiles are grid dimensions 2 and 1); offsets and Philox
-# indices within a sample are int32.
-MAX_BATCH = MAX_HEIGHT = MAX_GRID_YZ
 
 _IN_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _REF_DTYPES = _IN_DTYPES + (torch.float64,)  # float64: reference backend only (gradcheck)
@@ -385,13 +382,7 @@ def _prepare(net_out, state, origin, ratio, K, rho, rho_next, stochastic, accumu
         if tuple(t.shape) != (B, 4, h, w):
             raise ValueError(f"{name} must have shape {(B, 4, h, w)} to match net_out {tuple(net_out.shape)}, got {tuple(t.shape)}")
     device = check_same_device(net_out=net_out, state=state, origin=origin)  # after shapes: same message on any device
-    if B > MAX_BATCH:
-        raise ValueError(f"batch size must be <= {MAX_BATCH}, got {B}")
-    if h > MAX_HEIGHT:
-        raise ValueError(f"h (packed rows) must be <= {MAX_HEIGHT}, got {h}")
-    if 12 * h * w >= MAX_SAMPLE_ELEMENTS:
-        raise ValueError(f"12 * h * w must be < 2**31 (int32 offsets within a sample of the 12-channel next "
-                         f"input), got h={h}, w={w}")
+    check_grid_and_offsets(B, h, w, 12)  # the next input has up to 12 channels
     dn_scale = real("dn_scale", dn_scale, low=0, low_open=True)
     if out_memory_format not in _MEMORY_FORMATS:
         raise ValueError(f"out_memory_format must be torch.contiguous_format or torch.channels_last, got {out_memory_format}")

@@ -53,7 +53,7 @@ import triton
 import triton.language as tl
 
 from ._common import (
-    DEFAULT_DN_SCALE, MAX_GRID_YZ, MAX_SAMPLE_ELEMENTS, ValueChecks, check_sample_spans, check_tensor, generator_for,
+    DEFAULT_DN_SCALE, ValueChecks, check_grid_and_offsets, check_sample_spans, check_tensor, generator_for,
     per_sample, philox_seed, use_triton,
 )
 from ._cpu_sampling import poisson_draws, tukey_lambda_draws
@@ -91,9 +91,6 @@ BLOCK_H = 1
 BLOCK_W = 128
 TILES = 1
 NUM_WARPS = 4
-# Grid limits (samples and row tiles are grid dimensions 2 and 1); offsets and Philox
-# indices within a sample are int32.
-MAX_BATCH = MAX_HEIGHT = MAX_GRID_YZ
 # Tests: a (meta, num_warps) pair forcing one configuration; None: as above.
 LAUNCH_CONFIG = None
 
@@ -356,13 +353,7 @@ def _check_kernel_limits(clean: torch.Tensor, out_shape: tuple, out: torch.Tenso
     """Sizes the Triton kernel addresses (checked before anything is allocated): grid
     dimensions, and int32 offsets and Philox indices within a sample."""
     B, _, h, w = clean.shape
-    if B > MAX_BATCH:
-        raise ValueError(f"batch size must be <= {MAX_BATCH} on the Triton path, got {B}")
-    if h > MAX_HEIGHT:
-        raise ValueError(f"h (packed rows) must be <= {MAX_HEIGHT} on the Triton path, got {h}")
-    if 4 * h * w >= MAX_SAMPLE_ELEMENTS:
-        raise ValueError(f"4 * h * w must be < 2**31 on the Triton path (int32 indices within a sample), "
-                         f"got h={h}, w={w}")
+    check_grid_and_offsets(B, h, w, 4, " on the Triton path")  # 4 planes in; the output is checked below
     check_sample_spans(clean=clean, out=out if out is not None else tuple(out_shape))
 
 

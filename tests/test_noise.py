@@ -624,7 +624,7 @@ def _huge(*shape):
 @pytest.mark.parametrize("shape, match", [
     ((65536, 4, 1, 1), r"batch size must be <= 65535 on the Triton path, got 65536"),
     ((1, 4, 65536, 1), r"h \(packed rows\) must be <= 65535 on the Triton path, got 65536"),
-    ((1, 4, 40000, 13422), r"4 \* h \* w must be < 2\*\*31 on the Triton path \(int32 indices within a sample\), "
+    ((1, 4, 40000, 13422), r"4 \* h \* w must be < 2\*\*31 on the Triton path \(int32 offsets within a sample\), "
                            r"got h=40000, w=13422"),
     ((1, 4, 40000, 4475), r"out: one sample spans 2148000000 elements in memory \(contiguous, shape .*\); the Triton kernel addresses a sample "
                           r"with int32 offsets"),
