@@ -495,8 +495,10 @@ def synthesize_noise(
     def grid(meta):
         return (triton.cdiv(w, meta["BLOCK_W"] * meta["TILES"]), triton.cdiv(h, meta["BLOCK_H"]), B)
 
-    in_place = out.untyped_storage().data_ptr() == clean.untyped_storage().data_ptr()
-    if LAUNCH_CONFIG is None and autotuning_enabled() and not in_place:
+    def in_place() -> bool:  # asked only where tuning would run: storage pointers are real there
+        return out.untyped_storage().data_ptr() == clean.untyped_storage().data_ptr()
+
+    if LAUNCH_CONFIG is None and autotuning_enabled() and not in_place():
         _synthesize_tuned[grid](*args, **flags)
     else:
         meta, warps = LAUNCH_CONFIG or ({"BLOCK_H": BLOCK_H, "BLOCK_W": BLOCK_W, "TILES": TILES}, NUM_WARPS)
