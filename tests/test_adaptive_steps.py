@@ -95,3 +95,38 @@ def test_enhance_command_takes_steps_auto(tmp_path):
     assert (tmp_path / "out" / "a.png").is_file()
     with pytest.raises(SystemExit):
         cli_main(["enhance", str(tmp_path / "a.dng"), "--ratio", "100", "--steps", "0"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--n", "0"], "argument --n: must be an integer in [1, 1000], got 0"),
+    (["--patch", "24"], "argument --patch: must be a multiple of 16"),
+    (["--counts", "0", "2"], "argument --counts: must be an integer in [1, 100], got 0"),
+    (["--ratios", "1"], "argument --ratios: must be a finite number in (1, 10000]"),
+    (["--tolerance", "-1"], "argument --tolerance: must be a finite number in [0, 10]"),
+    (["--device", "meta"], "argument --device"),
+    (["--seed", "0"], "--seed 0 of the photo scenes is the evaluation hold-out"),
+])
+def test_calibration_command_refuses_bad_options_at_parse_time(argv, message, capsys):
+    from training.auto_steps import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--checkpoint", "unused.pt", *argv])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_calibration_command_writes_a_calibrated_checkpoint_and_documents_its_options(tmp_path, capsys):
+    from engine.models.checkpoint import load_checkpoint, save_checkpoint
+    from training.auto_steps import build_parser, main
+
+    assert not [a.dest for a in build_parser()._actions if a.dest != "help" and not (a.help or "").strip()]
+    torch.manual_seed(0)
+    cfg = BackboneConfig(options={"widths": (4, 4, 8, 8, 8)})
+    save_checkpoint(cfg.build(), cfg, tmp_path / "m.pt")
+    argv = ["--checkpoint", str(tmp_path / "m.pt"), "--write", str(tmp_path / "m_auto.pt"), "--counts", "1", "2",
+            "--ratios", "100", "--n", "2", "--patch", "16", "--measured", str(tmp_path / "measured.json")]
+    assert main(argv) == 0
+    _, _, meta = load_checkpoint(tmp_path / "m_auto.pt")
+    assert AutoStepsPolicy.from_meta(meta).counts == (1, 2) and (tmp_path / "measured.json").is_file()
+    with pytest.raises(SystemExit) as e:  # the written checkpoint is never replaced
+        main(argv)
+    assert e.value.code == 2 and "exists" in capsys.readouterr().err

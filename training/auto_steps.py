@@ -24,7 +24,10 @@ import sys
 import numpy as np
 import torch
 
+from engine.argtypes import device_arg, integer_arg, real_arg
 from engine.inference.adaptive import AutoStepsPolicy, input_psnr
+from engine.inference.pipeline import MAX_STEPS
+from engine.io.atomic import atomic_path
 from engine.models.checkpoint import load_checkpoint, save_checkpoint
 
 from .holdout_eval import _model_outputs, holdout_clean, make_noisy_holdout
@@ -90,22 +93,41 @@ def fit_policy(measured: dict, counts=(1, 2, 3), tolerance: float = 0.05) -> tup
     return policy, report
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", required=True)
-    ap.add_argument("--write", default=None, help="write the checkpoint with the calibrated policy here")
-    ap.add_argument("--counts", type=int, nargs="+", default=[1, 2, 3])
-    ap.add_argument("--ratios", type=float, nargs="+", default=[50, 100, 200, 300])
-    ap.add_argument("--n", type=int, default=12)
-    ap.add_argument("--patch", type=int, default=128)
-    ap.add_argument("--scenes", default="photo", choices=("photo", "procedural"))
-    ap.add_argument("--seed", type=int, default=CALIBRATION_SEED)
-    ap.add_argument("--tolerance", type=float, default=0.05)
-    ap.add_argument("--device", default="cpu")
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m training.auto_steps", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", required=True, help="the model to calibrate (ours or the public {'netG': ...} format)")
+    ap.add_argument("--write", default=None,
+                    help="write the checkpoint with the calibrated policy here (an existing file is refused)")
+    ap.add_argument("--counts", type=integer_arg(1, MAX_STEPS), nargs="+", default=[1, 2, 3],
+                    help=f"candidate step counts, each 1..{MAX_STEPS} (default 1 2 3)")
+    ap.add_argument("--ratios", type=real_arg(1, 10000, low_open=True), nargs="+", default=[50, 100, 200, 300],
+                    help="exposure ratios of the calibration frames, each in (1, 10000] (default 50 100 200 300)")
+    ap.add_argument("--n", type=integer_arg(1, 1000), default=12, help="calibration scenes, 1..1000 (default 12)")
+    ap.add_argument("--patch", type=integer_arg(16, 1024, multiple=16), default=128,
+                    help="scene side in packed pixels, a multiple of 16 in 16..1024 (default 128)")
+    ap.add_argument("--scenes", default="photo", choices=("photo", "procedural"),
+                    help="photograph-like scenes of training.holdout (default) or procedural ones")
+    ap.add_argument("--seed", type=integer_arg(0, 2**63 - 1), default=CALIBRATION_SEED,
+                    help=f"seed of the calibration scenes and noise (default {CALIBRATION_SEED}; 0 is the evaluation "
+                         f"hold-out's and is refused for the photo scenes)")
+    ap.add_argument("--tolerance", type=real_arg(0, 10), default=0.05,
+                    help="dB a policy may fall below the best fixed count at a ratio, in [0, 10] (default 0.05)")
+    ap.add_argument("--device", type=device_arg, default="cpu", help="cpu (default), cuda, cuda:N or auto")
     ap.add_argument("--fp16", action="store_true", help="store the written weights as float16 (the shipped format)")
     ap.add_argument("--measured", default=None,
                     help="JSON of the measurements: read if it exists (no network runs), else written")
+    return ap
+
+
+def main(argv=None) -> int:
+    ap = build_parser()
     args = ap.parse_args(argv)
+    if args.seed == 0 and args.scenes == "photo":
+        ap.error("--seed 0 of the photo scenes is the evaluation hold-out: calibrate on another seed")
+    if args.write and os.path.exists(args.write):
+        ap.error(f"--write {args.write} exists; choose another name (a calibrated checkpoint is never replaced)")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     model, config, meta = load_checkpoint(args.checkpoint)
     if args.measured and os.path.isfile(args.measured):
         raw = json.loads(open(args.measured).read())
@@ -113,9 +135,9 @@ def main(argv=None) -> int:
                     for r, v in raw.items()}
     else:
         measured = measure(model, config, counts=args.counts, ratios=args.ratios, n=args.n, patch=args.patch,
-                           scenes=args.scenes, seed=args.seed, device=args.device)
+                           scenes=args.scenes, seed=args.seed, device=device)
         if args.measured:
-            with open(args.measured, "w") as f:
+            with atomic_path(args.measured, overwrite=False) as tmp, open(tmp, "w") as f:
                 json.dump({str(r): v for r, v in measured.items()}, f)
     policy, report = fit_policy(measured, args.counts, args.tolerance)
     print(json.dumps({"policy": policy.to_meta(), "report": {str(k): v for k, v in report.items()}}, indent=1))
