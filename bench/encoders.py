@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.report import device_name, git_commit, table  # noqa: E402
 from bench.scene import DEFAULT_ISO, write_scene_dng  # noqa: E402
 from engine import BackboneConfig, Pipeline  # noqa: E402
+from engine.argtypes import integer_arg  # noqa: E402
 from engine.io.exif import Provenance, exif_tags, pillow_exif  # noqa: E402
 from engine.io.output import OutputOptions, encode_srgb  # noqa: E402
 
@@ -77,9 +78,9 @@ def measure(fn, repeats: int) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--height", type=int, default=768, help="Bayer sites (default 768, the CPU batch frame)")
-    ap.add_argument("--width", type=int, default=1152, help="Bayer sites (default 1152)")
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--height", type=integer_arg(16, 65535, multiple=2), default=768, help="Bayer sites (default 768, the CPU batch frame)")
+    ap.add_argument("--width", type=integer_arg(16, 65535, multiple=2), default=1152, help="Bayer sites (default 1152)")
+    ap.add_argument("--repeats", type=integer_arg(1, 1000), default=5, help="timed runs per encoder, 1..1000 (default 5)")
     ap.add_argument("--random-weights", action="store_true", help="a random UNet instead of the shipped model")
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args(argv)

@@ -19,12 +19,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def main(argv=None) -> int:
+    from engine.argtypes import device_arg, integer_arg  # light: the timed imports come after parsing
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--height", type=int, default=2848, help="Bayer rows (default: the 12 MP frame)")
-    ap.add_argument("--width", type=int, default=4256, help="Bayer columns")
-    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--height", type=integer_arg(16, 65535, multiple=2), default=2848,
+                    help="Bayer rows, even, 16..65535 (default 2848: the 12 MP frame)")
+    ap.add_argument("--width", type=integer_arg(16, 65535, multiple=2), default=4256,
+                    help="Bayer columns, even, 16..65535 (default 4256)")
+    ap.add_argument("--steps", type=integer_arg(1, 100), default=3, help="network evaluations, 1..100 (default 3)")
     ap.add_argument("--checkpoint", default=None, help="default: the shipped model")
-    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--device", type=device_arg, default="cuda", help="cuda (default), cuda:N or cpu")
     args = ap.parse_args(argv)
 
     import numpy as np

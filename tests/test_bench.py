@@ -265,3 +265,18 @@ def test_a_run_stopped_by_sigint_keeps_the_stages_it_measured(tmp_path, monkeypa
     assert res["stopped"] == "stopped by SIGINT during 'kernels'; stages not reached: synthesis"
     printed = capsys.readouterr()
     assert "Engine" in printed.out and "- kernels: stopped by SIGINT" in printed.out
+
+
+def test_encoders_script_times_every_output_encoder(tmp_path):
+    """bench/encoders.py (issue 13's encoder table; run at 12 MP by gpu_check's folder part)
+    at a tiny size: every encoder row with its bytes, and the JSON beside the table."""
+    out = tmp_path / "enc.json"
+    proc = subprocess.run([sys.executable, "bench/encoders.py", "--height", "32", "--width", "48", "--repeats", "1",
+                           "--random-weights", "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(out.read_text())["rows"]
+    names = [r["encoder"] for r in rows]
+    assert any(n.startswith("PNG 8-bit fast") for n in names) and any(n.startswith("JPEG") for n in names)
+    assert any(n.startswith("TIFF 16-bit deflate") for n in names)
+    assert all(r["bytes"] > 0 and r["cpu_s"] >= 0 for r in rows)
+    assert "PNG 8-bit fast" in proc.stdout
