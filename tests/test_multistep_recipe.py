@@ -123,3 +123,28 @@ def test_mean_term_enters_every_step_with_its_weight():
         losses.append(float(total))
         torch.testing.assert_close(per_step, torch.full((3,), 0.01), rtol=1e-4, atol=1e-6)
     assert math.isclose(losses[1] - losses[0], 2.0 * 0.01 * float(w.sum()), rel_tol=1e-3)
+
+
+@pytest.mark.parametrize("detach_states, reached", [(False, [True, True, True]), (True, [False, False, True])])
+def test_detached_states_train_each_evaluation_by_its_own_loss(detach_states, reached):
+    """With only the last step's loss weighted: straight through (SPEC §4), its gradient reaches
+    every network evaluation through the draws; with ``detach_states`` only the last one."""
+    torch.manual_seed(0)
+    clean = torch.rand(2, 4, 16, 16) * 0.5 + 0.25
+    ratio, K = torch.tensor([100.0, 200.0]), torch.tensor([1.0, 3.0])
+    first = _first_input(clean, ratio, K)
+    conv = nn.Conv2d(8, 9, 1)
+    grads = []
+
+    def net(x):
+        out = conv(x)
+        i = len(grads)
+        grads.append(False)
+        out.register_hook(lambda g: grads.__setitem__(i, bool(g.abs().sum() > 0)))
+        return out
+
+    total, _ = unrolled_loss(net, first, clean, ratio=ratio, K=K, rho=exposure_schedule(ratio, 3),
+                             weights=torch.tensor([0.0, 0.0, 1.0]), with_photon=True, concat_origin=False,
+                             generator=torch.Generator().manual_seed(1), detach_states=detach_states)
+    total.backward()
+    assert grads == reached

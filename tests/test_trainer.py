@@ -153,3 +153,15 @@ def test_torch_compile_option_trains_like_eager(tmp_path):
         order = t._epoch_order(0)
         losses[compiled] = [t.train_step(order)["loss"] for _ in range(2)]
     assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+
+
+def test_resume_a_run_written_before_an_option_existed(tmp_path):
+    """A last.pt without a later option (here: detach_states) resumes with that option at its
+    default, the behaviour the run was written with; another value is refused."""
+    Trainer(tiny_config(), ToyPatches(), tmp_path, device="cpu", progress=False).fit(max_steps=1)
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    del state["config"]["detach_states"]
+    torch.save(state, tmp_path / "last.pt")
+    assert Trainer(tiny_config(), ToyPatches(), tmp_path, device="cpu", progress=False).resume()
+    with pytest.raises(ValueError, match="was written with other options.*detach_states"):
+        Trainer(tiny_config(detach_states=True), ToyPatches(), tmp_path, device="cpu", progress=False).resume()

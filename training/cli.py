@@ -52,7 +52,8 @@ def train(args) -> int:
                 patch=args.patch, batch=args.batch, accumulate=args.accumulate, epochs=args.epochs,
                 iters_per_epoch=args.iters_per_epoch, lr=args.lr, clip_grad=args.clip_grad, amp=args.amp,
                 compile=args.compile, seed=args.seed, save_every=args.save_every, log_every=args.log_every,
-                mean_weight=args.mean_loss, mean_pool=args.mean_pool, init=args.init)
+                mean_weight=args.mean_loss, mean_pool=args.mean_pool, detach_states=args.detach_states,
+                init=args.init)
             dataset = build_training_dataset(sid_root=args.sid_root, sid_list=args.sid_list,
                                              srgb_folder=args.srgb_folder, deadleaves_bank=args.deadleaves_bank,
                                              procedural=not (args.sid_root or args.srgb_folder or args.deadleaves_bank)
@@ -234,6 +235,9 @@ def add_training_commands(sub) -> None:
                         "written; the shipped model used it, see engine/data/README.md)")
     t.add_argument("--mean-pool", type=integer_arg(1, 512), default=8,
                    help="block side of the local-mean term, in packed pixels, 1..512 (default 8)")
+    t.add_argument("--detach-states", action="store_true",
+                   help="no gradient between the unrolled steps: each network evaluation is trained by its own "
+                        "step's loss only (default: SPEC, straight through every step; training/objective.py)")
     t.add_argument("--init", default=None, help="start from this engine checkpoint's weights (fine-tuning)")
     t.add_argument("--continuous", action="store_true", help="continuous ratio range U(20, 300)")
     t.add_argument("--patch", type=option_arg("patch"), default=512,

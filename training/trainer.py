@@ -85,7 +85,8 @@ class TrainConfig:
     None = all shipped), ``K_range`` ((lo, hi) or "camera"), ``ratio_range`` or the
     ``continuous`` range (SPEC §3). Schedule: ``steps`` unrolled evaluations, step weights
     ``learnable_weights``; ``mean_weight`` / ``mean_pool``: the local-mean (brightness) term
-    of ``training.objective`` (0: SPEC §4 as written). ``init``: an engine checkpoint whose
+    of ``training.objective`` (0: SPEC §4 as written); ``detach_states``: no gradient between
+    steps (``training.objective.unrolled_loss``; False: SPEC §4). ``init``: an engine checkpoint whose
     weights start the run (fine-tuning; ignored when resuming, which loads ``last.pt``). Optimiser: Adam ``lr`` (betas 0.9, 0.999) multiplied by
     ``lr_factors`` after the epoch fractions ``lr_milestones`` (SPEC §4: halved at
     epoch 150 and 1e-5 from epoch 270 of 300). ``batch`` is the global batch.
@@ -101,6 +102,7 @@ class TrainConfig:
     accumulate_form: bool = False
     mean_weight: float = 0.0
     mean_pool: int = 8
+    detach_states: bool = False
     init: str | None = None
     noise_model: str = "P+G+r+u"
     cameras: tuple | None = None
@@ -273,8 +275,10 @@ class Trainer:
             raise TrainingStateError(f"cannot resume: {e}; {restart}") from None
         if not isinstance(state, dict) or state.get("format") != TRAIN_STATE_FORMAT:
             raise TrainingStateError(f"cannot resume: {path} is not a training checkpoint of this project; {restart}")
-        if state.get("config") != self.cfg.to_dict():
-            saved = state.get("config") if isinstance(state.get("config"), dict) else {}
+        saved = state.get("config") if isinstance(state.get("config"), dict) else {}
+        # Options added after a run was written have their defaults there (the old behaviour).
+        saved = {**{k: v for k, v in TrainConfig().to_dict().items() if k not in saved}, **saved}
+        if saved != self.cfg.to_dict():
             diff = {k: (saved.get(k), v) for k, v in self.cfg.to_dict().items() if saved.get(k) != v}
             raise TrainingStateError(f"cannot resume: {path} was written with other options (saved, now): {diff}; "
                                      f"use the same options, or {restart}")
@@ -401,7 +405,8 @@ class Trainer:
         with value_checks_disabled(), autocast:
             return unrolled_loss(self.net, x.first, x.clean, ratio=x.ratio, K=x.K, rho=x.rho, weights=self.weights(),
                                  with_photon=cfg.with_photon, concat_origin=cfg.concat_origin, generator=x.generator,
-                                 accumulate=cfg.accumulate_form, mean_weight=cfg.mean_weight, mean_pool=cfg.mean_pool)
+                                 accumulate=cfg.accumulate_form, mean_weight=cfg.mean_weight, mean_pool=cfg.mean_pool,
+                                 detach_states=cfg.detach_states)
 
     def train_step(self, order: torch.Tensor) -> dict:
         """One optimiser step over the global batch; returns the logged values."""

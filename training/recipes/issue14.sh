@@ -4,7 +4,8 @@
 #   bash training/recipes/issue14.sh bank RUNS            # render the dead-leaves bank (once)
 #   bash training/recipes/issue14.sh run RUNS DATA [MAX]  # train (or resume) RUNS/DATA; DATA in
 #                                                         # procedural | deadleaves | mix | onestep-mix |
-#                                                         # deadleaves-long | onestep-deadleaves
+#                                                         # deadleaves-long | onestep-deadleaves |
+#                                                         # twin-multistep | twin-multistep-ste
 #   bash training/recipes/issue14.sh eval RUNS CKPT [evaluate options]   # photo hold-out, BM3D cached
 #   bash training/recipes/issue14.sh auto RUNS CKPT OUT   # calibrate steps="auto" into OUT (fp16)
 #
@@ -16,7 +17,9 @@
 # dead-leaves run (engine/data/default_model.pt of commit 33350c6) for 4500 more steps at lr 1e-4
 # with the same recipe and schedule; onestep-deadleaves is its one-step twin (the same init
 # and data, 1 unrolled step, 5700 optimiser steps = 1200 + 4500, lr 2e-4 with the same
-# schedule). A run stops after MAX more optimiser steps when given; started again with the
+# schedule). twin-multistep and twin-multistep-ste (session 4) start from that twin's final
+# weights and train 3 steps for 1000 optimiser steps at lr 5e-5, with the states detached
+# between steps (--detach-states) or straight through (SPEC). A run stops after MAX more optimiser steps when given; started again with the
 # same folder it resumes exactly where it stopped (checkpoints every 25 steps).
 # The dead-leaves scenes need the deadleaves package; on Python 3.11 set
 # EXPOSURE_DIFFUSION_DEADLEAVES_PATH (see training/deadleaves_scenes.py).
@@ -43,6 +46,9 @@ render_bank('$bank', 100, 256, seed=0, progress=True)" ;;
         src=(--deadleaves-bank "$bank"); lr=1e-4; epochs=45; from="$runs/init_default_33350c6.pt"
         if [ ! -f "$from" ]; then git show 33350c6:engine/data/default_model.pt > "$from"; fi ;;
       onestep-deadleaves) src=(--deadleaves-bank "$bank"); steps=1; epochs=57 ;;
+      twin-multistep|twin-multistep-ste)
+        src=(--deadleaves-bank "$bank"); lr=5e-5; epochs=10; from="$runs/onestep-deadleaves/model_final.pt"
+        if [ "$data" = twin-multistep ]; then src+=(--detach-states); fi ;;
       mix) src=(--deadleaves-bank "$bank" --procedural) ;;
       onestep-mix) src=(--deadleaves-bank "$bank" --procedural); steps=1 ;;
       *) echo "unknown data $data" >&2; exit 2 ;;
