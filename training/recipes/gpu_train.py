@@ -35,6 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from engine.argtypes import device_arg, integer_arg, real_arg  # noqa: E402
 from engine.models.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from training.patches import DEFAULT_BLACK, DEFAULT_WHITE, sample_rng, to_dn, torch_generator  # noqa: E402
 from training.trainer import TrainConfig, Trainer  # noqa: E402
@@ -90,24 +91,32 @@ def render_pool(n: int, patch: int, seed: int, bank: str | None, workers: int) -
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--seconds", type=float, default=420,
+    ap.add_argument("--out", required=True, help="run folder (resumed when it holds a last.pt)")
+    ap.add_argument("--seconds", type=real_arg(0, low_open=True), default=420,
                     help="wall-clock budget from the start (pool, probe and training; saving comes after)")
     ap.add_argument("--init", default=None, help="engine checkpoint to start from")
     ap.add_argument("--bank", default=None, help="dead-leaves bank (.npy); none: procedural scenes only")
-    ap.add_argument("--scenes", type=int, default=4000, help="clean scenes in the pool")
-    ap.add_argument("--patch", type=int, default=256)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--total-steps", type=int, default=0,
+    ap.add_argument("--scenes", type=integer_arg(1, 100000), default=4000,
+                    help="clean scenes in the pool, 1..100000 (default 4000)")
+    ap.add_argument("--patch", type=integer_arg(16, 1024, multiple=16), default=256,
+                    help="packed patch side, a multiple of 16 in 16..1024 (default 256)")
+    ap.add_argument("--batch", type=integer_arg(1, 4096), default=8, help="patches per step, 1..4096 (default 8)")
+    ap.add_argument("--steps", type=integer_arg(1, 100), default=3, help="unrolled exposure steps, 1..100 (default 3)")
+    ap.add_argument("--total-steps", type=integer_arg(0), default=0,
                     help="length of the LR schedule; 0: as many steps as --seconds allow, from a 20-step speed probe")
-    ap.add_argument("--lr", type=float, default=1e-4)
-    ap.add_argument("--mean-loss", type=float, default=2.0)
-    ap.add_argument("--amp", default="bf16", choices=("bf16", "fp16", "none"))
-    ap.add_argument("--workers", type=int, default=max(1, (mp.cpu_count() or 2) - 2))
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--lr", type=real_arg(0, 1, low_open=True), default=1e-4,
+                    help="Adam learning rate, in (0, 1] (default 1e-4)")
+    ap.add_argument("--mean-loss", type=real_arg(0), default=2.0,
+                    help="weight >= 0 of the local-mean (brightness) term (default 2)")
+    ap.add_argument("--amp", default="bf16", choices=("bf16", "fp16", "none"), help="autocast dtype (default bf16)")
+    ap.add_argument("--workers", type=integer_arg(1, 1024), default=max(1, (mp.cpu_count() or 2) - 2),
+                    help="CPU processes rendering the pool (default: cores - 2)")
+    ap.add_argument("--seed", type=integer_arg(0, 2**63 - 1), default=0, help="seed of the pool and the run")
+    ap.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu",
+                    help="cuda (default where available), cuda:N, cpu or auto")
     args = ap.parse_args(argv)
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
