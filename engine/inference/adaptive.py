@@ -73,9 +73,11 @@ class AutoStepsPolicy:
         return self.counts[-1]
 
 
-# For checkpoints without a calibration of their own (meta["auto_steps"]): the shipped default
+# For checkpoints without a calibration of their own (meta["auto_steps"]): the session-3 default
 # model's (python -m training.auto_steps --counts 1 2 3 5, photograph-like scenes of seed 7,
-# 2026-11-30; it never chose 1 step, so counts 2 / 3 / 5).
+# 2026-11-30; it never chose 1 step, so counts 2 / 3 / 5), a multi-step model whose later steps
+# helped: a safer guess for an unknown checkpoint than the session-4 default's own calibration,
+# which mostly picks 1 or 2 evaluations (engine/data/README.md).
 DEFAULT_POLICY = AutoStepsPolicy((32.62, 23.66), (2, 3, 5))
 
 
