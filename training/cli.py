@@ -303,7 +303,8 @@ def add_training_commands(sub) -> None:
     e.add_argument("--means-only", action="store_true", help="no per-image table")
     e.add_argument("--sid-root", default=None, help="SID dataset root: also evaluate on its test pairs")
     e.add_argument("--sid-list", default=None, help="SID list file of the pairs (default: every pair found)")
-    e.add_argument("--illuminance-correction", action="store_true", help="with --sid-root: apply the SID protocol's ground-truth rescaling to the SID pairs' scores "
+    e.add_argument("--illuminance-correction", action="store_true",
+                   help="with --sid-root: apply the SID protocol's ground-truth rescaling to the SID pairs' scores "
                         "(the hold-out tables always apply it)")
     e.add_argument("--json", default=None, help="also write the tables as JSON to this file")
     e.add_argument("--overwrite", action="store_true", help="replace an existing --json file (default: refuse)")
