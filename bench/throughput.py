@@ -103,7 +103,7 @@ from bench.stages import (Context, bench_engine, bench_kernels, bench_synthesis,
 from bench.timing import Progress  # noqa: E402
 from bench.training_stage import bench_training, training_sizes  # noqa: E402
 import engine.inference.pipeline  # noqa: E402
-from engine.argtypes import integer_arg, real_arg  # noqa: E402
+from engine.argtypes import integer_arg, real_arg, resolve_device  # noqa: E402
 from engine.inference.pipeline import MAX_RATIO, MAX_SEED, MAX_STEPS  # noqa: E402
 from engine import BackboneConfig, load_checkpoint  # noqa: E402
 
@@ -156,9 +156,7 @@ def parse_args(argv):
     args.skip = skip
     if args.json is None:
         args.json = str(QUICK_JSON if args.quick else DEFAULT_JSON)
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: CUDA is not available on this machine")
     if device.type not in ("cpu", "cuda"):

@@ -84,6 +84,15 @@ def device_arg(text: str) -> str:
     return text
 
 
+def resolve_device(text: str):
+    """The ``torch.device`` a ``device_arg`` value names: ``auto`` is CUDA where available, else the CPU."""
+    import torch
+
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(text)
+
+
 def camera_arg(text: str) -> str:
     """A shipped camera name or a profile JSON file, loaded once to check it (``ValueError``
     of ``kernels.profiles.load_profile`` -> the option's error)."""

@@ -24,7 +24,7 @@ import sys
 import numpy as np
 import torch
 
-from engine.argtypes import device_arg, integer_arg, real_arg
+from engine.argtypes import device_arg, integer_arg, real_arg, resolve_device
 from engine.inference.adaptive import AutoStepsPolicy, input_psnr
 from engine.inference.pipeline import MAX_STEPS
 from engine.io.atomic import atomic_path
@@ -127,7 +127,7 @@ def main(argv=None) -> int:
         ap.error("--seed 0 of the photo scenes is the evaluation hold-out: calibrate on another seed")
     if args.write and os.path.exists(args.write):
         ap.error(f"--write {args.write} exists; choose another name (a calibrated checkpoint is never replaced)")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = resolve_device(args.device)
     model, config, meta = load_checkpoint(args.checkpoint)
     if args.measured and os.path.isfile(args.measured):
         raw = json.loads(open(args.measured).read())

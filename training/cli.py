@@ -16,17 +16,13 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-
-def _device(value: str) -> torch.device:
-    if value == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(value)
+from engine.argtypes import resolve_device
 
 
 def _distributed_setup(device_arg: str) -> torch.device:
     """Under torchrun (WORLD_SIZE > 1): join the process group, return this rank's device."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return _device(device_arg)
+        return resolve_device(device_arg)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() and device_arg != "cpu"
     dist.init_process_group("nccl" if use_cuda else "gloo")
@@ -107,7 +103,7 @@ def evaluate(args) -> int:
 
     if args.json and not args.overwrite:  # before minutes of evaluation
         refuse_existing(args.json, "use --overwrite to replace it")
-    device = _device(args.device)
+    device = resolve_device(args.device)
     try:
         check_holdout_size(args.holdout, args.patch)
     except ValueError as e:

@@ -31,7 +31,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from .patches import DEFAULT_BLACK, DEFAULT_WHITE, PackedBatch, collate_patches, sample_rng, to_dn, torch_generator
 from .unprocess import gaussian_blur, linear_to_packed_raw, random_wb
@@ -131,7 +130,6 @@ def photo_scene(g: torch.Generator, patch: int = 192) -> torch.Tensor:
         if kind == 0:  # sphere resting on the floor
             cy = base_y - r
             dx, dy = (xx - cx) / r, (yy - cy) / r
-            inside = (dx * dx + dy * dy) < 1
             nz = (1 - dx * dx - dy * dy).clamp_min(0).sqrt()
             lam = (dx * light_dir[0] + dy * light_dir[1] + nz * light_dir[2]).clamp_min(0)
             spec = (2 * lam * nz - light_dir[2]).clamp_min(0) ** (20 + 60 * rnd()) * (2 + 8 * rnd())

@@ -35,7 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from engine.argtypes import device_arg, integer_arg, real_arg  # noqa: E402
+from engine.argtypes import device_arg, integer_arg, real_arg, resolve_device  # noqa: E402
 from engine.models.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from training.patches import DEFAULT_BLACK, DEFAULT_WHITE, sample_rng, to_dn, torch_generator  # noqa: E402
 from training.trainer import TrainConfig, Trainer  # noqa: E402
@@ -115,8 +115,7 @@ def main(argv=None) -> int:
     ap.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu",
                     help="cuda (default where available), cuda:N, cpu or auto")
     args = ap.parse_args(argv)
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    args.device = str(resolve_device(args.device))
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
