@@ -103,7 +103,7 @@ from bench.stages import (Context, bench_engine, bench_kernels, bench_synthesis,
 from bench.timing import Progress  # noqa: E402
 from bench.training_stage import bench_training, training_sizes  # noqa: E402
 import engine.inference.pipeline  # noqa: E402
-from engine.argtypes import integer_arg, real_arg, resolve_device  # noqa: E402
+from engine.argtypes import device_arg, integer_arg, real_arg, resolve_device  # noqa: E402
 from engine.inference.pipeline import MAX_RATIO, MAX_SEED, MAX_STEPS  # noqa: E402
 from engine import BackboneConfig, load_checkpoint  # noqa: E402
 
@@ -119,7 +119,7 @@ STAGES = ("engine", "backbone", "kernels", "synthesis", "training", "batch")
 # ---------------------------------------------------------------- main
 def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda[:N]")
+    ap.add_argument("--device", type=device_arg, default="auto", help="auto (cuda if available), cpu or cuda[:N]")
     ap.add_argument("--height", type=integer_arg(32), help="frame height in Bayer sites (CUDA 2848, CPU 1424, --quick 128)")
     ap.add_argument("--width", type=integer_arg(32), help="frame width in Bayer sites (CUDA 4256, CPU 2128, --quick 192)")
     ap.add_argument("--full", action="store_true", help="the 12 MP frame (2848 x 4256) on any device")

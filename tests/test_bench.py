@@ -167,7 +167,8 @@ def test_quick_run_writes_its_own_json_and_judges_no_speed_target():
 
 @pytest.mark.parametrize("argv, message", [(["--steps", "0"], "argument --steps: must be an integer in [1, 100]"),
                                            (["--workers", "-1"], "argument --workers: must be an integer >= 1"),
-                                           (["--repeats", "0"], "argument --repeats: must be an integer >= 1")])
+                                           (["--repeats", "0"], "argument --repeats: must be an integer >= 1"),
+                                           (["--device", "nonsense"], "argument --device: expected auto, cpu, cuda")])
 def test_bench_options_are_checked_at_parse_time(argv, message, capsys):
     from bench.throughput import parse_args
 
