@@ -161,7 +161,7 @@ def _enhance_rank(args, files, outputs, options, todo=None) -> int:
                 results = enhance_files(pipe, [files[i] for i in mine], [outputs[i] for i in mine], fmt=options,
                                         workers=workers, batch=batch, on_done=report, overwrite=args.overwrite,
                                         ratio=args.ratio, steps=args.steps, K=args.K, iso=args.iso, seed=args.seed,
-                                        stochastic=not args.deterministic)
+                                        stochastic=args.stochastic)
             except (OutputPathError, FileExistsError, ValueError) as e:
                 trouble = str(e)
             bar.close()
@@ -240,7 +240,12 @@ def add_engine_commands(sub) -> None:
                    help=f"system gain in DN per photo-electron, in [{K_RANGE[0]:g}, {K_RANGE[1]:g}] (overrides ISO)")
     e.add_argument("--seed", type=integer_arg(0, MAX_SEED), default=None,
                    help="fixed seed, an integer in [0, 2**64 - 1]: repeatable outputs")
-    e.add_argument("--deterministic", action="store_true", help="use Poisson means instead of draws")
+    photons = e.add_mutually_exclusive_group()
+    photons.add_argument("--deterministic", dest="stochastic", action="store_false", default=None,
+                         help="Poisson means instead of draws between the steps (outputs independent of --seed)")
+    photons.add_argument("--draws", dest="stochastic", action="store_true", default=None,
+                         help="Poisson draws between the steps (SPEC). Default: the model's own mode "
+                              "(meta['photons']; the shipped default model: means, engine/data/README.md)")
     e.add_argument("--format", default="png", type=str.lower, choices=("png", "jpeg", "jpg", "tiff", "tif", "dng"),
                    help="output format (default png): png / jpeg / tiff are sRGB renderings, dng the linear "
                         "mosaic for raw editors; every one carries the source's capture metadata (EXIF)")

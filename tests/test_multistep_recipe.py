@@ -148,3 +148,31 @@ def test_detached_states_train_each_evaluation_by_its_own_loss(detach_states, re
                              generator=torch.Generator().manual_seed(1), detach_states=detach_states)
     total.backward()
     assert grads == reached
+
+
+def test_mean_photons_train_on_the_deterministic_loop():
+    """``stochastic=False`` (``train --mean-photons``): every state is the SPEC's expectation,
+    the same inputs the engine's ``stochastic=False`` loop gives the network, whatever the
+    generator; with draws (SPEC §4) the later states differ from draw to draw."""
+    torch.manual_seed(0)
+    clean = torch.rand(2, 4, 16, 16) * 0.5 + 0.05
+    ratio, K = torch.tensor([100.0, 200.0]), torch.tensor([1.0, 3.0])
+    first = _first_input(clean, ratio, K)
+    rho = exposure_schedule(ratio, 3)
+    conv = nn.Conv2d(8, 9, 1)
+    seen = {}
+    for stochastic in (False, True):
+        for seed in (1, 2):
+            net = Oracle(clean, head9=True)
+            unrolled_loss(lambda x: net(x) + 0 * conv(x), first, clean, ratio=ratio, K=K, rho=rho,
+                          weights=torch.full((3,), 1 / 3), with_photon=True, concat_origin=False,
+                          generator=torch.Generator().manual_seed(seed), stochastic=stochastic)
+            seen[stochastic, seed] = net.inputs
+    for a, b in zip(seen[False, 1], seen[False, 2]):
+        assert torch.equal(a, b)
+    assert not torch.equal(seen[True, 1][1], seen[True, 2][1])
+    engine_net = Oracle(clean, head9=True)
+    run_exposure_diffusion(engine_net, first, ratio=ratio, K=K, rho=rho, with_photon=True, concat_origin=False,
+                           stochastic=False)
+    for trained, served in zip(seen[False, 1], engine_net.inputs):
+        torch.testing.assert_close(trained, served, rtol=1e-6, atol=1e-7)

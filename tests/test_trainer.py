@@ -165,3 +165,28 @@ def test_resume_a_run_written_before_an_option_existed(tmp_path):
     assert Trainer(tiny_config(), ToyPatches(), tmp_path, device="cpu", progress=False).resume()
     with pytest.raises(ValueError, match="was written with other options.*detach_states"):
         Trainer(tiny_config(detach_states=True), ToyPatches(), tmp_path, device="cpu", progress=False).resume()
+
+
+@pytest.mark.parametrize("inner", ["random", "linspace"])
+def test_inner_exposures_of_a_training_step(tmp_path, inner):
+    """``random`` (SPEC §4): distinct sorted integers in [2, r - 1] between 1 and r;
+    ``linspace``: exactly the schedule the engine's loop uses at inference. The first network
+    input does not depend on the choice (the schedule draws after the synthesis)."""
+    from engine.inference.loop import exposure_schedule
+
+    trainers = {name: Trainer(tiny_config(steps=4, batch=4, ratio_range=(100, 300), inner_exposures=name),
+                              ToyPatches(), tmp_path / name, device="cpu", progress=False)
+                for name in ("random", inner)}
+    _, batch = trainers[inner]._micro_batches(trainers[inner]._epoch_order(0), 0, 0)[0]
+    x = trainers[inner].prepare_inputs(batch, 0)
+    if inner == "linspace":
+        torch.testing.assert_close(x.rho, exposure_schedule(x.ratio, 4))
+        assert not torch.equal(x.rho, x.rho.round())
+        assert torch.equal(x.first, trainers["random"].prepare_inputs(batch, 0).first)
+    else:
+        inner_rho = x.rho[:, 1:-1]
+        assert torch.equal(inner_rho, inner_rho.round()) and (inner_rho >= 2).all()
+        assert (inner_rho < x.ratio[:, None]).all() and (x.rho.diff(dim=1) > 0).all()
+    assert torch.equal(x.rho[:, 0], torch.ones(4)) and torch.equal(x.rho[:, -1], x.ratio)
+    with pytest.raises(ValueError, match="inner_exposures must be one of"):
+        tiny_config(inner_exposures="geometric")

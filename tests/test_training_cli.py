@@ -42,6 +42,25 @@ def test_train_then_resume_then_evaluate_then_enhance(tmp_path, capsys):
     assert (tmp_path / "out" / "a.png").is_file()
 
 
+def test_train_options_reach_the_run(tmp_path):
+    """--init from a narrower checkpoint with --concat-origin, --mean-photons, --detach-states:
+    the run's saved config carries them and its first layer is the init's, widened with zeros."""
+    base = tmp_path / "base"
+    assert main(["train", "--out", str(base), "--epochs", "1", "--iters-per-epoch", "1", *TINY]) == 0
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), "--epochs", "1", "--iters-per-epoch", "1", "--lr", "1e-9",
+                 "--init", str(base / "model.pt"), "--concat-origin", "--mean-photons", "--detach-states",
+                 *TINY]) == 0
+    config = torch.load(run / "last.pt", weights_only=True)["config"]
+    assert config["concat_origin"] and config["mean_photons"] and config["detach_states"]
+    init, _, _ = load_checkpoint(base / "model.pt")
+    model, backbone, _ = load_checkpoint(run / "model.pt")
+    assert backbone.in_channels == 12
+    w = model.conv1_1.weight.float()
+    torch.testing.assert_close(w[:, :8], init.conv1_1.weight.float(), rtol=0, atol=1e-6)  # lr 1e-9: one tiny step
+    assert w[:, 8:].abs().max() < 1e-6
+
+
 def test_hold_out_noise_parameters_do_not_depend_on_the_sampler(monkeypatch):
     """The hold-out's per-sample gains are drawn once, up front: a synthesis that consumes
     its generator differently (another sampler) must not change them."""

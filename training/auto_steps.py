@@ -8,8 +8,10 @@ step count; its expected input PSNR (``adaptive.input_psnr``) and its PSNR per c
 are recorded. The policy's thresholds are then chosen by a grid search over the recorded
 input PSNRs: among the policies whose mean PSNR at every ratio is within ``tolerance``
 dB of the best fixed count at that ratio, the one with the fewest mean evaluations wins
-(ties: the higher PSNR); when none is, the one with the smallest worst-case shortfall. The result goes into the checkpoint's metadata (``auto_steps``),
-where ``Pipeline.from_checkpoint`` and the evaluation find it.
+(ties: the higher PSNR); when none is, the one with the smallest worst-case shortfall. The
+result goes into the checkpoint's metadata (``auto_steps``), where ``Pipeline.from_checkpoint``
+and the evaluation find it. The frames run in the model's photon mode (``--photons``: the
+checkpoint's ``meta["photons"]``, else Poisson draws), which the written checkpoint records.
 
     python -m training.auto_steps --checkpoint runs/mix/model.pt --write runs/mix/model_auto.pt
 """
@@ -26,6 +28,7 @@ import torch
 
 from engine.argtypes import device_arg, integer_arg, real_arg, resolve_device
 from engine.inference.adaptive import AutoStepsPolicy, input_psnr
+from engine.inference.loop import PHOTON_MODES, photon_mode_from_meta
 from engine.inference.pipeline import MAX_STEPS
 from engine.io.atomic import atomic_path
 from engine.models.checkpoint import load_checkpoint, save_checkpoint
@@ -40,8 +43,9 @@ CALIBRATION_SEED = 7
 
 def measure(backbone, config, *, counts=(1, 2, 3), ratios=(50, 100, 200, 300), n: int = 12, patch: int = 128,
             iso: float = 3200, camera: str = "SonyA7S2", seed: int = CALIBRATION_SEED, scenes: str = "photo",
-            device="cpu") -> dict:
-    """Per ratio: ``{"input_psnr": [n], "psnr": {count: [n]}}`` on the calibration scenes."""
+            device="cpu", stochastic: bool = True) -> dict:
+    """Per ratio: ``{"input_psnr": [n], "psnr": {count: [n]}}`` on the calibration scenes
+    (``stochastic``: Poisson draws between the steps, else their means)."""
     if seed == 0 and scenes == "photo":
         raise ValueError("seed 0 of the photo scenes is the evaluation hold-out: calibrate on another seed")
     clean = holdout_clean(scenes, n, patch, seed)
@@ -51,7 +55,8 @@ def measure(backbone, config, *, counts=(1, 2, 3), ratios=(50, 100, 200, 300), n
         p = data.params[r]
         rec = {"input_psnr": input_psnr(data.noisy[r], p.ratio, p.K).tolist(), "psnr": {}}
         for c in counts:
-            y, _ = _model_outputs(backbone, config, data, r, c, batch=4, seed=seed, device=device, stochastic=True)
+            y, _ = _model_outputs(backbone, config, data, r, c, batch=4, seed=seed, device=device,
+                                  stochastic=stochastic)
             rec["psnr"][c] = psnr(illuminance_correction(y, clean), clean).tolist()
         out[r] = rec
     return out
@@ -114,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--tolerance", type=real_arg(0, 10), default=0.05,
                     help="dB a policy may fall below the best fixed count at a ratio, in [0, 10] (default 0.05)")
     ap.add_argument("--device", type=device_arg, default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    ap.add_argument("--photons", choices=PHOTON_MODES, default=None,
+                    help="Poisson draws or their means between the steps, for the calibration and recorded in the "
+                         "written checkpoint (meta['photons']; default: the checkpoint's own mode, else draws)")
     ap.add_argument("--fp16", action="store_true", help="store the written weights as float16 (the shipped format)")
     ap.add_argument("--measured", default=None,
                     help="JSON of the measurements: read if it exists (no network runs), else written")
@@ -129,23 +137,29 @@ def main(argv=None) -> int:
         ap.error(f"--write {args.write} exists; choose another name (a calibrated checkpoint is never replaced)")
     device = resolve_device(args.device)
     model, config, meta = load_checkpoint(args.checkpoint)
+    photons = args.photons or photon_mode_from_meta(meta)
     if args.measured and os.path.isfile(args.measured):
         raw = json.loads(open(args.measured).read())
+        recorded = raw.pop("photons", "draws")  # files written before the photon modes: draws
+        if recorded != photons:
+            ap.error(f"--measured {args.measured} was measured with Poisson {recorded}, this calibration uses "
+                     f"{photons}; give another file or --photons {recorded}")
         measured = {float(r): {"input_psnr": v["input_psnr"], "psnr": {int(c): p for c, p in v["psnr"].items()}}
                     for r, v in raw.items()}
     else:
         measured = measure(model, config, counts=args.counts, ratios=args.ratios, n=args.n, patch=args.patch,
-                           scenes=args.scenes, seed=args.seed, device=device)
+                           scenes=args.scenes, seed=args.seed, device=device, stochastic=photons == "draws")
         if args.measured:
             with atomic_path(args.measured, overwrite=False) as tmp, open(tmp, "w") as f:
-                json.dump({str(r): v for r, v in measured.items()}, f)
+                json.dump({"photons": photons, **{str(r): v for r, v in measured.items()}}, f)
     policy, report = fit_policy(measured, args.counts, args.tolerance)
     print(json.dumps({"policy": policy.to_meta(), "report": {str(k): v for k, v in report.items()}}, indent=1))
     if args.write:
         stored = next(iter(model.state_dict().values())).dtype
         keep = {k: v for k, v in meta.items() if k not in ("format", "stored_dtype")}
         dtype = torch.float16 if args.fp16 or meta.get("stored_dtype") == "float16" else stored
-        save_checkpoint(model.to(dtype), config, args.write, meta={**keep, "auto_steps": policy.to_meta()})
+        save_checkpoint(model.to(dtype), config, args.write,
+                        meta={**keep, "auto_steps": policy.to_meta(), "photons": photons})
     return 0
 
 

@@ -49,6 +49,7 @@ def train(args) -> int:
                 iters_per_epoch=args.iters_per_epoch, lr=args.lr, clip_grad=args.clip_grad, amp=args.amp,
                 compile=args.compile, seed=args.seed, save_every=args.save_every, log_every=args.log_every,
                 mean_weight=args.mean_loss, mean_pool=args.mean_pool, detach_states=args.detach_states,
+                mean_photons=args.mean_photons, inner_exposures=args.inner_exposures,
                 init=args.init)
             dataset = build_training_dataset(sid_root=args.sid_root, sid_list=args.sid_list,
                                              srgb_folder=args.srgb_folder, deadleaves_bank=args.deadleaves_bank,
@@ -125,7 +126,7 @@ def evaluate(args) -> int:
     baselines = [] if args.baselines == ["none"] else args.baselines
     progress = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     results = evaluate_methods(data, models, steps=steps, baselines=baselines, batch=args.batch, seed=args.seed,
-                               device=device, stochastic=not args.deterministic, progress=progress,
+                               device=device, stochastic=args.stochastic, progress=progress,
                                baseline_cache=cache)
     if cache is not None:
         with atomic_path(args.baseline_cache, overwrite=True) as tmp, open(tmp, "w") as f:  # a cache: rewritten
@@ -138,15 +139,18 @@ def evaluate(args) -> int:
     out = {"holdout": {str(r): t for r, t in results["ratios"].items()}, "notes": results["notes"],
            "settings": {"scenes": args.scenes, "n": args.holdout, "patch": args.patch, "seed": args.seed,
                         "noise_model": args.noise_model, "camera": args.camera, "iso": args.iso,
-                        "models": dict(named), "stochastic": not args.deterministic}}
+                        "models": dict(named),
+                        "photons": {name: ("draws" if args.stochastic else "means") if args.stochastic is not None
+                                    else models[name][3] for name, _ in named}}}
     if args.sid_root:
         model, config, _ = load_checkpoint(args.checkpoint)
+        draws = args.stochastic if args.stochastic is not None else models["model"][3] == "draws"
         pairs = SIDPairDataset(args.sid_root, args.sid_list, crop="center", patch=512)
         out["sid"] = {}
         for n in [v for v in steps if v != "auto"]:
             table = evaluate_sid(model, config, pairs, steps=n, camera=args.camera,
                                  correct_illuminance=args.illuminance_correction, device=device,
-                                 progress=not args.quiet)
+                                 progress=not args.quiet, stochastic=draws)
             out["sid"][str(n)] = {str(r): m for r, m in table.items()}
             print(format_table(table, f"SID ({len(pairs)} pairs, centre 512 crop"
                                       f"{', illuminance-corrected' if args.illuminance_correction else ''}), {n} steps"))
@@ -234,6 +238,12 @@ def add_training_commands(sub) -> None:
     t.add_argument("--detach-states", action="store_true",
                    help="no gradient between the unrolled steps: each network evaluation is trained by its own "
                         "step's loss only (default: SPEC, straight through every step; training/objective.py)")
+    t.add_argument("--mean-photons", action="store_true",
+                   help="the unrolled steps add the Poisson means instead of draws, for a model meant to run with "
+                        "--deterministic (default: SPEC, draws)")
+    t.add_argument("--inner-exposures", choices=("random", "linspace"), default="random",
+                   help="the unrolled steps' exposure multiples: random distinct integers in [2, r - 1] (default, "
+                        "SPEC) or the inference schedule linspace(1, r, steps + 1)")
     t.add_argument("--init", default=None, help="start from this engine checkpoint's weights (fine-tuning)")
     t.add_argument("--continuous", action="store_true", help="continuous ratio range U(20, 300)")
     t.add_argument("--patch", type=option_arg("patch"), default=512,
@@ -294,7 +304,12 @@ def add_training_commands(sub) -> None:
     e.add_argument("--baselines", nargs="+", default=["wavelet", "bm3d"], choices=("wavelet", "bm3d", "none"),
                    help="classical denoisers run beside the models (default wavelet bm3d; 'none': skip)")
     e.add_argument("--baseline-cache", default=None, help="JSON file keeping baseline scores between runs")
-    e.add_argument("--deterministic", action="store_true", help="Poisson means instead of draws in the steps")
+    photons = e.add_mutually_exclusive_group()
+    photons.add_argument("--deterministic", dest="stochastic", action="store_false", default=None,
+                         help="Poisson means instead of draws in every model's steps")
+    photons.add_argument("--draws", dest="stochastic", action="store_true", default=None,
+                         help="Poisson draws in every model's steps (default: each model's own mode, "
+                              "meta['photons'], else draws)")
     e.add_argument("--batch", type=integer_arg(1, 4096), default=4, help="frames per network call (default 4)")
     e.add_argument("--means-only", action="store_true", help="no per-image table")
     e.add_argument("--sid-root", default=None, help="SID dataset root: also evaluate on its test pairs")

@@ -82,7 +82,7 @@ def evaluate_synthetic(backbone: nn.Module, config: BackboneConfig, *, ratios=(1
 
 def evaluate_sid(backbone: nn.Module, config: BackboneConfig, pairs, *, steps: int = 3, camera: str = "SonyA7S2",
                  correct_illuminance: bool = False, crop: int | None = 512, seed: int = 0, device="cpu",
-                 progress: bool = False) -> dict:
+                 progress: bool = False, stochastic: bool = True) -> dict:
     """The SID protocol on real pairs (``training.SIDPairDataset`` items): centre crop,
     optional illuminance correction (uses the ground truth: evaluation only), per ratio.
 
@@ -105,7 +105,7 @@ def evaluate_sid(backbone: nn.Module, config: BackboneConfig, pairs, *, steps: i
         parts = [x] + ([x / (r * K)] if config.with_photon else []) + ([x] if config.concat_origin else [])
         first = torch.cat(parts, 1)
         y = restore(backbone, config, first, ratio=torch.tensor([r], device=device), K=torch.tensor([K], device=device),
-                    steps=steps, generator=gen)
+                    steps=steps, generator=gen, stochastic=stochastic)
         if correct_illuminance:
             y = illuminance_correction(y, gt)
         if crop:

@@ -148,12 +148,17 @@ def _model_outputs(backbone, config, data: NoisyHoldout, r: float, steps, *, bat
 
 
 def evaluate_methods(data: NoisyHoldout, models: dict, *, steps=(1, 2, 3, 5), baselines=BASELINES, batch: int = 4,
-                     seed: int = 0, device="cpu", stochastic: bool = True, progress=None, baseline_cache=None) -> dict:
+                     seed: int = 0, device="cpu", stochastic: bool | None = None, progress=None,
+                     baseline_cache=None) -> dict:
     """Scores of every method on ``data``.
 
     Args:
-        models: ``{name: (backbone, BackboneConfig[, AutoStepsPolicy])}``; each runs at every
-            entry of ``steps`` (ints, or "auto" with the model's policy, default ``DEFAULT_POLICY``).
+        models: ``{name: (backbone, BackboneConfig[, AutoStepsPolicy[, photon mode]])}``; each runs
+            at every entry of ``steps`` (ints, or "auto" with the model's policy, default
+            ``DEFAULT_POLICY``).
+        stochastic: True: Poisson draws between the steps, False: their means, for every model;
+            None: each model's photon mode ("draws" when its tuple has none), as a ``Pipeline``
+            made from its checkpoint would run it.
         baselines: classical methods to include ("wavelet", "bm3d"); BM3D is skipped with a
             note when the package is missing.
         baseline_cache: optional dict (e.g. loaded from JSON) of baseline scores keyed by
@@ -191,13 +196,15 @@ def evaluate_methods(data: NoisyHoldout, models: dict, *, steps=(1, 2, 3, 5), ba
             table[method] = dict(zip(("psnr", "ssim"), _scores(torch.stack(ys), gt)))
             if baseline_cache is not None:
                 baseline_cache[key] = table[method]
-        for name, (backbone, config, *policy) in models.items():
+        for name, (backbone, config, *extra) in models.items():
+            policy = extra[0] if extra else None
+            draws = stochastic if stochastic is not None else (extra[1] if len(extra) > 1 else "draws") == "draws"
             backbone = backbone.to(device).eval()
             for n in steps:
                 if progress:
                     progress(f"x{r:g}: {name}, {n} steps")
                 y, used = _model_outputs(backbone, config, data, r, n, batch=batch, seed=seed, device=device,
-                                         stochastic=stochastic, policy=policy[0] if policy else None)
+                                         stochastic=draws, policy=policy)
                 ps, ss = _scores(y, gt)
                 table[f"{name} {n}"] = {"psnr": ps, "ssim": ss, "steps": used, "bias": _bias(y, gt)}
         out[r] = table
@@ -237,13 +244,15 @@ def format_results(results: dict, *, per_image: bool = True) -> str:
 
 
 def load_models(paths_and_names) -> dict:
-    """``[(name, checkpoint path)]`` -> ``{name: (backbone, config, auto-steps policy)}``
-    (engine checkpoints; the policy from the checkpoint's metadata, else the default)."""
+    """``[(name, checkpoint path)]`` -> ``{name: (backbone, config, auto-steps policy, photon mode)}``
+    (engine checkpoints; the policy and the photon mode from the checkpoint's metadata, else the
+    defaults: ``DEFAULT_POLICY``, "draws")."""
     from engine.inference.adaptive import AutoStepsPolicy
+    from engine.inference.loop import photon_mode_from_meta
     from engine.models.checkpoint import load_checkpoint
 
     models = {}
     for name, path in paths_and_names:
         model, config, meta = load_checkpoint(path)
-        models[name] = (model, config, AutoStepsPolicy.from_meta(meta))
+        models[name] = (model, config, AutoStepsPolicy.from_meta(meta), photon_mode_from_meta(meta))
     return models

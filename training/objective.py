@@ -99,7 +99,7 @@ def unrolled_loss(backbone: nn.Module, first_input: torch.Tensor, gt: torch.Tens
                   K: torch.Tensor, rho: torch.Tensor, weights: torch.Tensor, with_photon: bool, concat_origin: bool,
                   generator: torch.Generator | None = None, accumulate: bool = False,
                   mean_weight: float = 0.0, mean_pool: int = 8, detach_states: bool = False,
-                  dn_scale: float = DEFAULT_DN_SCALE,
+                  stochastic: bool = True, dn_scale: float = DEFAULT_DN_SCALE,
                   memory_format: torch.memory_format = torch.channels_last) -> tuple[torch.Tensor, torch.Tensor]:
     """Loss of one batch with all steps unrolled (gradients through every step).
 
@@ -112,6 +112,8 @@ def unrolled_loss(backbone: nn.Module, first_input: torch.Tensor, gt: torch.Tens
         detach_states: stop the gradient between steps (each evaluation is trained by its own
             step's loss only; the module docstring says why one would); False: SPEC §4, every
             later loss reaches the earlier estimates through the straight-through draws.
+        stochastic: Poisson draws between the steps (SPEC §4); False: their means, as the
+            engine's ``stochastic=False`` inference uses them (gradients flow through the mean).
         memory_format: layout of the intermediate network inputs (channels_last: the
             faster convolution layout on GPUs and oneDNN CPUs).
 
@@ -128,7 +130,7 @@ def unrolled_loss(backbone: nn.Module, first_input: torch.Tensor, gt: torch.Tens
         out = backbone(x)
         last = i == steps - 1
         estimate, nxt = exposure_step(out, state, origin, ratio=ratio, K=K, rho=rho[:, i],
-                                      rho_next=None if last else rho[:, i + 1], stochastic=True,
+                                      rho_next=None if last else rho[:, i + 1], stochastic=stochastic,
                                       generator=generator, accumulate=accumulate, with_photon=with_photon,
                                       concat_origin=concat_origin, dn_scale=dn_scale, out_dtype=torch.float32,
                                       out_memory_format=memory_format)

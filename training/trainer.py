@@ -40,6 +40,7 @@ from tqdm import tqdm
 from engine.io.atomic import atomic_path, remove_stale_temporaries
 from engine.models.backbones import BackboneConfig
 from engine.models.checkpoint import CheckpointError, read_weights_only, save_checkpoint
+from engine.inference.loop import exposure_schedule
 from engine.inference.pipeline import MAX_RATIO
 from kernels import sample_noise_params, synthesize_noise, value_checks_disabled
 from kernels._common import to_device
@@ -54,6 +55,7 @@ from .patches import collate_patches
 
 TRAIN_STATE_FORMAT = "exposure-diffusion-train"
 RUN_FILES = ("last.pt", "model.pt", "log.jsonl")  # what archive_run moves aside
+INNER_EXPOSURES = ("random", "linspace")  # TrainConfig.inner_exposures
 
 
 class TrainingStateError(ValueError):
@@ -86,10 +88,16 @@ class TrainConfig:
     ``continuous`` range (SPEC §3). Schedule: ``steps`` unrolled evaluations, step weights
     ``learnable_weights``; ``mean_weight`` / ``mean_pool``: the local-mean (brightness) term
     of ``training.objective`` (0: SPEC §4 as written); ``detach_states``: no gradient between
-    steps (``training.objective.unrolled_loss``; False: SPEC §4). ``init``: an engine checkpoint whose
-    weights start the run (fine-tuning; ignored when resuming, which loads ``last.pt``). Optimiser: Adam ``lr`` (betas 0.9, 0.999) multiplied by
-    ``lr_factors`` after the epoch fractions ``lr_milestones`` (SPEC §4: halved at
-    epoch 150 and 1e-5 from epoch 270 of 300). ``batch`` is the global batch.
+    steps (``training.objective.unrolled_loss``; False: SPEC §4); ``mean_photons``: the unrolled steps
+    add the Poisson means instead of draws (to train a model meant for ``stochastic=False``; False:
+    SPEC §4); ``inner_exposures``: "random" (SPEC §4: distinct integers from ``[2, r - 1]``,
+    ``training.objective.sample_inner_exposures``) or "linspace" (the inference schedule,
+    ``engine.inference.loop.exposure_schedule``: the states the engine's loop will give the network). ``init``: an engine checkpoint whose
+    weights start the run (fine-tuning; ignored when resuming, which loads ``last.pt``); the run may add
+    input groups the checkpoint lacks (``training.init_weights``: zero weights for them, so the run starts
+    from the same function). Optimiser: Adam ``lr`` (betas 0.9, 0.999) multiplied by ``lr_factors`` after
+    the epoch fractions ``lr_milestones`` (SPEC §4: halved at epoch 150 and 1e-5 from epoch 270 of 300).
+    ``batch`` is the global batch.
     """
 
     arch: str = "unet"
@@ -103,6 +111,8 @@ class TrainConfig:
     mean_weight: float = 0.0
     mean_pool: int = 8
     detach_states: bool = False
+    mean_photons: bool = False
+    inner_exposures: str = "random"
     init: str | None = None
     noise_model: str = "P+G+r+u"
     cameras: tuple | None = None
@@ -130,6 +140,8 @@ class TrainConfig:
         ``clip_grad`` silently turning the gradient around)."""
         for name in LIMITS:
             setattr(self, name, check_option(name, getattr(self, name)))
+        if self.inner_exposures not in INNER_EXPOSURES:
+            raise ValueError(f"inner_exposures must be one of {INNER_EXPOSURES}, got {self.inner_exposures!r}")
         if self.amp not in (None, "bf16", "fp16"):
             raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {self.amp!r}")
         parse_noise_model(self.noise_model)
@@ -213,10 +225,15 @@ class Trainer:
         if cfg.init:
             from engine.models.checkpoint import load_checkpoint
 
+            from .init_weights import init_state_dict
+
             init_model, init_config, _ = load_checkpoint(cfg.init)
-            if init_config != self.backbone_config:
-                raise ValueError(f"init checkpoint {cfg.init} has options {init_config}, the run {self.backbone_config}")
-            self.model.load_state_dict(init_model.state_dict())
+            try:
+                state = init_state_dict(init_model.state_dict(), init_config, self.backbone_config,
+                                        self.model.state_dict())
+            except ValueError as e:
+                raise ValueError(f"init checkpoint {cfg.init}: {e}") from None
+            self.model.load_state_dict(state)
         self.model = self.model.to(self.device).to(memory_format=torch.channels_last)
         self.weights = StepWeights(cfg.steps, learnable=cfg.learnable_weights).to(self.device)
         params = list(self.model.parameters()) + ([self.weights.raw] if cfg.learnable_weights else [])
@@ -394,7 +411,11 @@ class Trainer:
         with value_checks_disabled():
             first = synthesize_noise(clean, cfg.noise_model, params=params, with_photon=cfg.with_photon,
                                      concat_origin=cfg.concat_origin, generator=g)
-        rho = to_device(sample_inner_exposures(params_host.ratio, cfg.steps, g), self.device, non_blocking=True)
+        if cfg.inner_exposures == "random":
+            rho_host = sample_inner_exposures(params_host.ratio, cfg.steps, g)
+        else:  # the inference schedule; draws nothing, so the other draws keep their stream
+            rho_host = exposure_schedule(params_host.ratio, cfg.steps)
+        rho = to_device(rho_host, self.device, non_blocking=True)
         return MicroInputs(first, clean, params.ratio, params.K, rho, g)
 
     def _micro_loss(self, batch, m: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -406,7 +427,7 @@ class Trainer:
             return unrolled_loss(self.net, x.first, x.clean, ratio=x.ratio, K=x.K, rho=x.rho, weights=self.weights(),
                                  with_photon=cfg.with_photon, concat_origin=cfg.concat_origin, generator=x.generator,
                                  accumulate=cfg.accumulate_form, mean_weight=cfg.mean_weight, mean_pool=cfg.mean_pool,
-                                 detach_states=cfg.detach_states)
+                                 detach_states=cfg.detach_states, stochastic=not cfg.mean_photons)
 
     def train_step(self, order: torch.Tensor) -> dict:
         """One optimiser step over the global batch; returns the logged values."""

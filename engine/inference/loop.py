@@ -23,6 +23,20 @@ from ..models.fused_unet import HeadFeatures
 # The backbones need spatial sizes that are multiples of this (four 2x2 poolings).
 SIZE_MULTIPLE = 16
 
+# How a model's steps add photons: Poisson "draws" (SPEC §4) or their "means" (``stochastic=False``).
+# A checkpoint may name the mode it was trained and measured with (``meta["photons"]``); without
+# one, draws.
+PHOTON_MODES = ("draws", "means")
+
+
+def photon_mode_from_meta(meta: dict | None) -> str:
+    """``meta["photons"]`` of a checkpoint ("draws" or "means"), "draws" when absent;
+    anything else is a ``ValueError`` naming the value."""
+    mode = (meta or {}).get("photons", "draws")
+    if mode not in PHOTON_MODES:
+        raise ValueError(f"meta['photons'] must be one of {PHOTON_MODES}, got {mode!r:.80}")
+    return mode
+
 
 def exposure_schedule(ratio: torch.Tensor, steps: int, schedule=None) -> torch.Tensor:
     """Exposure multiples of every step, per sample.

@@ -36,12 +36,12 @@ from ..io.exif import Provenance
 from ..io.output import save_output, srgb_image
 from ..io.raw import RawFrame, read_raw_batch
 from ..models.backbones import BackboneConfig
-from ..models.checkpoint import load_checkpoint
+from ..models.checkpoint import CheckpointError, load_checkpoint
 from ..models.fused_unet import FusedUNet
 from .adaptive import DEFAULT_POLICY, AutoStepsPolicy, steps_for_batch
 from .backbone_choice import BACKBONE_PATHS, ChoiceCache, choice_cache_path, choose, device_fingerprint
 from .graphs import GraphedDiffusion
-from .loop import SIZE_MULTIPLE, exposure_schedule, pad_to_multiple, run_exposure_diffusion
+from .loop import SIZE_MULTIPLE, exposure_schedule, pad_to_multiple, photon_mode_from_meta, run_exposure_diffusion
 from .tiling import UNET_RADIUS, run_tiled
 
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -169,6 +169,8 @@ class Pipeline:
         self._init_backbone_paths(backbone_path, compile_candidate)
         # steps="auto": engine.inference.adaptive (from_checkpoint takes a stored calibration)
         self.auto_policy = DEFAULT_POLICY
+        # stochastic=None: the model's photon mode (from_checkpoint takes meta["photons"]); SPEC §4: draws
+        self.photons = "draws"
 
     @classmethod
     def from_checkpoint(cls, path=None, *, expect: dict | None = None, **kwargs) -> "Pipeline":
@@ -176,11 +178,19 @@ class Pipeline:
         executing pickled code) and build a pipeline; ``kwargs`` as for ``Pipeline``.
 
         ``path=None`` loads the default model shipped with the package
-        (``DEFAULT_CHECKPOINT``, trained with ``training`` on built-in synthetic data).
+        (``DEFAULT_CHECKPOINT``, model card ``engine/data/README.md``). The checkpoint's
+        metadata may carry its ``steps="auto"`` calibration (``meta["auto_steps"]``) and its
+        photon mode (``meta["photons"]``, the default of ``stochastic``); a malformed one is a
+        ``CheckpointError`` naming the file.
         """
-        model, config, meta = load_checkpoint(DEFAULT_CHECKPOINT if path is None else path, expect=expect)
+        source = DEFAULT_CHECKPOINT if path is None else path
+        model, config, meta = load_checkpoint(source, expect=expect)
+        try:
+            policy, photons = AutoStepsPolicy.from_meta(meta), photon_mode_from_meta(meta)
+        except (ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(str(source), f"unusable metadata: {e}") from None
         pipe = cls(model, config, **kwargs)
-        pipe.auto_policy = AutoStepsPolicy.from_meta(meta)
+        pipe.auto_policy, pipe.photons = policy, photons
         return pipe
 
     # ------------------------------------------------------------------ network
@@ -307,7 +317,7 @@ class Pipeline:
         return frames
 
     def __call__(self, source, *, ratio, steps: int | str = 3, K=None, iso=None, camera=None, seed: int | None = None,
-                 stochastic: bool = True, schedule=None, accumulate: bool = False,
+                 stochastic: bool | None = None, schedule=None, accumulate: bool = False,
                  generator: torch.Generator | None = None, **raw_metadata):
         """Enhance one frame, or a batch of same-size frames.
 
@@ -326,7 +336,11 @@ class Pipeline:
             seed: an integer in [0, 2**64 - 1] -> repeatable noise; None -> fresh noise every call.
             Numbers may be Python, numpy scalars or 0-d arrays / tensors (``kernels.numbers``);
             anything else, and values out of range, raise ``ValueError`` before any work.
-            stochastic: False uses Poisson means instead of draws (deterministic).
+            stochastic: True: Poisson draws between the steps (SPEC §4); False: their means
+                (deterministic: the result does not depend on ``seed``); None (default): the
+                model's own mode, ``self.photons`` ("draws", or "means" for a checkpoint whose
+                ``meta["photons"]`` says it was trained and measured with means, as the shipped
+                default model is; ``engine/data/README.md``).
             schedule: explicit exposure multiples ``[1, rho_1, ..., r]`` (n + 1 values).
             accumulate: the paper's accumulating update instead of the reference form.
             generator: a torch.Generator for the Philox keys (instead of ``seed``).
@@ -336,6 +350,10 @@ class Pipeline:
         """
         if seed is not None and generator is not None:
             raise ValueError("give seed= or generator=, not both")
+        if stochastic is None:
+            stochastic = self.photons == "draws"
+        elif not isinstance(stochastic, bool):
+            raise ValueError(f"stochastic must be True, False or None (the model's mode), got {stochastic!r:.80}")
         ratio = real("ratio", ratio, low=0, high=MAX_RATIO, low_open=True)
         if isinstance(steps, str) and steps != "auto":
             raise ValueError(f"steps must be 'auto' or an integer in [1, {MAX_STEPS}], got {steps!r}")

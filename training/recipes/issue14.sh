@@ -5,7 +5,9 @@
 #   bash training/recipes/issue14.sh run RUNS DATA [MAX]  # train (or resume) RUNS/DATA; DATA in
 #                                                         # procedural | deadleaves | mix | onestep-mix |
 #                                                         # deadleaves-long | onestep-deadleaves |
-#                                                         # twin-multistep | twin-multistep-ste
+#                                                         # twin-multistep | twin-multistep-ste |
+#                                                         # twin-origin | default-origin | twin-origin-means |
+#                                                         # cascade | cascade-1000 | cascade-no-origin
 #   bash training/recipes/issue14.sh eval RUNS CKPT [evaluate options]   # photo hold-out, BM3D cached
 #   bash training/recipes/issue14.sh auto RUNS CKPT OUT   # calibrate steps="auto" into OUT (fp16)
 #
@@ -19,7 +21,10 @@
 # and data, 1 unrolled step, 5700 optimiser steps = 1200 + 4500, lr 2e-4 with the same
 # schedule). twin-multistep and twin-multistep-ste (session 4) start from that twin's final
 # weights and train 3 steps for 1000 optimiser steps at lr 5e-5, with the states detached
-# between steps (--detach-states) or straight through (SPEC). A run stops after MAX more optimiser steps when given; started again with the
+# between steps (--detach-states) or straight through (SPEC). twin-origin and default-origin (session 5)
+# are twin-multistep-ste with the noisy input A_T concatenated to every step's input (--concat-origin),
+# from the twin or from the model shipped in session 4; twin-origin-means adds the Poisson means instead of
+# draws in its unrolled steps (--mean-photons; judged with evaluate --deterministic). A run stops after MAX more optimiser steps when given; started again with the
 # same folder it resumes exactly where it stopped (checkpoints every 25 steps).
 # The dead-leaves scenes need the deadleaves package; on Python 3.11 set
 # EXPOSURE_DIFFUSION_DEADLEAVES_PATH (see training/deadleaves_scenes.py).
@@ -49,6 +54,25 @@ render_bank('$bank', 100, 256, seed=0, progress=True)" ;;
       twin-multistep|twin-multistep-ste)
         src=(--deadleaves-bank "$bank"); lr=5e-5; epochs=10; from="$runs/onestep-deadleaves/model_final.pt"
         if [ "$data" = twin-multistep ]; then src+=(--detach-states); fi ;;
+      cascade|cascade-no-origin|cascade-1000)
+        # Session 5's recipe: from the twin, A_T beside every state (--concat-origin), Poisson means between the
+        # unrolled steps (--mean-photons: the state holds the previous estimate exactly) on the inference
+        # schedule (--inner-exposures linspace), lr 1e-4; 2000 steps (cascade-1000: the first screen, 1000 steps;
+        # cascade-no-origin: its ablation without A_T).
+        src=(--deadleaves-bank "$bank" --mean-photons --inner-exposures linspace); lr=1e-4; epochs=20
+        from="$runs/onestep-deadleaves/model_final.pt"
+        if [ "$data" != cascade-no-origin ]; then src+=(--concat-origin); fi
+        if [ "$data" != cascade ]; then epochs=10; fi ;;
+      twin-origin|default-origin|twin-origin-means)
+        # Session 5: the same 3-step fine-tune as twin-multistep-ste, with A_T concatenated to every step's
+        # input (SPEC §4 concat_origin; the init's first layer widened with zeros, training.init_weights).
+        src=(--deadleaves-bank "$bank" --concat-origin); lr=5e-5; epochs=10
+        from="$runs/onestep-deadleaves/model_final.pt"
+        if [ "$data" = twin-origin-means ]; then src+=(--mean-photons); fi
+        if [ "$data" = default-origin ]; then
+          from="$runs/init_default_1b8f316.pt"
+          if [ ! -f "$from" ]; then git show 1b8f316:engine/data/default_model.pt > "$from"; fi
+        fi ;;
       mix) src=(--deadleaves-bank "$bank" --procedural) ;;
       onestep-mix) src=(--deadleaves-bank "$bank" --procedural); steps=1 ;;
       *) echo "unknown data $data" >&2; exit 2 ;;
