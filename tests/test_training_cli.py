@@ -54,8 +54,9 @@ def test_train_options_reach_the_run(tmp_path):
     config = torch.load(run / "last.pt", weights_only=True)["config"]
     assert config["concat_origin"] and config["mean_photons"] and config["detach_states"]
     init, _, _ = load_checkpoint(base / "model.pt")
-    model, backbone, _ = load_checkpoint(run / "model.pt")
-    assert backbone.in_channels == 12
+    model, backbone, meta = load_checkpoint(run / "model.pt")
+    assert backbone.in_channels == 12 and meta["photons"] == "means"
+    assert load_checkpoint(base / "model.pt")[2]["photons"] == "draws"
     w = model.conv1_1.weight.float()
     torch.testing.assert_close(w[:, :8], init.conv1_1.weight.float(), rtol=0, atol=1e-6)  # lr 1e-9: one tiny step
     assert w[:, 8:].abs().max() < 1e-6
@@ -143,3 +144,5 @@ def test_gpu_training_recipe_runs_on_a_cpu_and_checks_its_options(tmp_path, caps
                       "--batch", "2", "--total-steps", "10", "--workers", "1", "--device", "cpu", "--amp", "none"]) == 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["global_step"] == 10 and (tmp_path / "run" / "model_fp16.pt").is_file()
+    assert summary["config"]["mean_photons"] and summary["config"]["inner_exposures"] == "linspace"
+    assert load_checkpoint(tmp_path / "run" / "model_fp16.pt")[2]["photons"] == "means"

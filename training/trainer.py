@@ -259,7 +259,9 @@ class Trainer:
                 "epoch": self.epoch, "iteration": self.iteration, "global_step": self.global_step}
 
     def save(self) -> None:
-        """Write ``last.pt`` (training state) and ``model.pt`` (engine format), atomically."""
+        """Write ``last.pt`` (training state) and ``model.pt`` (engine format), atomically;
+        ``model.pt`` records the photon mode it was trained with (``meta["photons"]``), which a
+        ``Pipeline`` made from it runs by default."""
         if self.rank != 0:
             return
         self.out.mkdir(parents=True, exist_ok=True)
@@ -268,7 +270,8 @@ class Trainer:
         save_checkpoint(self.model, self.backbone_config, self.out / "model.pt",
                         meta={"epoch": self.epoch, "iteration": self.iteration, "global_step": self.global_step,
                               "noise_model": self.cfg.noise_model, "steps": self.cfg.steps,
-                              "step_weights": [float(w) for w in self.weights().detach().cpu()]},
+                              "step_weights": [float(w) for w in self.weights().detach().cpu()],
+                              "photons": "means" if self.cfg.mean_photons else "draws"},
                         overwrite=True)  # the run's own file, replaced at every save
 
     def resume(self, path=None) -> bool:

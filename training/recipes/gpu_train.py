@@ -9,7 +9,8 @@
    scenes from ``--bank`` (``training.deadleaves_scenes``; without a bank, all procedural).
    Scene ``i`` is a pure function of ``(--seed, i)``.
 2. The production ``training.Trainer`` (device synthesis, unrolled steps, exact resume) runs
-   the issue-14 recipe (fixed equal step weights, the local-mean term, 3 steps, bf16) from
+   the issue-14 recipe of the shipped model (fixed equal step weights, the local-mean term,
+   3 steps, Poisson means between them on the inference schedule, bf16) from
    ``--init`` on the pool (flips and transposes on the device), until
    ``--seconds`` of wall time (the pool's time included) or ``--total-steps``; the learning
    rate halves at 50% and drops to 1/10 at 90% of ``--total-steps`` (default: as many steps
@@ -108,6 +109,12 @@ def main(argv=None) -> int:
                     help="Adam learning rate, in (0, 1] (default 1e-4)")
     ap.add_argument("--mean-loss", type=real_arg(0), default=2.0,
                     help="weight >= 0 of the local-mean (brightness) term (default 2)")
+    ap.add_argument("--photons", choices=("means", "draws"), default="means",
+                    help="between the unrolled steps: Poisson means (default; the shipped model's recipe, "
+                         "train --mean-photons) or draws (SPEC)")
+    ap.add_argument("--inner-exposures", choices=("linspace", "random"), default="linspace",
+                    help="the unrolled steps' exposure multiples: the inference schedule (default; the shipped "
+                         "model's recipe) or random integers in [2, r - 1] (SPEC)")
     ap.add_argument("--amp", default="bf16", choices=("bf16", "fp16", "none"), help="autocast dtype (default bf16)")
     ap.add_argument("--workers", type=integer_arg(1, 1024), default=max(1, (mp.cpu_count() or 2) - 2),
                     help="CPU processes rendering the pool (default: cores - 2)")
@@ -126,6 +133,7 @@ def main(argv=None) -> int:
 
     def config(total: int) -> TrainConfig:
         return TrainConfig(steps=args.steps, learnable_weights=False, mean_weight=args.mean_loss, mean_pool=8,
+                           mean_photons=args.photons == "means", inner_exposures=args.inner_exposures,
                            init=args.init, patch=args.patch, batch=args.batch, epochs=10,
                            iters_per_epoch=max(1, total // 10), lr=args.lr,
                            amp=None if args.amp == "none" else args.amp, seed=args.seed, save_every=500, log_every=50)

@@ -6,8 +6,9 @@
 #                                                         # procedural | deadleaves | mix | onestep-mix |
 #                                                         # deadleaves-long | onestep-deadleaves |
 #                                                         # twin-multistep | twin-multistep-ste |
-#                                                         # twin-origin | default-origin | twin-origin-means |
-#                                                         # cascade | cascade-1000 | cascade-no-origin
+#                                                         # twin-origin | twin-origin-means | twin-means |
+#                                                         # twin-linspace | cascade | cascade-1000 |
+#                                                         # cascade-origin-1000
 #   bash training/recipes/issue14.sh eval RUNS CKPT [evaluate options]   # photo hold-out, BM3D cached
 #   bash training/recipes/issue14.sh auto RUNS CKPT OUT   # calibrate steps="auto" into OUT (fp16)
 #
@@ -21,16 +22,18 @@
 # and data, 1 unrolled step, 5700 optimiser steps = 1200 + 4500, lr 2e-4 with the same
 # schedule). twin-multistep and twin-multistep-ste (session 4) start from that twin's final
 # weights and train 3 steps for 1000 optimiser steps at lr 5e-5, with the states detached
-# between steps (--detach-states) or straight through (SPEC). twin-origin and default-origin (session 5)
-# are twin-multistep-ste with the noisy input A_T concatenated to every step's input (--concat-origin),
-# from the twin or from the model shipped in session 4; twin-origin-means adds the Poisson means instead of
-# draws in its unrolled steps (--mean-photons; judged with evaluate --deterministic). A run stops after MAX more optimiser steps when given; started again with the
-# same folder it resumes exactly where it stopped (checkpoints every 25 steps).
+# between steps (--detach-states) or straight through (SPEC). Session 5's arms are twin-multistep-ste
+# with one change each: twin-origin the noisy input A_T beside every state (--concat-origin), twin-means
+# Poisson means between the unrolled steps (--mean-photons), twin-linspace the inference schedule as the
+# inner exposures (--inner-exposures linspace), twin-origin-means the first two; cascade (the model shipped
+# in session 5) means + linspace at lr 1e-4 for 2000 steps (cascade-1000: 1000 steps; cascade-origin-1000:
+# with A_T). A run stops after MAX more optimiser steps when given; started again with the same folder it
+# resumes exactly where it stopped (checkpoints every 25 steps). THREADS (default 1): torch CPU threads.
 # The dead-leaves scenes need the deadleaves package; on Python 3.11 set
 # EXPOSURE_DIFFUSION_DEADLEAVES_PATH (see training/deadleaves_scenes.py).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS=1
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" OMP_NUM_THREADS="${OMP_NUM_THREADS:-${THREADS:-1}}" MKL_NUM_THREADS=1
 what=$1; runs=$2
 bank="$runs/deadleaves_bank_256.npy"
 # The init weights: the default model as shipped before issue 14 (commit 3d4e87b).
@@ -54,30 +57,30 @@ render_bank('$bank', 100, 256, seed=0, progress=True)" ;;
       twin-multistep|twin-multistep-ste)
         src=(--deadleaves-bank "$bank"); lr=5e-5; epochs=10; from="$runs/onestep-deadleaves/model_final.pt"
         if [ "$data" = twin-multistep ]; then src+=(--detach-states); fi ;;
-      cascade|cascade-no-origin|cascade-1000)
-        # Session 5's recipe: from the twin, A_T beside every state (--concat-origin), Poisson means between the
-        # unrolled steps (--mean-photons: the state holds the previous estimate exactly) on the inference
-        # schedule (--inner-exposures linspace), lr 1e-4; 2000 steps (cascade-1000: the first screen, 1000 steps;
-        # cascade-no-origin: its ablation without A_T).
+      cascade|cascade-1000|cascade-origin-1000)
+        # Session 5's recipe (the shipped model): from the twin, Poisson means between the unrolled steps
+        # (--mean-photons: each state holds the previous estimate exactly, as the engine's means mode gives it)
+        # on the inference schedule (--inner-exposures linspace), lr 1e-4, 2000 steps. cascade-1000: the
+        # first screen, 1000 steps; cascade-origin-1000: the same with A_T beside every state (--concat-origin).
         src=(--deadleaves-bank "$bank" --mean-photons --inner-exposures linspace); lr=1e-4; epochs=20
         from="$runs/onestep-deadleaves/model_final.pt"
-        if [ "$data" != cascade-no-origin ]; then src+=(--concat-origin); fi
+        if [ "$data" = cascade-origin-1000 ]; then src+=(--concat-origin); fi
         if [ "$data" != cascade ]; then epochs=10; fi ;;
-      twin-origin|default-origin|twin-origin-means)
-        # Session 5: the same 3-step fine-tune as twin-multistep-ste, with A_T concatenated to every step's
-        # input (SPEC §4 concat_origin; the init's first layer widened with zeros, training.init_weights).
-        src=(--deadleaves-bank "$bank" --concat-origin); lr=5e-5; epochs=10
-        from="$runs/onestep-deadleaves/model_final.pt"
-        if [ "$data" = twin-origin-means ]; then src+=(--mean-photons); fi
-        if [ "$data" = default-origin ]; then
-          from="$runs/init_default_1b8f316.pt"
-          if [ ! -f "$from" ]; then git show 1b8f316:engine/data/default_model.pt > "$from"; fi
-        fi ;;
+      twin-origin|twin-origin-means|twin-means|twin-linspace)
+        # Session 5: twin-multistep-ste with one change (two for twin-origin-means). With --concat-origin the
+        # twin's first layer is widened with zeros (training.init_weights): the run starts from its function.
+        src=(--deadleaves-bank "$bank"); lr=5e-5; epochs=10; from="$runs/onestep-deadleaves/model_final.pt"
+        case "$data" in
+          twin-origin) src+=(--concat-origin) ;;
+          twin-origin-means) src+=(--concat-origin --mean-photons) ;;
+          twin-means) src+=(--mean-photons) ;;
+          twin-linspace) src+=(--inner-exposures linspace) ;;
+        esac ;;
       mix) src=(--deadleaves-bank "$bank" --procedural) ;;
       onestep-mix) src=(--deadleaves-bank "$bank" --procedural); steps=1 ;;
       *) echo "unknown data $data" >&2; exit 2 ;;
     esac
-    python -c "import torch; torch.set_num_threads(1); import sys; from training.cli import main; sys.exit(main(sys.argv[1:]))" \
+    python -c "import torch; torch.set_num_threads(${THREADS:-1}); import sys; from training.cli import main; sys.exit(main(sys.argv[1:]))" \
       train --out "$runs/$data" "${src[@]}" --init "$from" --steps $steps --fixed-weights \
       --mean-loss 2 --mean-pool 8 --patch 96 --batch 4 --epochs $epochs --iters-per-epoch 100 --lr $lr \
       --amp bf16 --save-every 25 --log-every 5 --device cpu -q ${max:+--max-steps $max} ;;
