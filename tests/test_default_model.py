@@ -19,6 +19,8 @@ def test_default_checkpoint_loads_with_the_documented_options():
     assert meta["step_weights"] == [1 / 3] * 3 or all(abs(w - 1 / 3) < 1e-6 for w in meta["step_weights"])
     policy = AutoStepsPolicy.from_meta(meta)
     assert policy.counts == (1, 2, 3, 5) and policy == AutoStepsPolicy(tuple(meta["auto_steps"]["thresholds"]), (1, 2, 3, 5))
+    # issue 14, session 5: trained with Poisson means between the steps, and run with them by default
+    assert meta["photons"] == "means" and Pipeline.from_checkpoint(device="cpu").photons == "means"
 
 
 def test_default_model_beats_the_noisy_input_on_holdout_patches():
