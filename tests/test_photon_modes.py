@@ -105,3 +105,16 @@ def test_evaluation_and_calibration_follow_the_mode(tmp_path, capsys):
     assert e.value.code == 2 and "was measured with Poisson means" in capsys.readouterr().err
     assert calibrate(["--checkpoint", str(tmp_path / "auto.pt"), "--measured", str(tmp_path / "m.json"),
                       *common]) == 0  # the checkpoint's own mode: means, as measured
+
+
+def test_evaluate_and_calibration_name_a_malformed_mode(tmp_path, capsys):
+    from training.auto_steps import main as calibrate
+    from training.cli import main as training_main
+
+    bad = _checkpoint(tmp_path / "bad.pt", 3)
+    assert training_main(["evaluate", "--checkpoint", str(bad), "--holdout", "1", "--patch", "16",
+                          "--baselines", "none", "-q"]) == 2
+    assert "checkpoint " + str(bad) + ": unusable metadata: meta['photons']" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        calibrate(["--checkpoint", str(bad), "--n", "1", "--patch", "16"])
+    assert e.value.code == 2 and "meta['photons'] must be one of" in capsys.readouterr().err

@@ -137,7 +137,10 @@ def main(argv=None) -> int:
         ap.error(f"--write {args.write} exists; choose another name (a calibrated checkpoint is never replaced)")
     device = resolve_device(args.device)
     model, config, meta = load_checkpoint(args.checkpoint)
-    photons = args.photons or photon_mode_from_meta(meta)
+    try:
+        photons = args.photons or photon_mode_from_meta(meta)
+    except ValueError as e:
+        ap.error(f"--checkpoint {args.checkpoint}: {e}; give --photons")
     if args.measured and os.path.isfile(args.measured):
         raw = json.loads(open(args.measured).read())
         recorded = raw.pop("photons", "draws")  # files written before the photon modes: draws

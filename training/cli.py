@@ -239,8 +239,8 @@ def add_training_commands(sub) -> None:
                    help="no gradient between the unrolled steps: each network evaluation is trained by its own "
                         "step's loss only (default: SPEC, straight through every step; training/objective.py)")
     t.add_argument("--mean-photons", action="store_true",
-                   help="the unrolled steps add the Poisson means instead of draws, for a model meant to run with "
-                        "--deterministic (default: SPEC, draws)")
+                   help="the unrolled steps add the Poisson means instead of draws; the model records it "
+                        "(meta['photons']) and runs with means by default (default: SPEC, draws)")
     t.add_argument("--inner-exposures", choices=("random", "linspace"), default="random",
                    help="the unrolled steps' exposure multiples: random distinct integers in [2, r - 1] (default, "
                         "SPEC) or the inference schedule linspace(1, r, steps + 1)")

@@ -249,10 +249,13 @@ def load_models(paths_and_names) -> dict:
     defaults: ``DEFAULT_POLICY``, "draws")."""
     from engine.inference.adaptive import AutoStepsPolicy
     from engine.inference.loop import photon_mode_from_meta
-    from engine.models.checkpoint import load_checkpoint
+    from engine.models.checkpoint import CheckpointError, load_checkpoint
 
     models = {}
     for name, path in paths_and_names:
         model, config, meta = load_checkpoint(path)
-        models[name] = (model, config, AutoStepsPolicy.from_meta(meta), photon_mode_from_meta(meta))
+        try:
+            models[name] = (model, config, AutoStepsPolicy.from_meta(meta), photon_mode_from_meta(meta))
+        except (ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(str(path), f"unusable metadata: {e}") from None
     return models

@@ -5,8 +5,8 @@ checkpoint was trained without. ``init_state_dict`` then widens the backbone's f
 convolution with zero weights for the new input channels: the widened network computes
 exactly what the init network computed, at every step of the loop (the new inputs are
 multiplied by zero), and training starts from that function instead of from scratch. This is
-how the issue-14 origin runs start from a one-input-group model: the first step's estimate is
-the init model's, and the later steps learn to use ``A_T`` beside their state.
+how the issue-14 origin runs started from the 8-channel one-step twin (whether the later steps
+learn to use ``A_T`` is a matter of budget: in 1000-1150 CPU steps they did not; model card).
 
 Anything else that differs (architecture, sizes, output head, or an input group the run
 drops) is refused with a ``ValueError`` naming both configurations.

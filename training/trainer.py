@@ -89,10 +89,11 @@ class TrainConfig:
     ``learnable_weights``; ``mean_weight`` / ``mean_pool``: the local-mean (brightness) term
     of ``training.objective`` (0: SPEC §4 as written); ``detach_states``: no gradient between
     steps (``training.objective.unrolled_loss``; False: SPEC §4); ``mean_photons``: the unrolled steps
-    add the Poisson means instead of draws (to train a model meant for ``stochastic=False``; False:
-    SPEC §4); ``inner_exposures``: "random" (SPEC §4: distinct integers from ``[2, r - 1]``,
-    ``training.objective.sample_inner_exposures``) or "linspace" (the inference schedule,
-    ``engine.inference.loop.exposure_schedule``: the states the engine's loop will give the network). ``init``: an engine checkpoint whose
+    add the Poisson means instead of draws (``model.pt`` then records ``meta["photons"] = "means"``, the
+    mode a ``Pipeline`` runs it in by default; False: SPEC §4); ``inner_exposures``: "random" (SPEC §4:
+    distinct integers from ``[2, r - 1]``, ``training.objective.sample_inner_exposures``) or "linspace"
+    (the inference schedule, ``engine.inference.loop.exposure_schedule``: the states the engine's loop
+    will give the network). ``init``: an engine checkpoint whose
     weights start the run (fine-tuning; ignored when resuming, which loads ``last.pt``); the run may add
     input groups the checkpoint lacks (``training.init_weights``: zero weights for them, so the run starts
     from the same function). Optimiser: Adam ``lr`` (betas 0.9, 0.999) multiplied by ``lr_factors`` after
