@@ -8,7 +8,7 @@
 #                                                         # twin-multistep | twin-multistep-ste |
 #                                                         # twin-origin | twin-origin-means | twin-means |
 #                                                         # twin-linspace | cascade | cascade-1000 |
-#                                                         # cascade-origin-1000
+#                                                         # cascade-origin-1000 | cascade-long
 #   bash training/recipes/issue14.sh eval RUNS CKPT [evaluate options]   # photo hold-out, BM3D cached
 #   bash training/recipes/issue14.sh auto RUNS CKPT OUT   # calibrate steps="auto" into OUT (fp16)
 #
@@ -27,7 +27,7 @@
 # Poisson means between the unrolled steps (--mean-photons), twin-linspace the inference schedule as the
 # inner exposures (--inner-exposures linspace), twin-origin-means the first two; cascade (the model shipped
 # in session 5) means + linspace at lr 1e-4 for 2000 steps (cascade-1000: 1000 steps; cascade-origin-1000:
-# with A_T). A run stops after MAX more optimiser steps when given; started again with the same folder it
+# with A_T; cascade-long: cascade continued 1500 steps at lr 5e-5). A run stops after MAX more optimiser steps when given; started again with the same folder it
 # resumes exactly where it stopped (checkpoints every 25 steps). THREADS (default 1): torch CPU threads.
 # The dead-leaves scenes need the deadleaves package; on Python 3.11 set
 # EXPOSURE_DIFFUSION_DEADLEAVES_PATH (see training/deadleaves_scenes.py).
@@ -66,6 +66,10 @@ render_bank('$bank', 100, 256, seed=0, progress=True)" ;;
         from="$runs/onestep-deadleaves/model_final.pt"
         if [ "$data" = cascade-origin-1000 ]; then src+=(--concat-origin); fi
         if [ "$data" != cascade ]; then epochs=10; fi ;;
+      cascade-long)
+        # cascade continued: 1500 more steps of the same recipe at lr 5e-5 from its final weights.
+        src=(--deadleaves-bank "$bank" --mean-photons --inner-exposures linspace); lr=5e-5; epochs=15
+        from="$runs/cascade/model_final.pt" ;;
       twin-origin|twin-origin-means|twin-means|twin-linspace)
         # Session 5: twin-multistep-ste with one change (two for twin-origin-means). With --concat-origin the
         # twin's first layer is widened with zeros (training.init_weights): the run starts from its function.
