@@ -114,3 +114,16 @@ def noise_model_arg(text: str) -> str:
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
     return text
+
+
+def add_photon_options(parser: argparse.ArgumentParser, *, scope: str) -> None:
+    """``--deterministic`` (Poisson means) / ``--draws`` (SPEC §4), mutually exclusive, into
+    ``args.stochastic``: False / True, or None (neither given): each model's own photon mode
+    (``meta["photons"]``, else draws; the shipped default model: means). ``scope`` says where
+    the choice applies, e.g. "between the steps"."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--deterministic", dest="stochastic", action="store_false", default=None,
+                       help=f"Poisson means instead of draws {scope} (results independent of the seed)")
+    group.add_argument("--draws", dest="stochastic", action="store_true", default=None,
+                       help=f"Poisson draws {scope} (SPEC). Default: the model's own mode (meta['photons'], else "
+                            "draws; the shipped default model: means, engine/data/README.md)")

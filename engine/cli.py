@@ -210,7 +210,7 @@ def _batch(value: str, device) -> int:
 def add_engine_commands(sub) -> None:
     """Register the engine's subcommands (``enhance``, ``calibrate``) on an argparse
     subparsers object."""
-    from engine.argtypes import camera_arg, device_arg, integer_arg, real_arg, steps_or_auto_arg
+    from engine.argtypes import add_photon_options, camera_arg, device_arg, integer_arg, real_arg, steps_or_auto_arg
     from engine.calibration.cli import add_calibrate_command
     from engine.camera import K_RANGE
     from engine.inference.loop import SIZE_MULTIPLE
@@ -240,12 +240,7 @@ def add_engine_commands(sub) -> None:
                    help=f"system gain in DN per photo-electron, in [{K_RANGE[0]:g}, {K_RANGE[1]:g}] (overrides ISO)")
     e.add_argument("--seed", type=integer_arg(0, MAX_SEED), default=None,
                    help="fixed seed, an integer in [0, 2**64 - 1]: repeatable outputs")
-    photons = e.add_mutually_exclusive_group()
-    photons.add_argument("--deterministic", dest="stochastic", action="store_false", default=None,
-                         help="Poisson means instead of draws between the steps (outputs independent of --seed)")
-    photons.add_argument("--draws", dest="stochastic", action="store_true", default=None,
-                         help="Poisson draws between the steps (SPEC). Default: the model's own mode "
-                              "(meta['photons']; the shipped default model: means, engine/data/README.md)")
+    add_photon_options(e, scope="between the steps")
     e.add_argument("--format", default="png", type=str.lower, choices=("png", "jpeg", "jpg", "tiff", "tif", "dng"),
                    help="output format (default png): png / jpeg / tiff are sRGB renderings, dng the linear "
                         "mosaic for raw editors; every one carries the source's capture metadata (EXIF)")

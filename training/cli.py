@@ -187,7 +187,15 @@ def add_training_commands(sub) -> None:
     """Register ``train``, ``evaluate`` and ``export``. Every numeric option is checked while
     parsing (``training.options`` / ``engine.argtypes``): a bad value stops with exit status 2
     and a message naming the option, before anything is loaded."""
-    from engine.argtypes import camera_arg, device_arg, integer_arg, noise_model_arg, real_arg, steps_or_auto_arg
+    from engine.argtypes import (
+        add_photon_options,
+        camera_arg,
+        device_arg,
+        integer_arg,
+        noise_model_arg,
+        real_arg,
+        steps_or_auto_arg,
+    )
     from engine.inference.pipeline import MAX_RATIO, MAX_STEPS
 
     from .options import (
@@ -304,12 +312,7 @@ def add_training_commands(sub) -> None:
     e.add_argument("--baselines", nargs="+", default=["wavelet", "bm3d"], choices=("wavelet", "bm3d", "none"),
                    help="classical denoisers run beside the models (default wavelet bm3d; 'none': skip)")
     e.add_argument("--baseline-cache", default=None, help="JSON file keeping baseline scores between runs")
-    photons = e.add_mutually_exclusive_group()
-    photons.add_argument("--deterministic", dest="stochastic", action="store_false", default=None,
-                         help="Poisson means instead of draws in every model's steps")
-    photons.add_argument("--draws", dest="stochastic", action="store_true", default=None,
-                         help="Poisson draws in every model's steps (default: each model's own mode, "
-                              "meta['photons'], else draws)")
+    add_photon_options(e, scope="in every model's steps")
     e.add_argument("--batch", type=integer_arg(1, 4096), default=4, help="frames per network call (default 4)")
     e.add_argument("--means-only", action="store_true", help="no per-image table")
     e.add_argument("--sid-root", default=None, help="SID dataset root: also evaluate on its test pairs")
