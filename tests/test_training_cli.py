@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from engine import BackboneConfig, load_checkpoint
+from engine.models.checkpoint import save_checkpoint
 from tests.dngfactory import make_bayer_dng
 from training.cli import main
 from training.evaluate import evaluate_sid, evaluate_synthetic
@@ -128,6 +129,18 @@ def test_evaluate_sid_pairs(tmp_path):
     table = evaluate_sid(cfg.build(), cfg, pairs, steps=2, correct_illuminance=True)
     assert list(table) == [100.0] and table[100.0]["count"] == 1
     assert table[100.0]["input_psnr"] > 20  # the x100 amplified short exposure is close to the long one
+    # the same through `evaluate --sid-root`, in the model's photon mode unless told otherwise
+    save_checkpoint(cfg.build(), cfg, tmp_path / "m.pt", meta={"photons": "means"})
+    tables = {}
+    for flag, mode in (([], "means"), (["--deterministic"], "means"), (["--draws"], "draws")):
+        out = tmp_path / "sid.json"
+        assert main(["evaluate", "--checkpoint", str(tmp_path / "m.pt"), "--holdout", "1", "--patch", "16",
+                     "--baselines", "none", "--steps", "2", "--sid-root", str(root), "--sid-list",
+                     str(root / "list.txt"), "--json", str(out), "--overwrite", "-q", *flag]) == 0
+        saved = json.loads(out.read_text())
+        assert saved["settings"]["photons"] == {"model": mode}
+        tables[" ".join(flag)] = saved["sid"]["2"]["100.0"]
+    assert tables[""]["count"] == 1 and tables[""] == tables["--deterministic"] != tables["--draws"]
 
 
 def test_gpu_training_recipe_runs_on_a_cpu_and_checks_its_options(tmp_path, capsys):

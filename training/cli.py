@@ -94,8 +94,8 @@ def _compare_arg(text: str) -> tuple[str, str]:
 
 
 def evaluate(args) -> int:
+    from engine.inference.loop import use_draws
     from engine.io.atomic import atomic_path, refuse_existing
-    from engine.models.checkpoint import load_checkpoint
 
     from .evaluate import evaluate_sid, format_table
     from .holdout_eval import evaluate_methods, format_results, holdout_clean, load_models, make_noisy_holdout
@@ -140,11 +140,11 @@ def evaluate(args) -> int:
            "settings": {"scenes": args.scenes, "n": args.holdout, "patch": args.patch, "seed": args.seed,
                         "noise_model": args.noise_model, "camera": args.camera, "iso": args.iso,
                         "models": dict(named),
-                        "photons": {name: ("draws" if args.stochastic else "means") if args.stochastic is not None
-                                    else models[name][3] for name, _ in named}}}
+                        "photons": {name: "draws" if use_draws(args.stochastic, models[name][3]) else "means"
+                                    for name, _ in named}}}
     if args.sid_root:
-        model, config, _ = load_checkpoint(args.checkpoint)
-        draws = args.stochastic if args.stochastic is not None else models["model"][3] == "draws"
+        model, config = models["model"][:2]  # loaded above
+        draws = use_draws(args.stochastic, models["model"][3])
         pairs = SIDPairDataset(args.sid_root, args.sid_list, crop="center", patch=512)
         out["sid"] = {}
         for n in [v for v in steps if v != "auto"]:
@@ -199,6 +199,7 @@ def add_training_commands(sub) -> None:
     from engine.inference.pipeline import MAX_RATIO, MAX_STEPS
 
     from .options import (
+        INNER_EXPOSURES,
         MAX_BATCH,
         MAX_EPOCHS,
         MAX_ITERS_PER_EPOCH,
@@ -249,7 +250,7 @@ def add_training_commands(sub) -> None:
     t.add_argument("--mean-photons", action="store_true",
                    help="the unrolled steps add the Poisson means instead of draws; the model records it "
                         "(meta['photons']) and runs with means by default (default: SPEC, draws)")
-    t.add_argument("--inner-exposures", choices=("random", "linspace"), default="random",
+    t.add_argument("--inner-exposures", choices=INNER_EXPOSURES, default="random",
                    help="the unrolled steps' exposure multiples: random distinct integers in [2, r - 1] (default, "
                         "SPEC) or the inference schedule linspace(1, r, steps + 1)")
     t.add_argument("--init", default=None, help="start from this engine checkpoint's weights (fine-tuning)")

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from engine.camera import resolve_gain
+from engine.inference.loop import use_draws
 from kernels import load_profile, sample_noise_params, synthesize_noise
 
 from .baselines import BASELINES, bm3d_available, denoise_planes, read_variance_dn
@@ -198,7 +199,7 @@ def evaluate_methods(data: NoisyHoldout, models: dict, *, steps=(1, 2, 3, 5), ba
                 baseline_cache[key] = table[method]
         for name, (backbone, config, *extra) in models.items():
             policy = extra[0] if extra else None
-            draws = stochastic if stochastic is not None else (extra[1] if len(extra) > 1 else "draws") == "draws"
+            draws = use_draws(stochastic, extra[1] if len(extra) > 1 else "draws")
             backbone = backbone.to(device).eval()
             for n in steps:
                 if progress:
@@ -247,15 +248,11 @@ def load_models(paths_and_names) -> dict:
     """``[(name, checkpoint path)]`` -> ``{name: (backbone, config, auto-steps policy, photon mode)}``
     (engine checkpoints; the policy and the photon mode from the checkpoint's metadata, else the
     defaults: ``DEFAULT_POLICY``, "draws")."""
-    from engine.inference.adaptive import AutoStepsPolicy
-    from engine.inference.loop import photon_mode_from_meta
-    from engine.models.checkpoint import CheckpointError, load_checkpoint
+    from engine.inference.pipeline import inference_settings
+    from engine.models.checkpoint import load_checkpoint
 
     models = {}
     for name, path in paths_and_names:
         model, config, meta = load_checkpoint(path)
-        try:
-            models[name] = (model, config, AutoStepsPolicy.from_meta(meta), photon_mode_from_meta(meta))
-        except (ValueError, KeyError, TypeError) as e:
-            raise CheckpointError(str(path), f"unusable metadata: {e}") from None
+        models[name] = (model, config, *inference_settings(meta, path))
     return models

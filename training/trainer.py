@@ -50,12 +50,11 @@ from kernels.profiles import CONTINUOUS_RATIO_RANGE, DEFAULT_RATIO_RANGE, _check
 
 from .augment import augment_and_normalise
 from .objective import StepWeights, sample_inner_exposures, unrolled_loss
-from .options import LIMITS, check_epoch_size, check_option, check_ratio_steps
+from .options import INNER_EXPOSURES, LIMITS, check_epoch_size, check_option, check_ratio_steps
 from .patches import collate_patches
 
 TRAIN_STATE_FORMAT = "exposure-diffusion-train"
 RUN_FILES = ("last.pt", "model.pt", "log.jsonl")  # what archive_run moves aside
-INNER_EXPOSURES = ("random", "linspace")  # TrainConfig.inner_exposures
 
 
 class TrainingStateError(ValueError):

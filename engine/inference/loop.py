@@ -38,6 +38,12 @@ def photon_mode_from_meta(meta: dict | None) -> str:
     return mode
 
 
+def use_draws(stochastic: bool | None, mode: str) -> bool:
+    """Whether a run draws Poisson photons: an explicit ``stochastic`` wins; None follows the
+    model's photon ``mode`` ("draws" or "means")."""
+    return mode == "draws" if stochastic is None else stochastic
+
+
 def exposure_schedule(ratio: torch.Tensor, steps: int, schedule=None) -> torch.Tensor:
     """Exposure multiples of every step, per sample.
 

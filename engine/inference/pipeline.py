@@ -41,7 +41,14 @@ from ..models.fused_unet import FusedUNet
 from .adaptive import DEFAULT_POLICY, AutoStepsPolicy, steps_for_batch
 from .backbone_choice import BACKBONE_PATHS, ChoiceCache, choice_cache_path, choose, device_fingerprint
 from .graphs import GraphedDiffusion
-from .loop import SIZE_MULTIPLE, exposure_schedule, pad_to_multiple, photon_mode_from_meta, run_exposure_diffusion
+from .loop import (
+    SIZE_MULTIPLE,
+    exposure_schedule,
+    pad_to_multiple,
+    photon_mode_from_meta,
+    run_exposure_diffusion,
+    use_draws,
+)
 from .tiling import UNET_RADIUS, run_tiled
 
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -106,6 +113,16 @@ class EnhancedFrame:
         """
         return save_output(path, self.raw, self.frame, format, provenance=Provenance(self.ratio, self.steps),
                            overwrite=overwrite)
+
+
+def inference_settings(meta: dict | None, source) -> tuple[AutoStepsPolicy, str]:
+    """A checkpoint's ``steps="auto"`` policy (``meta["auto_steps"]``, else ``DEFAULT_POLICY``)
+    and photon mode (``meta["photons"]``, else "draws"); malformed metadata is a
+    ``CheckpointError`` naming ``source`` (the file)."""
+    try:
+        return AutoStepsPolicy.from_meta(meta), photon_mode_from_meta(meta)
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(str(source), f"unusable metadata: {e}") from None
 
 
 class Pipeline:
@@ -185,10 +202,7 @@ class Pipeline:
         """
         source = DEFAULT_CHECKPOINT if path is None else path
         model, config, meta = load_checkpoint(source, expect=expect)
-        try:
-            policy, photons = AutoStepsPolicy.from_meta(meta), photon_mode_from_meta(meta)
-        except (ValueError, KeyError, TypeError) as e:
-            raise CheckpointError(str(source), f"unusable metadata: {e}") from None
+        policy, photons = inference_settings(meta, source)
         pipe = cls(model, config, **kwargs)
         pipe.auto_policy, pipe.photons = policy, photons
         return pipe
@@ -350,10 +364,9 @@ class Pipeline:
         """
         if seed is not None and generator is not None:
             raise ValueError("give seed= or generator=, not both")
-        if stochastic is None:
-            stochastic = self.photons == "draws"
-        elif not isinstance(stochastic, bool):
+        if stochastic is not None and not isinstance(stochastic, bool):
             raise ValueError(f"stochastic must be True, False or None (the model's mode), got {stochastic!r:.80}")
+        stochastic = use_draws(stochastic, self.photons)
         ratio = real("ratio", ratio, low=0, high=MAX_RATIO, low_open=True)
         if isinstance(steps, str) and steps != "auto":
             raise ValueError(f"steps must be 'auto' or an integer in [1, {MAX_STEPS}], got {steps!r}")

@@ -37,7 +37,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from engine.argtypes import device_arg, integer_arg, real_arg, resolve_device  # noqa: E402
+from engine.inference.loop import PHOTON_MODES  # noqa: E402
 from engine.models.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from training.options import INNER_EXPOSURES  # noqa: E402
 from training.patches import DEFAULT_BLACK, DEFAULT_WHITE, sample_rng, to_dn, torch_generator  # noqa: E402
 from training.trainer import TrainConfig, Trainer  # noqa: E402
 
@@ -109,10 +111,10 @@ def main(argv=None) -> int:
                     help="Adam learning rate, in (0, 1] (default 1e-4)")
     ap.add_argument("--mean-loss", type=real_arg(0), default=2.0,
                     help="weight >= 0 of the local-mean (brightness) term (default 2)")
-    ap.add_argument("--photons", choices=("means", "draws"), default="means",
+    ap.add_argument("--photons", choices=PHOTON_MODES, default="means",
                     help="between the unrolled steps: Poisson means (default; the shipped model's recipe, "
                          "train --mean-photons) or draws (SPEC)")
-    ap.add_argument("--inner-exposures", choices=("linspace", "random"), default="linspace",
+    ap.add_argument("--inner-exposures", choices=INNER_EXPOSURES, default="linspace",
                     help="the unrolled steps' exposure multiples: the inference schedule (default; the shipped "
                          "model's recipe) or random integers in [2, r - 1] (SPEC)")
     ap.add_argument("--amp", default="bf16", choices=("bf16", "fp16", "none"), help="autocast dtype (default bf16)")
