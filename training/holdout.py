@@ -40,24 +40,60 @@ __all__ = ["photo_scene", "photo_holdout"]
 _TAG_PHOTO_HOLDOUT = 206
 
 
+# Every value is computed in float64 and rounded to DN once (``to_dn``): the set must be the
+# same on every machine, and float32 renders differ between instruction sets (vectorised
+# exp / sin / pow, FFTs and convolutions differ in the last bits across AVX-512, AVX2 and
+# SSE builds of ATen, MKL and oneDNN, which flips some DN roundings and threshold tests). In
+# float64 those differences are ~1e-16 relative: a DN value or a threshold test would have to
+# fall within ~1e-10 of its edge to move. The generator only gives float32 uniforms (integer
+# -> float, exact everywhere); normals are made from them here (``_normal``), not by
+# ``torch.randn``, whose float32 transform is vectorised differently per CPU.
+_F64 = torch.float64
+
+
+def _uniform(g: torch.Generator, *shape: int) -> torch.Tensor:
+    """float32 uniforms in [0, 1) from ``g`` (bit-identical on every CPU), as float64."""
+    return torch.rand(*shape, generator=g).to(_F64)
+
+
+def _normal(g: torch.Generator, *shape: int) -> torch.Tensor:
+    """Standard normals ``shape`` (float64, >= 16 values) from ``g``, drawn as ``torch.randn``
+    draws them (the same uniforms, the same Box-Muller pairs: element j and j + 8 of each run
+    of 16, the last 16 redrawn when the count is not a multiple of 16), so the scenes are
+    those of the float32 renderer up to its rounding, but computed in float64."""
+    n = math.prod(shape)
+    if n < 16:
+        raise ValueError(f"_normal draws at least 16 values, got shape {shape}")
+    u = _uniform(g, n)
+    if n % 16:
+        u = torch.cat([u[: n - n % 16], _uniform(g, 16)])  # ATen recomputes the last 16
+    runs = u.view(-1, 16)
+    radius = torch.sqrt(-2.0 * torch.log(1.0 - runs[:, :8]))
+    theta = (2.0 * math.pi) * runs[:, 8:]
+    z = torch.cat([radius * torch.cos(theta), radius * torch.sin(theta)], 1).flatten()
+    if n % 16:  # the tail run overwrites the last 16 values
+        z = torch.cat([z[: n - 16], z[-16:]])
+    return z.view(shape)
+
+
 def _colour(g: torch.Generator, n: int = 1, vivid: float = 0.15) -> torch.Tensor:
-    """``n`` linear RGB reflectances ``[n, 3]``: log-uniform value in [0.03, 0.9], low
+    """``n`` linear RGB reflectances ``[n, 3]`` (float64): log-uniform value in [0.03, 0.9], low
     saturation mostly (``S = U^2 * 0.5``), vivid (``S`` in [0.6, 1]) with probability ``vivid``."""
-    hue = torch.rand(n, generator=g) * 6.0
-    sat = torch.rand(n, generator=g) ** 2 * 0.5
-    sat = torch.where(torch.rand(n, generator=g) < vivid, 0.6 + 0.4 * torch.rand(n, generator=g), sat)
-    val = torch.exp(math.log(0.03) + torch.rand(n, generator=g) * math.log(0.9 / 0.03))
+    hue = _uniform(g, n) * 6.0
+    sat = _uniform(g, n) ** 2 * 0.5
+    sat = torch.where(_uniform(g, n) < vivid, 0.6 + 0.4 * _uniform(g, n), sat)
+    val = torch.exp(math.log(0.03) + _uniform(g, n) * math.log(0.9 / 0.03))
     k = torch.stack([(5.0 + hue) % 6, (3.0 + hue) % 6, (1.0 + hue) % 6], 1)  # HSV -> RGB
     rgb = 1 - torch.clamp(torch.minimum(k, 4 - k), 0, 1)
     return val[:, None] * (1 - sat[:, None] * rgb)
 
 
 def _fbm(g: torch.Generator, side: int, beta: float = 1.0) -> torch.Tensor:
-    """Zero-mean, unit-std 1/f^beta field ``[side, side]`` (from a Fourier spectrum)."""
-    fy = torch.fft.fftfreq(side)[:, None]
-    fx = torch.fft.rfftfreq(side)[None, :]
+    """Zero-mean, unit-std 1/f^beta field ``[side, side]`` (float64, from a Fourier spectrum)."""
+    fy = torch.fft.fftfreq(side, dtype=_F64)[:, None]
+    fx = torch.fft.rfftfreq(side, dtype=_F64)[None, :]
     amp = (fy**2 + fx**2).clamp_min(1.0 / side**2) ** (-beta / 2)
-    spec = amp * torch.complex(torch.randn(amp.shape, generator=g), torch.randn(amp.shape, generator=g))
+    spec = amp * torch.complex(_normal(g, *amp.shape), _normal(g, *amp.shape))
     f = torch.fft.irfft2(spec, s=(side, side))
     return (f - f.mean()) / f.std().clamp_min(1e-8)
 
@@ -73,7 +109,7 @@ def _floor_texture(g: torch.Generator, yy, xx, horizon: float, side: int) -> tor
         t = 0.75 + 0.25 * torch.sin((v * 0.5 + warp) * freq * 6.0) + 0.1 * torch.sin(u * 23.0 * freq)
     elif kind == 1:  # tiles with grout lines
         fu, fv = (u * freq) % 1.0, (v * freq * 0.5) % 1.0
-        grout = ((fu < 0.06) | (fv < 0.06)).to(torch.float32)
+        grout = ((fu < 0.06) | (fv < 0.06)).to(_F64)
         t = 1.0 - 0.6 * grout
     else:  # checkerboard
         t = 0.55 + 0.45 * (((torch.floor(u * freq) + torch.floor(v * freq * 0.5)) % 2) * 2 - 1)
@@ -81,10 +117,10 @@ def _floor_texture(g: torch.Generator, yy, xx, horizon: float, side: int) -> tor
 
 
 def photo_scene(g: torch.Generator, patch: int = 192) -> torch.Tensor:
-    """One hold-out scene: float32 ``[4, patch, patch]`` packed raw in [0, 1] (module docstring)."""
+    """One hold-out scene: float64 ``[4, patch, patch]`` packed raw in [0, 1] (module docstring)."""
     side = 2 * int(patch)
-    yy = torch.arange(side, dtype=torch.float32)[:, None].expand(side, side)
-    xx = torch.arange(side, dtype=torch.float32)[None, :].expand(side, side)
+    yy = torch.arange(side, dtype=_F64)[:, None].expand(side, side)
+    xx = torch.arange(side, dtype=_F64)[None, :].expand(side, side)
     rnd = lambda: float(torch.rand(1, generator=g))  # noqa: E731
     horizon = side * (0.35 + 0.4 * rnd())
 
@@ -102,7 +138,7 @@ def photo_scene(g: torch.Generator, patch: int = 192) -> torch.Tensor:
         hh, ww = int(horizon * (0.3 + 0.3 * rnd())), int(side * (0.15 + 0.2 * rnd()))
         img[:, h0 : h0 + hh, w0 : w0 + ww] = _colour(g, 1, vivid=0.0)[0].view(3, 1, 1) * 0.1
         b = max(2, ww // 12)
-        img[:, h0 + b : h0 + hh - b, w0 + b : w0 + ww - b] = (1.5 + 3.0 * rnd()) * torch.tensor([0.9, 1.0, 1.1]).view(3, 1, 1)
+        img[:, h0 + b : h0 + hh - b, w0 + b : w0 + ww - b] = (1.5 + 3.0 * rnd()) * torch.tensor([0.9, 1.0, 1.1], dtype=_F64).view(3, 1, 1)
 
     if rnd() < 0.5:  # a shelf of book spines: dense vertical edges
         y1 = int(horizon * (0.3 + 0.4 * rnd()))
@@ -111,12 +147,12 @@ def photo_scene(g: torch.Generator, patch: int = 192) -> torch.Tensor:
         for c in _colour(g, int(torch.randint(4, 13, (1,), generator=g)), vivid=0.35):
             w = min(int(3 + 10 * rnd()), side - x)  # (clamped at the frame's edge)
             hb = min(int(height * (0.7 + 0.3 * rnd())), y1)
-            img[:, y1 - hb : y1, x : x + w] = c.view(3, 1, 1) * (0.8 + 0.2 * torch.rand(1, 1, w, generator=g))
+            img[:, y1 - hb : y1, x : x + w] = c.view(3, 1, 1) * (0.8 + 0.2 * _uniform(g, 1, 1, w))
             x += w + int(2 * rnd())
             if x >= side:
                 break
 
-    light_dir = torch.tensor([rnd() - 0.5, -0.5 - 0.5 * rnd(), 0.7])
+    light_dir = torch.tensor([rnd() - 0.5, -0.5 - 0.5 * rnd(), 0.7], dtype=_F64)
     light_dir = light_dir / light_dir.norm()
     objects = sorted(([horizon + (side - horizon) * rnd(), side * rnd()] for _ in range(int(torch.randint(3, 10, (1,), generator=g)))),
                      key=lambda o: o[0])  # far (near the horizon) first: near ones occlude them
@@ -158,9 +194,9 @@ def photo_scene(g: torch.Generator, patch: int = 192) -> torch.Tensor:
         d2 = (yy - cy) ** 2 + (xx - cx) ** 2
         level = 3.0 * 10 ** rnd()
         glow = ((radius - d2.sqrt()).clamp(0, 1) + 0.3 * torch.exp(-d2 / (2 * (4 * radius) ** 2))) * level
-        img = img + torch.tensor([1.0, 0.8, 0.55]).view(3, 1, 1) * glow[None]
+        img = img + torch.tensor([1.0, 0.8, 0.55], dtype=_F64).view(3, 1, 1) * glow[None]
 
-    illuminant = torch.tensor([1.0, 1.0, 1.0]) + (rnd() - 0.5) * torch.tensor([0.5, 0.0, -0.5])
+    illuminant = torch.tensor([1.0, 1.0, 1.0], dtype=_F64) + (rnd() - 0.5) * torch.tensor([0.5, 0.0, -0.5], dtype=_F64)
     vignette = 1 - 0.4 * (((yy - side / 2) ** 2 + (xx - side / 2) ** 2) / (side * side / 2))
     img = img * illuminant.view(3, 1, 1) * vignette[None]
     img = gaussian_blur(img, 0.5 + 0.5 * rnd())
@@ -176,8 +212,8 @@ def photo_holdout(n: int = 16, patch: int = 192, seed: int = 0) -> PackedBatch:
         raise ValueError(f"need n >= 1 and patch >= 16, got n={n}, patch={patch}")
     items = []
     threads = torch.get_num_threads()
-    # One thread: the blurs' convolutions sum in another order with more threads, which moves
-    # some DN values by one; the hold-out must be the same set on every machine.
+    # One thread: the blurs' convolutions sum in another order with more threads (float64
+    # makes that harmless too, see _F64; one thread keeps the order fixed on one machine).
     torch.set_num_threads(1)
     try:
         for i in range(n):

@@ -115,9 +115,11 @@ def pack_dn(cfa, pattern: str) -> torch.Tensor:
 
 def to_dn(x: torch.Tensor, black=DEFAULT_BLACK, white=DEFAULT_WHITE) -> torch.Tensor:
     """Normalised float ``[..., 4, h, w]`` in [0, 1] -> uint16 DN ``black + x (white - black)``
-    (rounded; ``black`` a number or 4 per-plane values)."""
-    black = torch.as_tensor(black, dtype=torch.float32).reshape(-1, 1, 1)
-    dn = black + x.to(torch.float32).clamp(0, 1) * (float(white) - black)
+    (rounded; ``black`` a number or 4 per-plane values). Computed in float32, or in float64
+    for float64 input (the hold-out renders in float64 so that it rounds alike everywhere)."""
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    black = torch.as_tensor(black, dtype=dtype).reshape(-1, 1, 1)
+    dn = black + x.to(dtype).clamp(0, 1) * (float(white) - black)
     return torch.round(dn).clamp(0, 65535).to(torch.int32).to(torch.uint16)
 
 

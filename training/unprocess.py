@@ -36,11 +36,12 @@ def random_exposure_mean(g: torch.Generator, lo: float = 0.02, hi: float = 0.35)
 
 
 def gaussian_blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of ``[C, H, W]`` float32 (reflect padding); sigma in pixels."""
+    """Separable Gaussian blur of ``[C, H, W]`` float32 or float64 (reflect padding, computed in
+    the image's dtype); sigma in pixels."""
     if sigma <= 0.05:
         return img
     r = max(1, int(math.ceil(3 * sigma)))
-    t = torch.arange(-r, r + 1, dtype=torch.float32)
+    t = torch.arange(-r, r + 1, dtype=img.dtype)
     k = torch.exp(-(t**2) / (2 * sigma * sigma))
     k = k / k.sum()
     C = img.shape[0]
@@ -55,7 +56,7 @@ def linear_to_packed_raw(lin: torch.Tensor, *, wb_gains, mean: float | None,
     """A linear sRGB scene -> packed raw.
 
     Args:
-        lin: float32 ``[3, 2h, 2w]`` linear sRGB radiance (>= 0; values above the exposure's
+        lin: float32 or float64 ``[3, 2h, 2w]`` linear sRGB radiance (>= 0; values above the exposure's
             white clip).
         wb_gains: as-shot (R, G, B) gains; camera RGB is divided by them.
         mean: the mean raw value after white balance and before clipping (the exposure);
@@ -63,13 +64,13 @@ def linear_to_packed_raw(lin: torch.Tensor, *, wb_gains, mean: float | None,
         xyz_to_camera: the camera's XYZ -> camera matrix.
 
     Returns:
-        float32 ``[4, h, w]`` in [0, 1], planes R, G1, B, G2 (RGGB sites).
+        ``[4, h, w]`` in [0, 1] in ``lin``'s dtype, planes R, G1, B, G2 (RGGB sites).
     """
     if lin.dim() != 3 or lin.shape[0] != 3 or lin.shape[1] < 2 or lin.shape[2] < 2:
         raise ValueError(f"lin must be [3, H, W] with H, W >= 2, got {tuple(lin.shape)}")
     h, w = lin.shape[1] // 2, lin.shape[2] // 2
-    s2c = torch.as_tensor(srgb_to_camera_matrix(xyz_to_camera), dtype=torch.float32)
-    gains = torch.as_tensor(np.asarray(wb_gains, dtype=np.float64) / float(wb_gains[1]), dtype=torch.float32)
+    s2c = torch.as_tensor(srgb_to_camera_matrix(xyz_to_camera), dtype=lin.dtype)
+    gains = torch.as_tensor(np.asarray(wb_gains, dtype=np.float64) / float(wb_gains[1]), dtype=lin.dtype)
     cam = torch.einsum("ij,jhw->ihw", s2c, lin[:, : 2 * h, : 2 * w].clamp_min(0)) / gains.view(3, 1, 1)
     cam = cam.clamp_min(0)
     planes = torch.stack((cam[0, 0::2, 0::2], cam[1, 0::2, 1::2], cam[2, 1::2, 1::2], cam[1, 1::2, 0::2]))
