@@ -1,4 +1,7 @@
 """engine.Pipeline end to end on DNG files the tests write, and its refusals."""
+import platform
+import sys
+
 import numpy as np
 import pytest
 import rawpy
@@ -9,7 +12,7 @@ from PIL import Image
 import engine.io.atomic
 from engine import BackboneConfig, EnhancedFrame, Pipeline, read_raw
 from engine.camera import DEFAULT_CAMERA, camera_to_srgb, match_camera
-from engine.inference.pipeline import cpu_supports_bf16
+from engine.inference.pipeline import cpu_supports_bf16, default_precision
 from kernels import load_profile, unpack_bayer
 from tests.dngfactory import make_bayer_dng
 
@@ -189,6 +192,32 @@ def test_interrupted_write_keeps_existing_output(tmp_path, pipe, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         res.save(target, overwrite=True)
     assert target.read_bytes() == b"previous" and not list(tmp_path.glob(".*.tmp"))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or platform.machine() != "x86_64",
+                    reason="/proc/cpuinfo's x86 flags are the reference")
+def test_bf16_is_the_cpu_default_only_with_native_bf16_instructions():
+    """oneDNN says yes to bf16 on every AVX-512 CPU and then emulates it (0.23x fp32 measured on
+    one without AVX512-BF16): the default must follow the instructions the kernel lists."""
+    flags = open("/proc/cpuinfo").read()
+    native = " avx512_bf16" in flags or " amx_bf16" in flags
+    assert cpu_supports_bf16() == native
+    assert default_precision(torch.device("cpu")) == ("bf16" if native else "fp32")
+
+
+def test_emulated_bf16_is_not_taken_for_native(monkeypatch):
+    """An AVX-512 CPU without the bf16 instructions, as PyTorch's cpuinfo reports it, gets fp32
+    even though oneDNN would accept bf16 there."""
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert not cpu_supports_bf16() and default_precision(torch.device("cpu")) == "fp32"
+    with pytest.raises(ValueError, match="native bf16"):
+        Pipeline(BackboneConfig(options={"widths": (8, 8, 8, 8, 8)}).build(), BackboneConfig(options={"widths": (8, 8, 8, 8, 8)}),
+                 device="cpu", precision="bf16")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    assert cpu_supports_bf16()
 
 
 @pytest.mark.skipif(not cpu_supports_bf16(), reason="this CPU has no native bf16")

@@ -40,6 +40,7 @@ from ..models.checkpoint import CheckpointError, load_checkpoint
 from ..models.fused_unet import FusedUNet
 from .adaptive import DEFAULT_POLICY, AutoStepsPolicy, steps_for_batch
 from .backbone_choice import BACKBONE_PATHS, ChoiceCache, choice_cache_path, choose, device_fingerprint
+from .cpu_features import native_bf16
 from .graphs import GraphedDiffusion
 from .loop import (
     SIZE_MULTIPLE,
@@ -66,11 +67,10 @@ MIN_AUTO_TILE = 256
 
 
 def cpu_supports_bf16() -> bool:
-    """True when oneDNN runs bf16 convolutions natively on this CPU."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+    """True when this CPU computes bf16 natively (AVX512-BF16 / AMX / Arm BF16): see
+    ``engine.inference.cpu_features.native_bf16`` (oneDNN's own answer is true wherever it can
+    *emulate* bf16, which is 4x slower than fp32)."""
+    return native_bf16()
 
 
 def default_precision(device: torch.device) -> str:
