@@ -49,7 +49,7 @@ from ._common import (
 from ._cpu_sampling import poisson_draws
 from ._fastmath import fast_rcp, fast_sigmoid
 from ._philox import STREAM_POISSON
-from ._tuning import autotuned, autotuning_enabled
+from ._tuning import autotuned, autotuning_enabled, record_launch
 from .numbers import real
 from .poisson import poisson_sample
 
@@ -198,35 +198,21 @@ def _step_factors(b, ratio_ptr, gain_ptr, rho_ptr, rho_next_ptr, seed_ptr, seed_
 
 
 @triton.jit
-def _finish_plane(
-    c, m, x0, res, b, y, x, pmask,
-    state_ptr, ss_b, ss_c, ss_h, ss_w,
-    origin_ptr, so_b, so_c, so_h, so_w,
-    est_ptr, se_b, se_c, se_h, se_w,
-    next_ptr, sx_b, sx_c, sx_h, sx_w,
-    h, w, mu_scale, base_weight, photon_value, photon_channel, seed,
-    HEAD9: tl.constexpr, HAS_NEXT: tl.constexpr, STOCHASTIC: tl.constexpr, ACCUMULATE: tl.constexpr,
-    WITH_PHOTON: tl.constexpr, CONCAT_ORIGIN: tl.constexpr,
-):
-    """Plane ``c`` of a tile, from the head's outputs (fp32 [BLOCK]: mask ``m`` = sigmoid of
-    the logit, ``x0`` and ``res``; a plain head's estimate in ``x0``) to the stored estimate
-    and next input. ``b``: sample (int32 scalar); ``y``, ``x``, ``pmask``: the pixels ([BLOCK]);
-    the rest from ``_step_factors``. Shared by ``_exposure_fwd_kernel`` and the fused head
-    kernel of ``kernels.head_step``."""
-    b64 = b.to(tl.int64)
-    need_state: tl.constexpr = HEAD9 or (HAS_NEXT and ACCUMULATE)
-    if need_state:
-        st = tl.load((state_ptr + b64 * ss_b) + (c * ss_c + y * ss_h + x * ss_w), mask=pmask, other=0.0).to(tl.float32)
+def _plane_step(c, m, x0, res, st, org, y, x, h, w, mu_scale, base_weight, photon_value, seed,
+                HEAD9: tl.constexpr, HAS_NEXT: tl.constexpr, STOCHASTIC: tl.constexpr, ACCUMULATE: tl.constexpr):
+    """The arithmetic of plane ``c`` of a tile (fp32 [BLOCK] in, fp32 [BLOCK] out): the
+    estimate from the head's outputs (mask ``m`` = sigmoid of the logit, ``x0``, ``res``; a
+    plain head's estimate in ``x0``) and the state ``st``, then, unless it is the last step,
+    the next state from the Poisson photons and the state or the origin ``org`` (fp32).
+    ``st`` / ``org`` are only read where the step needs them. Returns (est, a_next); a_next is
+    est when there is no next step. Shared by ``_exposure_fwd_kernel`` and the fused head
+    kernel of ``kernels.head_step``, so both draw the same photons from the same head output."""
     if HEAD9:
         est = _clip01(x0) * m + _clip01(res + st) * (1.0 - m)
     else:
         est = _clip01(x0)
-    tl.store((est_ptr + b64 * se_b) + (c * se_c + y * se_h + x * se_w), est, mask=pmask)
-
+    a_next = est
     if HAS_NEXT:
-        need_origin: tl.constexpr = CONCAT_ORIGIN or not ACCUMULATE
-        if need_origin:
-            org = tl.load((origin_ptr + b64 * so_b) + (c * so_c + y * so_h + x * so_w), mask=pmask, other=0.0)
         mu = _clip01(est) * mu_scale
         if STOCHASTIC:
             # The counter is the element's index within its sample, so a sample's draws do
@@ -238,7 +224,37 @@ def _finish_plane(
         if ACCUMULATE:
             a_next = st * base_weight + photons * photon_value
         else:
-            a_next = _clip01(org.to(tl.float32)) * base_weight + photons * photon_value
+            a_next = _clip01(org) * base_weight + photons * photon_value
+    return est, a_next
+
+
+@triton.jit
+def _finish_plane(
+    c, m, x0, res, b, y, x, pmask,
+    state_ptr, ss_b, ss_c, ss_h, ss_w,
+    origin_ptr, so_b, so_c, so_h, so_w,
+    est_ptr, se_b, se_c, se_h, se_w,
+    next_ptr, sx_b, sx_c, sx_h, sx_w,
+    h, w, mu_scale, base_weight, photon_value, photon_channel, seed,
+    HEAD9: tl.constexpr, HAS_NEXT: tl.constexpr, STOCHASTIC: tl.constexpr, ACCUMULATE: tl.constexpr,
+    WITH_PHOTON: tl.constexpr, CONCAT_ORIGIN: tl.constexpr,
+):
+    """Plane ``c`` of a tile, from the head's outputs to the stored estimate and next input
+    (``_plane_step`` between a load and a store per plane). ``b``: sample (int32 scalar);
+    ``y``, ``x``, ``pmask``: the pixels ([BLOCK]); the rest from ``_step_factors``."""
+    b64 = b.to(tl.int64)
+    need_state: tl.constexpr = HEAD9 or (HAS_NEXT and ACCUMULATE)
+    need_origin: tl.constexpr = HAS_NEXT and (CONCAT_ORIGIN or not ACCUMULATE)
+    st = tl.zeros_like(x0)
+    org = tl.zeros_like(x0)
+    if need_state:
+        st = tl.load((state_ptr + b64 * ss_b) + (c * ss_c + y * ss_h + x * ss_w), mask=pmask, other=0.0).to(tl.float32)
+    if need_origin:
+        org = tl.load((origin_ptr + b64 * so_b) + (c * so_c + y * so_h + x * so_w), mask=pmask, other=0.0).to(tl.float32)
+    est, a_next = _plane_step(c, m, x0, res, st, org, y, x, h, w, mu_scale, base_weight, photon_value, seed,
+                              HEAD9, HAS_NEXT, STOCHASTIC, ACCUMULATE)
+    tl.store((est_ptr + b64 * se_b) + (c * se_c + y * se_h + x * se_w), est, mask=pmask)
+    if HAS_NEXT:
         out = (next_ptr + b64 * sx_b) + (c * sx_c + y * sx_h + x * sx_w)
         tl.store(out, a_next.to(next_ptr.dtype.element_ty), mask=pmask)
         if WITH_PHOTON:
@@ -466,6 +482,8 @@ def _launch_forward(net_out, state, origin, cfg, params, seed, est, nxt):
     flags = dict(HEAD9=cfg.head9, HAS_NEXT=has_next, STOCHASTIC=cfg.stochastic and has_next, ACCUMULATE=cfg.accumulate,
                  WITH_PHOTON=cfg.with_photon, CONCAT_ORIGIN=cfg.concat_origin)
     grid = grid_of(h, w, B)
+    if LAUNCH_CONFIG is None and record_launch(_exposure_fwd_tuned, args, flags):
+        return
     if LAUNCH_CONFIG is None and autotuning_enabled():
         _exposure_fwd_tuned[grid](*args, **flags)
         return

@@ -24,9 +24,9 @@ import triton
 import triton.language as tl
 
 from ._common import DEFAULT_DN_SCALE, check_sample_spans, check_tensor, philox_seed, use_triton
-from ._tuning import autotuned, autotuning_enabled
+from ._tuning import autotuned, autotuning_enabled, record_launch
 from ._fastmath import fast_sigmoid
-from .exposure import (_IN_DTYPES, _allocate, _finish_plane, _pixels, _prepare, _step_factors, exposure_step_reference,
+from .exposure import (_IN_DTYPES, _allocate, _pixels, _plane_step, _prepare, _step_factors, exposure_step_reference,
                        grid_of)
 
 HEAD_COLUMNS = 16  # the head's 9 (or 4) output channels, padded to the tensor cores' N
@@ -52,6 +52,13 @@ def _column(acc_t, cols, j):
 
 
 @triton.jit
+def _pick(tile, lanes, j):
+    """Column ``j`` of a ``[BLOCK, n]`` tile as a ``[BLOCK]`` vector (an exact masked sum;
+    each thread holds its pixel's whole row, so no data moves between threads)."""
+    return tl.sum(tl.where(lanes[None, :] == j, tile, 0.0), axis=1)
+
+
+@triton.jit
 def _head_step_kernel(
     feat_ptr, sf_b, sf_h, sf_w, C,
     hw_ptr, hb_ptr,
@@ -63,13 +70,14 @@ def _head_step_kernel(
     h, w, dn_scale,
     HEAD9: tl.constexpr, HAS_NEXT: tl.constexpr, STOCHASTIC: tl.constexpr, ACCUMULATE: tl.constexpr,
     WITH_PHOTON: tl.constexpr, CONCAT_ORIGIN: tl.constexpr, BLOCK: tl.constexpr, BLOCK_C: tl.constexpr,
-    IEEE: tl.constexpr,
+    IEEE: tl.constexpr, PIXEL_STRIDE: tl.constexpr,
 ):
     # A row segment of BLOCK pixels (the GEMM's M), all 4 planes; grid (column tiles, rows, samples).
     b, y, x, pmask = _pixels(h, w, 0, 1, BLOCK, 1)
+    b64 = b.to(tl.int64)
     rc = tl.arange(0, BLOCK_C)
     cols = tl.arange(0, 16)
-    feat = (feat_ptr + b.to(tl.int64) * sf_b) + (y * sf_h + x * sf_w)[:, None]
+    feat = (feat_ptr + b64 * sf_b) + (y * sf_h + x * sf_w)[:, None]
     acc = tl.zeros((BLOCK, 16), dtype=tl.float32)
     for c0 in range(0, C, BLOCK_C):
         c = c0 + rc
@@ -88,6 +96,34 @@ def _head_step_kernel(
     mu_scale, base_weight, photon_value, photon_channel, seed = _step_factors(
         b, ratio_ptr, gain_ptr, rho_ptr, rho_next_ptr, seed_ptr, seed_stride, dn_scale,
         HAS_NEXT, STOCHASTIC, ACCUMULATE)
+
+    # The epilogue reads and writes whole pixels: the state / origin planes of a pixel as one
+    # vector, the estimate's 4 planes and the next input's 4 / 8 / 12 channels gathered over
+    # the plane loop and stored once (16-byte stores: a pixel's 8 fp16 channels, 4 fp32
+    # pixels of a plane), instead of one 2-byte store per channel and plane.
+    planes = tl.arange(0, 4)
+    NEXT_C: tl.constexpr = 4 + 4 * WITH_PHOTON + 4 * CONCAT_ORIGIN
+    NEXT_LANES: tl.constexpr = 16 if NEXT_C == 12 else NEXT_C
+    ch = tl.arange(0, NEXT_LANES)
+    need_state: tl.constexpr = HEAD9 or (HAS_NEXT and ACCUMULATE)
+    need_origin: tl.constexpr = HAS_NEXT and (CONCAT_ORIGIN or not ACCUMULATE)
+    zero = tl.zeros([BLOCK], tl.float32)
+    if PIXEL_STRIDE > 0:  # NHWC views sharing the pixel stride (shared_pixel_stride): provably aligned
+        state_px = (y * w + x) * PIXEL_STRIDE
+        origin_px = state_px
+        next_px = state_px
+    else:
+        state_px = y * ss_h + x * ss_w
+        origin_px = y * so_h + x * so_w
+        next_px = y * sx_h + x * sx_w
+    if need_state:
+        state4 = tl.load((state_ptr + b64 * ss_b) + (state_px[:, None] + (planes * ss_c)[None, :]),
+                         mask=pmask[:, None], other=0.0).to(tl.float32)
+    if need_origin:
+        origin4 = tl.load((origin_ptr + b64 * so_b) + (origin_px[:, None] + (planes * so_c)[None, :]),
+                          mask=pmask[:, None], other=0.0).to(tl.float32)
+    est4 = tl.zeros([BLOCK, 4], tl.float32)
+    nxt = tl.zeros([BLOCK, NEXT_LANES], tl.float32)
     for c in range(4):
         if HEAD9:
             x0 = _column(acc_t, cols, 1 + c)
@@ -95,11 +131,27 @@ def _head_step_kernel(
         else:
             x0 = _column(acc_t, cols, c)
             res = x0  # unused
-        _finish_plane(c, m, x0, res, b, y, x, pmask,
-                      state_ptr, ss_b, ss_c, ss_h, ss_w, origin_ptr, so_b, so_c, so_h, so_w,
-                      est_ptr, se_b, se_c, se_h, se_w, next_ptr, sx_b, sx_c, sx_h, sx_w, h, w,
-                      mu_scale, base_weight, photon_value, photon_channel, seed,
-                      HEAD9, HAS_NEXT, STOCHASTIC, ACCUMULATE, WITH_PHOTON, CONCAT_ORIGIN)
+        st = zero
+        org = zero
+        if need_state:
+            st = _pick(state4, planes, c)
+        if need_origin:
+            org = _pick(origin4, planes, c)
+        est, a_next = _plane_step(c, m, x0, res, st, org, y, x, h, w, mu_scale, base_weight, photon_value, seed,
+                                  HEAD9, HAS_NEXT, STOCHASTIC, ACCUMULATE)
+        est4 = tl.where(planes[None, :] == c, est[:, None], est4)
+        if HAS_NEXT:
+            nxt = tl.where(ch[None, :] == c, a_next[:, None], nxt)
+            if WITH_PHOTON:
+                nxt = tl.where(ch[None, :] == 4 + c, (a_next * photon_channel)[:, None], nxt)
+            if CONCAT_ORIGIN:
+                first: tl.constexpr = 8 if WITH_PHOTON else 4
+                nxt = tl.where(ch[None, :] == first + c, org[:, None], nxt)
+    tl.store((est_ptr + b64 * se_b) + ((y * se_h + x * se_w)[:, None] + (planes * se_c)[None, :]), est4,
+             mask=pmask[:, None])
+    if HAS_NEXT:
+        tl.store((next_ptr + b64 * sx_b) + (next_px[:, None] + (ch * sx_c)[None, :]),
+                 nxt.to(next_ptr.dtype.element_ty), mask=pmask[:, None] & (ch < NEXT_C)[None, :])
 
 
 _head_step_tuned = autotuned(
@@ -203,9 +255,12 @@ def head_exposure_step(features: torch.Tensor, head: HeadWeights, state: torch.T
             int(seed.numel() > 1), est, *est.stride(), nx, *nx.stride(), h, w, cfg.dn_scale)
     flags = dict(HEAD9=cfg.head9, HAS_NEXT=cfg.has_next, STOCHASTIC=cfg.stochastic and cfg.has_next,
                  ACCUMULATE=cfg.accumulate, WITH_PHOTON=cfg.with_photon, CONCAT_ORIGIN=cfg.concat_origin,
-                 BLOCK_C=BLOCK_C, IEEE=features.dtype == torch.float32)
+                 BLOCK_C=BLOCK_C, IEEE=features.dtype == torch.float32,
+                 PIXEL_STRIDE=shared_pixel_stride(state, origin, nxt))
     row_segments = grid_of(h, w, B)
     grid = lambda meta: row_segments({"BLOCK_H": 1, "BLOCK_W": meta["BLOCK"]})  # noqa: E731
+    if LAUNCH_CONFIG is None and record_launch(_head_step_tuned, args, flags):
+        return est, nxt
     if LAUNCH_CONFIG is None and autotuning_enabled():
         _head_step_tuned[grid](*args, **flags)
         return est, nxt
@@ -214,31 +269,67 @@ def head_exposure_step(features: torch.Tensor, head: HeadWeights, state: torch.T
     return est, nxt
 
 
+def shared_pixel_stride(state: torch.Tensor, origin: torch.Tensor, nxt: torch.Tensor | None) -> int:
+    """The pixel stride P (elements) when the state, the origin and the next input all lie in
+    channels_last memory with channel stride 1, pixel stride P and row stride w P (the engine's
+    loop: views of P-channel NHWC inputs); 0 otherwise. As a constexpr it lets Triton prove a
+    pixel's channels aligned, so they move as one vector (16 bytes for P = 8 fp16 channels)."""
+    tensors = [t for t in (state, origin, nxt) if t is not None]
+    p = tensors[-1].stride(3)
+    w = tensors[-1].shape[3]
+    dense = all(t.stride(1) == 1 and t.stride(3) == p and t.stride(2) == p * w for t in tensors)
+    return int(p) if dense and 1 <= p <= 16 else 0
+
+
 def aot_specs():
+    """The specialisations the engine's fused path launches (``engine.inference.loop`` with
+    ``FusedUNet``): a frame padded to multiples of 16; features ``[B, 32, h, w]``, the state and
+    the origin ``[:, :4]`` views of the ``NC``-channel network input (4, 8 or 12 channels, fp16
+    channels_last, so their channel stride is 1: a constexpr, as the JIT makes every 1); the
+    estimate float32 contiguous (pixel stride 1); the next input fp16 channels_last. Every
+    configuration autotune may pick for the shipped model in both photon modes (means:
+    ``STOCHASTIC`` False; draws) and its last step, plus the other input layouts and bf16."""
     from .aot import AotSpec
 
-    def strides(prefix, dims="bchw"):
-        return {f"{prefix}_{d}": "i32" for d in dims}
-
     def spec(name, ty, block=BLOCK, warps=NUM_WARPS, **flags):
-        sig = {"feat_ptr": f"*{ty}", **strides("sf", "bhw"), "C": "i32", "hw_ptr": f"*{ty}", "hb_ptr": "*fp32",
-               "state_ptr": f"*{ty}", **strides("ss"), "origin_ptr": f"*{ty}", **strides("so"),
-               "ratio_ptr": "*fp32", "gain_ptr": "*fp32", "rho_ptr": "*fp32", "rho_next_ptr": "*fp32",
-               "seed_ptr": "*i64", "seed_stride": "i32", "est_ptr": "*fp32", **strides("se"),
-               "next_ptr": f"*{ty}", **strides("sx"), "h": "i32", "w": "i32", "dn_scale": "fp32"}
         const = dict(HEAD9=True, HAS_NEXT=True, STOCHASTIC=True, ACCUMULATE=False, WITH_PHOTON=True,
                      CONCAT_ORIGIN=False, BLOCK=block, BLOCK_C=BLOCK_C, IEEE=False)
         const.update(flags)
-        sig.update({k: "constexpr" for k in const})
+        channels = 4 + 4 * const["WITH_PHOTON"] + 4 * const["CONCAT_ORIGIN"]
+        const["PIXEL_STRIDE"] = channels
+        # Strides of 1 are constexprs, as the JIT makes every 1. Without a next step the
+        # launcher passes the estimate again as the (unused) next input. The loop hands every
+        # step its per-sample parameters as 16-byte-aligned rows (one compile for all steps).
+        last = not const["HAS_NEXT"]
+        unit = {"ss_c": 1, "so_c": 1, "se_w": 1, ("sx_w" if last else "sx_c"): 1}
+        sig = {"feat_ptr": f"*{ty}", "sf_b": "i32", "sf_h": "i32", "sf_w": "i32", "C": "i32", "hw_ptr": f"*{ty}",
+               "hb_ptr": "*fp32", "state_ptr": f"*{ty}", "ss_b": "i32", "ss_c": "i32", "ss_h": "i32", "ss_w": "i32",
+               "origin_ptr": f"*{ty}", "so_b": "i32", "so_c": "i32", "so_h": "i32", "so_w": "i32",
+               "ratio_ptr": "*fp32", "gain_ptr": "*fp32", "rho_ptr": "*fp32", "rho_next_ptr": "*fp32",
+               "seed_ptr": "*i64", "seed_stride": "i32", "est_ptr": "*fp32", "se_b": "i32", "se_c": "i32",
+               "se_h": "i32", "se_w": "i32", "next_ptr": "*fp32" if last else f"*{ty}", "sx_b": "i32", "sx_c": "i32",
+               "sx_h": "i32", "sx_w": "i32", "h": "i32", "w": "i32", "dn_scale": "fp32"}
+        sig.update({k: "constexpr" for k in (*const, *unit)})
+        aligned = ["feat_ptr", "sf_b", "sf_h", "sf_w", "C", "hw_ptr", "hb_ptr", "state_ptr", "ss_b", "ss_h",
+                   "origin_ptr", "so_b", "so_h", "ratio_ptr", "gain_ptr", "rho_ptr", "rho_next_ptr", "seed_ptr",
+                   "seed_stride", "est_ptr", "se_b",
+                   "se_c", "se_h", "next_ptr", "sx_b", "sx_h", "h", "w"] + (["sx_c"] if last else [])
+        if channels % 16 == 0:  # a pixel's channels: the pixel stride
+            aligned += ["ss_w", "so_w"] + ([] if last else ["sx_w"])
         # wgmma needs 64 rows per warpgroup of 4 warps; smaller programs use mma
         mma = "wgmma" if warps >= 4 and block >= 16 * warps else "mma"
-        return AotSpec(f"head_step_{name}_{block}x{warps}", _head_step_kernel, sig, const, warps,
-                       divisible_by_16=("feat_ptr", "hw_ptr", "hb_ptr", "sf_b", "sf_h", "sf_w", "C"), tensor_cores=mma)
+        return AotSpec(f"head_step_{name}_{block}x{warps}", _head_step_kernel, sig, {**const, **unit}, warps,
+                       divisible_by_16=tuple(aligned), tensor_cores=mma)
 
-    specs = [spec("head9_fp16_photon", "fp16", meta["BLOCK"], warps) for meta, warps in CONFIGS]
+    specs = []
+    for meta, warps in CONFIGS:
+        specs += [spec("head9_fp16_photon_draws", "fp16", meta["BLOCK"], warps),
+                  spec("head9_fp16_photon_means", "fp16", meta["BLOCK"], warps, STOCHASTIC=False),
+                  spec("head9_fp16_photon_last", "fp16", meta["BLOCK"], warps, HAS_NEXT=False, STOCHASTIC=False)]
+    for name, layout in (("nophoton", dict(WITH_PHOTON=False)), ("photon_origin", dict(CONCAT_ORIGIN=True))):
+        specs += [spec(f"head9_fp16_{name}_means", "fp16", STOCHASTIC=False, **layout),
+                  spec(f"head9_fp16_{name}_last", "fp16", HAS_NEXT=False, STOCHASTIC=False, **layout)]
     return specs + [
-        spec("head9_fp16_photon_origin", "fp16", CONCAT_ORIGIN=True),
-        spec("head9_bf16_photon", "bf16"),
-        spec("head9_fp16_last", "fp16", HAS_NEXT=False, STOCHASTIC=False),
-        spec("head4_fp16", "fp16", 32, 1, HEAD9=False, WITH_PHOTON=False),
+        spec("head9_bf16_photon_draws", "bf16"),
+        spec("head4_fp16_draws", "fp16", 32, 1, HEAD9=False, WITH_PHOTON=False),
     ]

@@ -68,7 +68,7 @@ from ._philox import (
     philox4,
     sample_index,
 )
-from ._tuning import autotuned, autotuning_enabled
+from ._tuning import autotuned, autotuning_enabled, record_launch
 from .noise_model import NoiseModel, NoiseParams, parse_noise_model
 from .numbers import real
 from .poisson import MAX_MEAN, poisson_sample
@@ -498,6 +498,8 @@ def synthesize_noise(
     def in_place() -> bool:  # asked only where tuning would run: storage pointers are real there
         return out.untyped_storage().data_ptr() == clean.untyped_storage().data_ptr()
 
+    if LAUNCH_CONFIG is None and record_launch(_synthesize_tuned, args, flags):
+        return out
     if LAUNCH_CONFIG is None and autotuning_enabled() and not in_place():
         _synthesize_tuned[grid](*args, **flags)
     else:

@@ -48,7 +48,7 @@ from ._common import ValueChecks, check_tensor, philox_seed, use_triton
 from ._cpu_sampling import poisson_draws
 from ._fastmath import fast_div, fast_log, fast_rcp
 from ._philox import STREAM_POISSON, open_unit, philox4
-from ._tuning import autotuned, autotuning_enabled
+from ._tuning import autotuned, autotuning_enabled, record_launch
 
 # Largest mean accepted by the op: above 2**24 / 2 counts lose integer resolution in fp32.
 MAX_MEAN = 8.0e6
@@ -220,6 +220,8 @@ def _launch(mu_c: torch.Tensor, out: torch.Tensor, seed: torch.Tensor, config=No
     """Launch on contiguous ``mu_c`` -> ``out``; ``config`` (BLOCK, num_warps) forces one."""
     n = mu_c.numel()
     size_class = n.bit_length()
+    if config is None and record_launch(_poisson_tuned, (mu_c, out, n, seed, size_class), {}):
+        return
     if config is None and autotuning_enabled():
         _poisson_tuned[lambda meta: (triton.cdiv(n, meta["BLOCK"]),)](mu_c, out, n, seed, size_class)
         return

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 import kernels.conv as conv
+import kernels.conv_kernels as conv_kernels
 from kernels.conv import (conv3x3, conv3x3_reference, prepare_conv3x3, prepare_upconv2x2, upconv2x2,
                           upconv2x2_reference)
 from tests.conftest import TRITON_DEVICE
@@ -84,20 +85,51 @@ def test_decoder_layers_read_two_inputs_as_one(cup, cskip, cout):
                        backend="triton"), dtype)
 
 
-@pytest.mark.parametrize("index", range(len(conv._conv3x3_kernel.configs)))
+@pytest.mark.parametrize("index", range(len(conv_kernels._conv3x3_kernel.configs)))
 def test_every_autotune_configuration_is_correct(index):
     """The autotuner may pick any configuration on the user's GPU: each must be right,
-    with ragged tiles (sizes not multiples of the tile) and a batch."""
-    cfg = conv._conv3x3_kernel.configs[index]
-    cin = max(cfg.kwargs["BLOCK_K"], 16)
-    cout = 48  # not a multiple of any BLOCK_N: masked columns
-    m = layer(cin, cout, seed=index)
+    with ragged tiles (sizes not multiples of the tile) and a batch; with output channels
+    that are not a multiple of the block (masked stores) and that are (EVEN_N: unmasked
+    16-byte stores, what the SID UNet runs); and with a skip input."""
+    cfg = conv_kernels._conv3x3_kernel.configs[index]
+    cin, bn = cfg.kwargs["BLOCK_K"], cfg.kwargs["BLOCK_N"]
+    m = layer(cin, 48, seed=index)
     w = prepare_conv3x3(m.weight.to(DEV), m.bias.to(DEV))
     x = activations(2, cin, 10, 18, torch.float16, seed=index)
     y, p = conv3x3(x, w, pool=True, backend="triton", config=cfg)
     y_ref, p_ref = conv3x3_reference(x, w, pool=True)
     check(y, y_ref, torch.float16)
     check(p, p_ref, torch.float16)
+    m = layer(2 * cin, bn, seed=index + 1)
+    w = prepare_conv3x3(m.weight.to(DEV), m.bias.to(DEV), skip_channels=cin)
+    up, skip = activations(1, cin, 6, 18, torch.float16, 1), activations(1, cin, 6, 18, torch.float16, 2)
+    check(conv3x3(up, w, skip=skip, backend="triton", config=cfg), conv3x3_reference(up, w, skip=skip), torch.float16)
+
+
+@pytest.mark.parametrize("index", range(len(conv_kernels._conv3x3_narrow_kernel.configs)))
+@pytest.mark.parametrize("cin", [4, 8, 12])
+def test_every_first_layer_configuration_is_correct(index, cin):
+    """The first layer's flat-K kernel (two taps of 8 channels per K block of 16): every
+    configuration, every input layout of the SID UNet, ragged tiles, pooled too."""
+    cfg = conv_kernels._conv3x3_narrow_kernel.configs[index]
+    m = layer(cin, 32, seed=index)
+    w = prepare_conv3x3(m.weight.to(DEV), m.bias.to(DEV))
+    x = activations(2, cin, 10, 18, torch.float16, seed=cin)
+    y, p = conv3x3(x, w, pool=True, backend="triton", config=cfg)
+    y_ref, p_ref = conv3x3_reference(x, w, pool=True)
+    check(y, y_ref, torch.float16)
+    check(p, p_ref, torch.float16)
+
+
+@pytest.mark.parametrize("cin, cskip, cout", [(24, 0, 40), (16, 8, 32), (20, 20, 16)])
+def test_channel_counts_that_are_not_multiples_of_16(cin, cskip, cout):
+    """Any width runs on the Triton path (as on the reference): counts the general kernel
+    cannot tile go through the flat-K kernel (with a skip: on the concatenation)."""
+    m = layer(cin + cskip, cout, seed=cin)
+    w = prepare_conv3x3(m.weight.to(DEV), m.bias.to(DEV), skip_channels=cskip)
+    x = activations(2, cin, 6, 10, torch.float16, seed=1)
+    skip = activations(2, cskip, 6, 10, torch.float16, seed=2) if cskip else None
+    check(conv3x3(x, w, skip=skip, backend="triton"), conv3x3_reference(x, w, skip=skip), torch.float16)
 
 
 @pytest.mark.parametrize("cin, cout", UP)
@@ -113,13 +145,18 @@ def test_upconv_matches_reference(cin, cout, dtype):
     torch.testing.assert_close(got.float().cpu(), m.to(DEV).float()(x.float()).cpu(), atol=5e-2, rtol=5e-2)
 
 
-@pytest.mark.parametrize("index", range(len(conv._upconv2x2_kernel.configs)))
+@pytest.mark.parametrize("index", range(len(conv_kernels._upconv2x2_kernel.configs)))
 def test_every_upconv_configuration_is_correct(index):
-    cfg = conv._upconv2x2_kernel.configs[index]
-    m = nn.ConvTranspose2d(64, 40, 2, stride=2)
-    w = prepare_upconv2x2(m.weight.to(DEV), m.bias.to(DEV))
-    x = activations(1, 64, 7, 9, torch.float16, seed=index)
-    check(upconv2x2(x, w, backend="triton", config=cfg), upconv2x2_reference(x, w), torch.float16)
+    """Each configuration with ragged rows, with output channels that are (EVEN_N) and are
+    not a multiple of the block, and with input channels that are not a multiple of BLOCK_K
+    (the masked K step)."""
+    cfg = conv_kernels._upconv2x2_kernel.configs[index]
+    for cin, cout in ((64, 40), (64, cfg.kwargs["BLOCK_N"]), (24, 40)):
+        torch.manual_seed(index)
+        m = nn.ConvTranspose2d(cin, cout, 2, stride=2)
+        w = prepare_upconv2x2(m.weight.to(DEV), m.bias.to(DEV))
+        x = activations(1, cin, 7, 9, torch.float16, seed=index)
+        check(upconv2x2(x, w, backend="triton", config=cfg), upconv2x2_reference(x, w), torch.float16)
 
 
 def test_nchw_input_is_accepted_and_output_is_channels_last():

@@ -101,7 +101,8 @@ def test_precompile_plan_is_small_enough_for_a_quick_first_frame():
     """Before autotuning, the fused UNet compiles every configuration the autotuner will
     try, in parallel. Sizes are not specialised on, so one shape covers all; the pruned
     configurations of the SID UNet's 22 launches come down to a few dozen distinct
-    kernels (the first-frame budget of issue 11 is 60 s)."""
+    kernels (the first-frame budget of issue 11 is 60 s). The plan holds every constexpr of
+    a launch, the heuristics' flags included (JIT warm-up needs them all)."""
     import kernels.conv as conv
 
     net = network(8, 9, (32, 64, 128, 256, 512))
@@ -110,13 +111,38 @@ def test_precompile_plan_is_small_enough_for_a_quick_first_frame():
     with conv.recorded_launches() as launches:
         out = fused.features(x)
     assert len(launches) == 22 and out.shape == (1, 32, 64, 64)
-    distinct = set()
-    for kernel, args in launches:
-        named = dict(zip(kernel.arg_names, args))
-        prune = conv._prune_conv if kernel is conv._conv3x3_kernel else conv._prune_upconv
-        variant = (kernel.fn.__name__ if hasattr(kernel.fn, "__name__") else str(kernel), named.get("HAS_SKIP"),
-                   named.get("POOL"), named.get("C1", 16) < 16)
-        distinct |= {(variant, tuple(sorted(c.kwargs.items())), c.num_warps, c.num_stages)
-                     for c in prune(kernel.configs, named)}
-    assert 10 <= len(distinct) <= 30, len(distinct)
-    assert fused.precompile(x) >= len(distinct)  # on a CPU only the plan is made: it must not fail
+    plan = conv.precompile_plan(launches)
+    assert 20 <= len(plan) <= 50, len(plan)
+    for kernel, args, cfg, options in plan:
+        assert "EVEN_N" in options and set(cfg.kwargs) <= set(options)
+    assert {k.fn.fn.__name__ for k, *_ in plan} == {"_conv3x3_kernel", "_conv3x3_narrow_kernel", "_upconv2x2_kernel"}
+    assert fused.precompile(x) == len(plan)  # on a CPU only the plan is made: it must not fail
+
+
+def test_the_first_frame_compiles_every_kernel_of_the_loop_in_one_batch():
+    """What the engine precompiles in parallel at the first frame of a shape (before timing):
+    every autotuned kernel the candidates' loops launch, the fused path's convolutions and
+    head step and the PyTorch path's exposure step, with every configuration each tuner tries."""
+    from engine.inference.loop import exposure_schedule, run_exposure_diffusion
+    from kernels._tuning import precompile_plan, recorded_launches
+
+    net = network(8, 9, (32, 64, 128, 256, 512))
+    fused = FusedUNet(net, torch.float16, backend="triton")
+    first = first_input(1, 8, 32, 48).half().contiguous(memory_format=torch.channels_last)
+    ratio = torch.tensor([100.0])
+    kw = dict(ratio=ratio, K=torch.tensor([2.0]), rho=exposure_schedule(ratio, 3), with_photon=True,
+              concat_origin=False, stochastic=False, next_dtype=torch.float16, memory_format=torch.channels_last,
+              backend="triton")
+    eager = lambda x: net.half()(x)  # noqa: E731 - the PyTorch candidate (runs for real while recording)
+    with recorded_launches() as launches:
+        for candidate in (fused, eager):
+            run_exposure_diffusion(candidate, first, **kw)
+    kernels = {}
+    for tuner, args, cfg, options in precompile_plan(launches):
+        name = tuner.fn.__name__ if hasattr(tuner.fn, "__name__") else tuner.fn.fn.__name__
+        kernels[name] = kernels.get(name, 0) + 1
+    # 3 steps: head step with and without a next step (x 3 configurations), the same for the
+    # exposure step (x its 6); the convolutions as planned for the first frame above
+    assert kernels["_head_step_kernel"] == 2 * 3 and kernels["_exposure_fwd_kernel"] == 2 * 6
+    assert {"_conv3x3_kernel", "_conv3x3_narrow_kernel", "_upconv2x2_kernel"} <= set(kernels)
+    assert sum(kernels.values()) == len(precompile_plan(launches)) and not launches[0][2].get("num_warps")

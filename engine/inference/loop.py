@@ -167,12 +167,20 @@ def run_exposure_diffusion(
     origin = first_input[:, :4]
     state, x = origin, first_input
     estimate = None
+    # Each step's multiples as a 16-byte-aligned row (a column view of rho would start at a
+    # different alignment at every step, and the step kernels would compile once per step).
+    B = rho.shape[0]
+    rho_rows = rho.new_zeros(steps + 1, -(-B // 4) * 4)
+    rho_rows[:, :B] = rho.t()
+    if seeds is not None:  # the same for the per-step Philox keys (int64: two to a row)
+        seed_rows = seeds.new_zeros(steps, 2)
+        seed_rows[:, 0] = seeds
     with value_checks_disabled():  # checked once above: no host read per step
         for i in range(steps):
             out = backbone(x)
             last = i == steps - 1
-            step = dict(ratio=ratio, K=K, rho=rho[:, i], rho_next=None if last else rho[:, i + 1],
-                        stochastic=stochastic, seed=None if last or not stochastic else seeds[i : i + 1],
+            step = dict(ratio=ratio, K=K, rho=rho_rows[i, :B], rho_next=None if last else rho_rows[i + 1, :B],
+                        stochastic=stochastic, seed=None if last or not stochastic else seed_rows[i, :1],
                         accumulate=accumulate, with_photon=with_photon, concat_origin=concat_origin,
                         dn_scale=dn_scale, out_dtype=next_dtype, out_memory_format=memory_format, backend=backend)
             if isinstance(out, HeadFeatures):

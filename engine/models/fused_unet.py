@@ -5,7 +5,8 @@ checkpoints or ours, any widths and channel counts) once, and runs its forward p
 23 fused kernels instead of PyTorch's ~60 ops:
 
 - each level's first 3x3 convolution: bias + LeakyReLU in the epilogue; the first
-  layer's 4 / 8 / 12 input channels padded for the tensor cores inside the kernel;
+  layer's 4 / 8 / 12 input channels as one flat K over taps and channels (two taps of 8
+  channels per K block of 16);
 - each encoder level's second convolution also writes the 2x2 max-pooled tensor the
   next level reads (no ``max_pool2d`` pass);
 - the decoder's transposed convolutions as GEMMs with strided stores and bias; the
@@ -53,7 +54,8 @@ class LayerCall(NamedTuple):
 
 def _cost(op, x, weights, out, skip) -> tuple[int, int]:
     outs = out if isinstance(out, tuple) else (out,)
-    moved = sum(t.numel() * t.element_size() for t in (x, skip, weights.matrix, *outs) if t is not None)
+    moved = sum(t.numel() * t.element_size() for t in (x, skip, *outs) if t is not None)
+    moved += weights.weight.numel() * weights.matrix.element_size()  # the weights read (not the padding)
     c_in = sum(weights.in_channels)
     taps = 9 if op is conv3x3 else 1  # a transposed 2x2 conv: one tap per output pixel
     return outs[0][:, :1].numel() * c_in * weights.out_channels * taps, moved
@@ -136,7 +138,7 @@ class FusedUNet:
 
     def precompile(self, x: torch.Tensor) -> int:
         """Compile every kernel configuration the autotuner will try for this network, in
-        parallel (``kernels.conv.precompile``); sizes are not specialised on, so one
+        parallel (``kernels.conv.precompile``); frame sizes are not specialised on, so one
         input shape covers every shape. Returns the number of compilations requested."""
         with recorded_launches() as launches:
             self.features(x)
