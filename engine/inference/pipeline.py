@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import warnings
 from pathlib import Path
 
 import nvtx
@@ -26,6 +27,7 @@ import torch
 from torch import nn
 
 from kernels import pack_bayer
+from kernels._tuning import load_tuning, precompile, recorded_launches, save_tuning
 from kernels._common import DEFAULT_DN_SCALE
 from kernels.numbers import integer, real
 from kernels.poisson import MAX_MEAN
@@ -39,7 +41,8 @@ from ..models.backbones import BackboneConfig
 from ..models.checkpoint import CheckpointError, load_checkpoint
 from ..models.fused_unet import FusedUNet
 from .adaptive import DEFAULT_POLICY, AutoStepsPolicy, steps_for_batch
-from .backbone_choice import BACKBONE_PATHS, ChoiceCache, choice_cache_path, choose, device_fingerprint
+from .backbone_choice import (BACKBONE_PATHS, BackboneFallbackWarning, ChoiceCache, choice_cache_path, choose,
+                              cudnn_benchmark, device_fingerprint)
 from .cpu_features import native_bf16
 from .graphs import GraphedDiffusion
 from .loop import (
@@ -225,32 +228,57 @@ class Pipeline:
                           "compile": lambda: torch.compile(self._net)}
         self._candidates: dict[str, object] = {}
         if "fused" in self._candidate_names:  # weights re-laid out once, here
-            self._candidate("fused")
+            try:
+                self._candidate("fused")
+            except Exception as e:  # noqa: BLE001 - an optional path: do without it
+                if path == "fused":
+                    raise
+                self._drop_path("fused", f"building it failed ({type(e).__name__}: {e})")
         self._chosen: dict[str, str] = {}
         self.backbone_timings: dict[str, dict] = {}  # choice key -> {candidate: median ms} when timed here
+        self._prepared: set[str] = set()  # loop keys whose kernels were precompiled (first frame of a shape)
+        if self.device.type == "cuda":  # autotune results of earlier processes on this GPU model
+            load_tuning(torch.cuda.get_device_name(self.device))
 
     def _candidate(self, name: str):
         if name not in self._candidates:
             self._candidates[name] = self._builders[name]()
         return self._candidates[name]
 
+    def _drop_path(self, name: str, reason: str) -> None:
+        """Stop using backbone ``name`` in this pipeline (it failed), with a warning."""
+        warnings.warn(f"backbone candidate {name!r} dropped: {reason}; going on with 'eager'",
+                      BackboneFallbackWarning, stacklevel=3)
+        self._candidate_names = [n for n in self._candidate_names if n != name] or ["eager"]
+        self._chosen = {k: ("eager" if v == name else v) for k, v in self._chosen.items()}
+
     def _backbone_for(self, padded: torch.Tensor, ratio, K, rho, kw: dict) -> str:
-        """The backbone path for this input shape (see ``backbone_path``); times the
-        candidates on this very input the first time a shape is seen (eager loops, before
+        """The backbone path for this input shape (see ``backbone_path``); checks and times
+        the candidates on this very input the first time a shape is seen (eager loops, before
         any CUDA-graph capture), unless the disk cache knows the answer."""
         if len(self._candidate_names) == 1:
             return self._candidate_names[0]
         key = json.dumps([device_fingerprint(self.device), self.config.to_dict(), list(padded.shape),
                           str(padded.dtype), rho.shape[1] - 1, kw["stochastic"], kw["accumulate"]])
         if key not in self._chosen:
-            def run(name):
+            first_outputs = {}
+
+            def loop(name, **overrides):
                 # The timing runs draw from a generator of their own: the user's generator
                 # (or torch's global one) must give the same result whether timing ran or not.
                 return run_exposure_diffusion(self._candidate(name), padded, ratio=ratio, K=K, rho=rho,
-                                              generator=torch.Generator().manual_seed(0), **kw)
+                                              generator=torch.Generator().manual_seed(0), **{**kw, **overrides})
+
+            def run(name):
+                out = loop(name)
+                first_outputs.setdefault(name, out)
+                return out
+
+            def check(name):  # compared in the deterministic mode: Poisson draws are discontinuous
+                return first_outputs[name] if not kw["stochastic"] else loop(name, stochastic=False)
 
             self._chosen[key], timings = choose(key, self._candidate_names, run, self.device,
-                                                ChoiceCache(choice_cache_path()))
+                                                ChoiceCache(choice_cache_path()), check=check)
             if timings:
                 self.backbone_timings[key] = timings
         return self._chosen[key]
@@ -258,6 +286,11 @@ class Pipeline:
     def _net(self, x: torch.Tensor) -> torch.Tensor:
         if self.precision == "bf16":
             with torch.autocast(self.device.type, dtype=torch.bfloat16):
+                return self.backbone(x)
+        if x.is_cuda:
+            # cuDNN's algorithm search (per shape, at the warm-up before timing and capture):
+            # the eager path is timed and run with the algorithms it would really use.
+            with cudnn_benchmark():
                 return self.backbone(x)
         return self.backbone(x)
 
@@ -270,19 +303,62 @@ class Pipeline:
                     stochastic=stochastic, accumulate=accumulate, dn_scale=self.dn_scale,
                     next_dtype=self._act_dtype, memory_format=torch.channels_last)
 
+    def _prepare(self, padded, ratio, K, rho, kw: dict) -> bool:
+        """At the first frame of a shape on CUDA: compile, in parallel, every kernel
+        configuration that the candidates' loops will autotune (the fused convolutions, the
+        head step, the exposure step), before anything is timed. True the first time."""
+        key = json.dumps([list(padded.shape), str(padded.dtype), rho.shape[1] - 1, kw["stochastic"], kw["accumulate"]])
+        if self.device.type != "cuda" or key in self._prepared:
+            return False
+        self._prepared.add(key)
+        with recorded_launches() as launches:
+            for name in self._candidate_names:
+                try:
+                    net = self._candidate(name)
+                    if isinstance(net, FusedUNet):
+                        net._precompiled = True  # its convolutions are in this one parallel batch
+                    run_exposure_diffusion(net, padded, ratio=ratio, K=K, rho=rho,
+                                           generator=torch.Generator().manual_seed(0), **kw)
+                except Exception:  # noqa: BLE001 - the choice's own runs report a failing candidate
+                    pass
+        precompile(launches)
+        return True
+
     def _run_whole(self, x, ratio, K, rho, generator, stochastic, accumulate) -> torch.Tensor:
         padded, (h, w) = pad_to_multiple(x)
         kw = self._loop_kwargs(stochastic, accumulate)
+        first_frame = self._prepare(padded, ratio, K, rho, kw)
+        estimate = self._run_chosen(padded, ratio, K, rho, generator, kw)
+        if first_frame:  # autotuning ran for this shape: keep its results for this GPU model
+            save_tuning(torch.cuda.get_device_name(self.device))
+        return estimate[:, :, :h, :w]
+
+    def _run_chosen(self, padded, ratio, K, rho, generator, kw) -> torch.Tensor:
+        """The loop on the backbone chosen for this shape, falling back to the PyTorch one if
+        the chosen path fails (the failing path is then dropped for good, with a warning)."""
         path = self._backbone_for(padded, ratio, K, rho, kw)
+        if path == "eager":
+            return self._run_path(path, padded, ratio, K, rho, generator, kw)
+        state = generator.get_state() if generator is not None else None
+        try:
+            estimate = self._run_path(path, padded, ratio, K, rho, generator, kw)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a failing optional path must not stop the user's run
+            self._drop_path(path, f"it failed on a frame of shape {tuple(padded.shape)} ({type(e).__name__}: {e})")
+            if generator is not None:
+                generator.set_state(state)  # the frame is drawn again as if the first try never ran
+            estimate = self._run_path("eager", padded, ratio, K, rho, generator, kw)
+        return estimate
+
+    def _run_path(self, path, padded, ratio, K, rho, generator, kw) -> torch.Tensor:
         net = self._candidate(path)
         if self.cuda_graphs:
-            key = (stochastic, accumulate, path)
+            key = (kw["stochastic"], kw["accumulate"], path)
             if key not in self._graphed:
                 self._graphed[key] = GraphedDiffusion(net, **kw)
-            estimate = self._graphed[key](padded, ratio=ratio, K=K, rho=rho, generator=generator)
-        else:
-            estimate = run_exposure_diffusion(net, padded, ratio=ratio, K=K, rho=rho, generator=generator, **kw)
-        return estimate[:, :, :h, :w]
+            return self._graphed[key](padded, ratio=ratio, K=K, rho=rho, generator=generator)
+        return run_exposure_diffusion(net, padded, ratio=ratio, K=K, rho=rho, generator=generator, **kw)
 
     def _run(self, x, ratio, K, rho, generator, stochastic, accumulate, tile) -> torch.Tensor:
         steps = rho.shape[1] - 1
