@@ -13,8 +13,12 @@ callers that format their own report.
 from __future__ import annotations
 
 import os
+import sys
+import sysconfig
+import warnings
 
-__all__ = ["RawInputError", "RawDecodeError", "UnsupportedSensorError", "InvalidRawError", "RawInputWarning"]
+__all__ = ["RawInputError", "RawDecodeError", "UnsupportedSensorError", "InvalidRawError", "RawInputWarning",
+           "warn_input"]
 
 
 class RawInputError(ValueError):
@@ -56,6 +60,52 @@ class RawInputWarning(UserWarning):
 
     def __reduce__(self):
         return (type(self), (self.source, self.reason))
+
+
+def warn_input(source, reason: str) -> None:
+    """Issue ``RawInputWarning(source, reason)`` at the first caller outside this project and
+    Python's own library, never at an engine line.
+
+    ``warnings`` prints the file, line and source line of the frame ``stacklevel`` names; a
+    fixed stacklevel lands inside the engine whenever the reader is reached through another
+    path (``read_raw`` -> ``_read_path`` -> ..., ``Pipeline``, a worker process), which showed
+    users a line of our code. A library user sees their own call (``script.py:12: ...
+    frame = read_raw(path)``), as numpy / pandas report theirs. With no such caller (the
+    ``exposure-diffusion`` command, ``python -m``, a worker process of a folder run) the
+    warning is issued above the outermost frame, which Python prints as ``sys:1:`` with no
+    source line, its convention for warnings that have no location in user code.
+    """
+    warning = RawInputWarning(source, reason)
+    frame, level = sys._getframe(0), 1  # stacklevel 1 is this function
+    while frame is not None and _internal(frame.f_code.co_filename):
+        frame, level = frame.f_back, level + 1
+    if frame is None:
+        level += 1  # past the outermost frame: "sys:1", no source line
+    warnings.warn(warning, stacklevel=level)
+
+
+def _project_dirs() -> tuple[str, ...]:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    ours = tuple(os.path.join(root, package) + os.sep for package in ("engine", "kernels", "training"))
+    paths = sysconfig.get_paths()
+    # site-packages lies under the standard library's folder in most layouts: it is user code.
+    stdlib = tuple({paths[k] + os.sep for k in ("stdlib", "platstdlib")})
+    sites = tuple({paths[k] + os.sep for k in ("purelib", "platlib")})
+    scripts = (paths["scripts"] + os.sep,)  # console scripts ("exposure-diffusion") are ours too
+    return ours, stdlib, sites, scripts
+
+
+_OURS, _STDLIB, _SITES, _SCRIPTS = _project_dirs()
+
+
+def _internal(filename: str) -> bool:
+    """A frame of this project, of Python's standard library or of a console script."""
+    if filename.startswith("<frozen "):  # runpy, importlib
+        return True
+    path = os.path.abspath(filename) if not filename.startswith("<") else filename
+    if path.startswith(_OURS) or path.startswith(_SCRIPTS):
+        return True
+    return path.startswith(_STDLIB) and not path.startswith(_SITES)
 
 
 def _describe(source) -> str:

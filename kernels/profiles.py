@@ -17,6 +17,7 @@ import json
 import math
 import numbers
 import os
+import re
 import tempfile
 from functools import lru_cache
 from importlib import resources
@@ -35,6 +36,13 @@ DEFAULT_RATIO_RANGE = (100.0, 300.0)
 CONTINUOUS_RATIO_RANGE = (20.0, 300.0)
 _SCALE_KEYS = ("g_scale", "G_scale", "R_scale")
 MAX_PROFILE_BYTES = 16 * 2**20  # the shipped cameras.json holds five cameras in ~30 KB
+# A profile file nests 4 deep ({name: {"Profile-1": {"g_scale": {...}}}}); deeper JSON is not a
+# profile, and 100,000 levels ended in a RecursionError traceback (issue 22, F). Checked on the
+# text before parsing, so the parser's recursion never comes near its limit.
+MAX_PROFILE_DEPTH = 16
+# Digits of an integer in a profile: its values are floats (a K, a slope); a 5000-digit integer
+# made Python's int() refuse with a message that did not name the file.
+MAX_INTEGER_DIGITS = 100
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,7 +159,8 @@ class CameraProfile:
         engine's files; ``kernels`` may not import ``engine``)."""
         text = json.dumps({self.name: self.to_dict()}, indent=1)
         folder = os.path.dirname(os.path.abspath(os.fspath(path)))
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(os.fspath(path))}.", suffix=".tmp", dir=folder)
+        fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(os.path.basename(os.fspath(path)), folder), suffix=".tmp",
+                                   dir=folder)
         try:
             with os.fdopen(fd, "w") as f:
                 f.write(text)
@@ -165,7 +174,47 @@ class CameraProfile:
             raise
 
 
+def _temporary_prefix(name: str, folder: str) -> str:
+    """``.<name>.`` with ``name`` cut (at a character boundary) so that mkstemp's name (prefix,
+    8 random characters, ".tmp") stays within the file system's limit on one name (255
+    bytes): a legal profile name of 240 bytes or more must still save. (``engine.io.atomic``
+    does the same for the engine's files; ``kernels`` may not import ``engine``.)"""
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        limit = 255
+    room, kept, size = max(1, limit - 2 - 8 - 4), [], 0
+    for ch in name:
+        n = len(os.fsencode(ch))
+        if size + n > room:
+            break
+        kept.append(ch)
+        size += n
+    return "." + "".join(kept) + "."
+
+
 # --------------------------------------------------------------------------- loading
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+
+
+def _json_depth(text: str) -> int:
+    """How deep the arrays / objects of JSON ``text`` nest (brackets inside strings ignored),
+    without parsing it: one regular-expression pass and a cumulative sum."""
+    import numpy as np
+
+    bare = _JSON_STRING.sub('""', text).encode("utf-8", "surrogatepass")
+    codes = np.frombuffer(bare, dtype=np.uint8)
+    step = np.isin(codes, (0x5B, 0x7B)).astype(np.int64) - np.isin(codes, (0x5D, 0x7D))
+    return int(np.cumsum(step).max(initial=0))
+
+
+def _bounded_int(digits: str) -> int:
+    if len(digits.lstrip("-")) > MAX_INTEGER_DIGITS:
+        raise ValueError(f"an integer of {len(digits.lstrip('-'))} digits (at most {MAX_INTEGER_DIGITS}: a profile "
+                         f"holds numbers such as 0.12 or 1.5e-3)")
+    return int(digits)
+
+
 def _profiles_from_json(data, source: str, default_name: str | None = None) -> dict:
     if isinstance(data, dict) and "Kmin" in data:  # one profile object
         return {p.name: p for p in [CameraProfile.from_dict(data, name=data.get("name") or default_name)]}
@@ -203,11 +252,17 @@ def load_profiles(path) -> dict:
                          f"cameras.json format)") from None
     if len(text) > MAX_PROFILE_BYTES:
         raise ValueError(f"camera profile file {name}: larger than {MAX_PROFILE_BYTES // 2**20} MiB, not a profile")
+    depth = _json_depth(text)
+    if depth > MAX_PROFILE_DEPTH:
+        raise ValueError(f"camera profile file {name}: JSON nested {depth} levels deep (at most {MAX_PROFILE_DEPTH}; "
+                         f"a profile in the shipped cameras.json format nests 4)")
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_int=_bounded_int)
     except json.JSONDecodeError as e:
         raise ValueError(f"camera profile file {name}: not valid JSON ({e.msg} at line {e.lineno}, column "
                          f"{e.colno}); expected a profile in the shipped cameras.json format") from None
+    except (ValueError, RecursionError) as e:  # _bounded_int; RecursionError cannot pass the depth check
+        raise ValueError(f"camera profile file {name}: not a profile: {e}") from None
     stem = os.path.splitext(os.path.basename(name))[0]
     try:
         return _profiles_from_json(data, name, default_name=stem)

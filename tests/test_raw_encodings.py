@@ -116,7 +116,7 @@ def test_unusable_colour_matrix_given_by_the_user_is_refused(tmp_path):
     (lambda p: ljpeg_dng(p, MOSAIC, declared_height=64),
      "the strip holds a lossless JPEG of 48 x 64 samples but the tags declare 64 x 64"),
     (lambda p: ljpeg_dng(p, MOSAIC, tile=(32, 32), declared_height=96),
-     r"4 lossless-JPEG tiles stored but the declared 64x96 image needs 6 tiles of 32x32"),
+     r"4 JPEG tiles stored but the declared 64x96 image needs 6 tiles of 32x32"),
 ])
 def test_encodings_libraw_misreads_are_refused_with_the_reason(tmp_path, write, reason):
     path = tmp_path / "odd.dng"
@@ -135,8 +135,9 @@ def test_lossless_jpeg_layouts_libraw_reads_correctly_are_accepted(tmp_path, lay
     assert np.array_equal(frame.cfa.numpy(), MOSAIC)
 
 
-def test_all_zero_frame_warns(tmp_path):
-    uncompressed_dng(tmp_path / "black.dng", np.zeros_like(MOSAIC))
+def test_all_zero_frame_warns_when_the_black_level_is_0(tmp_path):
+    """(With a black level above 0 such a frame is refused: test_input_output_hardening.)"""
+    uncompressed_dng(tmp_path / "black.dng", np.zeros_like(MOSAIC), black=0)
     with pytest.warns(RawInputWarning, match=r"black.dng: every pixel of the 64x48 frame is 0"):
         read_raw(tmp_path / "black.dng")
 

@@ -39,6 +39,7 @@ from kernels.numbers import integer
 from kernels.profiles import ISO_MAX_REF, ISO_MIN_REF, CameraProfile, load_profile
 
 from ..io.atomic import atomic_path, refuse_existing
+from ..io.paths import check_not_protected, file_identity
 from ..io.raw import RawFrame
 from .inputs import RAW_EXTENSIONS, find_frames, iso_from_path, raw_files, work_items
 from .stats import PPCC_SAMPLES, CalibrationError, IsoCalibration, _bias_stats, _calibrate_iso, _loglin
@@ -139,12 +140,22 @@ def calibrate(bias, flats, *, out=None, camera_name=None, plots=None, report=Non
     """
     say = progress or (lambda msg: None)
     report = _report_path(out, report)
+    try:
+        items = work_items(bias, "bias") + work_items(flats, "flat")
+    except CalibrationError:  # a missing input: refused below, after the outputs (no frame is read either way)
+        items = None
+    # An output that is an input frame first, whatever ``overwrite`` (told "already exists,
+    # pass overwrite=True", a user would replace a bias raw); checked again at each write.
+    inputs = [] if items is None else _input_files(items)
+    for path in _outputs(out, plots, report):
+        check_not_protected(path, inputs, "input frame")
     if not overwrite:  # before minutes of reading frames
         for path in _outputs(out, plots, report):
             refuse_existing(path, "pass overwrite=True (--overwrite) to replace it")
     ppcc_samples = integer("ppcc_samples", ppcc_samples, low=1000)
     rng = np.random.default_rng(seed)
-    items = work_items(bias, "bias") + work_items(flats, "flat")
+    if items is None:
+        items = work_items(bias, "bias") + work_items(flats, "flat")
     seen = {}
     for it in items:
         key = id(it.ref) if isinstance(it.ref, RawFrame) else os.path.realpath(it.ref)
@@ -218,7 +229,18 @@ def calibrate(bias, flats, *, out=None, camera_name=None, plots=None, report=Non
         color_bias=tuple(m.color_bias for m in measured))
     result = CalibrationResult(profile, tuple(measured), (float(a), float(b)), camera.get("make"),
                                camera.get("model"), first.shape, tuple(warnings))
-    return _write(result, out, plots, report, say, overwrite)
+    return _write(result, out, plots, report, say, overwrite, inputs)
+
+
+def _input_files(items) -> list:
+    """The files of the input frames, as they are now (paths, or a RawFrame's source file)."""
+    files = []
+    for it in items:
+        if not isinstance(it.ref, RawFrame):
+            files.append(file_identity(it.ref))
+        elif it.ref.source_file is not None:
+            files.append(it.ref.source_file)
+    return files
 
 
 def _check_same_camera(f: RawFrame, first, camera: dict):
@@ -330,12 +352,12 @@ def _outputs(out, plots, report) -> list[Path]:
     return files + ([Path(plots) / name for name in PLOT_FILES] if plots is not None else [])
 
 
-def _write(result: CalibrationResult, out, plots, report, say, overwrite) -> CalibrationResult:
+def _write(result: CalibrationResult, out, plots, report, say, overwrite, inputs=()) -> CalibrationResult:
     updates = {}
     if out is not None:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(out, overwrite=overwrite) as tmp:
+        with atomic_path(out, overwrite=overwrite, protect=inputs) as tmp:
             tmp.write_text(json.dumps({result.profile.name: result.profile.to_dict()}, indent=1) + "\n")
         load_profile(out)  # what was written loads back
         updates["profile_path"] = out
@@ -343,13 +365,13 @@ def _write(result: CalibrationResult, out, plots, report, say, overwrite) -> Cal
     if plots is not None:
         from .plots import write_plots
 
-        updates["plot_paths"] = write_plots(result, plots, overwrite)
+        updates["plot_paths"] = write_plots(result, plots, overwrite, protect=inputs)
         say(f"plots written to {plots}")
     if report:
         updates["report_path"] = report
     result = dataclasses.replace(result, **updates)
     if report:
         report.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(report, overwrite=overwrite) as tmp:
+        with atomic_path(report, overwrite=overwrite, protect=inputs) as tmp:
             tmp.write_text(result.report())
     return result

@@ -160,8 +160,8 @@ def figure(charts, cols=2) -> Image.Image:
 PLOT_FILES = ("photon_transfer.png", "tukey_lambda.png", "noise_fits.png")
 
 
-def save_png(img: Image.Image, path, overwrite: bool = False) -> Path:
-    with atomic_path(path, overwrite=overwrite) as tmp:
+def save_png(img: Image.Image, path, overwrite: bool = False, protect=()) -> Path:
+    with atomic_path(path, overwrite=overwrite, protect=protect) as tmp:
         img.save(tmp, format="PNG")
     return Path(path)
 
@@ -217,13 +217,14 @@ def scale_chart(result) -> Chart:
     return c
 
 
-def write_plots(result, folder, overwrite: bool = False) -> dict:
+def write_plots(result, folder, overwrite: bool = False, protect=()) -> dict:
     """Write the three PNGs (``PLOT_FILES``) into ``folder`` (created); {name: path}.
-    Existing files raise ``FileExistsError`` unless ``overwrite``."""
+    Existing files raise ``FileExistsError`` unless ``overwrite``; none may be one of the
+    ``protect`` files (the input frames: ``OutputPathError``)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     isos = result.isos
     figures = {"photon_transfer": lambda: figure([photon_transfer_chart(m) for m in isos]),
                "tukey_lambda": lambda: figure([probability_chart(m) for m in isos] + [ppcc_chart(isos)]),
                "noise_fits": lambda: figure([gain_chart(result), scale_chart(result)])}
-    return {name: save_png(draw(), folder / f"{name}.png", overwrite) for name, draw in figures.items()}
+    return {name: save_png(draw(), folder / f"{name}.png", overwrite, protect) for name, draw in figures.items()}

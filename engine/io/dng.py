@@ -35,7 +35,7 @@ from ..errors import InvalidRawError
 from .atomic import atomic_path
 from .exif import (SOFTWARE, Provenance, append_exif_ifd as _append_exif_ifd, ascii_text, exif_ifd_entries, exif_tags,
                    rationals, tiff_ifd0_tags)
-from .raw import PATTERNS, RawFrame, plane_sites
+from .raw import PATTERNS, RawFrame, plane_sites, source_files
 
 __all__ = ["write_dng", "write_frame_dng", "MIN_SIDE", "SRGB_COLOR_MATRIX"]
 
@@ -60,7 +60,7 @@ def write_dng(path, cfa, *, pattern, black_level, white_level, color_matrix=None
               iso=None, exposure_time=None, make=None, model=None, unique_camera_model=None,
               calibration_illuminant=D65, lens=None, f_number=None, focal_length=None, capture_time=None,
               orientation=None, provenance: Provenance | None = None, baseline_exposure: float | None = 0.0,
-              overwrite: bool = False) -> Path:
+              overwrite: bool = False, protect=()) -> Path:
     """Write a linear CFA DNG (uncompressed, 16 bits per pixel, little-endian).
 
     Args:
@@ -85,12 +85,15 @@ def write_dng(path, cfa, *, pattern, black_level, white_level, color_matrix=None
             already at its intended brightness (an enhanced frame: the ratio is applied),
             so that a raw editor's neutral rendering matches our sRGB output.
         overwrite: replace an existing ``path`` (default: ``FileExistsError``).
+        protect: files ``path`` may not be, whatever ``overwrite`` (the inputs the mosaic
+            came from: paths or ``engine.io.paths.FileIdentity``; ``OutputPathError``).
 
     Returns:
         ``path`` as a Path.
 
     Raises:
         InvalidRawError: bad pixels or metadata (message names ``path`` and the reason).
+        engine.io.atomic.DiskFullError: the disk (or a file-size limit) ran out of space.
     """
     path = Path(path)
     name = os.fspath(path)
@@ -151,7 +154,7 @@ def write_dng(path, cfa, *, pattern, black_level, white_level, color_matrix=None
         tags.append((_EXIF_PLACEHOLDER, _LONG, 1, 0, True))
     description = provenance.description() if provenance is not None else None
 
-    with atomic_path(path, overwrite=overwrite) as tmp:
+    with atomic_path(path, overwrite=overwrite, protect=protect) as tmp:
         tifffile.imwrite(tmp, data, photometric=32803, subfiletype=0, byteorder="<", bigtiff=False,
                          metadata=None, software=provenance.software if provenance else SOFTWARE,
                          description=description, extratags=tags)
@@ -166,7 +169,8 @@ def write_frame_dng(path, frame: RawFrame, cfa=None, *, provenance: Provenance |
     output with its ``provenance``) as a DNG: same pattern, black / white levels, capture
     metadata (ISO, exposure, aperture, focal length, lens, date / time, orientation, make /
     model), white balance (as AsShotNeutral = 1 / gains) and colour matrix, BaselineExposure
-    0. ``overwrite`` as for ``write_dng``."""
+    0. ``overwrite`` as for ``write_dng``; ``frame``'s own source file is never replaced
+    (``OutputPathError``)."""
     gains = frame.wb_gains
     neutral = None if gains is None else (1.0 / gains[0], 1.0 / gains[1], 1.0 / gains[2])
     return write_dng(path, frame.cfa if cfa is None else cfa, pattern=frame.pattern, black_level=frame.black_level,
@@ -174,7 +178,7 @@ def write_frame_dng(path, frame: RawFrame, cfa=None, *, provenance: Provenance |
                      iso=frame.iso, exposure_time=frame.exposure_time, make=frame.make, model=frame.model,
                      lens=frame.lens, f_number=frame.f_number, focal_length=frame.focal_length,
                      capture_time=frame.capture_time, orientation=frame.orientation, provenance=provenance,
-                     overwrite=overwrite)
+                     overwrite=overwrite, protect=source_files(frame))
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -11,7 +11,6 @@ in ``engine.io.encode``.
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +23,8 @@ from .atomic import atomic_path, refuse_existing
 from .dng import write_frame_dng
 from .encode import device_jpeg_available, encode_jpeg, encode_jpeg_on_device, encode_png, encode_tiff
 from .exif import Provenance, Tag, exif_tags, jpeg_with_exif, pillow_exif
-from .paths import check_not_inputs
-from .raw import RawFrame
+from .paths import check_not_protected
+from .raw import RawFrame, source_files
 
 EXTENSIONS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".tif": "tiff", ".tiff": "tiff", ".dng": "dng"}
 FORMATS = ("png", "jpeg", "tiff", "dng")
@@ -121,25 +120,28 @@ def save_output(path, raw: torch.Tensor, frame: RawFrame, fmt: "OutputOptions | 
     frame's capture metadata (EXIF) and ``provenance``; returns the path.
 
     ``fmt``: an ``OutputOptions``, a format name, or None (from the extension). Never
-    writes over the frame's own source file (``OutputPathError``, even with
-    ``overwrite``); an existing ``path`` raises ``FileExistsError`` unless ``overwrite``.
+    writes over the frame's own source file (``OutputPathError``, even with ``overwrite``;
+    judged by the file's identity taken when it was read, ``RawFrame.source_file``, so a
+    relative ``source`` and a changed working folder do not matter); an existing ``path``
+    raises ``FileExistsError`` unless ``overwrite``.
     """
     path = Path(path)
     options = output_options(path, fmt)
     if not path.parent.is_dir():
         raise FileNotFoundError(f"output folder {str(path.parent)!r} does not exist")
-    if os.path.isfile(frame.source):
-        check_not_inputs([path], [frame.source])
+    protect = source_files(frame)
+    check_not_protected(path, protect)  # before the rendering; atomic_path checks again at the end
     if not overwrite:
-        refuse_existing(path)  # before the rendering; atomic_path checks again at the end
+        refuse_existing(path)
     if options.format == "dng":
         return write_frame_dng(path, frame, cfa=mosaic_dn(raw, frame).cpu(), provenance=provenance, overwrite=overwrite)
     img = srgb_image(raw, frame, options.sample_dtype)
     tags = exif_tags(frame, provenance)
     if options.format == "jpeg" and options.jpeg_on_device is not False and device_jpeg_available(img.device):
         return write_bytes(path, jpeg_with_exif(encode_jpeg_on_device([img], options.quality)[0], pillow_exif(tags)),
-                           overwrite=overwrite)
-    return write_srgb(path, img.cpu().numpy(), options, tags, overwrite=overwrite)
+                           overwrite=overwrite, protect=protect)
+    return write_srgb(path, img.cpu().numpy(), options, tags, overwrite=overwrite, protect=protect)
+
 
 
 def encode_srgb(img: np.ndarray, options: OutputOptions, tags: list[Tag]) -> bytes:
@@ -154,16 +156,19 @@ def encode_srgb(img: np.ndarray, options: OutputOptions, tags: list[Tag]) -> byt
 
 
 def write_srgb(path, img: np.ndarray, options: "OutputOptions | str", tags: list[Tag] = (), *,
-               overwrite: bool = False) -> Path:
+               overwrite: bool = False, protect=()) -> Path:
     """Encode an sRGB image ``[H, W, 3]`` and write it atomically; an existing ``path``
-    raises ``FileExistsError`` unless ``overwrite``."""
-    return write_bytes(path, encode_srgb(img, output_options(path, options), list(tags)), overwrite=overwrite)
+    raises ``FileExistsError`` unless ``overwrite``; ``path`` may not be one of the
+    ``protect`` files (``engine.io.atomic.atomic_path``)."""
+    return write_bytes(path, encode_srgb(img, output_options(path, options), list(tags)), overwrite=overwrite,
+                       protect=protect)
 
 
-def write_bytes(path, data: bytes, *, overwrite: bool = False) -> Path:
-    """Write an encoded file atomically (complete or absent, never half-written)."""
+def write_bytes(path, data: bytes, *, overwrite: bool = False, protect=()) -> Path:
+    """Write an encoded file atomically (complete or absent, never half-written); ``protect``
+    as for ``write_srgb``. A full disk raises ``engine.io.atomic.DiskFullError``."""
     path = Path(path)
-    with atomic_path(path, overwrite=overwrite) as tmp:
+    with atomic_path(path, overwrite=overwrite, protect=protect) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
     return path

@@ -16,20 +16,85 @@ Windows); where names of inputs at different levels clash, those at the lowest l
 up first. Names depend only on the set of inputs, not their order, so a run started again
 on the same files (``--skip-existing``) finds the same outputs.
 
-Refusals (``OutputPathError``, before any work): a file listed twice (through symlinks or
-other spellings too), an output that is one of the inputs (``-o`` = the input folder with
-``--format dng`` would otherwise replace ``x.dng`` by its enhancement), names that cannot
-be told apart.
+Refusals (``OutputPathError``, before any work): a file listed twice (through symlinks,
+hard links or other spellings too), an output that is one of the inputs (``-o`` = the input
+folder with ``--format dng`` would otherwise replace ``x.dng`` by its enhancement), names
+that cannot be told apart.
+
+Writers check again when they write (``engine.io.atomic.atomic_path(protect=...)``): a
+file's identity (``FileIdentity``: resolved path, device and inode) is taken when it is read,
+so an output that reaches it later (after ``os.chdir`` with a relative source path, through
+a new symlink or hard link) is still refused.
 """
 from __future__ import annotations
 
 import os
 from collections import defaultdict
 from pathlib import Path
+from typing import NamedTuple
 
 
 class OutputPathError(ValueError):
     """The planned outputs would lose or mix up a user's files; nothing was written."""
+
+
+class FileIdentity(NamedTuple):
+    """Which file a path named when it was read: ``path`` resolved (absolute, symlinks
+    followed), and the file's ``device`` / ``inode`` (None when it did not exist)."""
+
+    path: str
+    device: int | None = None
+    inode: int | None = None
+
+
+def file_identity(path) -> FileIdentity:
+    """The identity of the file ``path`` names now (a ``FileIdentity`` is returned as is)."""
+    if isinstance(path, FileIdentity):
+        return path
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):  # missing, or a name the OS refuses
+        return FileIdentity(real(path))
+    if st.st_ino == 0:  # file systems without inode numbers (some FUSE / SMB mounts) report 0 for every file
+        return FileIdentity(real(path))
+    return FileIdentity(real(path), st.st_dev, st.st_ino)
+
+
+def names_file(path, identity: FileIdentity) -> bool:
+    """True when ``path`` now names the file ``identity`` was taken of: the same resolved path,
+    or the same device and inode (a hard link, a symlink made since, another spelling on a
+    case-insensitive file system)."""
+    if real(path) == identity.path:
+        return True
+    if identity.inode is None:
+        return False
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return False
+    return (st.st_dev, st.st_ino) == (identity.device, identity.inode)
+
+
+def check_not_protected(output, protected, what: str = "input") -> None:
+    """Refuse (``OutputPathError``) writing ``output`` when it names one of the ``protected``
+    files (paths or ``FileIdentity``s: the inputs of the work that produced ``output``)."""
+    for p in protected:
+        identity = file_identity(p)
+        if names_file(output, identity):
+            shown = p if not isinstance(p, FileIdentity) else identity.path
+            raise OutputPathError(f"the output {os.fspath(output)} would overwrite the {what} {os.fspath(shown)}; "
+                                  "choose another output path")
+
+
+def check_output_folder(folder) -> None:
+    """Refuse an output folder path that cannot become a folder: an existing file, or a
+    symlink to nothing (``mkdir`` would say only "File exists")."""
+    folder = Path(folder)
+    if os.path.islink(folder) and not folder.exists():
+        raise OutputPathError(f"output folder {folder} is a symlink to {os.readlink(folder)}, which does not exist; "
+                              "create the folder it points to, or name another output folder")
+    if folder.exists() and not folder.is_dir():
+        raise OutputPathError(f"output {folder} exists and is not a folder")
 
 
 def real(path) -> str:
@@ -94,13 +159,18 @@ def output_names(files, out_dir, ext: str) -> list[Path]:
 
 
 def check_inputs_distinct(files) -> None:
-    """Refuse a file listed more than once (any spelling, through symlinks)."""
-    seen: dict[str, str] = {}
+    """Refuse a file listed more than once (any spelling, through symlinks or hard links:
+    the same resolved path, or the same device and inode)."""
+    seen: dict = {}
     for f in files:
-        key = real(f)
-        if key in seen:
-            raise OutputPathError(f"{f} is listed more than once (also as {seen[key]})")
-        seen[key] = os.fspath(f)
+        identity = file_identity(f)
+        keys = [identity.path] + ([(identity.device, identity.inode)] if identity.inode is not None else [])
+        first = next((seen[k] for k in keys if k in seen), None)
+        if first is not None:
+            how = " (a hard link to the same file)" if real(f) != real(first) else ""
+            raise OutputPathError(f"{os.fspath(f)} is listed more than once (also as {first}){how}")
+        for k in keys:
+            seen[k] = os.fspath(f)
 
 
 def check_not_inputs(outputs, inputs) -> None:

@@ -38,7 +38,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,11 +47,12 @@ import torch
 from kernels.numbers import real
 
 from ..camera import colour_matrix_problem
-from ..errors import InvalidRawError, RawDecodeError, RawInputWarning, UnsupportedSensorError
-from .dng_checks import check_dng_encoding, warn_if_cut_short
+from ..errors import InvalidRawError, RawDecodeError, UnsupportedSensorError, warn_input
+from .dng_checks import check_decoded, check_dng_encoding
+from .paths import FileIdentity, file_identity
 from .tiff_metadata import text_value, tiff_metadata
 
-__all__ = ["RawFrame", "RawBatch", "read_raw", "read_raw_batch", "PATTERNS", "plane_sites",
+__all__ = ["RawFrame", "RawBatch", "read_raw", "read_raw_batch", "PATTERNS", "plane_sites", "source_files",
            "MAX_SIDE", "MAX_PIXELS"]
 
 PATTERNS = ("RGGB", "BGGR", "GRBG", "GBRG")
@@ -100,6 +100,10 @@ class RawFrame:
             the camera's clock), or None.
         orientation: EXIF Orientation 1..8 (how to turn the picture for display; the
             pixels stay as the sensor read them), or None when unknown.
+        source_file: the file the frame was read from, as it was then
+            (``engine.io.paths.FileIdentity``: resolved path, device, inode), or None for
+            arrays. Writers refuse to replace it (``save_output``, ``write_frame_dng``), even
+            where ``source`` is a relative path and the working folder has changed since.
     """
 
     cfa: torch.Tensor
@@ -118,6 +122,7 @@ class RawFrame:
     focal_length: float | None = None
     capture_time: str | None = None
     orientation: int | None = None
+    source_file: FileIdentity | None = None
 
     def __post_init__(self):
         src = self.source
@@ -162,10 +167,16 @@ class RawFrame:
             if problem is not None:  # refused here, not at the first PNG / TIFF save
                 raise InvalidRawError(src, f"color_matrix (XYZ -> camera) cannot colour an image: {problem}")
             set_("color_matrix", m)
+        if self.source_file is not None:
+            try:  # a plain (path, device, inode) tuple, e.g. after a round trip through JSON
+                set_("source_file", FileIdentity(*self.source_file))
+            except TypeError:
+                raise InvalidRawError(src, f"source_file must be an engine.io.paths.FileIdentity, got "
+                                           f"{self.source_file!r}") from None
 
     def __repr__(self) -> str:  # the pixels themselves would swamp the metadata
         fields = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self)
-                           if f.name not in ("cfa", "color_matrix"))
+                           if f.name not in ("cfa", "color_matrix", "source_file"))
         cm = "None" if self.color_matrix is None else "[3x3]"
         return (f"RawFrame(cfa=<{self.cfa.dtype} {tuple(self.cfa.shape)} on {self.cfa.device}>, "
                 f"{fields}, color_matrix={cm})")
@@ -209,22 +220,37 @@ class RawBatch:
                 f"{self.cfa.device}>, pattern={self.pattern!r})")
 
 
+def source_files(frame: RawFrame) -> list:
+    """The files an output made from ``frame`` must not replace: its source file as read
+    (``source_file``), else ``source`` when that names an existing file (a frame built by
+    hand with a path as its source); none for arrays."""
+    if frame.source_file is not None:
+        return [frame.source_file]
+    return [frame.source] if os.path.isfile(frame.source) else []
+
+
 # ----------------------------------------------------------------------------- reading
 
 
+_KEYWORDS = ("pattern", "black_level", "white_level", "iso", "exposure_time", "make", "model", "wb_gains",
+             "color_matrix")
+
+
 def read_raw(source, *, pattern=None, black_level=None, white_level=None, iso=None, exposure_time=None,
-             make=None, model=None, wb_gains=None, color_matrix=None) -> RawFrame:
+             make=None, model=None, wb_gains=None, color_matrix=None, **unknown) -> RawFrame:
     """Read one Bayer frame.
 
     Args:
-        source: a path (str / os.PathLike) to any raw file rawpy reads; an open
+        source: a path (str, bytes or os.PathLike; any name the OS accepts, UTF-8 or not) to
+            any raw file rawpy reads; an open
             ``rawpy.RawPy`` (left open, pixels copied out); a numpy or torch uint16 ``[H, W]``
             mosaic; or any DLPack array (``__dlpack__``, e.g. CuPy), wrapped zero-copy.
         pattern, black_level, white_level: required for arrays. ``black_level`` is a number
             or 4 values (R, G1, B, G2), DN. For a file or rawpy object they override the
             file's levels; a ``pattern`` that contradicts the file's is refused.
-        iso, exposure_time (s), make, model, wb_gains (R, G1, B, G2 or R, G, B),
-        color_matrix (3x3 XYZ -> camera): optional; override what the file says.
+        iso, exposure_time, make, model, wb_gains, color_matrix: optional; override what the
+            file says (``exposure_time`` in s; ``wb_gains`` R, G1, B, G2 or R, G, B;
+            ``color_matrix`` 3x3 XYZ -> camera).
 
     Raises:
         FileNotFoundError: no such path.
@@ -232,7 +258,12 @@ def read_raw(source, *, pattern=None, black_level=None, white_level=None, iso=No
         UnsupportedSensorError: X-Trans, Foveon, linear / 3-channel DNG, monochrome, non-RGB
             or non-2x2 colour filter arrays.
         InvalidRawError: bad array (dtype, rank, size) or metadata (missing, black >= white).
+        TypeError: a keyword ``read_raw`` does not take (the message lists those it does).
     """
+    if unknown:
+        _refuse_keywords("read_raw", unknown)
+    if isinstance(source, bytes):  # a file name as the OS stores it (Linux: any bytes)
+        source = os.fsdecode(source)
     overrides = dict(black_level=black_level, white_level=white_level, iso=iso, exposure_time=exposure_time,
                      make=make, model=model, wb_gains=wb_gains, color_matrix=color_matrix)
     if isinstance(source, (str, os.PathLike)):
@@ -258,12 +289,15 @@ def read_raw_batch(sources, **metadata) -> RawBatch:
     ``cfa`` is that array, zero-copy). Otherwise ``cfa`` is a new stacked tensor.
     Mixed sizes, patterns or devices are refused: process such frames one by one.
     """
+    unknown = sorted(set(metadata) - set(_KEYWORDS))
+    if unknown:
+        _refuse_keywords("read_raw_batch", {k: metadata[k] for k in unknown})
     if isinstance(sources, (np.ndarray, torch.Tensor)) or hasattr(sources, "__dlpack__"):
         stacked, name = _as_tensor(sources, ndim=3)
         frames = [read_raw(stacked[i], **metadata) for i in range(stacked.shape[0])]
         frames = [dataclasses.replace(f, source=f"{name}[{i}]") for i, f in enumerate(frames)]
     else:
-        if isinstance(sources, (str, os.PathLike, rawpy.RawPy)):
+        if isinstance(sources, (str, bytes, os.PathLike, rawpy.RawPy)):
             sources = [sources]
         frames = [read_raw(s, **metadata) for s in sources]
         stacked = None
@@ -289,11 +323,12 @@ def read_raw_batch(sources, **metadata) -> RawBatch:
 
 
 def _read_path(path, pattern, overrides) -> RawFrame:
-    name = os.fspath(path)
+    name = os.fsdecode(path)  # str, bytes or PathLike; bytes that are not UTF-8 become surrogate escapes
     if not os.path.exists(name):
         raise FileNotFoundError(2, "raw file not found", name)
     if os.path.isdir(name):
         raise RawDecodeError(name, "is a directory, not a raw file")
+    identity = file_identity(name)  # taken now: writers refuse this file later, wherever the cwd is then
     size = os.path.getsize(name)
     if size == 0:
         raise RawDecodeError(name, "empty file (0 bytes)")
@@ -305,14 +340,28 @@ def _read_path(path, pattern, overrides) -> RawFrame:
     raw = rawpy.RawPy()
     try:
         try:
-            raw.open_file(name)
+            _open(raw, name)
         except (rawpy.LibRawError, rawpy.NotSupportedError) as e:
             raise _libraw_error(name, e) from e
         _check_header_size(name, raw.sizes, size)
         meta = tiff_metadata(name) if head[:4] in _TIFF_MAGICS else {}
-        return _read_rawpy(raw, name, pattern, overrides, meta)
+        return _read_rawpy(raw, name, pattern, overrides, meta, identity)
     finally:
         raw.close()
+
+
+def _open(raw, name: str) -> None:
+    """``raw.open_file(name)``, or, for a name that is not valid UTF-8 (Linux file names are
+    bytes: ``caf\\xe9.dng`` in Latin-1 reaches Python as ``caf\\udce9.dng``), the file's bytes
+    through ``open_buffer``: rawpy encodes paths as UTF-8 and raises UnicodeEncodeError on
+    such a name. The buffer costs one copy of the file in memory while LibRaw reads it."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        with open(name, "rb") as f:  # Python passes the original bytes to the OS
+            raw.open_buffer(f)
+        return
+    raw.open_file(name)
 
 
 def _sniff(name, head: bytes) -> None:
@@ -351,7 +400,7 @@ def _libraw_error(name, e: Exception) -> Exception:
     return RawDecodeError(name, "raw file could not be decoded" + detail)
 
 
-def _read_rawpy(raw, name, pattern, overrides, meta) -> RawFrame:
+def _read_rawpy(raw, name, pattern, overrides, meta, identity=None) -> RawFrame:
     try:
         if raw.num_colors == 1:
             raise UnsupportedSensorError(name, "monochrome sensor (no colour filter array); a Bayer CFA is required")
@@ -375,7 +424,6 @@ def _read_rawpy(raw, name, pattern, overrides, meta) -> RawFrame:
         other, lens, flip = raw.other, raw.lens, int(raw.sizes.flip)
         xyz_cam = np.asarray(raw.rgb_xyz_matrix, dtype=np.float64)[:3]
         white = float(raw.white_level)
-        warn_if_cut_short(name, img)
         cfa = torch.from_numpy(np.array(img, dtype=np.uint16, order="C", copy=True))
     except (rawpy.LibRawError, rawpy.NotSupportedError) as e:
         raise _libraw_error(name, e) from e
@@ -406,7 +454,11 @@ def _read_rawpy(raw, name, pattern, overrides, meta) -> RawFrame:
         color_matrix=_file_colour_matrix(name, meta.get("color_matrix"), xyz_cam),
     )
     fields.update({k: v for k, v in overrides.items() if v is not None})
-    return RawFrame(cfa=cfa, pattern=found, source=name, **fields)
+    frame = RawFrame(cfa=cfa, pattern=found, source=name, source_file=identity, **fields)
+    # With the levels in force (the file's or the caller's): a frame of zeros below a black
+    # level > 0 holds no picture (refused); one that seems cut short is warned about.
+    check_decoded(name, cfa.numpy(), frame.black_level, frame.white_level)
+    return frame
 
 
 def _file_colour_matrix(name, own, builtin) -> np.ndarray | None:
@@ -420,8 +472,22 @@ def _file_colour_matrix(name, own, builtin) -> np.ndarray | None:
         problem = colour_matrix_problem(m)
         if problem is None:
             return m
-        warnings.warn(RawInputWarning(name, f"{label} is unusable ({problem}); ignored"), stacklevel=4)
+        warn_input(name, f"{label} is unusable ({problem}); ignored")
     return None
+
+
+def _refuse_keywords(function: str, unknown: dict):
+    """A TypeError naming the keywords ``function`` does not take and those it does (with the
+    nearest match), instead of Python's bare "unexpected keyword argument"."""
+    import difflib
+
+    parts = []
+    for key in sorted(unknown):
+        close = difflib.get_close_matches(key, _KEYWORDS, n=1)
+        parts.append(repr(key) + (f" (did you mean {close[0]!r}?)" if close else ""))
+    raise TypeError(f"{function}() got unknown keyword argument(s) {', '.join(parts)}; it takes the source and "
+                    f"the keywords {', '.join(_KEYWORDS)} (metadata overrides; the gain K, ratio and steps are "
+                    f"Pipeline options, not read_raw's)")
 
 
 # ----------------------------------------------------------------------------- arrays

@@ -20,7 +20,10 @@ contradict ``expect``) raises ``CheckpointError`` naming the file and the proble
 
 Writes are atomic (``engine.io.atomic.atomic_path``): a temporary file in the target
 directory, fsync'ed, then ``os.replace``; on any failure the temporary file is removed
-and an existing target is left untouched.
+and an existing target is left untouched. A full disk (or file-size limit) raises
+``engine.io.atomic.DiskFullError`` ("disk full (or file size limit) writing X") instead of
+torch's "[enforce fail at inline_container.cc]"; ``protect=`` names files the target may
+not be (the checkpoint an export reads).
 """
 from __future__ import annotations
 
@@ -374,18 +377,20 @@ def _portable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
 
 
-def _atomic_save(obj: Any, path: str | os.PathLike, overwrite: bool) -> None:
+def _atomic_save(obj: Any, path: str | os.PathLike, overwrite: bool, protect=()) -> None:
     """``torch.save`` through ``engine.io.atomic.atomic_path``: a temporary file beside ``path``,
     fsync'ed, then renamed to it; removed on any failure (previous file untouched). An
-    existing ``path`` raises ``FileExistsError`` unless ``overwrite``."""
-    with atomic_path(path, overwrite=overwrite) as tmp:
+    existing ``path`` raises ``FileExistsError`` unless ``overwrite``; ``path`` naming one of
+    ``protect`` raises ``OutputPathError``; a full disk ``DiskFullError``."""
+    with atomic_path(path, overwrite=overwrite, protect=protect) as tmp:
         torch.save(obj, tmp)
 
 
 def save_checkpoint(model: nn.Module, config: BackboneConfig, path: str | os.PathLike, *,
-                    meta: Mapping[str, Any] | None = None, overwrite: bool = False) -> None:
+                    meta: Mapping[str, Any] | None = None, overwrite: bool = False, protect=()) -> None:
     """Write ``model`` in our format with its options explicit (atomic; an existing ``path``
-    raises ``FileExistsError`` unless ``overwrite``).
+    raises ``FileExistsError`` unless ``overwrite``; ``protect``: files ``path`` may not be,
+    paths or ``engine.io.paths.FileIdentity``, ``OutputPathError`` whatever ``overwrite``).
 
     ``config`` must describe ``model`` (checked against the tensor shapes). ``meta``: any
     plain data (str/int/float/bool/None/tensors in lists/tuples/dicts), e.g. epoch, noise model.
@@ -403,14 +408,15 @@ def save_checkpoint(model: nn.Module, config: BackboneConfig, path: str | os.Pat
     meta = dict(meta or {})
     _check_plain(meta)
     _atomic_save({"format": FORMAT_NAME, "version": FORMAT_VERSION, "config": config.to_dict(),
-                  "state_dict": sd, "meta": meta}, path, overwrite)
+                  "state_dict": sd, "meta": meta}, path, overwrite, protect)
 
 
 def export_public(model: nn.Module, path: str | os.PathLike, epoch: int = 0, iterations: int = 0, *,
-                  overwrite: bool = False) -> None:
+                  overwrite: bool = False, protect=()) -> None:
     """Write ``model`` the way the public ExposureDiffusion / ELD code does:
     ``{'netG': state_dict, 'epoch': epoch, 'iterations': iterations}`` (no optimizer state).
     The options then live only in the tensor shapes (8 input channels read back as photon).
-    An existing ``path`` raises ``FileExistsError`` unless ``overwrite``."""
+    An existing ``path`` raises ``FileExistsError`` unless ``overwrite``; ``protect`` as for
+    ``save_checkpoint`` (the checkpoint the model was read from)."""
     _atomic_save({"netG": _portable_state_dict(model), "epoch": int(epoch),
-                  "iterations": int(iterations)}, path, overwrite)
+                  "iterations": int(iterations)}, path, overwrite, protect)
