@@ -11,22 +11,35 @@
 beside them ``engine.camera`` (gain from ISO, colour matrices), ``engine.errors`` and the
 command line (``engine.cli``).
 """
-from .errors import (
-           InvalidRawError,
-           RawDecodeError,
-           RawInputError,
-           RawInputWarning,
-           UnsupportedSensorError,
-)
-from .inference.pipeline import EnhancedFrame, Pipeline
-from .io.raw import RawFrame, read_raw, read_raw_batch
-from .models.backbones import BackboneConfig, NAFNet, UNet, build_backbone
-from .models.checkpoint import (
-           CheckpointError,
-           export_public,
-           load_checkpoint,
-           save_checkpoint,
-)
+# Names are imported on first use (PEP 562), not with the package: the command line
+# (``exposure-diffusion --help``, argument errors) imports ``engine.cli`` and
+# ``engine.argtypes``, and importing torch and Triton would cost it seconds
+# (issue 22, item 6). ``from engine import Pipeline`` works as before.
+_LAZY = {
+    "InvalidRawError": ".errors", "RawDecodeError": ".errors", "RawInputError": ".errors",
+    "RawInputWarning": ".errors", "UnsupportedSensorError": ".errors",
+    "EnhancedFrame": ".inference.pipeline", "Pipeline": ".inference.pipeline",
+    "RawFrame": ".io.raw", "read_raw": ".io.raw", "read_raw_batch": ".io.raw",
+    "BackboneConfig": ".models.backbones", "NAFNet": ".models.backbones", "UNet": ".models.backbones",
+    "build_backbone": ".models.backbones",
+    "CheckpointError": ".models.checkpoint", "export_public": ".models.checkpoint",
+    "load_checkpoint": ".models.checkpoint", "save_checkpoint": ".models.checkpoint",
+}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(_LAZY[name], __name__), name)
+    globals()[name] = value  # once: later lookups are plain attribute reads
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = ["Pipeline", "EnhancedFrame", "BackboneConfig", "UNet", "NAFNet", "build_backbone",
            "CheckpointError", "load_checkpoint", "save_checkpoint", "export_public",

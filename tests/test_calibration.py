@@ -230,6 +230,48 @@ def test_cli_calibrate(capture, tmp_path, capsys):
     assert "nowhere" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("case", ["plots is a file", "out is a folder", "report is a folder",
+                                  "out under a file", "out is a bias frame"])
+def test_cli_calibrate_checks_its_outputs_before_reading_a_frame(capture, tmp_path, capsys, monkeypatch, case):
+    """Issue 22, class D: `calibrate --plots <file>` wrote the profile, then failed on the plots
+    (exit 1, a traceback's last line); every output path is now checked first (exit 2)."""
+    import argparse
+
+    import engine.calibration.fit as fit
+
+    root, _ = capture
+    ap = argparse.ArgumentParser(prog="exposure-diffusion")
+    add_calibrate_command(ap.add_subparsers(dest="command", required=True))
+    out, extra = tmp_path / "cam.json", []
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file the user keeps")
+    bias_frame = next((root / "bias").rglob("*.dng"))
+    before = bias_frame.read_bytes()
+    if case == "plots is a file":
+        extra = ["--plots", str(blocker)]
+    elif case == "out is a folder":
+        out = tmp_path / "folder.json"
+        out.mkdir()
+    elif case == "report is a folder":
+        (tmp_path / "rep").mkdir()
+        extra = ["--report", str(tmp_path / "rep")]
+    elif case == "out under a file":
+        out = blocker / "cam.json"
+    else:
+        out, extra = bias_frame, ["--overwrite", "--no-plots", "--report", str(tmp_path / "r.txt")]
+    read = []
+    monkeypatch.setattr(fit, "work_items",
+                        lambda *a, **k: read.append(1) or pytest.fail("frames read before the outputs were checked"))
+    args = ap.parse_args(["calibrate", str(root), "--out", str(out), "--ppcc-samples", "20000", "-q", *extra])
+    assert args.func(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err and not read
+    assert {"plots is a file": "--plots", "out is a folder": "is a folder", "report is a folder": "--report",
+            "out under a file": "is not a folder", "out is a bias frame": "is the input frame"}[case] in err
+    assert not (tmp_path / "cam.json").exists() and blocker.read_text() == "a file the user keeps"
+    assert bias_frame.read_bytes() == before
+
+
 # ----------------------------------------------------------------------------- refusals
 
 _GEN = torch.Generator().manual_seed(11)

@@ -240,3 +240,50 @@ def test_torchrun_shares_the_files_between_ranks(folder, tmp_path):
                               capture_output=True, text=True, timeout=600, cwd=REPO,
                               env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
     _ranks_agree_with_one_process(folder, tmp_path, torchrun)
+
+
+# ----------------------------------------------------------------------------- issue 22
+def test_workers_are_capped_by_files_and_cores(pipe, folder, tmp_path, monkeypatch):
+    """`--workers 16` for 2 files started 32 processes (6.2 GB): a pool gets at most one
+    process per file to enhance (and, from the command line, one per core)."""
+    import engine.cli as cli
+    import engine.inference.batch as batch
+
+    started, alive = [], []
+    real_pool = batch.worker_pool
+
+    def counting_pool(workers, start_method=None):
+        pool = real_pool(workers, start_method)
+        started.append(pool)
+        shutdown = pool.shutdown
+
+        def counted_shutdown(*a, **k):
+            alive.append(len(pool._processes))  # the processes the pool really started
+            return shutdown(*a, **k)
+
+        pool.shutdown = counted_shutdown
+        return pool
+
+    monkeypatch.setattr(batch, "worker_pool", counting_pool)
+    results = enhance_files(pipe, folder[:2], [tmp_path / "a.png", tmp_path / "b.png"], workers=16, ratio=50, steps=1,
+                            K=1.0)
+    assert all(r.error is None for r in results)
+    assert [p._max_workers for p in started] == [2, 2]
+    assert alive and max(alive) <= 2
+    import torch
+
+    cores = cli._cores()
+    assert cli._workers("16", torch.device("cpu"), files=2) == min(2, cores)
+    assert cli._workers("16", torch.device("cpu"), files=100) == min(16, cores)
+    assert cli._workers("16", torch.device("cuda"), ranks_here=cores, files=100) == 1
+    assert cli._workers("auto", torch.device("cpu"), files=100) == 0
+    assert cli._workers("auto", torch.device("cuda"), files=1) == 1
+
+
+def test_progress_inside_a_group_of_frames(pipe, folder, tmp_path):
+    """on_step: (step, steps, frames of the call) after each network evaluation, so a bar can
+    move inside a large file; with batch 2, two frames share each call."""
+    seen = []
+    enhance_files(pipe, folder[:3], [tmp_path / f"{i}.png" for i in range(3)], batch=2, ratio=50, steps=2, K=1.0,
+                  on_step=lambda *a: seen.append(a))
+    assert seen == [(1, 2, 2), (2, 2, 2), (1, 2, 1), (2, 2, 1)]

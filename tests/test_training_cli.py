@@ -159,3 +159,109 @@ def test_gpu_training_recipe_runs_on_a_cpu_and_checks_its_options(tmp_path, caps
     assert summary["global_step"] == 10 and (tmp_path / "run" / "model_fp16.pt").is_file()
     assert summary["config"]["mean_photons"] and summary["config"]["inner_exposures"] == "linspace"
     assert load_checkpoint(tmp_path / "run" / "model_fp16.pt")[2]["photons"] == "means"
+
+
+# ----------------------------------------------------------------------------- issue 22
+EVAL_TINY = ["--holdout", "1", "--patch", "16", "--steps", "1", "--baselines", "none", "-q"]
+
+
+def test_evaluate_without_checkpoint_uses_the_shipped_model(tmp_path):
+    """Item 6: --checkpoint was required; the default is the model shipped with the package."""
+    from engine.inference.pipeline import DEFAULT_CHECKPOINT
+
+    out = tmp_path / "e.json"
+    assert main(["evaluate", *EVAL_TINY, "--ratios", "100", "--json", str(out)]) == 0
+    settings = json.loads(out.read_text())["settings"]
+    assert settings["models"] == {"model": str(DEFAULT_CHECKPOINT)} and settings["photons"] == {"model": "means"}
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Every command's work fails the test: refusals must come before it."""
+    import training.data
+    import training.holdout_eval
+
+    def work(*a, **k):
+        pytest.fail("the work started before the paths were checked")
+
+    for module, name in ((training.holdout_eval, "load_models"), (training.holdout_eval, "holdout_clean"),
+                         (training.data, "build_training_dataset")):
+        monkeypatch.setattr(module, name, work)
+
+
+def _refused(argv, capsys, *messages):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err, err
+    for m in messages:
+        assert m in err, err
+
+
+@pytest.mark.parametrize("case", ["json exists", "json in a missing folder", "json is a folder",
+                                  "json is the checkpoint", "cache is not JSON", "cache is other JSON",
+                                  "cache is a folder"])
+def test_evaluate_output_paths_are_checked_before_the_evaluation(tmp_path, capsys, no_work, case):
+    """Class D: `--json existing` gave a FileExistsError traceback; `--json /missing/x.json`
+    failed after the whole evaluation; a folder, a corrupt --baseline-cache: tracebacks."""
+    ckpt = tmp_path / "m.pt"
+    ckpt.write_bytes(b"model bytes")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "e.json").write_text("{}")
+    (tmp_path / "bad.json").write_text('{"a": {"psnr": [1')
+    (tmp_path / "list.json").write_text("[1, 2]")
+    argv, message = {
+        "json exists": (["--json", str(tmp_path / "e.json")], "already exists; use --overwrite"),
+        "json in a missing folder": (["--json", str(tmp_path / "nope" / "x.json")], "nope does not exist"),
+        "json is a folder": (["--json", str(tmp_path / "d"), "--overwrite"], "is a folder; expected a file name"),
+        "json is the checkpoint": (["--json", str(ckpt), "--overwrite"], "which the evaluation reads"),
+        "cache is not JSON": (["--baseline-cache", str(tmp_path / "bad.json")], "not a readable baseline cache"),
+        "cache is other JSON": (["--baseline-cache", str(tmp_path / "list.json")], "JSON but not a baseline cache"),
+        "cache is a folder": (["--baseline-cache", str(tmp_path / "d")], "is a folder"),
+    }[case]
+    _refused(["evaluate", "--checkpoint", str(ckpt), *EVAL_TINY, *argv], capsys, message)
+    assert ckpt.read_bytes() == b"model bytes" and (tmp_path / "e.json").read_text() == "{}"
+    assert (tmp_path / "bad.json").read_text() == '{"a": {"psnr": [1'
+
+
+@pytest.mark.parametrize("case", ["out is a file", "out under a file", "last.pt is a folder"])
+def test_train_out_is_checked_before_the_data(tmp_path, capsys, no_work, case):
+    """Class D: `train --out <file>` gave a FileExistsError traceback from mkdir (exit 1); a
+    folder named last.pt failed at the first checkpoint, after the steps before it."""
+    blocker = tmp_path / "file"
+    blocker.write_text("keep")
+    out, message = {"out is a file": (blocker, "is a file, not a folder"),
+                    "out under a file": (blocker / "run", "is not a folder"),
+                    "last.pt is a folder": (tmp_path / "run", "last.pt is a folder, where the run keeps")}[case]
+    if case == "last.pt is a folder":
+        (out / "last.pt").mkdir(parents=True)
+    _refused(["train", "--out", str(out), *TINY], capsys, message)
+    assert blocker.read_text() == "keep"
+
+
+@pytest.mark.parametrize("case", ["missing folder", "a folder", "a folder with --overwrite",
+                                  "the checkpoint itself"])
+def test_export_public_is_checked_before_reading(tmp_path, capsys, case):
+    """Class D (and C): --public into a missing folder: FileNotFoundError traceback; onto a
+    folder with --overwrite: IsADirectoryError; onto the checkpoint it reads: replaced it."""
+    cfg = BackboneConfig(options={"widths": (8, 8, 16, 16, 16)})
+    save_checkpoint(cfg.build(), cfg, tmp_path / "m.pt")
+    kept = (tmp_path / "m.pt").read_bytes()
+    (tmp_path / "d").mkdir()
+    argv, message = {"missing folder": ([str(tmp_path / "nope" / "p.pt")], "nope does not exist"),
+                     "a folder": ([str(tmp_path / "d")], "is a folder"),
+                     "a folder with --overwrite": ([str(tmp_path / "d"), "--overwrite"], "is a folder"),
+                     "the checkpoint itself": ([str(tmp_path / "m.pt"), "--overwrite"], "is the checkpoint being "
+                                                                                       "exported")}[case]
+    _refused(["export", "--checkpoint", str(tmp_path / "m.pt"), "--public", *argv], capsys, message)
+    assert (tmp_path / "m.pt").read_bytes() == kept and list((tmp_path / "d").iterdir()) == []
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("command", [["train", "--out", "unused"], ["evaluate"], ["enhance", "a.dng", "--ratio", "9"]])
+def test_cuda_without_cuda_is_refused_while_parsing(command, capsys):
+    """Class G: train / evaluate --device cuda gave torch's AssertionError traceback."""
+    for device in ("cuda", "cuda:1"):
+        with pytest.raises(SystemExit) as info:
+            main([*command, "--device", device])
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and f"argument --device: '{device}': CUDA is not available on this machine" in err

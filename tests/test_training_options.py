@@ -157,7 +157,7 @@ def _comparable(records):
     return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
 
 
-def test_log_has_no_repeated_steps_after_a_kill_and_resume(tmp_path, monkeypatch):
+def test_log_has_no_repeated_steps_after_a_kill_and_resume(tmp_path, monkeypatch, capsys):
     cfg = dict(log_every=1, save_every=3, epochs=3, iters_per_epoch=3)
     straight = Trainer(tiny_config(**cfg), ToyPatches(), tmp_path / "straight", device="cpu", progress=False)
     straight.fit()
@@ -175,21 +175,32 @@ def test_log_has_no_repeated_steps_after_a_kill_and_resume(tmp_path, monkeypatch
 
     resumed = Trainer(tiny_config(**cfg), ToyPatches(), run, device="cpu", progress=False)
     assert resumed.resume() and resumed.global_step == 3
+    capsys.readouterr()
     resumed.fit()
+    assert "log.jsonl: 3 record(s) of steps after the checkpoint's step 3 dropped" in capsys.readouterr().err
     steps = [r["global_step"] for r in _records(run)]
     assert steps == list(range(1, 10))
     assert _comparable(_records(run)) == _comparable(_records(tmp_path / "straight"))
 
 
-def test_a_fresh_start_drops_the_log_of_a_run_killed_before_its_first_checkpoint(tmp_path):
+def test_a_fresh_start_keeps_the_log_of_a_run_killed_before_its_first_checkpoint(tmp_path, capsys):
+    """Issue 22, item 5: a run stopped before its first checkpoint left log.jsonl; the same
+    command again found nothing to resume, started at step 0 and emptied the log (trimmed to
+    step 0). It now moves the earlier files into previous-N/ and says so."""
     run = tmp_path / "run"
     run.mkdir()
-    (run / "log.jsonl").write_text(json.dumps({"global_step": 1, "loss": 9.0}) + "\n")
+    old = "".join(json.dumps({"global_step": s, "loss": 9.0}) + "\n" for s in (1, 2, 3))
+    (run / "log.jsonl").write_text(old)
+    (run / "model.pt").write_bytes(b"an earlier model")
     trainer = Trainer(tiny_config(log_every=1, epochs=1, iters_per_epoch=2), ToyPatches(), run, device="cpu",
                       progress=False)
     assert not trainer.resume()
     trainer.fit()
     assert [r["global_step"] for r in _records(run)] == [1, 2] and _records(run)[0]["loss"] != 9.0
+    assert (run / "previous-1" / "log.jsonl").read_text() == old
+    assert (run / "previous-1" / "model.pt").read_bytes() == b"an earlier model"
+    assert f"held files of an earlier run that this run does not continue (none resumed; e.g. a run stopped before " \
+           f"its first save): moved them into {run / 'previous-1'}; starting at step 0" in capsys.readouterr().err
 
 
 def _truncated_run(tmp_path):

@@ -6,12 +6,34 @@ photos turned into raw, or from procedural scenes; real SID pairs for evaluation
 fine-tuning; batched normalisation and flips / transposes on the device; a fixed
 synthetic hold-out set. See ``training/data.py`` for the flow.
 """
-from .augment import apply_dihedral, augment_and_normalise, normalise_packed, random_dihedral
-from .cache import FrameInfo, PackedRawCache
-from .data import EpochTaggedSampler, MixedPatchDataset, build_training_dataset, make_patch_loader
-from .patches import DataWarning, EmptyDatasetError, PackedBatch, collate_patches, pack_dn
-from .sid import SIDLongDataset, SIDPairDataset, collate_pairs, read_sid_list
-from .synthetic import ProceduralSceneDataset, SRGBFolderDataset, procedural_scene, srgb_to_packed_raw, synthetic_holdout
+# Imported on first use (PEP 562): the ``exposure-diffusion`` program's entry point is
+# ``training.cli:main``, and importing the data modules (torch) with the package would cost
+# ``--help`` seconds (issue 22, item 6). ``from training import X`` works as before.
+_LAZY = {
+    "apply_dihedral": ".augment", "augment_and_normalise": ".augment", "normalise_packed": ".augment",
+    "random_dihedral": ".augment", "FrameInfo": ".cache", "PackedRawCache": ".cache", "EpochTaggedSampler": ".data",
+    "MixedPatchDataset": ".data", "build_training_dataset": ".data", "make_patch_loader": ".data",
+    "DataWarning": ".patches", "EmptyDatasetError": ".patches", "PackedBatch": ".patches",
+    "collate_patches": ".patches", "pack_dn": ".patches", "SIDLongDataset": ".sid", "SIDPairDataset": ".sid",
+    "collate_pairs": ".sid", "read_sid_list": ".sid", "ProceduralSceneDataset": ".synthetic",
+    "SRGBFolderDataset": ".synthetic", "procedural_scene": ".synthetic", "srgb_to_packed_raw": ".synthetic",
+    "synthetic_holdout": ".synthetic",
+}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(_LAZY[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     # data

@@ -5,6 +5,9 @@ same words.
 Each entry: ``(kind, low, high, extra)``; kind ``"int"`` (a true integer) or ``"real"``
 (a finite number, ``low`` excluded when ``extra == "open"``); ``None`` bounds are open-ended;
 for ``patch`` ``extra`` is the multiple it must be (the backbones' 16-pixel granularity).
+
+Importing this module imports no torch (``engine.limits``; ``kernels.numbers`` is imported
+by the checks when they run): the ``train`` parser is built from it for ``--help``.
 """
 from __future__ import annotations
 
@@ -12,8 +15,7 @@ import math
 from typing import Any, Callable
 
 from engine.argtypes import integer_arg, real_arg
-from engine.inference.pipeline import MAX_RATIO, MAX_SEED, MAX_STEPS
-from kernels.numbers import integer, real
+from engine.limits import MAX_RATIO, MAX_SEED, MAX_STEPS
 
 # Largest packed patch side: 8192^2 x 4 planes is 1 GB of fp32 per sample already.
 MAX_PATCH = 8192
@@ -47,6 +49,8 @@ OPTIONAL = {"iters_per_epoch", "clip_grad"}  # None: derived from the data / no 
 
 def check_option(name: str, value: Any) -> Any:
     """``value`` of TrainConfig field ``name`` as a plain int / float, or ValueError."""
+    from kernels.numbers import integer, real
+
     if value is None and name in OPTIONAL:
         return None
     kind, low, high, extra = LIMITS[name]

@@ -14,11 +14,19 @@ optimiser and scheduler, the epoch / iteration counters and the RNG state; they 
 with ``torch.load(weights_only=True)``. ``<out>/model.pt`` is the model alone in the
 engine's format (``engine.models.checkpoint``), what ``Pipeline.from_checkpoint`` reads.
 
-``<out>/log.jsonl`` always describes the run the checkpoint continues: when training
-starts (fresh or resumed) the records of steps after the starting step are dropped
-(those steps are trained again, a killed run's are gone with it), so no step is logged
-twice. An unreadable ``last.pt`` stops with ``TrainingStateError`` instead of training
-from scratch over it; ``archive_run`` (``train --restart``) moves the old files aside.
+``<out>/log.jsonl`` always describes the run the checkpoint continues: when a resumed
+run starts, the records of steps after its checkpoint's step are dropped, with a notice
+(those steps are trained again, exactly, and logged anew), so no step is logged twice. A
+run that starts at step 0 in a folder holding an earlier run's files (a run stopped
+before its first checkpoint left a ``log.jsonl``) first moves them into
+``<out>/previous-N/`` (``archive_run``): no log is ever emptied or overwritten. An
+unreadable ``last.pt`` stops with ``TrainingStateError`` instead of training from scratch
+over it; ``archive_run`` (``train --restart``) moves the old files aside.
+
+SIGINT (Ctrl-C) and SIGTERM during ``fit`` stop the run at the next step boundary with a
+checkpoint (``Trainer.stopped_by`` names the signal; the ``train`` command exits 130 / 143
+and says how to resume); the same signal again stops at once (``TrainingInterrupted``),
+keeping the last checkpoint. Under DDP the ranks agree on the step to stop at.
 """
 from __future__ import annotations
 
@@ -26,6 +34,10 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
+import signal
+import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
@@ -55,6 +67,31 @@ from .patches import collate_patches
 
 TRAIN_STATE_FORMAT = "exposure-diffusion-train"
 RUN_FILES = ("last.pt", "model.pt", "log.jsonl")  # what archive_run moves aside
+
+
+# Signals that stop ``fit`` at a step boundary with a checkpoint (Ctrl-C; what schedulers,
+# systemd and torchrun send to end a job).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """A second SIGINT / SIGTERM while ``fit`` was already stopping: it stopped at once, in
+    the middle of a step; the last checkpoint written is kept. ``signum``: the signal."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _duration(seconds: float) -> str:
+    """``seconds`` as a short human duration: 45 s, 12 min, 3.4 h, 17 days."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.0f} days"
 
 
 class TrainingStateError(ValueError):
@@ -245,6 +282,9 @@ class Trainer:
         if cfg.compile:
             self.net = torch.compile(self.net)
         self.epoch, self.iteration, self.global_step = 0, 0, 0
+        self.saved_step: int | None = None  # global_step of the last checkpoint written (or resumed from)
+        self.stop_signal: int | None = None  # a stop signal received during fit, not acted on yet
+        self.stopped_by: int | None = None  # the signal that stopped the last fit (None: it ran to its end)
         self.prefetch = self.device.type == "cuda" if prefetch is None else bool(prefetch)
         self._pin = self.device.type == "cuda"
         self._orders: dict[int, torch.Tensor] = {}
@@ -262,6 +302,7 @@ class Trainer:
         """Write ``last.pt`` (training state) and ``model.pt`` (engine format), atomically;
         ``model.pt`` records the photon mode it was trained with (``meta["photons"]``), which a
         ``Pipeline`` made from it runs by default."""
+        self.saved_step = self.global_step
         if self.rank != 0:
             return
         self.out.mkdir(parents=True, exist_ok=True)
@@ -308,6 +349,7 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scaler.load_state_dict(state["scaler"])
             self.epoch, self.iteration, self.global_step = state["epoch"], state["iteration"], state["global_step"]
+            self.saved_step = self.global_step
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
             raise TrainingStateError(f"cannot resume: {path} is incomplete or does not fit this model "
                                      f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else e}); {restart}") from None
@@ -329,13 +371,15 @@ class Trainer:
             f.replace(folder / f.name)
         return folder
 
-    def _trim_log(self) -> None:
-        """Keep only the log records of steps up to ``global_step`` (where training starts):
-        the steps after it will be trained, and logged, again. A line cut short by a kill is
-        dropped with them. Rewritten atomically; untouched when nothing is dropped."""
+    def _trim_log(self) -> int:
+        """Keep only the log records of steps up to ``global_step`` (where a resumed run
+        starts): the steps after it will be trained, and logged, again. A line cut short by a
+        kill is dropped with them. Rewritten atomically; untouched when nothing is dropped.
+        Returns the number of lines dropped. Never called at step 0: a fresh start moves an
+        earlier log aside instead (``fit``), it never empties one."""
         log = self.out / "log.jsonl"
         if self.rank != 0 or not log.is_file():
-            return
+            return 0
         lines = log.read_text().splitlines(keepends=True)
         kept = []
         for line in lines:
@@ -349,6 +393,63 @@ class Trainer:
         if kept != lines:
             with atomic_path(log) as tmp:
                 Path(tmp).write_text("".join(kept))
+        return len(lines) - len(kept)
+
+    def _say(self, message: str) -> None:
+        """A notice for the person running the training (rank 0, standard error)."""
+        if self.rank == 0:
+            tqdm.write(message, file=sys.stderr)
+
+    def _start_log(self) -> None:
+        """Before the first step of ``fit``: never train over an earlier run's files (see the
+        module docstring), and say what happened to the log."""
+        if self.global_step == 0:
+            moved = self.archive_run()
+            if moved is not None:
+                self._say(f"{self.out} held files of an earlier run that this run does not continue (none resumed; "
+                          f"e.g. a run stopped before its first save): moved them into {moved}; starting at step 0")
+        else:
+            dropped = self._trim_log()
+            if dropped:
+                self._say(f"log.jsonl: {dropped} record(s) of steps after the checkpoint's step {self.global_step} "
+                          "dropped: those steps are trained again (the run resumes exactly) and logged anew")
+
+    # ------------------------------------------------------------ signals
+    @contextlib.contextmanager
+    def _stop_on_signals(self, enabled: bool):
+        """While training: SIGINT / SIGTERM ask for a stop at the next step boundary
+        (``stop_signal``); the same again stops at once (``TrainingInterrupted``). Python
+        delivers signals to the main thread only: elsewhere (or ``enabled`` False) nothing
+        is installed. The previous handlers come back afterwards."""
+        self.stop_signal = None
+        if not enabled or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, frame):
+            if self.stop_signal is not None:
+                raise TrainingInterrupted(signum)
+            self.stop_signal = signum
+            if self.rank == 0:  # os.write: a print here could re-enter a print the signal interrupted
+                os.write(2, (f"\n{signal.Signals(signum).name} received: stopping after this step with a checkpoint "
+                             "(send it again to stop at once, keeping only the last checkpoint)\n").encode())
+
+        previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    def _agreed_stop(self) -> int | None:
+        """The stop signal this step boundary acts on: this process's, or under DDP the one
+        any rank received (the ranks must stop at the same step, or the others would wait
+        forever in the next all-reduce)."""
+        if not self.distributed:
+            return self.stop_signal
+        flag = torch.tensor([self.stop_signal or 0], dtype=torch.int64, device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag.item()) or None
 
     # ------------------------------------------------------------ data
     def _epoch_order(self, epoch: int) -> torch.Tensor:
@@ -464,35 +565,70 @@ class Trainer:
         # the step's only host read: the logged values
         return {"loss": float(torch.stack(losses).mean()), "l1_per_step": torch.stack(steps_l1).mean(0).tolist()}
 
-    def fit(self, max_steps: int | None = None, on_log: Callable[[dict], None] | None = None) -> dict:
+    def fit(self, max_steps: int | None = None, on_log: Callable[[dict], None] | None = None, *,
+            stop_on_signals: bool = True) -> dict:
         """Train until ``cfg.epochs`` (or ``max_steps`` more optimiser steps); checkpoints
-        every ``save_every`` steps and at the end. Returns the last logged values."""
+        every ``save_every`` steps and at the end. Returns the last logged values.
+
+        ``stop_on_signals``: SIGINT / SIGTERM stop the run at the next step boundary with a
+        checkpoint (``stopped_by`` then names the signal; see the module docstring).
+        """
         if max_steps is not None:
             max_steps = integer("max_steps", max_steps, low=1)
         self.model.train()
-        self._trim_log()
+        self.stopped_by = None
+        self._start_log()
         total = self.cfg.epochs * self.iters_per_epoch
         todo = total - self.global_step if max_steps is None else min(max_steps, total - self.global_step)
-        bar = tqdm(total=todo, desc="train", unit="it", disable=not self.progress or self.rank != 0)
+        if self.progress and todo == 0:
+            self._say(f"train: the run in {self.out} has done its {total} steps already; nothing to train")
+        elif self.progress:
+            self._say(f"train: steps {self.global_step + 1}..{self.global_step + todo} of {total} ({self.cfg.epochs} "
+                      f"epochs x {self.iters_per_epoch}) on {self.device}, a checkpoint every {self.cfg.save_every} "
+                      f"steps in {self.out / 'last.pt'}; Ctrl-C (or SIGTERM) stops after the current step with a "
+                      "checkpoint, and the same command resumes")
+        bar = tqdm(total=todo, desc="train", unit="it", disable=not self.progress or self.rank != 0 or todo == 0)
         last, t0, order_epoch, order = {}, time.time(), None, None
-        for _ in range(todo):
-            if order_epoch != self.epoch:
-                order, order_epoch = self._epoch_order(self.epoch), self.epoch
-            last = self.train_step(order)
-            last.update(epoch=self.epoch, iteration=self.iteration, global_step=self.global_step,
-                        lr=self.optimizer.param_groups[0]["lr"], seconds=round(time.time() - t0, 2),
-                        step_weights=[round(float(w), 4) for w in self.weights().detach().cpu()])
-            bar.update()
-            bar.set_postfix(loss=f"{last['loss']:.4f}", epoch=self.epoch)
-            if self.rank == 0 and (self.global_step % self.cfg.log_every == 0):
-                self._log(last)
-                if on_log:
-                    on_log(last)
-            if self.global_step % self.cfg.save_every == 0:
+        timed_from = None  # the clock after the first step (which also pays one-off costs)
+        with self._stop_on_signals(stop_on_signals):
+            for done in range(1, todo + 1):
+                if order_epoch != self.epoch:
+                    order, order_epoch = self._epoch_order(self.epoch), self.epoch
+                last = self.train_step(order)
+                last.update(epoch=self.epoch, iteration=self.iteration, global_step=self.global_step,
+                            lr=self.optimizer.param_groups[0]["lr"], seconds=round(time.time() - t0, 2),
+                            step_weights=[round(float(w), 4) for w in self.weights().detach().cpu()])
+                bar.update()
+                bar.set_postfix(loss=f"{last['loss']:.4f}", epoch=self.epoch)
+                if self.rank == 0 and (self.global_step % self.cfg.log_every == 0):
+                    self._log(last)
+                    if on_log:
+                        on_log(last)
+                if self.global_step % self.cfg.save_every == 0:
+                    self.save()
+                if done == 1:
+                    timed_from = time.perf_counter()
+                elif done == 3 and todo > 3 and self.progress:
+                    self._estimate((time.perf_counter() - timed_from) / 2, todo - done)
+                self.stopped_by = self._agreed_stop()
+                if self.stopped_by is not None:
+                    break
+            bar.close()
+            if self.saved_step != self.global_step:
                 self.save()
-        bar.close()
-        self.save()
         return last
+
+    def _estimate(self, seconds_per_step: float, remaining: int) -> None:
+        """Say how long the run will take (issue 22: the recipe's 300 epochs of 512^2 patches
+        are 60000 steps, weeks on a CPU, where the bar's ETA was the only hint)."""
+        eta = seconds_per_step * remaining
+        message = (f"train: {seconds_per_step:.3g} s per step on {self.device}: about {_duration(eta)} for the "
+                   f"{remaining} steps left")
+        if self.device.type == "cpu" and eta > 24 * 3600:
+            message += ("; the recipe's defaults are sized for a GPU: on a CPU try --patch 128 and fewer --epochs / "
+                        "--iters-per-epoch, or --max-steps N (a run stopped by --max-steps or Ctrl-C resumes "
+                        "with the same command)")
+        self._say(message)
 
     def _log(self, record: dict) -> None:
         self.out.mkdir(parents=True, exist_ok=True)

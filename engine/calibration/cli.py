@@ -1,11 +1,13 @@
 """The ``exposure-diffusion calibrate`` subcommand: ``add_calibrate_command`` and its
-handler ``run_calibrate``, a command-line front end to ``engine.calibration.calibrate``."""
+handler ``run_calibrate``, a command-line front end to ``engine.calibration.calibrate``.
+
+Registering the command imports nothing heavy (``--help`` without torch, issue 22 item 6);
+``run_calibrate`` checks every output path (profile, report, plots) before reading a frame.
+"""
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-
-from .fit import PPCC_SAMPLES, CalibrationError, calibrate, find_frames, raw_files
 
 _CLI_HELP = """\
 Calibrate a camera's noise profile from bias and flat frames (raw files rawpy reads).
@@ -30,6 +32,7 @@ def add_calibrate_command(subparsers):
     import argparse
 
     from engine.argtypes import integer_arg
+    from engine.limits import PPCC_SAMPLES
 
     p = subparsers.add_parser("calibrate", help="calibrate a camera's noise profile from bias and flat frames",
                               description=_CLI_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -52,8 +55,35 @@ def add_calibrate_command(subparsers):
     return p
 
 
+def _check_outputs(out: Path, report: Path, plots: Path | None, overwrite: bool, inputs) -> None:
+    """Refuse, before any frame is read, outputs that cannot be written at the end: the
+    profile, report or plots a folder / a file where a folder is expected, a folder that
+    cannot be created or written into, or an output that is one of the input frames (with
+    ``--overwrite`` it would replace a bias raw). ``OutputPathProblem`` (a ValueError)."""
+    from engine.argtypes import OutputPathProblem, check_output_file, check_output_folder
+    from engine.io.paths import same_file
+
+    from .plots import PLOT_FILES
+
+    check_output_file(out, option="-o", overwrite=overwrite, make_folders=True)
+    check_output_file(report, option="--report", overwrite=overwrite, make_folders=True)
+    files = [("-o", out), ("--report", report)]
+    if plots is not None:
+        check_output_folder(plots, option="--plots")
+        for name in PLOT_FILES:
+            check_output_file(plots / name, option="--plots", overwrite=overwrite, make_folders=True)
+            files.append(("--plots", plots / name))
+    for option, path in files:
+        for frame in inputs:
+            if same_file(path, frame):
+                raise OutputPathProblem(f"{option} {path} is the input frame {frame}; name another file")
+
+
 def run_calibrate(args) -> int:
     """Handler of ``exposure-diffusion calibrate``."""
+    from engine.argtypes import OutputPathProblem
+
+    from .fit import CalibrationError, calibrate, find_frames, raw_files
 
     out = Path(args.out)
     if args.folder is None and not (args.bias and args.flat):
@@ -70,7 +100,13 @@ def run_calibrate(args) -> int:
     except (CalibrationError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    plots = None if args.no_plots else (args.plots or out.with_name(out.stem + "_plots"))
+    plots = None if args.no_plots else Path(args.plots or out.with_name(out.stem + "_plots"))
+    report = Path(args.report) if args.report else out.with_name(out.stem + "_report.txt")  # calibrate()'s default
+    try:
+        _check_outputs(out, report, plots, args.overwrite, [*bias, *flat])
+    except OutputPathProblem as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     say = None if args.quiet else (lambda msg: print(msg, file=sys.stderr))
     try:
         result = calibrate(bias, flat, out=out, camera_name=args.name, plots=plots, report=args.report,
