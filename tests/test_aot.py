@@ -73,7 +73,7 @@ def test_tensor_core_kernels_use_hopper_warpgroup_mma(aot_report):
 
 
 def test_poisson_sampler_machine_code():
-    """DESIGN.md: a random kernel is memory-bound only if its sampler is cheap. Read from the
+    """docs/architecture.md: a random kernel is memory-bound only if its sampler is cheap. Read from the
     sm_90 SASS of every configuration autotune may pick for ``poisson``: no fp64 instruction,
     the logs are MUFU.LG2 (not libdevice's polynomial), the inversion is unrolled (the only
     loop is PTRS's rejection loop) and one-warp programs have no barrier."""

@@ -126,7 +126,7 @@ def test_limits_are_the_documented_ones(pipe, frame):
 
 @pytest.mark.parametrize("ratio", [0.5, 1, np.float32(1)])
 def test_ratio_up_to_one_with_one_step(pipe, frame, ratio):
-    """README: ratio in (0, 10000], > 1 only when steps > 1: one step at r <= 1 is a plain denoise."""
+    """docs/limits.md: ratio in (0, 10000], > 1 only when steps > 1: one step at r <= 1 is a plain denoise."""
     out = pipe(frame, **ARR, ratio=ratio, steps=1, K=1.0, stochastic=False)
     assert out.raw.shape == (4, 16, 16) and torch.isfinite(out.raw).all()
     assert out.schedule == [1.0, float(ratio)]

@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
-# The runs of issue 14 on a CPU (one thread), reproducible and resumable.
+# The CPU runs that made the shipped default model (engine/data/default_model.pt) and the
+# ablation arms of its model card, reproducible and resumable (one thread by default).
 #
-#   bash training/recipes/issue14.sh bank RUNS            # render the dead-leaves bank (once)
-#   bash training/recipes/issue14.sh run RUNS DATA [MAX]  # train (or resume) RUNS/DATA; DATA in
-#                                                         # procedural | deadleaves | mix | onestep-mix |
-#                                                         # deadleaves-long | onestep-deadleaves |
-#                                                         # twin-multistep | twin-multistep-ste |
-#                                                         # twin-origin | twin-origin-means | twin-means |
-#                                                         # twin-linspace | cascade | cascade-1000 |
-#                                                         # cascade-origin-1000 | cascade-long
-#   bash training/recipes/issue14.sh eval RUNS CKPT [evaluate options]   # photo hold-out, BM3D cached
-#   bash training/recipes/issue14.sh auto RUNS CKPT OUT   # calibrate steps="auto" into OUT (fp16)
+#   bash training/recipes/default_model_runs.sh bank RUNS            # render the dead-leaves bank (once)
+#   bash training/recipes/default_model_runs.sh run RUNS DATA [MAX]  # train (or resume) RUNS/DATA; DATA in
+#                                                                    # procedural | deadleaves | mix | onestep-mix |
+#                                                                    # deadleaves-long | onestep-deadleaves |
+#                                                                    # twin-multistep | twin-multistep-ste |
+#                                                                    # twin-origin | twin-origin-means | twin-means |
+#                                                                    # twin-linspace | cascade | cascade-1000 |
+#                                                                    # cascade-origin-1000 | cascade-long
+#   bash training/recipes/default_model_runs.sh eval RUNS CKPT [evaluate options]   # photo hold-out, BM3D cached
+#   bash training/recipes/default_model_runs.sh auto RUNS CKPT OUT   # calibrate steps="auto" into OUT (fp16)
 #
 # Every run fine-tunes the previous default model (engine/data/default_model.pt, kept in
-# git history) with the issue-14 recipe: fixed equal step weights, the local-mean
+# git history) with the model card's recipe: fixed equal step weights, the local-mean
 # (brightness) term of training.objective, 3 unrolled steps (1 for the one-step twin),
 # 96^2 packed patches, batch 4, bf16 autocast, lr 2e-4 halved at 50% and /10 at 90% of
 # 1200 steps. deadleaves-long (session 4) continues from the model shipped after the first
@@ -36,7 +37,7 @@ cd "$(dirname "$0")/../.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" OMP_NUM_THREADS="${OMP_NUM_THREADS:-${THREADS:-1}}" MKL_NUM_THREADS=1
 what=$1; runs=$2
 bank="$runs/deadleaves_bank_256.npy"
-# The init weights: the default model as shipped before issue 14 (commit 3d4e87b).
+# The init weights: the default model as shipped before these runs (commit 3d4e87b).
 init="$runs/init_default_3d4e87b.pt"
 if [ ! -f "$init" ]; then mkdir -p "$runs"; git show 3d4e87b:engine/data/default_model.pt > "$init"; fi
 case "$what" in

@@ -1,6 +1,6 @@
 """Markdown tables from ``exposure-diffusion evaluate --json`` files (the model card's tables).
 
-    python training/recipes/tables.py runs/issue14/final_photo.json [more.json ...]
+    python training/recipes/tables.py runs/default-model/final_photo.json [more.json ...]
 
 One table per file: a row per method (noisy input, baselines, each model at each step
 count), columns PSNR dB / SSIM per ratio, then the mean network evaluations and the mean
