@@ -42,10 +42,17 @@ setup(
         # the torch build in use (e.g. pip install torch==X torchvision==Y from the same index);
         # without it JPEGs are encoded by Pillow in the writer processes.
         "gpu-jpeg": ["torchvision>=0.19"],
-        # issue 14's evaluation: BM3D beside the models (wavelet needs scikit-image only)
+        # the evaluation's classical baselines: BM3D beside the models (wavelet needs scikit-image only)
         "baselines": ["bm3d>=4", "scikit-image>=0.21"],
         # dead-leaves training scenes; the package declares Python >= 3.12 (on 3.11 see
         # training/deadleaves_scenes.py, import_deadleaves)
         "deadleaves": ["deadleaves>=1.1; python_version >= '3.12'"],
+        # the documentation site (docs/, mkdocs.yml): mkdocs build --strict (tests/test_docs.py)
+        "docs": ["mkdocs>=1.6", "mkdocs-material>=9.5", "mkdocstrings[python]>=0.29"],
+        # CPU backbones beside PyTorch's (engine.inference.cpu_backends, timed at the first
+        # frame) and ONNX export (exposure-diffusion export --onnx): ONNX Runtime with its
+        # quantiser (int8), OpenVINO; onnx / onnxscript for torch.onnx's exporter
+        "onnx": ["onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18"],
+        "openvino": ["openvino>=2024.0", "onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18"],
     },
 )

@@ -33,7 +33,8 @@ SIZE_MULTIPLE = 16  # four 2x2 poolings in the UNet
 
 
 class EagerLoop:
-    """Plain fp32 eager ExposureDiffusion on one frame.
+    """Plain fp32 eager ExposureDiffusion on one frame, with the engine's last stage (the
+    low-frequency fidelity step, ``fidelity_scale``; None: without), written out in plain ops.
 
     Args:
         backbone: the network; a private fp32, contiguous copy is kept on ``device``.
@@ -42,7 +43,9 @@ class EagerLoop:
         dn_scale: normalised -> DN scale of the photon maths (as the engine's default).
     """
 
-    def __init__(self, backbone: nn.Module, config: BackboneConfig, device, dn_scale: float = DEFAULT_DN_SCALE):
+    def __init__(self, backbone: nn.Module, config: BackboneConfig, device, dn_scale: float = DEFAULT_DN_SCALE,
+                 fidelity_scale: int | None = 32):
+        self.fidelity_scale = fidelity_scale  # the engine's default last stage (engine.inference.fidelity)
         self.device = torch.device(device)
         self.config = config
         self.dn_scale = float(dn_scale)
@@ -79,7 +82,20 @@ class EagerLoop:
                     out_dtype=torch.float32)
                 if not last:
                     state = x[:, :4]
-            return estimate[0, :, :h, :w]
+            estimate = estimate[:, :, :h, :w]
+            if self.fidelity_scale is not None:  # written out plainly: the local means of the unclipped frame
+                noisy = pack_bayer_reference(cfa, frame.pattern, torch.tensor([frame.black_level], device=self.device),
+                                             float(frame.white_level), float(ratio), clip=False)
+                keep = ((estimate < 0.9) & (noisy < 0.999 * float(ratio))).float()
+                s = self.fidelity_scale
+                hp, wp = (-h) % s, (-w) % s
+
+                def box(t):  # box means over s x s, bilinearly back to full size
+                    blocks = F.avg_pool2d(F.pad(t, (0, wp, 0, hp), mode="replicate"), s)
+                    return F.interpolate(blocks, scale_factor=s, mode="bilinear", align_corners=False)[..., :h, :w]
+
+                estimate = (estimate + keep * box(keep * (noisy - estimate)) / box(keep).clamp_min(1e-3)).clamp(0, 1)
+            return estimate[0]
 
 
 def numpy_eld_synthesis(clean: np.ndarray, params: list[dict], dn_scale: float, rng: np.random.Generator) -> np.ndarray:

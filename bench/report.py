@@ -23,6 +23,7 @@ TARGET_SPEEDUP_CPU = 2.0
 TARGET_COPY_FRACTION = 0.70
 TARGET_SYNTH_VS_NUMPY = 1000.0
 TARGET_BF16_PSNR_DB = 45.0
+TARGET_CPU_VS_PLAIN = 1.5  # issue 21: the engine's default 3-step call vs three plain fp32 eager passes (CPU)
 TARGET_DATA_SHARE = 0.03  # issue #12 (was 5%, issue #4): data preparation share of the training step (GPU)
 # Issue #13, the file-to-file batch. GPU (H100/H200, 12 MP, 16 cores): files/s per output format and the GPU's
 # busy share during the batch; CPU (the 2-core CPU default batch frame): overlapped against sequential, PNG.
@@ -45,9 +46,11 @@ def judge(value, target, kind: str) -> str:
     """"met" or "missed by ..." for a figure against its target.
 
     kind: "speedup" (higher is better, x), "rate" (higher, files/s), "ms" (lower is better),
-    "fraction" (higher, shown in %), "share" (lower, shown in %), "dB" (higher)."""
+    "MB" (lower), "fraction" (higher, shown in %), "share" (lower, shown in %), "dB" (higher)."""
     if value is None:
         return "n/a"
+    if kind == "MB":
+        return "met" if value <= target else f"missed by {value - target:.0f} MB"
     if kind == "ms":
         return "met" if value <= target else f"missed by {value - target:.1f} ms ({value / target:.2f}x the target)"
     if kind == "share":  # a fraction that must stay below the target
@@ -92,7 +95,7 @@ def targets(res: dict, device, full_size: bool, steps: int, smoke: bool = False)
     out = []
 
     def add(what, value, target, kind, shown):
-        speed = kind != "dB"
+        speed = kind not in ("dB", "MB")
         status = SMOKE_STATUS if smoke and speed else judge(value, target, kind)
         out.append({"what": what, "value": value, "target": target, "kind": kind, "shown": shown,
                     "status": status, "judged": status != SMOKE_STATUS})
@@ -126,6 +129,21 @@ def targets(res: dict, device, full_size: bool, steps: int, smoke: bool = False)
                     v = r["psnr_vs_eager_dB"]
                     add("bf16 output within 45 dB PSNR of fp32 (issue #3)", 999.0 if v is None else v,
                         TARGET_BF16_PSNR_DB, "dB", "identical" if v is None else f"{v:.1f} dB")
+    cpu = res.get("cpu")
+    if cpu and cpu.get("sizes"):
+        for size in cpu["sizes"]:
+            mp = f"{size['megapixels']:.0f} MP"
+            default = next((r for r in size["rows"] if r["name"] == "engine default call"), None)
+            if default:
+                add(f"CPU: engine default call vs 3 plain fp32 eager passes ({mp})", default["speedup_vs_plain_eager"],
+                    TARGET_CPU_VS_PLAIN, "speedup", f"{default['speedup_vs_plain_eager']:.2f}x")
+                add(f"CPU: engine default call, PSNR vs fp32 ({mp})", default["psnr_vs_fp32_dB"] or 999.0,
+                    TARGET_BF16_PSNR_DB, "dB", f"{default['psnr_vs_fp32_dB']:.1f} dB" if default["psnr_vs_fp32_dB"]
+                    else "identical")
+        mem = cpu.get("peak_memory_12MP") or {}
+        if "peak_bytes" in mem:
+            add("CPU: engine peak memory, 12 MP frame", mem["peak_bytes"] / 1e6, mem["target_bytes"] / 1e6, "MB",
+                f"{mem['peak_bytes'] / 1e9:.2f} GB")
     if device.type == "cuda":
         bb = res.get("backbone") or {}
         large = [layer for layer in bb.get("layers", []) if layer["layer"].startswith(("conv1", "conv2", "conv8", "conv9"))]
@@ -224,6 +242,26 @@ def _report(res: dict) -> str:
                  ("identical" if r["psnr_vs_eager_dB"] is None else f"{r['psnr_vs_eager_dB']:.1f}") if "psnr_vs_eager_dB" in r else "-",
                  f"{r['loop_GFLOP_per_s']:.0f}"] for r in eng["rows"]]
         out.append(table(["run", "decode", "ms/frame", "MP/s", "vs eager", "PSNR dB", "GFLOP/s"], rows))
+    cpu = res.get("cpu")
+    if cpu and cpu.get("sizes"):
+        out.append(f"\nCPU backbone candidates: {cpu['cpu']}, {cpu['threads']} threads, bf16 instructions "
+                   f"{'yes' if cpu['bf16_instructions'] else 'no'}, VNNI {'yes' if cpu['vnni'] else 'no'}; fp32 matmul "
+                   f"{cpu['matmul_fp32_GFLOPs']:.0f} GFLOP/s; the engine chose {', '.join(cpu['engine_choice']) or '-'}")
+        for size in cpu["sizes"]:
+            out.append(f"{size['frame'][0]}x{size['frame'][1]} ({size['megapixels']:.1f} MP), {size['loop_GFLOP']:.0f} GFLOP "
+                       "per 3-step frame; PSNR against the eager fp32 loop (means)")
+            out.append(table(["candidate", "ms/frame", "vs 3 plain eager", "of matmul", "PSNR dB"], [
+                [r["name"], fmt_t(r["time"]), f"{r['speedup_vs_plain_eager']:.2f}x", f"{r['fraction_of_matmul_rate']:.0%}",
+                 "-" if "psnr_vs_fp32_dB" not in r else ("identical" if r["psnr_vs_fp32_dB"] is None
+                                                        else f"{r['psnr_vs_fp32_dB']:.1f}")] for r in size["rows"]]))
+        for name, error in (cpu.get("failed") or {}).items():
+            out.append(f"{name}: failed ({error})")
+        mem = cpu.get("peak_memory_12MP") or {}
+        if "peak_bytes" in mem:
+            out.append(f"engine default call on a 12 MP frame: peak memory {mem['peak_bytes'] / 1e9:.2f} GB (target "
+                       f"<= {mem['target_bytes'] / 1e9:.1f} GB)")
+        elif "error" in mem:
+            out.append(f"12 MP peak memory: not measured ({mem['error'][-200:]})")
     bb = res.get("backbone")
     if bb and "rows" in bb:
         out.append(f"\nBackbone fp16 channels_last {bb['input']}, {bb['timing']}; measured fp16 matmul rate "
@@ -275,7 +313,7 @@ def _report(res: dict) -> str:
             out.append(table(["kernel", "kernel ms", "G draws/s", "x 2026-11-30 sampler, same run",
                               "x 2026-11-30 op, recorded (H200)", "autotuned"], rows))
             out.append("(same run: the old kernel, bench/legacy_poisson.py, on the same input; recorded: whole-op device "
-                       "time of ../shared/gpu-runs/2026-11-30/bench.log over this run's, H200 at 12 MP only)")
+                       "time of the first GPU run's bench.log over this run's, H200 at 12 MP only)")
     s = res.get("synthesis")
     if s:
         out.append(f"\nNoise synthesis {s['model']} on {s['batch']} ({s['elements'] / 1e6:.1f} M elements), per-sample parameters")
@@ -331,9 +369,10 @@ def _report(res: dict) -> str:
     if res.get("targets"):
         out.append("\nTargets")
         out.append(table(["figure", "value", "target", "status"],
-                         [[t["what"], t["shown"], ("<= " if t["kind"] in ("ms", "share") else ">= ") +
+                         [[t["what"], t["shown"], ("<= " if t["kind"] in ("ms", "share", "MB") else ">= ") +
                            (f"{t['target']:.0%}" if t["kind"] in ("fraction", "share") else f"{t['target']:g}" +
-                            {"ms": " ms", "dB": " dB", "speedup": "x", "rate": " files/s"}[t["kind"]]), t["status"]] for t in res["targets"]]))
+                            {"ms": " ms", "MB": " MB", "dB": " dB", "speedup": "x", "rate": " files/s"}[t["kind"]]), t["status"]]
+                          for t in res["targets"]]))
     return "\n".join(out)
 
 

@@ -54,11 +54,12 @@ def engine_configs(device) -> list[tuple[str, dict]]:
                 ("engine fp16, no graphs", dict(precision="fp16", cuda_graphs=False)),
                 ("engine fp32 + CUDA graphs", dict(precision="fp32", cuda_graphs=True)),
                 ("engine fp32, no graphs", dict(precision="fp32", cuda_graphs=False))]
-    configs = [("engine fp32", dict(precision="fp32"))]
+    # The default: the CPU backbone chosen at the first frame (engine.inference.cpu_backends),
+    # then the PyTorch module in each precision the CPU runs natively.
+    configs = [("engine default", dict(backbone_path="auto")), ("engine fp32", dict(precision="fp32"))]
     if cpu_has_bf16():
         configs.append(("engine bf16 autocast", dict(precision="bf16")))
-    default = getattr(engine.inference.pipeline, "default_precision", lambda d: configs[-1][1]["precision"])(device)
-    return sorted(configs, key=lambda c: c[1]["precision"] != default)
+    return configs
 
 
 def loop_flops(cfg: BackboneConfig, net, h: int, w: int, steps: int) -> int:
@@ -145,7 +146,7 @@ def copy_bandwidth(device: torch.device, nbytes: int, repeats: int) -> dict:
 
 # Device time per call of the whole op (value checks, key draw and kernel) measured on an
 # H200 at the 12 MP default (2848 x 4256), commit b6a82fd, 2026-11-30
-# (../shared/gpu-runs/2026-11-30/bench.log), before the sampler was rewritten (issue 11).
+# (the first GPU run's bench.log, RESULTS.md), before the sampler was rewritten (issue 11).
 RECORDED_2026_11_30_DEVICE_MS = {"_poisson_kernel": 0.918, "_synthesize_kernel": 1.019, "_exposure_fwd_kernel": 0.861}
 RECORDED_FRAME = (2848, 4256)
 

@@ -98,6 +98,7 @@ from bench.report import FULL, device_name, git_commit, report, targets, write_j
 from bench.scene import DEFAULT_ISO, DEFAULT_RATIO, write_scene_dng  # noqa: E402
 from bench.backbone_stage import COMPILE_MODES, bench_backbone  # noqa: E402
 from bench.batch_stage import bench_batch  # noqa: E402
+from bench.cpu_stage import bench_cpu  # noqa: E402
 from bench.stages import (Context, bench_engine, bench_kernels, bench_synthesis,  # noqa: E402
                           copy_bandwidth, cpu_has_bf16)
 from bench.timing import Progress  # noqa: E402
@@ -113,7 +114,7 @@ DEFAULT_JSON = BENCH_DIR / "out" / "throughput.json"
 QUICK_JSON = BENCH_DIR / "out" / "throughput_quick.json"  # a smoke run never replaces the main run's figures
 WEIGHTS_NOTE = ("random-init default UNet (seed {seed}), the same weights for the engine and the baseline: {why}, "
                 "and throughput does not depend on the weights' values")
-STAGES = ("engine", "backbone", "kernels", "synthesis", "training", "batch")
+STAGES = ("engine", "cpu", "backbone", "kernels", "synthesis", "training", "batch")
 
 
 # ---------------------------------------------------------------- main
@@ -214,7 +215,8 @@ def main(argv=None) -> int:
     else:
         info["cpu_bf16"] = cpu_has_bf16()
     results = {"info": info}
-    stages = [s for s in STAGES if s not in args.skip and (s != "backbone" or device.type == "cuda")]
+    stages = [s for s in STAGES if s not in args.skip and (s != "backbone" or device.type == "cuda")
+              and (s != "cpu" or device.type == "cpu")]
     progress = Progress(1 + len(stages), args.quiet)
     ctx = Context(device, net, cfg, args.ratio, args.steps, args.repeats, args.warmup, progress)
     workdir = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="exposure_bench_"))
@@ -254,6 +256,8 @@ def main(argv=None) -> int:
         results["copy_bandwidth"] = copy_bandwidth(device, 4 * (H // 2) * (W // 2) * 4, args.repeats)
         if "engine" in stages:
             stage("engine", lambda: bench_engine(ctx, path))
+        if "cpu" in stages:
+            stage("cpu", lambda: bench_cpu(ctx, (H, W), include_12mp=not args.quick))
         if "backbone" in stages:
             stage("backbone", lambda: bench_backbone(ctx, H, W, results["copy_bandwidth"]["GBps"],
                                                      compile_modes=() if args.quick else COMPILE_MODES,

@@ -18,6 +18,12 @@ cannot write into. The files come from the command line, standard input (``-``) 
 files (``@list.txt``); under torchrun or with ``--devices`` each process takes its share
 (``engine.inference.shard``) and rank 0 prints the one summary, which lists every failed
 file.
+
+Options are checked while parsing (exit status 2, before anything is loaded): each value
+by its ``type`` (``engine.argtypes``), and values against each other by ``Parser`` checks
+(``--steps`` > 1 needs ``--ratio`` > 1). Importing this module, building the parser and
+``--help`` import neither torch nor Triton (the limits come from ``engine.limits``): the
+commands import what they need when they run.
 """
 from __future__ import annotations
 
@@ -26,10 +32,28 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Callable
 
-from tqdm import tqdm
 
-from engine.io.paths import OutputPathError, check_inputs_distinct, output_names, plan_outputs
+class Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` that also checks options against each other once they are
+    parsed: each of ``add_check``'s functions gets the namespace and returns a message (an
+    argparse usage error, exit status 2) or None. Subcommands are parsers of this class too."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.checks: list[Callable[[argparse.Namespace], str | None]] = []
+
+    def add_check(self, check: Callable[[argparse.Namespace], str | None]) -> None:
+        self.checks.append(check)
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        for check in self.checks:
+            problem = check(namespace)
+            if problem:
+                self.error(problem)
+        return namespace, extras
 
 
 def _workers_arg(value: str) -> str:
@@ -60,6 +84,8 @@ def _devices_arg(value: str) -> list[str]:
 def input_paths(args: list[str], stdin=None) -> list[Path]:
     """The files named on the command line: paths, ``-`` (one path per line on standard
     input) and ``@list.txt`` (one path per line in that file); empty lines are ignored."""
+    from engine.io.paths import OutputPathError
+
     out: list[Path] = []
     for a in args:
         if a == "-":
@@ -77,6 +103,8 @@ def input_paths(args: list[str], stdin=None) -> list[Path]:
 
 def _check_writable(folder: Path) -> None:
     """Refuse, before any work, an output folder this process cannot create files in."""
+    from engine.io.paths import OutputPathError
+
     try:
         fd, probe = tempfile.mkstemp(prefix=".write-test-", suffix=".tmp", dir=folder)
     except OSError as e:
@@ -87,14 +115,14 @@ def _check_writable(folder: Path) -> None:
 
 def enhance(args) -> int:
     from engine.io.output import OutputOptions
+    from engine.io.paths import OutputPathError, check_inputs_distinct, check_output_folder, output_names, plan_outputs
 
     try:  # every refusal before the model is loaded or a folder made
         files = input_paths(args.files)
         if not files:
             raise OutputPathError("no input files (an empty list?)")
         out_dir = Path(args.output)
-        if out_dir.exists() and not out_dir.is_dir():
-            raise OutputPathError(f"output {out_dir} exists and is not a folder")
+        check_output_folder(out_dir)  # a file, or a symlink to nothing (mkdir would say only "File exists")
         options = OutputOptions(format=args.format, bits=args.bits, quality=args.quality,
                                 compression=args.compression,
                                 jpeg_on_device={"auto": None, "gpu": True, "cpu": False}[args.jpeg_encoder])
@@ -116,9 +144,12 @@ def enhance(args) -> int:
 def _enhance_rank(args, files, outputs, options, todo=None) -> int:
     """This process's share of the files (all of them with one process; see
     ``engine.inference.shard``), then one summary from rank 0."""
+    from tqdm import tqdm
+
     from engine.inference import shard
     from engine.inference.batch import enhance_files
     from engine.inference.pipeline import Pipeline
+    from engine.io.paths import OutputPathError, plan_outputs
 
     rank = shard.current_rank()
     shard.join(rank)
@@ -146,20 +177,37 @@ def _enhance_rank(args, files, outputs, options, todo=None) -> int:
         except (ValueError, OSError, RuntimeError) as e:
             trouble = f"cannot load the model: {e}"
         if trouble is None:
-            workers = _workers(args.workers, pipe.device, rank.local_world)
+            workers = _workers(args.workers, pipe.device, rank.local_world, files=len(mine))
+            if str(workers) != args.workers and args.workers != "auto" and not args.quiet and rank.rank == 0:
+                print(f"--workers {args.workers}: using {workers} of each (at most one per file and one per core "
+                      "of this process)", file=sys.stderr)
             batch = _batch(args.batch, pipe.device)
             where = f" (rank {rank.rank} of {rank.world})" if rank.distributed else ""
             bar = tqdm(total=len(mine), desc="enhance" + where, unit="file", disable=args.quiet or rank.rank != 0)
+            finished = [0]  # files done; the bar shows finished + the share of the steps run in the current group
 
             def report(result) -> None:
-                bar.update(1)
-                bar.set_postfix_str(result.source.name)
+                finished[0] += 1
+                bar.update(finished[0] - bar.n)  # through update: tqdm's rate and time left follow
+                bar.n = finished[0]  # exactly (an int: "3/3", not "3.0000000000000004/3")
+                bar.set_postfix_str(result.source.name)  # refreshes the bar
                 if result.error is not None:
                     tqdm.write(f"FAILED {result.source}: {result.error}", file=sys.stderr)
+                elif args.ratio == "auto" and result.ratio is not None and not args.quiet:
+                    tqdm.write(f"{result.source.name}: ratio {result.ratio:.3g} (auto)", file=sys.stderr)
+
+            def step_done(step: int, steps: int, frames: int) -> None:
+                # Inside a file (one step of a 24 MP frame takes tens of seconds on a CPU): the share
+                # of the current group's steps, never a whole file before it is written.
+                target = round(min(finished[0] + frames * step / steps, finished[0] + frames - 0.01), 2)
+                if target > bar.n:
+                    bar.update(target - bar.n)
+                    bar.refresh()  # now: update() draws at most every 0.1 s
 
             try:
                 results = enhance_files(pipe, [files[i] for i in mine], [outputs[i] for i in mine], fmt=options,
                                         workers=workers, batch=batch, on_done=report, overwrite=args.overwrite,
+                                        on_step=None if bar.disable else step_done,
                                         ratio=args.ratio, steps=args.steps, K=args.K, iso=args.iso, seed=args.seed,
                                         stochastic=args.stochastic)
             except (OutputPathError, FileExistsError, ValueError) as e:
@@ -188,16 +236,29 @@ def _enhance_rank(args, files, outputs, options, todo=None) -> int:
     return 1 if failures else 0
 
 
-def _workers(value: str, device, ranks_here: int = 1) -> int:
-    """--workers: a number, or "auto": beside a GPU, decoder and writer processes on this
-    rank's share of the cores (one core left for the process driving the device), at
-    least one of each; on a CPU none (they would take cores from the enhancement itself)."""
+def _cores() -> int:
+    """The cores this process may run on (its CPU affinity where the platform says)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def _workers(value: str, device, ranks_here: int = 1, files: int | None = None) -> int:
+    """--workers: decoder and writer processes, N of each. A number is capped at this rank's
+    share of the cores and, with ``files``, at the number of files (each worker holds a
+    decoded frame, ~0.2 GB for a 24 MP raw: ``--workers 16`` for 2 files started 28
+    processes, issue 22). "auto": beside a GPU, (cores - 1) / 2 of this rank's share (one
+    core left for the process driving the device), at least one of each; on a CPU none
+    (they would take cores from the enhancement itself)."""
+    cores = max(1, _cores() // max(1, ranks_here))
     if value != "auto":
-        return int(value)
-    if device.type != "cuda":
+        wanted = min(int(value), cores)
+    elif device.type != "cuda":
         return 0
-    cores = max(1, (os.cpu_count() or 2) // max(1, ranks_here))
-    return max(1, (cores - 1) // 2)
+    else:
+        wanted = max(1, (cores - 1) // 2)
+    return wanted if files is None else min(wanted, files)
 
 
 def _batch(value: str, device) -> int:
@@ -210,18 +271,19 @@ def _batch(value: str, device) -> int:
 def add_engine_commands(sub) -> None:
     """Register the engine's subcommands (``enhance``, ``calibrate``) on an argparse
     subparsers object."""
-    from engine.argtypes import add_photon_options, camera_arg, device_arg, integer_arg, real_arg, steps_or_auto_arg
+    from engine.argtypes import (add_photon_options, camera_arg, device_arg, integer_arg, ratio_arg, real_arg,
+                                 steps_or_auto_arg)
     from engine.calibration.cli import add_calibrate_command
-    from engine.camera import K_RANGE
-    from engine.inference.loop import SIZE_MULTIPLE
-    from engine.inference.pipeline import MAX_RATIO, MAX_SEED, MAX_STEPS
+    from engine.limits import K_RANGE, MAX_RATIO, MAX_SEED, MAX_STEPS, SIZE_MULTIPLE
 
     e = sub.add_parser("enhance", help="enhance raw files (any format rawpy reads)")
     e.add_argument("files", nargs="+",
                    help="raw files (ARW, NEF, CR2, DNG, ...); '-' reads one path per line from standard input, "
                         "'@list.txt' from that file (for folders too large for a command line)")
-    e.add_argument("--ratio", type=real_arg(0, MAX_RATIO, low_open=True), required=True,
-                   help=f"exposure ratio to brighten by, in (0, {MAX_RATIO:g}] (e.g. 100, 300; > 1 with --steps > 1)")
+    e.add_argument("--ratio", type=ratio_arg(MAX_RATIO), required=True,
+                   help=f"exposure ratio to brighten by, in (0, {MAX_RATIO:g}] (e.g. 100, 300); > 1 when --steps > 1 "
+                        "(the default 3); with --steps 1 any ratio, <= 1 being a plain denoise; or 'auto': per file, "
+                        "the frame's median brought to 12%% of white (printed per file, in its metadata)")
     e.add_argument("-o", "--output", default=".", help="output folder (created if missing; default: .)")
     e.add_argument("--checkpoint", default=None,
                    help="model checkpoint (public {'netG': ...} format or ours; default: the shipped model)")
@@ -256,13 +318,16 @@ def add_engine_commands(sub) -> None:
                    help="same-size frames per device call (default auto: 4 on CUDA, 1 on a CPU)")
     e.add_argument("--max-tile", type=integer_arg(SIZE_MULTIPLE, multiple=SIZE_MULTIPLE), default=None,
                    help=f"process in tiles of at most this many packed pixels (a multiple of {SIZE_MULTIPLE})")
-    e.add_argument("--backbone", default="auto", choices=("auto", "fused", "eager", "compile"),
-                   help="what runs the network: auto (default; on a GPU the fastest of our fused Triton UNet and "
-                        "PyTorch's, timed at the first frame of each size and cached), fused, eager (PyTorch) or "
-                        "compile (torch.compile)")
+    e.add_argument("--backbone", default=None, choices=BACKBONES,
+                   help="what runs the network: auto (default, or $EXPOSURE_DIFFUSION_BACKEND; on a GPU the fastest "
+                        "of our fused Triton UNet and PyTorch's, timed at the first frame of each size; on a CPU the "
+                        "fastest installed of PyTorch fp32 / bf16, torch.compile, ONNX Runtime fp32 / int8 and "
+                        "OpenVINO fp32 / bf16 / int8, each held to 45 dB of fp32, timed once per CPU and model; "
+                        "cached), or one of them by name")
     e.add_argument("--workers", default="auto", type=_workers_arg,
                    help="decoder and writer processes (N of each) overlapping the device work (default auto: beside a GPU "
-                        "(cores per GPU process - 1) / 2, at least 1; 0 on a CPU, whose cores the enhancement uses)")
+                        "(cores per GPU process - 1) / 2, at least 1; 0 on a CPU, whose cores the enhancement uses); "
+                        "N is capped at the number of files and at the cores of each process")
     existing_outputs = e.add_mutually_exclusive_group()
     existing_outputs.add_argument("--overwrite", action="store_true",
                                   help="replace outputs that already exist (default: refuse, before any work)")
@@ -270,13 +335,34 @@ def add_engine_commands(sub) -> None:
                                   help="enhance only the files whose output does not exist yet (resume a run)")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=enhance)
+    if isinstance(e, Parser):
+        e.add_check(_ratio_fits_steps)
     add_calibrate_command(sub)
+
+
+# engine.inference.backbone_choice.BACKBONE_PATHS (written out: importing it would load torch)
+BACKBONES = ("auto", "fused", "eager", "compile", "eager-bf16", "onnxruntime", "onnxruntime-int8", "openvino",
+             "openvino-bf16", "openvino-int8")
+
+
+def _ratio_fits_steps(args) -> str | None:
+    """More than one step needs the exposure to grow between them (``Pipeline`` refuses
+    ratio <= 1 with steps > 1 per file, at run time: refused here, while parsing, instead).
+    ``--steps auto`` at ratio <= 1 runs one step, as ``Pipeline`` does. The float32 value is
+    compared: 1 + 2**-52 is 1 for the photon maths."""
+    from engine.argtypes import float32
+
+    if isinstance(args.steps, int) and args.steps > 1 and args.ratio != "auto" and float32(args.ratio) <= 1:
+        return (f"argument --ratio: must be > 1 with --steps {args.steps} (the exposure must grow between steps), "
+                f"got {args.ratio!r}" + (f" (= 1 in float32)" if args.ratio > 1 else "") +
+                "; at a ratio <= 1 use --steps 1 (a plain denoise)")
+    return None
 
 
 def build_parser(*more_commands) -> argparse.ArgumentParser:
     """The ``exposure-diffusion`` parser: the engine's commands, then each of
     ``more_commands`` (functions registering subcommands, e.g. the training ones)."""
-    ap = argparse.ArgumentParser(prog="exposure-diffusion", description="ExposureDiffusion raw low-light enhancement")
+    ap = Parser(prog="exposure-diffusion", description="ExposureDiffusion raw low-light enhancement")
     sub = ap.add_subparsers(dest="command", required=True)
     add_engine_commands(sub)
     for add in more_commands:
@@ -285,8 +371,14 @@ def build_parser(*more_commands) -> argparse.ArgumentParser:
 
 
 def main(argv=None, *more_commands) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(*more_commands).parse_args(argv)
-    return args.func(args)
+    args.argv = argv  # what was typed: `train` says how to resume with it
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:  # Ctrl-C: one line instead of a traceback (files are written atomically)
+        print("\ninterrupted (Ctrl-C); every output already written is complete", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

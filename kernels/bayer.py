@@ -257,17 +257,19 @@ def _prepare_pack(cfa, pattern, black_level, white_level, ratio, K, with_photon,
 
 
 def pack_bayer_reference(cfa, pattern, black_level, white_level, ratio=1.0, *, K=None, with_photon=False,
-                         concat_origin=False, out_dtype=torch.float32) -> torch.Tensor:
+                         concat_origin=False, out_dtype=torch.float32, clip=True) -> torch.Tensor:
     """Plain-PyTorch reference of :func:`pack_bayer` (same arguments, same arithmetic)."""
     prepared = _prepare_pack(cfa, pattern, black_level, white_level, ratio, K, with_photon, out_dtype)
-    return _pack_torch(*prepared, with_photon, concat_origin, out_dtype)
+    return _pack_torch(*prepared, with_photon, concat_origin, out_dtype, clip=clip)
 
 
-def _pack_torch(cfa3, r_row, r_col, black, scale, photon, with_photon, concat_origin, out_dtype):
+def _pack_torch(cfa3, r_row, r_col, black, scale, photon, with_photon, concat_origin, out_dtype, clip=True):
     d = cfa3[:, : cfa3.shape[1] // 2 * 2, : cfa3.shape[2] // 2 * 2].to(torch.float32)
     ra, rb, ca, cb = r_row, 1 - r_row, r_col, 1 - r_col
     planes = torch.stack([d[:, ra::2, ca::2], d[:, ra::2, cb::2], d[:, rb::2, cb::2], d[:, rb::2, ca::2]], dim=1)
-    x = ((planes - black[:, :, None, None]) * scale[:, :, None, None]).clamp(0.0, 1.0)
+    x = (planes - black[:, :, None, None]) * scale[:, :, None, None]
+    if clip:
+        x = x.clamp(0.0, 1.0)
     parts = [x]
     if with_photon:
         parts.append(x * photon[:, None, None, None])
@@ -277,7 +279,7 @@ def _pack_torch(cfa3, r_row, r_col, black, scale, photon, with_photon, concat_or
 
 
 def pack_bayer(cfa, pattern, black_level, white_level, ratio=1.0, *, K=None, with_photon=False,
-               concat_origin=False, out_dtype=torch.float32, out=None, backend="auto") -> torch.Tensor:
+               concat_origin=False, out_dtype=torch.float32, out=None, backend="auto", clip=True) -> torch.Tensor:
     """Pack a Bayer CFA frame into normalised, amplified R, G1, B, G2 planes (SPEC §1, §4).
 
     Args:
@@ -295,6 +297,10 @@ def pack_bayer(cfa, pattern, black_level, white_level, ratio=1.0, *, K=None, wit
         out_dtype: torch.float32 or torch.float16.
         out: optional preallocated output of the result's shape and dtype (any strides).
         backend: "auto" | "triton" | "torch" (``kernels._common.use_triton``).
+        clip: False gives ``(D - black) * ratio / (white - black)`` unclipped (noise below the
+            black level stays negative: an unbiased estimate of the signal's mean, which the
+            engine's low-frequency fidelity step needs); computed by the reference on every
+            device (the kernel packs the network's clipped input only).
 
     Returns:
         [B, C, H // 2, W // 2] with C = 4 / 8 / 12, channel order A_T (R, G1, B, G2), photon,
@@ -304,6 +310,9 @@ def pack_bayer(cfa, pattern, black_level, white_level, ratio=1.0, *, K=None, wit
     batch, h, w = cfa3.shape[0], cfa3.shape[1] // 2, cfa3.shape[2] // 2
     channels = 4 * (1 + bool(with_photon) + bool(concat_origin))
     out = _check_out(out, (batch, channels, h, w), out_dtype, cfa.device)
+    if not clip:
+        return out.copy_(_pack_torch(cfa3, r_row, r_col, black, scale, photon, with_photon, concat_origin, out_dtype,
+                                     clip=False))
     if not use_triton(cfa.device, backend):
         return out.copy_(_pack_torch(cfa3, r_row, r_col, black, scale, photon, with_photon, concat_origin, out_dtype))
     if batch > MAX_BATCH:

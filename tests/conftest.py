@@ -11,6 +11,11 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# Pipelines run the PyTorch module unless a test asks for the backbone choice
+# (backbone_path="auto"): on a CPU the choice times every installed runtime at the first
+# frame (seconds to a minute), which would dominate the suite and make its outputs depend on
+# which runtime won on the machine.
+os.environ.setdefault("EXPOSURE_DIFFUSION_BACKEND", "eager")
 
 
 def _interpreter_dot_reads_bf16():

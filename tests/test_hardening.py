@@ -24,7 +24,7 @@ ARR = dict(pattern="RGGB", black_level=512, white_level=16383, K=1.0, ratio=10, 
 def pipe():
     torch.manual_seed(0)
     cfg = BackboneConfig(options=SMALL)
-    return Pipeline(cfg.build(), cfg, device="cpu", precision="fp32")
+    return Pipeline(cfg.build(), cfg, device="cpu", precision="fp32", fidelity_scale=None)
 
 
 @pytest.mark.parametrize(
@@ -80,7 +80,7 @@ def test_a_frame_gives_the_same_draws_alone_or_in_a_batch():
     when the backbone's arithmetic is batch-independent: each step's Philox key is shared
     by the batch and draws are indexed within a frame."""
     cfg = BackboneConfig(options=SMALL, with_photon=True)
-    pixelwise = Pipeline(_PixelwiseNet(), cfg, device="cpu", precision="fp32")
+    pixelwise = Pipeline(_PixelwiseNet(), cfg, device="cpu", precision="fp32", fidelity_scale=None)
     frames = np.random.default_rng(2).integers(512, 3000, (3, 32, 48)).astype(np.uint16)
     kw = dict(ARR, ratio=100, steps=3)
     batch = pixelwise(frames, seed=21, **kw)
@@ -145,6 +145,37 @@ def test_training_killed_mid_epoch_resumes_with_nothing_lost(tmp_path):
             for run in ("straight", "killed")]
     assert [r["global_step"] for r in logs[1]] == list(range(1, 41))
     assert [r["loss"] for r in logs[0]] == [r["loss"] for r in logs[1]]
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_mid_run_saves_a_checkpoint_and_the_same_command_resumes(tmp_path, sig, code):
+    """Issue 22, item 5, with a real process: Ctrl-C printed a KeyboardInterrupt traceback and
+    lost every step since the last save (here no periodic save at all); the same command
+    then restarted from step 0 and emptied log.jsonl. Now: a checkpoint at the step
+    boundary, exit 128 + signal, a line saying how to resume; the rerun continues the log."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    out = tmp_path / "run"
+    cmd = _train_cmd(out, ("--log-every", "1", "--save-every", "1000"))
+    victim = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log, deadline = out / "log.jsonl", time.time() + 300
+    while time.time() < deadline and victim.poll() is None:
+        if log.is_file() and log.read_text().count("\n") >= 3:
+            break
+        time.sleep(0.05)
+    assert victim.poll() is None, "the run finished before it could be stopped"
+    victim.send_signal(sig)
+    err = victim.communicate(timeout=300)[1]
+    assert victim.returncode == code, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    step = torch.load(out / "last.pt", weights_only=True)["global_step"]
+    assert 3 <= step < 40
+    assert f"stopped by {sig.name} at step {step}" in err and "To resume, run the same command again: " in err
+    steps = [json.loads(line)["global_step"] for line in log.read_text().splitlines()]
+    assert steps == list(range(1, step + 1))
+    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and f"resumed from {out}/last.pt at epoch" in again.stderr, again.stderr
+    assert [json.loads(line)["global_step"] for line in log.read_text().splitlines()] == list(range(1, 41))
+    assert torch.load(out / "last.pt", weights_only=True)["global_step"] == 40
 
 
 def test_stale_temporaries_of_a_killed_save_are_removed_on_resume(tmp_path):

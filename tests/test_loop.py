@@ -62,7 +62,7 @@ def test_deterministic_pipeline_matches_spec(with_photon, concat_origin, out_cha
     torch.manual_seed(0)
     cfg = small_unet_config(with_photon=with_photon, concat_origin=concat_origin, out_channels=out_channels)
     net = cfg.build().eval()
-    pipe = Pipeline(net, cfg, device="cpu", precision="fp32")
+    pipe = Pipeline(net, cfg, device="cpu", precision="fp32", fidelity_scale=None)
     g = torch.Generator().manual_seed(1)
     cfa = torch.randint(512, 1200, (64, 96), generator=g, dtype=torch.int32).to(torch.uint16)
     got = pipe(cfa, ratio=150.0, steps=steps, K=1.7, stochastic=False, pattern="RGGB", black_level=512, white_level=16383).raw
@@ -77,7 +77,7 @@ def test_accumulating_form_matches_spec():
     torch.manual_seed(1)
     cfg = small_unet_config()
     net = cfg.build().eval()
-    pipe = Pipeline(net, cfg, device="cpu", precision="fp32")
+    pipe = Pipeline(net, cfg, device="cpu", precision="fp32", fidelity_scale=None)
     cfa = torch.randint(512, 2000, (32, 64), generator=torch.Generator().manual_seed(2), dtype=torch.int32).to(torch.uint16)
     got = pipe(cfa, ratio=80.0, steps=3, K=0.9, stochastic=False, accumulate=True, pattern="RGGB", black_level=512, white_level=16383).raw
     with torch.no_grad():
@@ -90,7 +90,7 @@ def test_odd_sizes_are_padded_and_cropped_back():
     torch.manual_seed(2)
     cfg = small_unet_config()
     net = cfg.build().eval()
-    pipe = Pipeline(net, cfg, device="cpu", precision="fp32")
+    pipe = Pipeline(net, cfg, device="cpu", precision="fp32", fidelity_scale=None)
     cfa = torch.randint(512, 3000, (43, 91), generator=torch.Generator().manual_seed(3), dtype=torch.int32).to(torch.uint16)
     got = pipe(cfa, ratio=50.0, steps=2, K=2.0, stochastic=False, pattern="RGGB", black_level=512, white_level=16383).raw
     assert got.shape == (4, 21, 45)
@@ -119,7 +119,7 @@ def test_stochastic_mode_draws_poisson_photons():
     """Y_1 = clip(A_1), A_1 = (A_T + P r K / s) / rho_1, P ~ Poisson((rho_1 - 1) s A_T / (r K)):
     mean A_T, variance mu (r K / s)^2 / rho_1^2; and the counts are Poisson (chi-square)."""
     cfg = BackboneConfig(arch="unet", with_photon=True, out_channels=9)
-    pipe = Pipeline(_ClippedStateNet(), cfg, device="cpu", precision="fp32")
+    pipe = Pipeline(_ClippedStateNet(), cfg, device="cpu", precision="fp32", fidelity_scale=None)
     level, black, white, r, K = 600, 512, 16383, 100.0, 4.0
     cfa = torch.full((128, 128), level, dtype=torch.uint16)
     res = pipe(cfa, ratio=r, steps=2, K=K, seed=123, pattern="RGGB", black_level=black, white_level=white)

@@ -196,28 +196,37 @@ def test_interrupted_write_keeps_existing_output(tmp_path, pipe, monkeypatch):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux") or platform.machine() != "x86_64",
                     reason="/proc/cpuinfo's x86 flags are the reference")
-def test_bf16_is_the_cpu_default_only_with_native_bf16_instructions():
+def test_bf16_is_offered_on_a_cpu_only_with_native_bf16_instructions():
     """oneDNN says yes to bf16 on every AVX-512 CPU and then emulates it (0.23x fp32 measured on
-    one without AVX512-BF16): the default must follow the instructions the kernel lists."""
+    one without AVX512-BF16): the bf16 candidates of the CPU backbone choice must follow the
+    instructions the kernel lists; fp32 is the reference every candidate is held to."""
+    from engine.inference.cpu_backends import cpu_candidates
+
     flags = open("/proc/cpuinfo").read()
     native = " avx512_bf16" in flags or " amx_bf16" in flags
     assert cpu_supports_bf16() == native
-    assert default_precision(torch.device("cpu")) == ("bf16" if native else "fp32")
+    assert ("eager-bf16" in cpu_candidates()) == native
+    assert default_precision(torch.device("cpu")) == "fp32"
 
 
 def test_emulated_bf16_is_not_taken_for_native(monkeypatch):
-    """An AVX-512 CPU without the bf16 instructions, as PyTorch's cpuinfo reports it, gets fp32
-    even though oneDNN would accept bf16 there."""
+    """An AVX-512 CPU without the bf16 instructions, as PyTorch's cpuinfo reports it, gets no
+    bf16 candidate and refuses precision="bf16", even though oneDNN would accept bf16 there."""
+    from engine.inference.cpu_backends import cpu_candidates
+
     monkeypatch.setattr(platform, "machine", lambda: "x86_64")
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    assert not cpu_supports_bf16() and default_precision(torch.device("cpu")) == "fp32"
+    assert not cpu_supports_bf16()
+    assert not {"eager-bf16", "openvino-bf16"} & set(cpu_candidates())
+    cfg = BackboneConfig(options={"widths": (8, 8, 8, 8, 8)})
     with pytest.raises(ValueError, match="native bf16"):
-        Pipeline(BackboneConfig(options={"widths": (8, 8, 8, 8, 8)}).build(), BackboneConfig(options={"widths": (8, 8, 8, 8, 8)}),
-                 device="cpu", precision="bf16")
+        Pipeline(cfg.build(), cfg, device="cpu", precision="bf16")
+    with pytest.raises(ValueError, match="backbone_path='eager-bf16' is not available here: this CPU has no bf16"):
+        Pipeline(cfg.build(), cfg, device="cpu", backbone_path="eager-bf16")
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
-    assert cpu_supports_bf16()
+    assert cpu_supports_bf16() and "eager-bf16" in cpu_candidates()
 
 
 @pytest.mark.skipif(not cpu_supports_bf16(), reason="this CPU has no native bf16")
@@ -229,8 +238,8 @@ def test_cpu_bf16_stays_within_45_db_of_fp32():
     net = cfg.build()
     cfa = torch.randint(512, 1500, (128, 192), generator=torch.Generator().manual_seed(9), dtype=torch.int32).to(torch.uint16)
     kw = dict(ratio=100, steps=3, K=2.0, stochastic=False, **ARR)
-    fp32 = Pipeline(net, cfg, device="cpu", precision="fp32")(cfa, **kw).raw
-    bf16 = Pipeline(net, cfg, device="cpu", precision="bf16")(cfa, **kw).raw
+    fp32 = Pipeline(net, cfg, device="cpu", precision="fp32", fidelity_scale=None)(cfa, **kw).raw
+    bf16 = Pipeline(net, cfg, device="cpu", precision="bf16", fidelity_scale=None)(cfa, **kw).raw
     mse = torch.mean((fp32.double() - bf16.double()) ** 2).item()
     psnr = 10 * np.log10(1.0 / mse)
     assert psnr >= 45.0, f"bf16 PSNR vs fp32 {psnr:.1f} dB"

@@ -33,6 +33,9 @@ from engine.inference.pipeline import MAX_STEPS
 from engine.io.atomic import atomic_path
 from engine.models.checkpoint import load_checkpoint, save_checkpoint
 
+from engine.inference.fidelity import DEFAULT_SCALE as DEFAULT_FIDELITY_SCALE
+from engine.inference.fidelity import low_frequency_fidelity
+
 from .holdout_eval import _model_outputs, holdout_clean, make_noisy_holdout
 from .metrics import illuminance_correction, psnr
 
@@ -43,9 +46,10 @@ CALIBRATION_SEED = 7
 
 def measure(backbone, config, *, counts=(1, 2, 3), ratios=(50, 100, 200, 300), n: int = 12, patch: int = 128,
             iso: float = 3200, camera: str = "SonyA7S2", seed: int = CALIBRATION_SEED, scenes: str = "photo",
-            device="cpu", stochastic: bool = True) -> dict:
+            device="cpu", stochastic: bool = True, fidelity_scale: int | None = DEFAULT_FIDELITY_SCALE) -> dict:
     """Per ratio: ``{"input_psnr": [n], "psnr": {count: [n]}}`` on the calibration scenes
-    (``stochastic``: Poisson draws between the steps, else their means)."""
+    (``stochastic``: Poisson draws between the steps, else their means); the outputs go through
+    the engine's fidelity step as ``Pipeline`` runs them (``fidelity_scale``; None: not)."""
     if seed == 0 and scenes == "photo":
         raise ValueError("seed 0 of the photo scenes is the evaluation hold-out: calibrate on another seed")
     clean = holdout_clean(scenes, n, patch, seed)
@@ -57,6 +61,8 @@ def measure(backbone, config, *, counts=(1, 2, 3), ratios=(50, 100, 200, 300), n
         for c in counts:
             y, _ = _model_outputs(backbone, config, data, r, c, batch=4, seed=seed, device=device,
                                   stochastic=stochastic)
+            if fidelity_scale is not None:
+                y = low_frequency_fidelity(y, data.unclipped[r], fidelity_scale)
             rec["psnr"][c] = psnr(illuminance_correction(y, clean), clean).tolist()
         out[r] = rec
     return out

@@ -5,22 +5,34 @@
     torchrun --nproc_per_node 4 -m training train --sid-root /data/SID --out runs/sid
     exposure-diffusion evaluate --checkpoint runs/ed/model.pt --ratios 100 300
     exposure-diffusion enhance *.ARW --ratio 100 --checkpoint runs/ed/model.pt -o out/
+
+Importing this module, building the parser and ``--help`` import neither torch nor Triton
+(each command imports what it needs when it runs). Every output path (``train --out``,
+``evaluate --json`` / ``--baseline-cache``, ``export --public``) is checked before any
+work: a bad one stops with exit status 2 and one line, never a traceback after the work.
 """
 from __future__ import annotations
 
 import json
 import os
+import shlex
+import signal
 import sys
 from pathlib import Path
 
-import torch
-import torch.distributed as dist
+from engine.argtypes import OutputPathProblem, check_output_file, check_output_folder
 
-from engine.argtypes import resolve_device
+# A run folder's own files (training.trainer.RUN_FILES; kept here so the parser needs no torch).
+RUN_FILES = ("last.pt", "model.pt", "log.jsonl")
 
 
-def _distributed_setup(device_arg: str) -> torch.device:
+def _distributed_setup(device_arg: str):
     """Under torchrun (WORLD_SIZE > 1): join the process group, return this rank's device."""
+    import torch
+    import torch.distributed as dist
+
+    from engine.argtypes import resolve_device
+
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return resolve_device(device_arg)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -32,7 +44,52 @@ def _distributed_setup(device_arg: str) -> torch.device:
     return torch.device("cpu")
 
 
+def check_run_folder(out) -> Path:
+    """Refuse, before any data is read, a ``train --out`` that cannot hold a run: a file (not
+    a folder), a folder that cannot be made or written into, or a run file (``last.pt``,
+    ``model.pt``, ``log.jsonl``) that is a folder. ``OutputPathProblem`` names what is wrong."""
+    out = check_output_folder(out, option="--out")
+    for name in RUN_FILES:
+        if (out / name).is_dir():
+            raise OutputPathProblem(f"--out {out}: {out / name} is a folder, where the run keeps its {name} file; "
+                                    "move it away or pick another --out")
+    return out
+
+
+def _resume_command(args) -> str:
+    """The command that resumes this run: the one typed, less ``--restart`` (which would
+    move the run aside and start over)."""
+    argv = [a for a in getattr(args, "argv", None) or sys.argv[1:] if a != "--restart"]
+    return "exposure-diffusion " + shlex.join(argv)
+
+
 def train(args) -> int:
+    try:
+        check_run_folder(args.out)
+    except OutputPathProblem as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        return _train(args)
+    except KeyboardInterrupt as e:  # a second Ctrl-C / SIGTERM while stopping, or one before training began
+        from .trainer import TrainingInterrupted
+
+        signum = e.signum if isinstance(e, TrainingInterrupted) else signal.SIGINT
+        print(f"\nstopped at once by {signal.Signals(signum).name}; the run folder {args.out} keeps its last "
+              f"checkpoint, if any (to resume: {_resume_command(args)})", file=sys.stderr)
+        return 128 + signum
+    except OSError as e:  # a checkpoint or log that did not fit: say so, not torch's "[enforce fail ...]"
+        from engine.io.atomic import DiskFullError
+
+        if not isinstance(e, DiskFullError):
+            raise
+        print(f"error: {e}; the run folder {args.out} keeps its last complete checkpoint, if any", file=sys.stderr)
+        return 1
+
+
+def _train(args) -> int:
+    import torch.distributed as dist
+
     from .data import build_training_dataset
     from .evaluate import evaluate_synthetic, format_table
     from .trainer import TrainConfig, Trainer
@@ -77,6 +134,12 @@ def train(args) -> int:
                 print(format_table(table, f"step {rec['global_step']}: synthetic hold-out (8 patches)"), file=sys.stderr)
 
         trainer.fit(max_steps=args.max_steps, on_log=on_log)
+        if trainer.stopped_by is not None:
+            if trainer.rank == 0:
+                print(f"stopped by {signal.Signals(trainer.stopped_by).name} at step {trainer.global_step} (epoch "
+                      f"{trainer.epoch}); checkpoint saved in {Path(args.out) / 'last.pt'}. To resume, run the same "
+                      f"command again: {_resume_command(args)}", file=sys.stderr)
+            return 128 + trainer.stopped_by
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -93,25 +156,70 @@ def _compare_arg(text: str) -> tuple[str, str]:
     return name, path
 
 
+def read_baseline_cache(path) -> dict:
+    """``evaluate --baseline-cache``: the scores kept by earlier runs (``{}`` when the file
+    does not exist yet), checked before any work: a JSON object mapping keys to
+    ``{"psnr": [numbers], "ssim": [numbers]}``, as ``evaluate_methods`` writes it. Anything
+    else (not JSON, cut short, another file) is an ``OutputPathProblem``: the cache is
+    rewritten at the end, so reading it blindly would either fail after the evaluation
+    or replace a file that is not a cache."""
+    p = check_output_file(path, option="--baseline-cache", overwrite=True)
+    if not p.exists():
+        return {}
+    problem = "delete it (it is only a cache) or name another file"
+    try:
+        cache = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise OutputPathProblem(f"--baseline-cache {p} is not a readable baseline cache ({e}); {problem}") from None
+
+    def score(v) -> bool:
+        return isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+
+    if not isinstance(cache, dict) or not all(isinstance(v, dict) and {"psnr", "ssim"} <= set(v)
+                                              and score(v["psnr"]) and score(v["ssim"]) for v in cache.values()):
+        raise OutputPathProblem(f"--baseline-cache {p} is JSON but not a baseline cache (expected an object of "
+                                '{"psnr": [...], "ssim": [...]} entries); ' + problem)
+    return cache
+
+
+def _check_evaluate_paths(args, checkpoints: list[str]) -> dict | None:
+    """Every path ``evaluate`` writes, before minutes of evaluation; the baseline cache."""
+    from engine.io.paths import same_file
+
+    if args.json:
+        check_output_file(args.json, option="--json", overwrite=args.overwrite)
+        for path in checkpoints + ([args.baseline_cache] if args.baseline_cache else []):
+            if same_file(args.json, path):
+                raise OutputPathProblem(f"--json {args.json} is {path}, which the evaluation reads; name another file")
+    cache = None
+    if args.baseline_cache:
+        cache = read_baseline_cache(args.baseline_cache)
+        for path in checkpoints:
+            if same_file(args.baseline_cache, path):
+                raise OutputPathProblem(f"--baseline-cache {args.baseline_cache} is the model {path}; "
+                                        "name another file")
+    return cache
+
+
 def evaluate(args) -> int:
     from engine.inference.loop import use_draws
-    from engine.io.atomic import atomic_path, refuse_existing
+    from engine.io.atomic import atomic_path
+    from engine.limits import DEFAULT_CHECKPOINT
 
     from .evaluate import evaluate_sid, format_table
     from .holdout_eval import evaluate_methods, format_results, holdout_clean, load_models, make_noisy_holdout
     from .options import check_holdout_size
     from .sid import SIDPairDataset
 
-    if args.json and not args.overwrite:  # before minutes of evaluation
-        refuse_existing(args.json, "use --overwrite to replace it")
-    device = resolve_device(args.device)
-    try:
+    named = [("model", args.checkpoint or str(DEFAULT_CHECKPOINT))] + list(args.compare or [])
+    try:  # before minutes of evaluation
+        cache = _check_evaluate_paths(args, [path for _, path in named])
         check_holdout_size(args.holdout, args.patch)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    device = _resolve(args.device)
     steps = args.steps
-    named = [("model", args.checkpoint)] + list(args.compare or [])
     try:
         models = load_models(named)
     except (ValueError, OSError) as e:  # CheckpointError names the file and the reason
@@ -120,14 +228,11 @@ def evaluate(args) -> int:
     clean = holdout_clean(args.scenes, args.holdout, args.patch, args.seed)
     data = make_noisy_holdout(clean, args.ratios, noise_model=args.noise_model, camera=args.camera,
                               iso=args.iso if args.iso > 0 else None, seed=args.seed)
-    cache = None
-    if args.baseline_cache:
-        cache = json.loads(open(args.baseline_cache).read()) if os.path.isfile(args.baseline_cache) else {}
     baselines = [] if args.baselines == ["none"] else args.baselines
     progress = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     results = evaluate_methods(data, models, steps=steps, baselines=baselines, batch=args.batch, seed=args.seed,
                                device=device, stochastic=args.stochastic, progress=progress,
-                               baseline_cache=cache)
+                               baseline_cache=cache, fidelity_scale=None if args.no_fidelity else args.fidelity_scale)
     if cache is not None:
         with atomic_path(args.baseline_cache, overwrite=True) as tmp, open(tmp, "w") as f:  # a cache: rewritten
             json.dump(cache, f)
@@ -138,6 +243,7 @@ def evaluate(args) -> int:
     print(format_results(results, per_image=not args.means_only))
     out = {"holdout": {str(r): t for r, t in results["ratios"].items()}, "notes": results["notes"],
            "settings": {"scenes": args.scenes, "n": args.holdout, "patch": args.patch, "seed": args.seed,
+                        "fidelity_scale": None if args.no_fidelity else args.fidelity_scale,
                         "noise_model": args.noise_model, "camera": args.camera, "iso": args.iso,
                         "models": dict(named),
                         "photons": {name: "draws" if use_draws(args.stochastic, models[name][3]) else "means"
@@ -160,26 +266,75 @@ def evaluate(args) -> int:
     return 0
 
 
+def _resolve(device: str):
+    from engine.argtypes import resolve_device
+
+    return resolve_device(device)
+
+
 def export(args) -> int:
-    """Write a checkpoint's model in the public ExposureDiffusion format ({'netG': ...})."""
+    """Write a checkpoint's model as other programs read it: the public ExposureDiffusion
+    format (``--public``, ``{'netG': ...}``), the backbone as ONNX (``--onnx``) and the whole
+    means-mode loop as one ONNX graph (``--onnx-loop``, ``--steps``): ``engine.models.onnx_export``."""
+    from engine.io.paths import same_file
+
+    outputs = [(option, path) for option, path in (("--public", args.public), ("--onnx", args.onnx),
+                                                   ("--onnx-loop", args.onnx_loop)) if path]
+    try:  # before the checkpoint is read
+        if not outputs:
+            raise OutputPathProblem("nothing to write: give --public, --onnx and / or --onnx-loop")
+        for option, path in outputs:
+            check_output_file(path, option=option, overwrite=args.overwrite)
+            if args.checkpoint and same_file(path, args.checkpoint):
+                raise OutputPathProblem(f"{option} {path} is the checkpoint being exported; name another file")
+        if len({str(path) for _, path in outputs}) < len(outputs):
+            raise OutputPathProblem("two outputs name the same file")
+    except OutputPathProblem as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from engine.inference.pipeline import DEFAULT_CHECKPOINT, inference_settings
     from engine.models.checkpoint import export_public, load_checkpoint
 
+    source = args.checkpoint or DEFAULT_CHECKPOINT
     try:
-        model, config, meta = load_checkpoint(args.checkpoint)
+        model, config, meta = load_checkpoint(source)
+        _, photons = inference_settings(meta, source)
     except (ValueError, OSError) as e:
         print(f"error: cannot load the model: {e}", file=sys.stderr)
         return 2
-    if config.concat_origin and not config.with_photon:  # 8 channels: reloads as a photon model
+    if args.onnx_loop and photons != "means":
+        print(f"error: --onnx-loop writes the loop with Poisson means between the steps, but {source} runs with "
+              "draws (meta['photons'] is 'draws' or absent: SPEC's stochastic loop, which a graph cannot hold with "
+              "the same results); export its backbone with --onnx instead", file=sys.stderr)
+        return 2
+    if args.public and config.concat_origin and not config.with_photon:  # 8 channels: reloads as a photon model
         print("error: an 8-channel origin-only model cannot be told apart from a photon model in the public "
               "format (it stores no options); keep our format", file=sys.stderr)
         return 1
-    if Path(args.public).exists() and not args.overwrite:
-        print(f"error: {args.public} already exists; use --overwrite to replace it", file=sys.stderr)
-        return 2
-    export_public(model, args.public, epoch=int(meta.get("epoch", 0)), iterations=int(meta.get("global_step", 0)),
-                  overwrite=args.overwrite)
-    print(f"wrote {args.public} (public format, {config.arch} {config.in_channels} -> {config.out_channels} channels)",
-          file=sys.stderr)
+    try:  # protect: checked again as the file takes its name; a full disk is a message, not a traceback
+        if args.public:
+            export_public(model, args.public, epoch=int(meta.get("epoch", 0)),
+                          iterations=int(meta.get("global_step", 0)), overwrite=args.overwrite, protect=[source])
+            print(f"wrote {args.public} (public format, {config.arch} {config.in_channels} -> "
+                  f"{config.out_channels} channels)", file=sys.stderr)
+        if args.onnx or args.onnx_loop:
+            from engine.models.onnx_export import OPSET, export_backbone, export_loop
+        if args.onnx:
+            export_backbone(model, config, args.onnx)
+            print(f"wrote {args.onnx} (ONNX opset {OPSET}, the backbone: input 'input' [N, {config.in_channels}, H, W], "
+                  f"output 'output' [N, {config.out_channels}, H, W], H and W multiples of 16)", file=sys.stderr)
+        if args.onnx_loop:
+            export_loop(model, config, args.onnx_loop, steps=args.steps)
+            print(f"wrote {args.onnx_loop} (ONNX opset {OPSET}, the {args.steps}-step loop with Poisson means: inputs "
+                  "'raw' [N, 4, h, w] (packed R, G1, B, G2, (D - black) / (white - black)), 'ratio' [N], 'gain' [N] "
+                  "(K, DN per photo-electron); output 'output' [N, 4, h, w] in [0, 1])", file=sys.stderr)
+    except ImportError as e:
+        print(f"error: ONNX export needs the onnx extra: pip install 'exposure-diffusion[onnx]' ({e})",
+              file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as e:  # engine.io.atomic.DiskFullError, OutputPathError
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -196,7 +351,7 @@ def add_training_commands(sub) -> None:
         real_arg,
         steps_or_auto_arg,
     )
-    from engine.inference.pipeline import MAX_RATIO, MAX_STEPS
+    from engine.limits import MAX_RATIO, MAX_STEPS
 
     from .options import (
         INNER_EXPOSURES,
@@ -211,7 +366,9 @@ def add_training_commands(sub) -> None:
     )
 
     t = sub.add_parser("train", help="train a backbone (built-in synthetic data unless a dataset is given)")
-    t.add_argument("--out", required=True, help="run folder: checkpoints (last.pt, model.pt) and log.jsonl")
+    t.add_argument("--out", required=True,
+                   help="run folder: checkpoints (last.pt, model.pt) and log.jsonl; the same command again resumes "
+                        "the run it holds (Ctrl-C / SIGTERM stop a run after the current step with a checkpoint)")
     t.add_argument("--restart", action="store_true",
                    help="start over even if --out holds a run: its last.pt, model.pt and log.jsonl are first moved "
                         "into --out/previous-N/ (nothing is deleted); needed when last.pt is unreadable")
@@ -261,7 +418,9 @@ def add_training_commands(sub) -> None:
                    help=f"global batch size, 1..{MAX_BATCH}, a multiple of processes x --accumulate (default 1)")
     t.add_argument("--accumulate", type=option_arg("accumulate"), default=1,
                    help=f"micro-batches accumulated per step (per process), 1..{MAX_BATCH} (default 1)")
-    t.add_argument("--epochs", type=option_arg("epochs"), default=300, help=f"epochs, 1..{MAX_EPOCHS} (default 300)")
+    t.add_argument("--epochs", type=option_arg("epochs"), default=300,
+                   help=f"epochs, 1..{MAX_EPOCHS} (default 300, the paper's recipe: sized for a GPU, days to weeks "
+                        "on a CPU; the run states its expected time after its first steps)")
     t.add_argument("--iters-per-epoch", type=option_arg("iters_per_epoch"), default=None,
                    help=f"optimiser steps per epoch, 1..{MAX_ITERS_PER_EPOCH}, at most "
                         f"{MAX_SAMPLES_PER_EPOCH:.0e} samples with --batch (default: dataset size / batch)")
@@ -276,7 +435,8 @@ def add_training_commands(sub) -> None:
     t.add_argument("--seed", type=option_arg("seed"), default=0,
                    help="seed of weights, data order and noise, an integer in [0, 2**64 - 1] (default 0)")
     t.add_argument("--save-every", type=option_arg("save_every"), default=200,
-                   help="checkpoint every N optimiser steps, N >= 1 (default 200)")
+                   help="checkpoint every N optimiser steps, N >= 1 (default 200); a stop by Ctrl-C / SIGTERM "
+                        "also saves one")
     t.add_argument("--log-every", type=option_arg("log_every"), default=20,
                    help="append to log.jsonl every N optimiser steps, N >= 1 (default 20)")
     t.add_argument("--eval-every", type=integer_arg(0), default=0,
@@ -287,7 +447,8 @@ def add_training_commands(sub) -> None:
 
     e = sub.add_parser("evaluate", help="the model beside the noisy input, wavelet and BM3D on a hold-out set "
                                         "(and, optionally, SID pairs)")
-    e.add_argument("--checkpoint", required=True, help="model checkpoint (ours or the public {'netG': ...} format)")
+    e.add_argument("--checkpoint", default=None,
+                   help="model checkpoint (ours or the public {'netG': ...} format; default: the shipped model)")
     e.add_argument("--compare", action="append", default=None, metavar="NAME=CHECKPOINT", type=_compare_arg,
                    help="another model evaluated on the same inputs (repeatable), e.g. onestep=runs/onestep/model.pt")
     e.add_argument("--ratios", type=real_arg(1.0, MAX_RATIO, low_open=True), nargs="+", default=[100, 300],
@@ -312,25 +473,40 @@ def add_training_commands(sub) -> None:
                    help="ISO of the hold-out noise (default 3200; 0: gains over the camera's range)")
     e.add_argument("--baselines", nargs="+", default=["wavelet", "bm3d"], choices=("wavelet", "bm3d", "none"),
                    help="classical denoisers run beside the models (default wavelet bm3d; 'none': skip)")
-    e.add_argument("--baseline-cache", default=None, help="JSON file keeping baseline scores between runs")
+    e.add_argument("--baseline-cache", default=None,
+                   help="JSON file keeping baseline scores between runs (created if missing, checked before the "
+                        "evaluation)")
     add_photon_options(e, scope="in every model's steps")
     e.add_argument("--batch", type=integer_arg(1, 4096), default=4, help="frames per network call (default 4)")
     e.add_argument("--means-only", action="store_true", help="no per-image table")
+    e.add_argument("--fidelity-scale", type=integer_arg(2, 4096), default=32,
+                   help="the models' outputs go through the engine's low-frequency fidelity step at this scale in "
+                        "packed pixels, as Pipeline runs them (default 32)")
+    e.add_argument("--no-fidelity", action="store_true", help="score the loop's raw estimate (no fidelity step)")
     e.add_argument("--sid-root", default=None, help="SID dataset root: also evaluate on its test pairs")
     e.add_argument("--sid-list", default=None, help="SID list file of the pairs (default: every pair found)")
     e.add_argument("--illuminance-correction", action="store_true",
                    help="with --sid-root: apply the SID protocol's ground-truth rescaling to the SID pairs' scores "
                         "(the hold-out tables always apply it)")
-    e.add_argument("--json", default=None, help="also write the tables as JSON to this file")
+    e.add_argument("--json", default=None,
+                   help="also write the tables as JSON to this file (its folder must exist; checked before the "
+                        "evaluation)")
     e.add_argument("--overwrite", action="store_true", help="replace an existing --json file (default: refuse)")
     e.add_argument("--device", default="auto", type=device_arg, help="auto (default), cpu, cuda or cuda:N")
     e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=evaluate)
 
-    x = sub.add_parser("export", help="write a checkpoint in the public ExposureDiffusion format ({'netG': ...})")
-    x.add_argument("--checkpoint", required=True, help="our-format checkpoint (e.g. runs/ed/model.pt)")
-    x.add_argument("--public", required=True, help="output path of the public-format file")
-    x.add_argument("--overwrite", action="store_true", help="replace an existing --public file (default: refuse)")
+    x = sub.add_parser("export", help="write a model in the public ExposureDiffusion format ({'netG': ...}) and / or "
+                                      "as ONNX graphs (the backbone; the whole means-mode loop)")
+    x.add_argument("--checkpoint", help="the model: our format or the public one (default: the shipped model)")
+    x.add_argument("--public", help="write the public-format file here")
+    x.add_argument("--onnx", help="write the backbone as ONNX here (fp32, opset 17; input 'input' [N, C, H, W], "
+                                  "output 'output', N, H, W dynamic)")
+    x.add_argument("--onnx-loop", help="write the whole loop of a means-mode model (the shipped one) as one ONNX graph "
+                                       "here: packed raw, ratio and gain in, the enhanced packed raw out")
+    x.add_argument("--steps", type=integer_arg(1, MAX_STEPS), default=3,
+                   help="network evaluations in the --onnx-loop graph (default 3)")
+    x.add_argument("--overwrite", action="store_true", help="replace existing output files (default: refuse)")
     x.set_defaults(func=export)
 
 

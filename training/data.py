@@ -1,6 +1,6 @@
 """Training data: every source, mixed, as DataLoader-ready uint16 packed patches.
 
-The flow (DESIGN: clean patches -> ``kernels.synthesize_noise`` -> network)::
+The flow (docs/architecture.md: clean patches -> ``kernels.synthesize_noise`` -> network)::
 
     sources (SID long exposures | sRGB photos -> raw | procedural scenes)
       -> MixedPatchDataset item: uint16 [4, p, p] DN + black [4] + white   (CPU, workers)

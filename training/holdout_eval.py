@@ -19,8 +19,11 @@ import numpy as np
 import torch
 
 from engine.camera import resolve_gain
+from engine.inference.fidelity import DEFAULT_SCALE as DEFAULT_FIDELITY_SCALE
+from engine.inference.fidelity import low_frequency_fidelity
 from engine.inference.loop import use_draws
 from kernels import load_profile, sample_noise_params, synthesize_noise
+from kernels._common import DEFAULT_DN_SCALE
 
 from .baselines import BASELINES, bm3d_available, denoise_planes, read_variance_dn
 from .evaluate import restore
@@ -79,13 +82,16 @@ def holdout_clean(kind: str, n: int, patch: int, seed: int = 0) -> torch.Tensor:
 @dataclasses.dataclass
 class NoisyHoldout:
     """Clean scenes ``[n, 4, p, p]`` and, per ratio, their noisy inputs ``A_T`` ``[n, 4, p, p]``
-    and noise parameters (``kernels.NoiseParams``), all float32 on the CPU."""
+    (clipped to [0, 1], the network's input), the same draws unclipped (``unclipped``: what the
+    engine's fidelity step reads) and the noise parameters (``kernels.NoiseParams``), all
+    float32 on the CPU."""
 
     clean: torch.Tensor
     noisy: dict
     params: dict
     noise_model: str
     camera: str
+    unclipped: dict = dataclasses.field(default_factory=dict)
 
 
 def make_noisy_holdout(clean: torch.Tensor, ratios, *, noise_model: str = "P+G+r+u", camera: str = "SonyA7S2",
@@ -93,7 +99,7 @@ def make_noisy_holdout(clean: torch.Tensor, ratios, *, noise_model: str = "P+G+r
     """One noisy input per scene and ratio. K is the camera's gain at ``iso`` (None: log-
     uniform over the camera's range), the read / row noise scales are drawn from its profile
     at that K; parameters and noise come from generators seeded by ``(seed, ratio)`` only."""
-    noisy, params = {}, {}
+    noisy, params, unclipped = {}, {}, {}
     n = clean.shape[0]
     for r in ratios:
         r = float(r)
@@ -106,8 +112,12 @@ def make_noisy_holdout(clean: torch.Tensor, ratios, *, noise_model: str = "P+G+r
                                 generator=torch.Generator().manual_seed(seed * 1000 + int(r)))
         noisy[r] = synthesize_noise(clean, noise_model, params=p,
                                     generator=torch.Generator().manual_seed(seed * 1000 + int(r) + 250))
+        # the same draws (same generator, same order) as DN above black, not clipped
+        dn = synthesize_noise(clean, noise_model, params=p, output="dn", black_level=0.0,
+                              generator=torch.Generator().manual_seed(seed * 1000 + int(r) + 250))
+        unclipped[r] = dn * p.ratio.view(-1, 1, 1, 1) / DEFAULT_DN_SCALE
         params[r] = p
-    return NoisyHoldout(clean, noisy, params, noise_model, camera)
+    return NoisyHoldout(clean, noisy, params, noise_model, camera, unclipped)
 
 
 def _scores(y: torch.Tensor, gt: torch.Tensor) -> tuple[list, list]:
@@ -150,7 +160,7 @@ def _model_outputs(backbone, config, data: NoisyHoldout, r: float, steps, *, bat
 
 def evaluate_methods(data: NoisyHoldout, models: dict, *, steps=(1, 2, 3, 5), baselines=BASELINES, batch: int = 4,
                      seed: int = 0, device="cpu", stochastic: bool | None = None, progress=None,
-                     baseline_cache=None) -> dict:
+                     baseline_cache=None, fidelity_scale: int | None = DEFAULT_FIDELITY_SCALE) -> dict:
     """Scores of every method on ``data``.
 
     Args:
@@ -164,6 +174,8 @@ def evaluate_methods(data: NoisyHoldout, models: dict, *, steps=(1, 2, 3, 5), ba
             note when the package is missing.
         baseline_cache: optional dict (e.g. loaded from JSON) of baseline scores keyed by
             ``key(ratio, method)``; filled in place, so that slow BM3D runs once per hold-out.
+        fidelity_scale: the models' outputs go through the engine's low-frequency fidelity
+            step at this scale, as ``Pipeline`` runs them by default (None: not).
         progress: optional callable(str) for progress lines.
 
     Returns:
@@ -206,6 +218,8 @@ def evaluate_methods(data: NoisyHoldout, models: dict, *, steps=(1, 2, 3, 5), ba
                     progress(f"x{r:g}: {name}, {n} steps")
                 y, used = _model_outputs(backbone, config, data, r, n, batch=batch, seed=seed, device=device,
                                          stochastic=draws, policy=policy)
+                if fidelity_scale is not None:
+                    y = low_frequency_fidelity(y, data.unclipped[r], fidelity_scale)
                 ps, ss = _scores(y, gt)
                 table[f"{name} {n}"] = {"psnr": ps, "ssim": ss, "steps": used, "bias": _bias(y, gt)}
         out[r] = table

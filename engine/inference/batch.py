@@ -13,7 +13,8 @@ whatever the mode:
 4. encode (PNG / JPEG / TIFF) or build the DNG, and write atomically.
 
 - ``workers=0``: all of it in this process, one group after the other.
-- ``workers=N``: N decoder processes read ahead (at most ``2N + batch`` files in flight,
+- ``workers=N``: N decoder processes (at most one per file to enhance: a process
+  beyond that would get no file, only its memory) read ahead (at most ``2N + batch`` files in flight,
   so a long list never piles up decoded frames in memory) and N writer processes encode
   and write, while this process runs the device. On CUDA the decoded frames are copied
   into pinned host memory, so the pipeline's host -> device copies are asynchronous, and
@@ -62,6 +63,7 @@ class FileResult:
     output: Path
     error: str | None = None
     skipped: bool = False
+    ratio: float | None = None  # the exposure ratio used (the one estimated with ratio="auto")
 
 
 def worker_pool(workers: int, start_method: str | None = None) -> cf.ProcessPoolExecutor:
@@ -92,6 +94,7 @@ class InlineExecutor(cf.Executor):
 def enhance_files(pipe, files, outputs, *, fmt: "OutputOptions | str" = "png", workers: int = 0, batch: int = 1,
                   overwrite: bool = False, skip_existing: bool = False,
                   on_done: Callable[[FileResult], None] | None = None,
+                  on_step: Callable[[int, int, int], None] | None = None,
                   pools: tuple[cf.Executor, cf.Executor] | None = None, start_method: str | None = None,
                   stats: dict | None = None, **call) -> list[FileResult]:
     """Enhance ``files`` into ``outputs`` (same length, one output path per file).
@@ -100,7 +103,8 @@ def enhance_files(pipe, files, outputs, *, fmt: "OutputOptions | str" = "png", w
         pipe: an ``engine.Pipeline``.
         fmt: an ``engine.io.output.OutputOptions`` or a format name: "png" (8-bit sRGB,
             fast compression), "jpeg", "tiff" (16-bit sRGB) or "dng" (linear mosaic).
-        workers: 0 for everything in this process; N > 0 for N decoder and N writer processes.
+        workers: 0 for everything in this process; N > 0 for N decoder and N writer
+            processes, at most one of each per file to enhance.
         batch: at most this many consecutive same-size frames per ``pipe`` call (>= 1).
         overwrite: replace outputs that exist. Default: refuse them all before any work
             (``FileExistsError``); an output that appears during the run is never replaced
@@ -109,6 +113,10 @@ def enhance_files(pipe, files, outputs, *, fmt: "OutputOptions | str" = "png", w
         skip_existing: leave existing outputs alone and enhance only the other files
             (their results say ``skipped``).
         on_done: called with each file's ``FileResult`` as soon as it is known (progress).
+        on_step: called as ``on_step(step, steps, frames)`` after each network evaluation
+            ``step`` (1..steps) of a ``pipe`` call enhancing ``frames`` files at once: progress
+            inside a file (a large frame takes tens of seconds per step on a CPU). Passed to
+            ``pipe`` as ``progress=`` (``Pipeline.__call__``); None: not passed.
         pools: (decoders, writers) executors to use instead of starting ``workers`` of
             each (``worker_pool``; a service keeps its workers warm across calls; the caller
             shuts them down).
@@ -135,7 +143,8 @@ def enhance_files(pipe, files, outputs, *, fmt: "OutputOptions | str" = "png", w
         if r.skipped and on_done is not None:
             on_done(r)
     run = _Run(pipe, [results[i] for i in todo], options, batch, overwrite, on_done, call,
-               stats if stats is not None else {})
+               stats if stats is not None else {}, on_step)
+    workers = min(workers, len(todo))  # with fork every process of a pool starts at once, busy or not
     if workers == 0 and pools is None:
         inline = InlineExecutor()
         run.go(inline, inline, ahead=batch)
@@ -150,9 +159,10 @@ def enhance_files(pipe, files, outputs, *, fmt: "OutputOptions | str" = "png", w
 class _Run:
     """One ``enhance_files`` call: the steps of the module docstring over ``results``."""
 
-    def __init__(self, pipe, results, options: OutputOptions, batch, overwrite, on_done, call, stats: dict):
+    def __init__(self, pipe, results, options: OutputOptions, batch, overwrite, on_done, call, stats: dict,
+                 on_step=None):
         self.pipe, self.results, self.options, self.batch = pipe, results, options, batch
-        self.overwrite, self.on_done, self.call = overwrite, on_done, call
+        self.overwrite, self.on_done, self.call, self.on_step = overwrite, on_done, call, on_step
         self.stats = stats
         stats.update(decode_wait_s=0.0, enhance_s=0.0, write_wait_s=0.0, groups=0)
         self.spans: list = []  # (start, end) CUDA events of each group
@@ -242,8 +252,12 @@ class _Run:
 
     def enhance(self, group) -> list:
         """Enhance a group in one call; on failure, frame by frame (each error its own)."""
+        call = self.call
+        if self.on_step is not None:  # only then: a pipe-like callable need not take the keyword
+            on_step, frames = self.on_step, len(group)
+            call = {**call, "progress": lambda step, steps: on_step(step, steps, frames)}
         try:
-            enhanced = self.pipe([f for _, f in group], **self.call)
+            enhanced = self.pipe([f for _, f in group], **call)
             return self.payloads([i for i, _ in group], enhanced)
         except Exception as e:  # noqa: BLE001
             if len(group) == 1:
@@ -257,6 +271,8 @@ class _Run:
     def payloads(self, indices, enhanced) -> list:
         """(i, what a writer needs, CUDA event or None) per frame, made on the device."""
         opts = self.options
+        for i, e in zip(indices, enhanced):
+            self.results[i].ratio = e.ratio
         if opts.format == "dng":
             return [(i, ("dng", _fields(e.frame, mosaic_dn(e.raw, e.frame).cpu().numpy()), _provenance(e)), None)
                     for i, e in zip(indices, enhanced)]

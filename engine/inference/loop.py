@@ -62,7 +62,12 @@ def exposure_schedule(ratio: torch.Tensor, steps: int, schedule=None) -> torch.T
     if schedule is None:
         t = torch.linspace(0, 1, steps + 1, device=ratio.device, dtype=torch.float32)
         return 1 + (ratio[:, None] - 1) * t[None, :]
-    rho = torch.as_tensor(schedule, dtype=torch.float32, device=ratio.device)
+    try:
+        rho = torch.as_tensor(schedule, dtype=torch.float32, device=ratio.device)
+    except (TypeError, ValueError, RuntimeError):  # torch's own words ("new(): invalid data type 'str'") say nothing
+        raise ValueError(f"schedule must be steps + 1 = {steps + 1} exposure multiples [1, rho_1, ..., r], increasing "
+                         f"(numbers as a sequence or tensor, per sample [{ratio.numel()}, {steps + 1}]), "
+                         f"got {schedule!r:.80}") from None
     if rho.dim() == 1:
         rho = rho.expand(ratio.numel(), -1)
     if rho.dim() != 2 or rho.shape != (ratio.numel(), steps + 1):
@@ -108,7 +113,7 @@ def _check_loop_values(ratio: torch.Tensor, K: torch.Tensor, rho: torch.Tensor, 
     per_sample("K", K, batch, device, positive=True, checks=checks)
     # The evaluated multiples rho_0 .. rho_{n-1} are >= 1 and increase into rho_n = r. With
     # one step, rho_1 = r is never used (no draw after the last evaluation), so r <= 1 (a
-    # plain denoise, or darkening) is allowed there, as the README says.
+    # plain denoise, or darkening) is allowed there, as docs/limits.md says.
     evaluated = rho[:, :-1]
     checks.require(lambda: torch.isfinite(rho) & (rho > 0), lambda: f"rho must be finite and > 0, got {rho.tolist()}")
     checks.require(lambda: evaluated >= 1, lambda: f"rho must be >= 1 at every evaluated step, got {rho.tolist()}")
@@ -135,6 +140,7 @@ def run_exposure_diffusion(
     next_dtype: torch.dtype | None = None,
     memory_format: torch.memory_format = torch.contiguous_format,
     backend: str = "auto",
+    progress: Callable[[int, int], None] | None = None,
 ) -> torch.Tensor:
     """Run the n-step exposure diffusion from the first network input.
 
@@ -154,6 +160,8 @@ def run_exposure_diffusion(
             frame's result is the same alone or in any batch (``kernels.exposure_step``).
         next_dtype / memory_format: layout of the intermediate network inputs (fp16
             channels_last on the GPU path).
+        progress: optional callable ``progress(step, steps)`` after each step's work is
+            queued (step 1..n; on a GPU the work may still be running).
 
     Returns:
         The last estimate ``Y_{n-1}``: float32 ``[B, 4, h, w]``, normalised.
@@ -189,4 +197,6 @@ def run_exposure_diffusion(
                 estimate, x = exposure_step(out, state, origin, **step)
             if not last:
                 state = x[:, :4]
+            if progress is not None:
+                progress(i + 1, steps)
     return estimate

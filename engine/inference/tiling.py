@@ -44,17 +44,19 @@ def _ramp(length: int, lo_fade: int, hi_fade: int, device) -> torch.Tensor:
 
 
 def run_tiled(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, tile: int, margin: int,
-              blend: int = 32) -> torch.Tensor:
-    """Apply ``run`` (``[B, C, th, tw] -> [B, 4, th, tw]`` float32) tile by tile.
+              blend: int = 32, out_channels: int = 4) -> torch.Tensor:
+    """Apply ``run`` (``[B, C, th, tw] -> [B, out_channels, th, tw]`` float32) tile by tile.
 
     Args:
-        x: the whole first network input ``[B, C, h, w]``.
+        x: the whole input ``[B, C, h, w]`` (the first network input for the whole loop, or
+            one step's network input for ``TiledBackbone``).
         tile: largest tile side in packed pixels, margins included (a multiple of 16).
         margin: context on each side of a core (a multiple of 16).
         blend: width of the cross-fade between neighbouring cores (a multiple of 16).
+        out_channels: channels of ``run``'s output.
 
     Returns:
-        float32 ``[B, 4, h, w]``.
+        float32 ``[B, out_channels, h, w]``.
     """
     for name, v in (("tile", tile), ("margin", margin), ("blend", blend)):
         if v < 0 or v % SIZE_MULTIPLE:
@@ -64,7 +66,7 @@ def run_tiled(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, t
         raise ValueError(f"tile {tile} leaves no room for a core: it must exceed 2 * margin + 2 * blend "
                          f"= {2 * margin + 2 * max(blend, 8)} packed pixels")
     B, _, h, w = x.shape
-    out = torch.zeros(B, 4, h, w, dtype=torch.float32, device=x.device)
+    out = torch.zeros(B, out_channels, h, w, dtype=torch.float32, device=x.device)
     weight = torch.zeros(1, 1, h, w, dtype=torch.float32, device=x.device)
     ys, xs = _starts(h, core, blend), _starts(w, core, blend)
     for iy, y0 in enumerate(ys):
@@ -85,4 +87,28 @@ def run_tiled(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, t
             wt = wy[:, None] * wx[None, :]
             out[:, :, y0:y1, x0:x1] += core_out * wt
             weight[:, :, y0:y1, x0:x1] += wt
-    return out / weight
+            del result, core_out
+    return out.div_(weight)
+
+
+class TiledBackbone:
+    """A backbone applied tile by tile to each network input: the memory of its activations
+    follows the tile, not the frame, at the cost of recomputing the margins. Unlike tiling
+    the whole loop (``margin = steps * UNET_RADIUS``: every step widens the context), the
+    exposure step between network evaluations runs on the whole frame, so one radius of
+    context per tile suffices (``margin``, default ``UNET_RADIUS``).
+
+    Args:
+        backbone: ``[B, C, th, tw] -> [B, out_channels, th, tw]`` (float32 out).
+        tile: largest tile side in packed pixels, margins included (a multiple of 16).
+    """
+
+    def __init__(self, backbone: Callable[[torch.Tensor], torch.Tensor], tile: int, out_channels: int,
+                 margin: int = UNET_RADIUS, blend: int = 32):
+        self.backbone, self.tile, self.out_channels, self.margin, self.blend = backbone, tile, out_channels, margin, blend
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if max(x.shape[-2:]) <= self.tile:
+            return self.backbone(x)
+        return run_tiled(lambda t: self.backbone(t).float(), x, tile=self.tile, margin=self.margin, blend=self.blend,
+                         out_channels=self.out_channels)

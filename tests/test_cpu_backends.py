@@ -1,0 +1,216 @@
+"""engine.inference.cpu_backends: every installed CPU candidate computes the backbone the
+PyTorch module computes; the Pipeline chooses among them on a CPU (held to 45 dB of fp32),
+caches the choice per CPU model, thread count and model, can be forced to one, and falls
+back when one fails. Optional runtimes' tests skip, saying so, where they are not installed
+(``pip install ".[onnx,openvino]"``; CI installs them)."""
+import importlib.util
+import json
+import math
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from engine import BackboneConfig, Pipeline
+from engine.inference import cpu_backends
+from engine.inference.backbone_choice import BackboneFallbackWarning
+from engine.inference.cpu_backends import CPU_BACKENDS, REDUCED_PRECISION, build, cpu_candidates, installed
+
+ARR = dict(pattern="RGGB", black_level=512, white_level=16383, K=2.0)
+HAS_ORT = importlib.util.find_spec("onnxruntime") is not None
+HAS_OV = importlib.util.find_spec("openvino") is not None
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("EXPOSURE_DIFFUSION_CACHE", str(tmp_path))
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    cfg = BackboneConfig(options={"widths": (8, 8, 16, 16, 16)})
+    return cfg.build().eval(), cfg
+
+
+def _needs(name):
+    if not installed(name):
+        pytest.skip(f"{name}: {cpu_backends.install_hint(name)}")
+
+
+@pytest.mark.parametrize("name", [n for n in CPU_BACKENDS if n != "compile"])
+def test_every_candidate_computes_the_backbone(model, name):
+    """fp32 candidates equal the module to float rounding at two shapes and batch sizes;
+    reduced-precision ones stay near it (their bound is the choice's 45 dB check)."""
+    _needs(name)
+    net, cfg = model
+    backbone = build(name, net, cfg)
+    for shape in ((1, 8, 32, 48), (2, 8, 48, 32)):
+        x = torch.rand(shape).contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            expected, got = net(x), backbone(x)
+        assert got.shape == expected.shape and got.dtype == torch.float32
+        if name in REDUCED_PRECISION:
+            assert torch.isfinite(got).all() and (got - expected).abs().mean() < 0.05 * expected.abs().mean() + 1e-3
+        else:
+            torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_compile_candidate_computes_the_backbone(model):
+    """torch.compile (inductor with freezing) where a C++ compiler is present."""
+    import shutil
+
+    if shutil.which("g++") is None and shutil.which("c++") is None:
+        pytest.skip("torch.compile on a CPU needs a C++ compiler")
+    net, cfg = model
+    x = torch.rand(1, 8, 32, 32).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        torch.testing.assert_close(build("compile", net, cfg)(x), net(x), atol=1e-4, rtol=1e-4)
+
+
+def test_candidates_follow_what_is_installed(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n in ("onnxruntime", "openvino") else real(n, *a))
+    assert not {n for n in cpu_candidates() if "onnx" in n or "openvino" in n}
+    assert cpu_candidates()[0] == "eager" and "compile" in cpu_candidates() and "compile" not in cpu_candidates(False)
+    assert "pip install 'exposure-diffusion[openvino]'" in cpu_backends.install_hint("openvino")
+    assert "pip install 'exposure-diffusion[onnx]'" in cpu_backends.install_hint("onnxruntime")
+    cfg = BackboneConfig(options={"widths": (8, 8, 8, 8, 8)})
+    with pytest.raises(ValueError, match=r"backbone_path='openvino' is not available here: the openvino package"):
+        Pipeline(cfg.build(), cfg, device="cpu", backbone_path="openvino")
+
+
+def test_the_graphs_are_made_once_and_cached(model, cache):
+    _needs("onnxruntime")
+    net, cfg = model
+    path = cpu_backends.onnx_graph(net, cfg)
+    assert path.parent == cache / "models" and path.is_file()
+    stamp = path.stat().st_mtime_ns
+    assert cpu_backends.onnx_graph(net, cfg) == path and path.stat().st_mtime_ns == stamp
+    other = cfg.build()
+    assert cpu_backends.onnx_graph(other, cfg) != path  # other weights, another graph
+
+
+def _frame():
+    return np.random.default_rng(0).integers(512, 3000, (64, 96)).astype(np.uint16)
+
+
+def test_the_pipeline_chooses_on_a_cpu_and_caches_the_choice(model, cache, monkeypatch):
+    """backbone_path="auto" on a CPU: every installed candidate (compile left out here: it
+    compiles for ~10 s) is built, checked against fp32 and timed; the result is within 45 dB
+    of the PyTorch module's; a second pipeline reads the choice from disk."""
+    net, cfg = model
+    monkeypatch.setattr(cpu_backends, "cpu_candidates", lambda compile_candidate=True: [
+        n for n in CPU_BACKENDS if installed(n) and n != "compile"])
+    import engine.inference.pipeline as pipeline_module
+
+    monkeypatch.setattr(pipeline_module, "cpu_candidates", cpu_backends.cpu_candidates)
+    kw = dict(ratio=50, steps=2, stochastic=False, **ARR)
+    expected = Pipeline(net, cfg, device="cpu", backbone_path="eager")(_frame(), **kw).raw
+    first = Pipeline(net, cfg, device="cpu", backbone_path="auto")
+    got = first(_frame(), **kw).raw
+    mse = float(torch.mean((got.double() - expected.double()) ** 2))
+    assert mse == 0 or 10 * math.log10(1 / mse) >= 45
+    if len(cpu_backends.cpu_candidates()) == 1:  # no optional runtime here: nothing to choose
+        assert first.backbone_timings == {}
+        return
+    (timings,) = first.backbone_timings.values()
+    assert set(timings) <= set(cpu_backends.cpu_candidates()) and "eager" in timings
+    stored = json.loads((cache / "backbone_choice.json").read_text())
+    (entry,) = stored.values()
+    assert entry["choice"] in timings
+    second = Pipeline(net, cfg, device="cpu", backbone_path="auto")
+    second(_frame(), **kw)
+    assert second.backbone_timings == {}  # read from disk
+
+
+def test_a_forced_cpu_backend_runs_alone(model):
+    _needs("onnxruntime")
+    net, cfg = model
+    kw = dict(ratio=50, steps=2, stochastic=False, **ARR)
+    forced = Pipeline(net, cfg, device="cpu", backbone_path="onnxruntime")
+    assert forced._candidate_names == ["onnxruntime"]
+    expected = Pipeline(net, cfg, device="cpu", backbone_path="eager")(_frame(), **kw).raw
+    torch.testing.assert_close(forced(_frame(), **kw).raw, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_a_failing_cpu_candidate_falls_back(model, monkeypatch):
+    net, cfg = model
+    import engine.inference.pipeline as pipeline_module
+
+    monkeypatch.setattr(pipeline_module, "cpu_candidates", lambda compile_candidate=True: ["eager", "openvino"])
+
+    def broken(name, *a):
+        raise RuntimeError(f"{name}: could not load the plugin")
+
+    monkeypatch.setattr(pipeline_module, "build_cpu_backend", broken)
+    pipe = Pipeline(net, cfg, device="cpu", backbone_path="auto")
+    kw = dict(ratio=50, steps=2, stochastic=False, **ARR)
+    with pytest.warns(BackboneFallbackWarning, match=r"'openvino' dropped: it failed \(RuntimeError: openvino: could"):
+        got = pipe(_frame(), **kw).raw
+    torch.testing.assert_close(got, Pipeline(net, cfg, device="cpu", backbone_path="eager")(_frame(), **kw).raw)
+
+
+def test_an_explicit_precision_runs_the_module_in_it(model):
+    net, cfg = model
+    assert Pipeline(net, cfg, device="cpu", precision="fp32", backbone_path="auto")._candidate_names == ["eager"]
+    assert Pipeline(net, cfg, device="cpu", backbone_path="auto")._candidate_names == cpu_candidates()
+
+
+def test_a_frame_over_the_memory_budget_runs_the_backbone_in_tiles(model, monkeypatch):
+    """On a CPU a frame whose backbone activations would not fit ``memory_budget`` runs the
+    backbone tile by tile (one radius of context per step); the result stays far within the
+    45 dB bound of the untiled one. ``memory_budget=None`` never tiles."""
+    import engine.inference.pipeline as pipeline_module
+    from engine.inference.tiling import TiledBackbone
+
+    net, cfg = model
+    frame = np.random.default_rng(5).integers(512, 3000, (1024, 1280)).astype(np.uint16)
+    kw = dict(ratio=50, steps=2, stochastic=False, **ARR)
+    whole = Pipeline(net, cfg, device="cpu", backbone_path="eager", memory_budget=None, fidelity_scale=None)(frame, **kw).raw
+    tiles = []
+    real = TiledBackbone.__call__
+
+    def counting(self, x):
+        tiles.append(self.tile)
+        return real(self, x)
+
+    monkeypatch.setattr(TiledBackbone, "__call__", counting)
+    monkeypatch.setattr(pipeline_module, "resident_bytes", lambda: 0)
+    budget = 10e6 + 512 * 640 * 4 * pipeline_module.LOOP_TENSOR_CHANNELS  # 10 MB for activations
+    tiled = Pipeline(net, cfg, device="cpu", backbone_path="eager", memory_budget=budget,
+                     fidelity_scale=None)(frame, **kw).raw  # the loop alone: the fidelity step would hide the tiles
+    assert tiles and all(t < 640 for t in tiles)  # the 512 x 640 packed frame did not fit whole
+    mse = float(torch.mean((tiled.double() - whole.double()) ** 2))
+    assert mse > 0 and 10 * math.log10(1 / mse) >= 55
+    tiles.clear()
+    Pipeline(net, cfg, device="cpu", backbone_path="eager", memory_budget=None)(frame, **kw)
+    assert tiles == []
+    with pytest.raises(ValueError, match="memory_budget"):
+        Pipeline(net, cfg, device="cpu", memory_budget=0)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the thread's signal stack through libc (Linux)")
+def test_openvino_leaves_the_callers_signal_stack_alone(model):
+    """OpenVINO's CPU plugin installs an alternate signal stack on the thread that runs it and
+    frees it later without removing it; on the main thread the next handled signal (a child
+    exiting under a DataLoader's SIGCHLD handler) then crashed the process (SIGSEGV, seen in the
+    bench). The candidate runs OpenVINO on a thread of its own."""
+    _needs("openvino")
+    import ctypes
+
+    class StackT(ctypes.Structure):
+        _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+    def altstack():
+        current = StackT()
+        ctypes.CDLL(None).sigaltstack(None, ctypes.byref(current))
+        return current.ss_sp, current.ss_flags, current.ss_size
+
+    net, cfg = model
+    before = altstack()
+    backbone = build("openvino", net, cfg)
+    backbone(torch.rand(1, 8, 32, 32))
+    assert altstack() == before
