@@ -39,7 +39,7 @@ from engine import Pipeline
 from engine.inference.cpu_backends import build, cpu_candidates
 from engine.inference.cpu_features import cpu_flags, cpu_model_name
 from engine.inference.fidelity import SENSOR_CLIP, low_frequency_fidelity
-from engine.inference.loop import exposure_schedule, run_exposure_diffusion
+from engine.inference.loop import exposure_schedule, pad_to_multiple, run_exposure_diffusion
 from engine.scene import BLACK_LEVEL, WHITE_LEVEL, clean_packed, noise_parameters, render_scene, short_exposure_cfa
 from kernels import pack_bayer
 
@@ -90,6 +90,7 @@ def bench_cpu(ctx: Context, frame_hw: tuple[int, int], include_12mp: bool = True
         first = pack_bayer(torch.from_numpy(cfa.astype(np.int32))[None], "RGGB", float(BLACK_LEVEL),
                            float(WHITE_LEVEL), ctx.ratio, K=K, with_photon=cfg.with_photon,
                            concat_origin=cfg.concat_origin).contiguous(memory_format=torch.channels_last)
+        first, (h, w) = pad_to_multiple(first)  # as the engine pads (the UNet needs multiples of 16)
         r = torch.tensor([ctx.ratio])
         loop_kw = dict(ratio=r, K=torch.tensor([K]), rho=exposure_schedule(r, ctx.steps), with_photon=cfg.with_photon,
                        concat_origin=cfg.concat_origin, stochastic=False)
@@ -97,7 +98,7 @@ def bench_cpu(ctx: Context, frame_hw: tuple[int, int], include_12mp: bool = True
         # PSNRs compare finished frames: every loop's estimate through the engine's fidelity step
         noisy = pack_bayer(torch.from_numpy(cfa.astype(np.int32))[None], "RGGB", float(BLACK_LEVEL), float(WHITE_LEVEL),
                            ctx.ratio, clip=False)
-        finish = lambda y: low_frequency_fidelity(y, noisy, engine.fidelity_scale,  # noqa: E731
+        finish = lambda y: low_frequency_fidelity(y[..., :h, :w], noisy, engine.fidelity_scale,  # noqa: E731
                                                   sensor_clipped=noisy >= ctx.ratio * SENSOR_CLIP)
         p.note(f"{H}x{W}: fp32 reference")
         with torch.inference_mode():

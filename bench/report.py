@@ -352,7 +352,10 @@ def _report(res: dict) -> str:
             out.append(f"the same PNG batch shared by {rk['processes']} CPU processes (enhance --devices "
                        f"{','.join(['cpu'] * rk['processes'])}; process start-up and model load included): "
                        f"{rk['s']:.2f} s, {rk['files_per_s']:.2f} files/s, {t_seq_of(b) / rk['s']:.2f}x the sequential "
-                       f"mode; outputs identical to it: {rk['outputs_identical']}")
+                       f"mode; outputs identical to it: {rk['outputs_identical']}"
+                       + ("" if rk.get("outputs_min_psnr_dB") is None else
+                          f" (each process chose its own CPU backbone; lowest PSNR to it "
+                          f"{rk['outputs_min_psnr_dB']:.1f} dB, 8-bit PNGs)"))
         if b.get("formats"):
             out.append(f"\nOutput formats, overlapped, batch {b['batch']} (main process: seconds waiting for decoded "
                        "frames / enhancing and rendering / waiting for writers)")

@@ -35,11 +35,11 @@ def quick_run(tmp_path_factory):
 
 def test_quick_json_has_every_stage(quick_run):
     res, _, _ = quick_run
-    for key in ("info", "scene", "copy_bandwidth", "engine", "backbone", "kernels", "synthesis", "training", "batch",
-                "targets"):
+    for key in ("info", "scene", "copy_bandwidth", "engine", "cpu", "backbone", "kernels", "synthesis", "training",
+                "batch", "targets"):
         assert key in res, f"missing stage {key}"
     info = res["info"]
-    assert info["device"] == "cpu" and info["frame"] == [128, 192] and info["steps"] == 3
+    assert info["device"] == "cpu" and info["frame"] == [136, 200] and info["steps"] == 3
     assert info["commit"] and info["date"] and ("random-init" in info["weights"] or "checkpoint" in info["weights"])
     assert "skipped" in res["backbone"]  # CUDA only
 
@@ -56,6 +56,18 @@ def test_quick_json_has_every_stage(quick_run):
     fp32 = next(r for r in eng["rows"] if r["name"] == "engine fp32" and not r["decode_included"])
     assert fp32["psnr_vs_eager_dB"] is None or fp32["psnr_vs_eager_dB"] > 100
     assert eng["decode_alone"]["median_ms"] > 0
+
+    cpu = res["cpu"]  # the CPU table, on a frame whose packed size (68 x 100) the engine pads
+    assert cpu["matmul_fp32_GFLOPs"] > 0 and cpu["candidates"][0] == "eager" and cpu["failed"] == {}
+    assert cpu["peak_memory_12MP"] is None and cpu["engine_choice"]  # --quick: no 12 MP rows
+    (size,) = cpu["sizes"]
+    assert size["frame"] == [136, 200]
+    rows = {r["name"]: r for r in size["rows"]}
+    assert {"3 plain fp32 eager passes", "engine default call", *cpu["candidates"]} == set(rows)
+    assert rows["eager"]["psnr_vs_fp32_dB"] is None  # the reference itself
+    assert rows["engine default call"]["psnr_vs_fp32_dB"] is None or rows["engine default call"]["psnr_vs_fp32_dB"] >= 45
+    for r in rows.values():
+        assert r["ms_per_frame"] > 0 and r["speedup_vs_plain_eager"] > 0 and r["fraction_of_matmul_rate"] > 0
 
     assert [k["stage"].split(" ")[0] for k in res["kernels"]] == list(KERNEL_STAGES)
     for k in res["kernels"]:
@@ -100,7 +112,7 @@ def test_quick_prints_table_and_keeps_files(quick_run):
                     "Output formats, overlapped", "Targets"):
         assert heading in stdout
     frame = read_raw(str(work / "scene.dng"))  # the scene went through rawpy
-    assert frame.shape == (128, 192) and frame.pattern == "RGGB" and frame.iso == 3200
+    assert frame.shape == (136, 200) and frame.pattern == "RGGB" and frame.iso == 3200
     assert frame.black_level == (BLACK_LEVEL,) * 4 and frame.white_level == WHITE_LEVEL
     assert frame.make == "Sony" and frame.model == "ILCE-7SM2"
     for mode in ("sequential", "overlapped"):

@@ -178,8 +178,8 @@ def test_a_frame_over_the_memory_budget_runs_the_backbone_in_tiles(model, monkey
         return real(self, x)
 
     monkeypatch.setattr(TiledBackbone, "__call__", counting)
-    monkeypatch.setattr(pipeline_module, "resident_bytes", lambda: 0)
-    budget = 10e6 + 512 * 640 * 4 * pipeline_module.LOOP_TENSOR_CHANNELS  # 10 MB for activations
+    budget = pipeline_module.PROCESS_BASE_BYTES + 512 * 640 * 4 * pipeline_module.LOOP_TENSOR_CHANNELS + 10e6
+    # 10 MB for activations
     tiled = Pipeline(net, cfg, device="cpu", backbone_path="eager", memory_budget=budget,
                      fidelity_scale=None)(frame, **kw).raw  # the loop alone: the fidelity step would hide the tiles
     assert tiles and all(t < 640 for t in tiles)  # the 512 x 640 packed frame did not fit whole
@@ -190,6 +190,29 @@ def test_a_frame_over_the_memory_budget_runs_the_backbone_in_tiles(model, monkey
     assert tiles == []
     with pytest.raises(ValueError, match="memory_budget"):
         Pipeline(net, cfg, device="cpu", memory_budget=0)
+
+
+def test_the_memory_plan_depends_on_the_frame_shape_alone():
+    """With the default budget the SID UNet (width 32) runs a 3 MP raw's packed frame whole and
+    a 12 MP one in tiles, whatever the process holds: the plan reads no resident memory, so a
+    frame gives the same output in a fresh process and in a long-running one."""
+    import engine.inference.pipeline as pipeline_module
+    from engine.inference.tiling import TiledBackbone
+
+    cfg = BackboneConfig()
+    net = cfg.build().eval()
+    assert cfg.options["widths"][0] == 32
+    pipe = Pipeline(net, cfg, device="cpu", backbone_path="eager")
+    assert pipe.memory_budget == pipeline_module.CPU_MEMORY_BUDGET == 1.5e9
+    assert not hasattr(pipeline_module, "resident_bytes")
+    assert pipe._within_memory_budget(net, torch.empty(1, 8, 720, 1072)) is net  # 3 MP
+    plans = [pipe._within_memory_budget(net, torch.empty(1, 8, 1424, 2128)) for _ in range(2)]  # 12 MP
+    assert all(isinstance(p, TiledBackbone) for p in plans) and plans[0].tile == plans[1].tile < 1424
+    # activations + loop tensors + the process's base stay within the budget
+    tile = plans[0].tile
+    planned = (pipeline_module.PROCESS_BASE_BYTES + 4 * 1424 * 2128 * pipeline_module.LOOP_TENSOR_CHANNELS
+               + pipeline_module.UNET_ACTIVATION_BYTES * tile * tile)
+    assert planned <= pipe.memory_budget
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the thread's signal stack through libc (Linux)")

@@ -22,7 +22,6 @@ import functools
 import json
 import math
 import os
-import sys
 import threading
 import warnings
 from pathlib import Path
@@ -156,31 +155,19 @@ def _locked(method):
 
 # The CPU backbone choice times its candidates on a crop of at most this many packed pixels a side.
 CPU_TIMING_CROP = 256
-# A CPU frame's peak memory budget (bytes; ``Pipeline(memory_budget=...)``): above it the
-# backbone runs in tiles. Measured at 12 MP: the process holds ~0.4 GB (torch, the model), the
-# loop's own tensors peak at ~0.7 GB, and the UNet's fp32 activations take ~0.73 KB per packed
-# pixel (3.3 GB peak untiled).
+# A CPU frame's peak memory budget (bytes; ``Pipeline(memory_budget=...)``): where the plan
+# below exceeds it, the backbone runs in tiles. Measured at 12 MP: the process holds ~0.42 GB
+# (torch, the model), the loop's own tensors peak at ~0.67 GB above it, and the UNet's fp32
+# activations take ~0.73 KB per packed pixel (3.3 GB peak untiled). The plan uses these fixed
+# figures, not the process's resident memory at the call: what a process did before must not
+# change how a frame is computed (tiled output differs from untiled by ~64 dB), so one frame
+# gives the same bytes in every process.
 CPU_MEMORY_BUDGET = 1.5e9
+PROCESS_BASE_BYTES = 0.45e9  # torch, its CPU kernels and the model, measured after import and load (rounded up)
 UNET_ACTIVATION_BYTES = 800  # per packed pixel and sample, fp32, at the SID UNet's peak (width 32; rounded up)
 LOOP_TENSOR_CHANNELS = 56  # float32 values per packed pixel the loop itself holds at its peak
 MIN_ACTIVATION_BUDGET = 64e6  # tiles are never made smaller than this much activation memory
 CPU_TILE_MARGIN = 48  # context per tile side and step: 64 dB PSNR against the whole frame
-
-
-def resident_bytes() -> int:
-    """This process's resident memory in bytes (Linux ``/proc/self/statm``; elsewhere the
-    peak so far from ``resource``, or 0 where neither exists)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        try:
-            import resource
-
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
-        except ImportError:
-            return 0
 
 
 def _timing_crop(x: torch.Tensor) -> torch.Tensor:
@@ -227,10 +214,12 @@ class Pipeline:
             to +0.7 dB on photographs with the shipped model). Default 32; None: off.
         max_graphs / max_graph_bytes: bound on the captured CUDA graphs kept (least recently
             used evicted and released; default 8 graphs and a quarter of the GPU's memory).
-        memory_budget: on a CPU, the peak memory (bytes) a frame may take (default 1.5e9):
-            where the backbone's activations for the whole frame would not fit, it runs in
-            tiles with 48 pixels of context per step (64 dB PSNR of the untiled result on the
-            bench scene; ~1.3x the compute at 12 MP). None: never tiled for memory.
+        memory_budget: on a CPU, the peak memory (bytes) a frame may take (default 1.5e9),
+            planned from the frame's shape alone (the process's base, the loop's tensors, the
+            backbone's activations; the same plan in every process): where the backbone's
+            activations for the whole frame would not fit, it runs in tiles with 48 pixels of
+            context per step (64 dB PSNR of the untiled result on the bench scene; ~1.3x the
+            compute at 12 MP). None: never tiled for memory.
     """
 
     def __init__(self, backbone: nn.Module, config: BackboneConfig, *, device=None, precision: str | None = None,
@@ -499,10 +488,11 @@ class Pipeline:
         """On a CPU: the backbone applied in tiles (``TiledBackbone``, one radius of context per
         tile and step) when its activations for the whole frame would not fit what is left of
         ``memory_budget``; else ``net`` itself. Its output agrees with the whole frame's to
-        ~64 dB PSNR (a 48-pixel context; measured on the bench scene)."""
+        ~64 dB PSNR (a 48-pixel context; measured on the bench scene). Decided from the
+        shapes alone (see ``CPU_MEMORY_BUDGET``)."""
         B, _, h, w = padded.shape
         loop_bytes = padded.element_size() * B * h * w * LOOP_TENSOR_CHANNELS
-        free = self.memory_budget - resident_bytes() - loop_bytes
+        free = self.memory_budget - PROCESS_BASE_BYTES - loop_bytes
         width = self.config.options.get("widths", (None,))[0] or self.config.options.get("width", 32)
         per_pixel = UNET_ACTIVATION_BYTES * B * width / 32  # activations scale with the first level's width
         if per_pixel * h * w <= free:
