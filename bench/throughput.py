@@ -131,7 +131,7 @@ def parse_args(argv):
     ap.add_argument("--quick", action="store_true", help="tiny sizes, one repeat: a smoke run")
     ap.add_argument("--batch-files", type=integer_arg(1), help="files in the file-to-file batch (CUDA 16, CPU 6, --quick 4)")
     ap.add_argument("--batch-height", type=integer_arg(32), help="batch frame height (CUDA: the frame's; CPU 768; --quick 96)")
-    ap.add_argument("--batch-width", type=integer_arg(32), help="batch frame width (CUDA: the frame's; CPU 1152; --quick 136)")
+    ap.add_argument("--batch-width", type=integer_arg(32), help="batch frame width (CUDA: the frame's; CPU 1152; --quick 128)")
     ap.add_argument("--workers", type=integer_arg(1),
                     help="decode and write processes each (default: CUDA (cores - 1) // 2 as enhance --workers auto; "
                          "CPU 1)")
