@@ -258,8 +258,9 @@ def _report(res: dict) -> str:
             out.append(f"{name}: failed ({error})")
         mem = cpu.get("peak_memory_12MP") or {}
         if "peak_bytes" in mem:
-            out.append(f"engine default call on a 12 MP frame: peak memory {mem['peak_bytes'] / 1e9:.2f} GB (target "
-                       f"<= {mem['target_bytes'] / 1e9:.1f} GB)")
+            out.append(f"a new user's 12 MP frame in a fresh process ({mem.get('what', 'the engine default call')}; "
+                       f"backbone {mem.get('engine_choice', '?')}): peak memory {mem['peak_bytes'] / 1e9:.2f} GB "
+                       f"(target <= {mem['target_bytes'] / 1e9:.1f} GB), {mem.get('seconds', float('nan')):.1f} s")
         elif "error" in mem:
             out.append(f"12 MP peak memory: not measured ({mem['error'][-200:]})")
     bb = res.get("backbone")

@@ -606,7 +606,10 @@ def exposure_step(
         out: optional preallocated ``(estimate, next_input)`` (``next_input`` None at the
             last step), any strides; then out_dtype/out_memory_format are taken from it.
             Not allowed when gradients are required.
-        backend: "auto" (Triton on CUDA, reference on CPU), "triton" or "torch".
+        backend: "auto" (Triton on CUDA, PyTorch on the CPU), "triton" or "torch". The PyTorch
+            form is the reference where gradients are required (or float64); otherwise, on
+            the CPU, the reference's maths evaluated in bands of rows into the outputs
+            (``_exposure_step_banded``: ~1 MB temporaries instead of ~20 frame-sized ones).
 
     Returns:
         ``(estimate, next_input)``: ``Y_i`` float32 ``[B, 4, h, w]`` contiguous, and
@@ -619,11 +622,18 @@ def exposure_step(
     """
     check_tensor("net_out", net_out)  # before dispatch: the same refusal whatever the device and backend
     if not use_triton(net_out.device, backend):
-        return exposure_step_reference(
-            net_out, state, origin, ratio=ratio, K=K, rho=rho, rho_next=rho_next, stochastic=stochastic,
-            generator=generator, seed=seed, accumulate=accumulate, with_photon=with_photon,
-            concat_origin=concat_origin, dn_scale=dn_scale, out_dtype=out_dtype,
-            out_memory_format=out_memory_format, out=out)
+        differentiable = torch.is_grad_enabled() and any(t.requires_grad for t in (net_out, state, origin))
+        if differentiable or net_out.dtype == torch.float64 or net_out.device.type != "cpu":
+            return exposure_step_reference(
+                net_out, state, origin, ratio=ratio, K=K, rho=rho, rho_next=rho_next, stochastic=stochastic,
+                generator=generator, seed=seed, accumulate=accumulate, with_photon=with_photon,
+                concat_origin=concat_origin, dn_scale=dn_scale, out_dtype=out_dtype,
+                out_memory_format=out_memory_format, out=out)
+        cfg, params, out_dtype = _prepare(net_out, state, origin, ratio, K, rho, rho_next, stochastic, accumulate,
+                                          with_photon, concat_origin, dn_scale, out_dtype, out_memory_format,
+                                          seed, generator, out, _REF_DTYPES)
+        return _exposure_step_banded(net_out, state, origin, cfg, params, out_dtype, out_memory_format,
+                                     generator, seed, out)
     cfg, params, out_dtype = _prepare(net_out, state, origin, ratio, K, rho, rho_next, stochastic, accumulate,
                                       with_photon, concat_origin, dn_scale, out_dtype, out_memory_format,
                                       seed, generator, out, _IN_DTYPES)
@@ -658,36 +668,16 @@ def exposure_step_reference(
     cdt = torch.float64 if net_out.dtype == torch.float64 else torch.float32
     col = lambda v: v.to(cdt).view(-1, 1, 1, 1)  # noqa: E731
     a_i = state.to(cdt)
-    if cfg.head9:
-        out9 = net_out.to(cdt)
-        m = torch.sigmoid(out9[:, :1])
-        estimate = out9[:, 1:5].clamp(0, 1) * m + (out9[:, 5:9] + a_i).clamp(0, 1) * (1 - m)
-    else:
-        estimate = net_out.to(cdt).clamp(0, 1)
+    estimate = _estimate_of(net_out, a_i, cfg, cdt)
     nxt = None
     if cfg.has_next:
-        s, rk, rho_next_c = cfg.dn_scale, col(p.ratio) * col(p.K), col(p.rho_next)
-        added = rho_next_c - col(p.rho) if cfg.accumulate else rho_next_c - 1
-        mu = added * s * estimate.clamp(0, 1) / rk
+        mu = _photon_means(estimate, cfg, p, col)
         if cfg.stochastic:
-            if seed is None:
-                draw = poisson_draws(mu.detach(), generator)
-            else:  # per sample, from its key (one shared key: batch invariant, as the kernel)
-                keys = seed.tolist() * (mu.shape[0] if seed.numel() == 1 else 1)
-                draws = [poisson_draws(mu[b].detach(), torch.Generator(device=mu.device).manual_seed(key))
-                         for b, key in enumerate(keys)]
-                draw = torch.stack(draws) if draws else mu.detach().clone()
-            draw = draw.to(mu.dtype)
+            draw = _photon_draws(mu.detach(), generator, seed).to(mu.dtype)
             photons = mu + (draw - mu).detach()  # straight-through (SPEC §4 training)
         else:
             photons = mu
-        base = a_i * col(p.rho) if cfg.accumulate else origin.to(cdt).clamp(0, 1)
-        a_next = (base + photons * rk / s) / rho_next_c
-        chans = [a_next]
-        if cfg.with_photon:
-            chans.append(a_next * rho_next_c / rk)
-        if cfg.concat_origin:
-            chans.append(origin.to(cdt))
+        chans = _next_input_channels(a_i, origin, photons, cfg, p, col, cdt)
         nxt = torch.cat(chans, 1).to(out_dtype).contiguous(memory_format=out_memory_format)
     if out is not None:
         with torch.no_grad():
@@ -696,6 +686,87 @@ def exposure_step_reference(
                 out[1].copy_(nxt)
         return out[0], out[1]
     return estimate.contiguous(), nxt
+
+
+# The reference's maths, term by term: shared with the banded CPU form below, so that the
+# two evaluate the same float32 expressions.
+def _estimate_of(net_out, a_i, cfg, cdt):
+    """``Y_i`` from the backbone output and the state ``A_i`` (already in ``cdt``)."""
+    if cfg.head9:
+        out9 = net_out.to(cdt)
+        m = torch.sigmoid(out9[:, :1])
+        return out9[:, 1:5].clamp(0, 1) * m + (out9[:, 5:9] + a_i).clamp(0, 1) * (1 - m)
+    return net_out.to(cdt).clamp(0, 1)
+
+
+def _photon_means(estimate, cfg, p, col):
+    """``mu``: the Poisson means of the photons added before the next step."""
+    s, rk, rho_next_c = cfg.dn_scale, col(p.ratio) * col(p.K), col(p.rho_next)
+    added = rho_next_c - col(p.rho) if cfg.accumulate else rho_next_c - 1
+    return added * s * estimate.clamp(0, 1) / rk
+
+
+def _photon_draws(mu, generator, seed):
+    """``P ~ Poisson(mu)``: from ``generator`` for the whole batch, or per sample from its
+    key (one shared key: batch invariant, as the kernel)."""
+    if seed is None:
+        return poisson_draws(mu, generator)
+    keys = seed.tolist() * (mu.shape[0] if seed.numel() == 1 else 1)
+    draws = [poisson_draws(mu[b], torch.Generator(device=mu.device).manual_seed(key)) for b, key in enumerate(keys)]
+    return torch.stack(draws) if draws else mu.clone()
+
+
+def _next_input_channels(a_i, origin, photons, cfg, p, col, cdt):
+    """The next network input's channel groups ``[A_next, photon?, origin?]`` in ``cdt``."""
+    s, rk, rho_next_c = cfg.dn_scale, col(p.ratio) * col(p.K), col(p.rho_next)
+    base = a_i * col(p.rho) if cfg.accumulate else origin.to(cdt).clamp(0, 1)
+    a_next = (base + photons * rk / s) / rho_next_c
+    chans = [a_next]
+    if cfg.with_photon:
+        chans.append(a_next * rho_next_c / rk)
+    if cfg.concat_origin:
+        chans.append(origin.to(cdt))
+    return chans
+
+
+# Pixels per band of the CPU form: each temporary is 4 planes x 64 K floats per sample
+# (1 MB), so they stay in the caches instead of ~20 frame-sized tensors (0.5 GB at 12 MP).
+CPU_BAND_PIXELS = 1 << 16
+
+
+def _exposure_step_banded(net_out, state, origin, cfg, p, out_dtype, out_memory_format, generator, seed, out):
+    """The reference's float32 maths (no autograd) evaluated band of rows by band of rows,
+    written into the outputs: the CPU inference path. Equal to the reference up to the
+    last bit of the sigmoid (vectorised vs scalar tails); the same draws (the means of the
+    whole frame are drawn at once, as the reference draws them)."""
+    B, _, h, w = net_out.shape
+    est, nxt = out if out is not None else _allocate(net_out, cfg, out_dtype, out_memory_format)
+    col = lambda v: v.to(torch.float32).view(-1, 1, 1, 1)  # noqa: E731
+    rows = max(1, CPU_BAND_PIXELS // max(w, 1))
+    bands = [slice(r, min(r + rows, h)) for r in range(0, h, rows)]
+    means = torch.empty((B, 4, h, w), dtype=torch.float32) if cfg.has_next and cfg.stochastic else None
+    with torch.no_grad():
+        for band in bands:
+            a_i = state[:, :, band].to(torch.float32)
+            estimate = _estimate_of(net_out[:, :, band], a_i, cfg, torch.float32)
+            est[:, :, band] = estimate
+            if not cfg.has_next:
+                continue
+            mu = _photon_means(estimate, cfg, p, col)
+            if cfg.stochastic:
+                means[:, :, band] = mu
+            else:
+                nxt[:, :, band] = torch.cat(_next_input_channels(a_i, origin[:, :, band], mu, cfg, p, col,
+                                                                 torch.float32), 1)
+        if means is not None:
+            draws = _photon_draws(means, generator, seed)
+            for band in bands:
+                mu = means[:, :, band]
+                photons = mu + (draws[:, :, band] - mu)  # the reference's straight-through sum, value for value
+                nxt[:, :, band] = torch.cat(_next_input_channels(state[:, :, band].to(torch.float32),
+                                                                 origin[:, :, band], photons, cfg, p, col,
+                                                                 torch.float32), 1)
+    return est, nxt
 
 
 def aot_specs():

@@ -192,6 +192,27 @@ def _reference(packed, r_row, r_col, wb, ccm, out_dtype) -> torch.Tensor:
     return _quantise(srgb, out_dtype).contiguous()
 
 
+# Packed pixels per band of the CPU form (``_reference_banded``): ~3 MB temporaries, where the
+# whole frame's reference at 12 MP holds ~1 GB of them.
+CPU_BAND_PIXELS = 1 << 16
+
+
+def _reference_banded(packed, r_row, r_col, wb, ccm, out_dtype) -> torch.Tensor:
+    """The reference, band of packed rows by band of rows, each with one packed row of
+    context above and below (the demosaic's 3x3 stencil reaches one full-resolution row,
+    i.e. one packed row, past a band): the same values as the whole frame's reference,
+    with temporaries the size of a band."""
+    B, _, h, w = packed.shape
+    out = torch.empty(B, 2 * h, 2 * w, 3, dtype=out_dtype)
+    rows = max(1, CPU_BAND_PIXELS // max(w, 1))
+    for r0 in range(0, h, rows):
+        r1 = min(r0 + rows, h)
+        lo, hi = max(r0 - 1, 0), min(r1 + 1, h)
+        band = _reference(packed[:, :, lo:hi], r_row, r_col, wb, ccm, out_dtype)
+        out[:, 2 * r0:2 * r1] = band[:, 2 * (r0 - lo):2 * (r1 - lo)]
+    return out
+
+
 def render_srgb(packed, pattern, wb, ccm, *, out_dtype=torch.uint8, backend: str = "auto") -> torch.Tensor:
     """Render packed linear raw to sRGB in one fused pass.
 
@@ -216,6 +237,8 @@ def render_srgb(packed, pattern, wb, ccm, *, out_dtype=torch.uint8, backend: str
     """
     packed, r_row, r_col, wb, ccm = _prepare(packed, pattern, wb, ccm, out_dtype)
     if not use_triton(packed.device, backend):
+        if packed.device.type == "cpu":
+            return _reference_banded(packed, r_row, r_col, wb, ccm, out_dtype)
         return _reference(packed, r_row, r_col, wb, ccm, out_dtype)
     B, _, h, w = packed.shape
     out = torch.empty(B, 2 * h, 2 * w, 3, dtype=out_dtype, device=packed.device)

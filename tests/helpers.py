@@ -1,4 +1,7 @@
 """Small helpers shared by the test modules."""
+import os
+import signal
+
 import numpy as np
 import scipy.stats as st
 import torch
@@ -50,3 +53,17 @@ def small_cpu_pipeline():
     torch.manual_seed(0)
     cfg = BackboneConfig(options=SMALL_UNET)
     return Pipeline(cfg.build(), cfg, device="cpu", precision="fp32")
+
+
+class CrashesInAChildProcess(torch.nn.Module):
+    """A backbone that works in the process that made it and kills any other process that
+    runs it with SIGSEGV (a native runtime crashing, as seen by the CPU choice's child)."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net, self.owner = net, os.getpid()
+
+    def forward(self, x):
+        if os.getpid() != self.owner:
+            os.kill(os.getpid(), signal.SIGSEGV)
+        return self.net(x)

@@ -156,6 +156,7 @@ def test_pipeline_times_once_per_cpu_and_model_and_a_new_pipeline_reads_the_cach
 
     def make(pipe):
         pipe._candidate_names = ["slow", "eager"]
+        pipe.isolate_choice = False  # the stand-in candidate exists in this process only
 
         def slow(x):
             calls.append(x.shape)
@@ -203,7 +204,7 @@ def test_backbone_path_refusals(model):
 def _pipeline_with(model, name, candidate):
     """A CPU pipeline offered ``candidate`` (a callable backbone) beside the PyTorch module."""
     net, cfg = model
-    pipe = Pipeline(net, cfg, device="cpu", precision="fp32")
+    pipe = Pipeline(net, cfg, device="cpu", precision="fp32", isolate_choice=False)  # a stand-in of this process
     pipe._candidate_names = [name, "eager"]
     pipe._builders[name] = lambda: candidate(pipe)
     return pipe

@@ -293,3 +293,33 @@ def test_encoders_script_times_every_output_encoder(tmp_path):
     assert any(n.startswith("TIFF 16-bit deflate") for n in names)
     assert all(r["bytes"] > 0 and r["cpu_s"] >= 0 for r in rows)
     assert "PNG 8-bit fast" in proc.stdout
+
+
+def test_cpu_stage_large_frame_branch_and_fresh_process_memory(monkeypatch):
+    """The CPU table's 12 MP part (each candidate built, run, timed and released alone) and
+    its fresh-process memory figure (a DNG enhanced into a PNG, VmHWM), run here on a small
+    "large" frame so that a full bench run does not find them broken after 15 minutes."""
+    import bench.cpu_stage as cs
+    from bench.report import report
+    from bench.stages import Context
+    from bench.timing import Progress
+
+    monkeypatch.setattr(cs, "FULL_12MP", (96, 128))
+    monkeypatch.setattr(cs, "cpu_candidates", lambda compile_candidate=True: ["eager", "eager-bf16"])
+    monkeypatch.setattr(cs, "matmul_rate", lambda: 100.0)
+    cfg = BackboneConfig(options={"widths": (8, 8, 16, 16, 16)})
+    ctx = Context(torch.device("cpu"), cfg.build().eval(), cfg, 100.0, 2, 1, 0, Progress(1, True))
+    res = cs.bench_cpu(ctx, (64, 96), include_12mp=True)
+    (small, large) = res["sizes"]
+    assert small["frame"] == [64, 96] and large["frame"] == [96, 128]
+    names = {r["name"] for r in large["rows"]}
+    assert {"eager", "3 plain fp32 eager passes", "engine default call"} <= names
+    checked = [r["psnr_vs_fp32_dB"] for r in large["rows"] if r["name"] in ("eager", "engine default call")]
+    assert len(checked) == 2 and all(v is None or v >= 45 for v in checked)  # None: identical
+    mem = res["peak_memory_12MP"]
+    assert "error" not in mem, mem.get("error")
+    assert 0.2e9 < mem["peak_bytes"] < 20e9 and mem["met"] == (mem["peak_bytes"] <= 1.5e9)
+    assert mem["what"] == "enhance a 12 MP DNG and save a PNG" and mem["seconds"] > 0
+    info = {"date": "d", "commit": "c", "device": "cpu", "device_name": "cpu", "torch": torch.__version__,
+            "threads": 1, "frame": [64, 96], "steps": 2, "ratio": 100, "repeats": 1, "weights": "w", "quick": True}
+    assert "peak memory" in report({"info": info, "cpu": res})

@@ -126,6 +126,56 @@ def test_the_pipeline_chooses_on_a_cpu_and_caches_the_choice(model, cache, monke
     assert second.backbone_timings == {}  # read from disk
 
 
+def test_the_cpu_choice_runs_in_a_child_process(model, cache, monkeypatch):
+    """By default the candidates are built, checked and timed in a child process: this
+    process builds the chosen one alone (the others' runtimes never load here), the child's
+    choice is on disk, and the result equals the chosen backend's."""
+    net, cfg = model
+    names = [n for n in CPU_BACKENDS if installed(n) and n != "compile"]
+    if len(names) == 1:
+        pytest.skip("no optional CPU runtime installed: nothing to choose (pip install '.[onnx,openvino]')")
+    import engine.inference.pipeline as pipeline_module
+
+    monkeypatch.setattr(pipeline_module, "cpu_candidates", lambda compile_candidate=True: names)
+    built = []
+    real_build = pipeline_module.build_cpu_backend
+    monkeypatch.setattr(pipeline_module, "build_cpu_backend", lambda name, *a: built.append(name) or real_build(name, *a))
+    kw = dict(ratio=50, steps=2, stochastic=False, **ARR)
+    pipe = Pipeline(net, cfg, device="cpu", backbone_path="auto")
+    assert pipe.isolate_choice
+    got = pipe(_frame(), **kw).raw
+    (choice,) = set(pipe._chosen.values())
+    (timings,) = pipe.backbone_timings.values()
+    assert choice in timings and set(timings) <= set(names)
+    assert built == ([] if choice == "eager" else [choice])  # nothing else was built in this process
+    (entry,) = json.loads((cache / "backbone_choice.json").read_text()).values()
+    assert entry["choice"] == choice
+    alone = Pipeline(net, cfg, device="cpu", backbone_path=choice)(_frame(), **kw).raw
+    assert torch.equal(got, alone)
+
+
+def test_a_crash_in_the_choice_process_falls_back_to_eager(model, cache, monkeypatch):
+    """A candidate runtime that kills the choice's child (here the backbone itself, with
+    SIGSEGV, in any process but this one) costs the caller nothing but a warning: the frame
+    is made with the PyTorch module, and the failure is remembered on disk."""
+    from tests.helpers import CrashesInAChildProcess
+
+    net, cfg = model
+    import engine.inference.pipeline as pipeline_module
+
+    monkeypatch.setattr(pipeline_module, "cpu_candidates", lambda compile_candidate=True: ["eager", "eager-bf16"])
+    crashing = CrashesInAChildProcess(net)
+    kw = dict(ratio=50, steps=2, stochastic=False, **ARR)
+    pipe = Pipeline(crashing, cfg, device="cpu", backbone_path="auto")
+    with pytest.warns(BackboneFallbackWarning, match=r"choice \(in a child process\) failed: it ended with exit code "
+                                                     r"-11.*going on with 'eager'"):
+        got = pipe(_frame(), **kw).raw
+    assert list(pipe._chosen.values()) == ["eager"]
+    (entry,) = json.loads((cache / "backbone_choice.json").read_text()).values()
+    assert entry["choice"] == "eager"
+    torch.testing.assert_close(got, Pipeline(net, cfg, device="cpu", backbone_path="eager")(_frame(), **kw).raw)
+
+
 def test_a_forced_cpu_backend_runs_alone(model):
     _needs("onnxruntime")
     net, cfg = model
@@ -146,7 +196,7 @@ def test_a_failing_cpu_candidate_falls_back(model, monkeypatch):
         raise RuntimeError(f"{name}: could not load the plugin")
 
     monkeypatch.setattr(pipeline_module, "build_cpu_backend", broken)
-    pipe = Pipeline(net, cfg, device="cpu", backbone_path="auto")
+    pipe = Pipeline(net, cfg, device="cpu", backbone_path="auto", isolate_choice=False)  # the failure is this process's
     kw = dict(ratio=50, steps=2, stochastic=False, **ARR)
     with pytest.warns(BackboneFallbackWarning, match=r"'openvino' dropped: it failed \(RuntimeError: openvino: could"):
         got = pipe(_frame(), **kw).raw
@@ -211,8 +261,35 @@ def test_the_memory_plan_depends_on_the_frame_shape_alone():
     # activations + loop tensors + the process's base stay within the budget
     tile = plans[0].tile
     planned = (pipeline_module.PROCESS_BASE_BYTES + 4 * 1424 * 2128 * pipeline_module.LOOP_TENSOR_CHANNELS
-               + pipeline_module.UNET_ACTIVATION_BYTES * tile * tile)
+               + pipeline_module.ACTIVATION_BYTES["eager"] * tile * tile)
     assert planned <= pipe.memory_budget
+    # each backend with its own activation figure: ONNX Runtime's arena needs smaller tiles
+    ort = pipe._within_memory_budget(net, torch.empty(1, 8, 1424, 2128), "onnxruntime")
+    assert isinstance(ort, TiledBackbone) and ort.tile < tile
+    assert set(pipeline_module.ACTIVATION_BYTES) == set(CPU_BACKENDS)
+
+
+@pytest.mark.parametrize("h, w", [(1424, 2128), (712, 1064), (600, 577)])
+def test_tiles_are_cut_evenly_and_cover_the_frame_once_blended(h, w):
+    """``run_tiled`` cuts each axis into as many equal cores as the largest tile needs (no
+    last tile that mostly repeats its neighbour): at 12 MP with 672-pixel tiles (48 of
+    context) the tiles hold < 1.45x the frame's pixels (1.8x with cores of the largest
+    size); every pixel gets weight 1 in the blend, so a constant backbone stays constant."""
+    from engine.inference.tiling import run_tiled
+
+    shapes = []
+
+    def backbone(t):
+        shapes.append(tuple(t.shape[-2:]))
+        return torch.full((1, 1, *t.shape[-2:]), 0.25)
+
+    out = run_tiled(backbone, torch.zeros(1, 1, h, w), tile=672, margin=48, out_channels=1)
+    assert torch.allclose(out, torch.full_like(out, 0.25), atol=1e-6)
+    assert all(max(s) <= 672 for s in shapes)
+    if (h, w) == (1424, 2128):
+        assert len(shapes) == 12 and sum(a * b for a, b in shapes) / (h * w) < 1.45
+    for sides in ({s[0] for s in shapes}, {s[1] for s in shapes}):  # per axis: equal up to the grid
+        assert max(sides) - min(sides) <= 16 + 48  # and the margin a frame edge leaves out
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the thread's signal stack through libc (Linux)")
@@ -237,3 +314,20 @@ def test_openvino_leaves_the_callers_signal_stack_alone(model):
     backbone = build("openvino", net, cfg)
     backbone(torch.rand(1, 8, 32, 32))
     assert altstack() == before
+
+
+def test_cached_cpu_timings_are_keyed_by_the_instruction_sets(monkeypatch):
+    # One generic model name ("Intel(R) Xeon(R) Processor") covers CPUs with and without AMX,
+    # whose fastest backends differ: a timing cached on one must not decide for the other.
+    from engine.inference import cpu_features
+    from engine.inference.backbone_choice import device_fingerprint
+
+    keys = []
+    for flags in ({"avx2", "avx512f", "avx512_vnni"}, {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16"}):
+        monkeypatch.setattr(cpu_features, "cpu_flags", lambda flags=flags: frozenset(flags | {"sse2", "fpu"}))
+        monkeypatch.setattr(cpu_features, "cpu_model_name", lambda: "Intel(R) Xeon(R) Processor")
+        cpu_features.cpu_isa_summary.cache_clear()
+        keys.append(device_fingerprint(torch.device("cpu")))
+    cpu_features.cpu_isa_summary.cache_clear()
+    assert keys[0] != keys[1]
+    assert "[avx2+avx512_vnni+avx512f]" in keys[0]  # only the speed-relevant flags, sorted

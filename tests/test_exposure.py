@@ -196,6 +196,39 @@ def test_auto_backend_on_cpu_is_the_reference():
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
+@pytest.mark.parametrize("C", [9, 4])
+@pytest.mark.parametrize("accumulate", [False, True])
+@pytest.mark.parametrize("with_photon, concat_origin", LAYOUTS)
+@pytest.mark.parametrize("draws", ["means", "generator", "shared key", "keys", "last step"])
+def test_the_banded_cpu_form_equals_the_reference(monkeypatch, C, accumulate, with_photon, concat_origin, draws):
+    # Inference on the CPU evaluates the reference's maths band by band into the outputs:
+    # bands of 3 rows here (the frame has 11), fp16 channels_last next input, the same
+    # draws (the whole frame's means drawn at once, as the reference draws them).
+    monkeypatch.setattr(exposure_module, "CPU_BAND_PIXELS", 3 * 13)
+    net, state, origin = (t.cpu() for t in make_inputs(B=3, C=C, h=11, w=13, seed=17))
+    p = {k: v.cpu() for k, v in params(3).items()}
+    if draws == "last step":
+        p["rho_next"] = None
+    kw = dict(p, accumulate=accumulate, with_photon=with_photon, concat_origin=concat_origin,
+              stochastic=draws not in ("means", "last step"), out_dtype=torch.float16,
+              out_memory_format=torch.channels_last)
+    seeds = {"shared key": torch.tensor([7]), "keys": torch.tensor([7, 8, 9])}
+    results = []
+    for step in (exposure_step, exposure_step_reference):
+        extra = ({"seed": seeds[draws]} if draws in seeds else
+                 {"generator": torch.Generator().manual_seed(3)} if draws == "generator" else {})
+        with torch.inference_mode():
+            results.append(step(net, state, origin, **kw, **extra))
+    (est, nxt), (ref_est, ref_nxt) = results
+    assert est.is_contiguous() and est.dtype == torch.float32
+    torch.testing.assert_close(est, ref_est, atol=1e-7, rtol=2e-7)  # the sigmoid's last bit at most
+    if draws == "last step":
+        assert nxt is None and ref_nxt is None
+        return
+    assert nxt.dtype == torch.float16 and nxt.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(nxt, ref_nxt)
+
+
 # ------------------------------------------------------------------ stochastic mode
 
 def photons_from_next(nxt, origin, ratio, K, rho_next, dn_scale):

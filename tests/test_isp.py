@@ -32,6 +32,26 @@ def test_triton_matches_reference(pattern, out_dtype):
     assert diff <= (2e-6 if out_dtype == torch.float32 else 1)
 
 
+@pytest.mark.parametrize("rows", [1, 2, 5])
+@pytest.mark.parametrize("pattern", PATTERNS)
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.uint8, torch.uint16])
+def test_the_banded_cpu_form_equals_the_whole_frame_reference(monkeypatch, rows, pattern, out_dtype):
+    # On the CPU the reference runs band by band (one packed row of context each side):
+    # the demosaic's stencil sees the same neighbours, so the same picture (up to the last
+    # float32 bit of a convolution); bands of 1, 2 and 5 packed rows of an 11-row frame.
+    import kernels.isp as isp
+
+    monkeypatch.setattr(isp, "CPU_BAND_PIXELS", rows * 13)
+    g = torch.Generator().manual_seed(3)
+    x = (torch.rand(2, 4, 11, 13, generator=g) * 1.3).transpose(2, 3).contiguous().transpose(2, 3)  # odd strides
+    a = render_srgb(x, pattern, WB, CCM, out_dtype=out_dtype, backend="torch")
+    b = render_srgb_reference(x, pattern, WB, CCM, out_dtype=out_dtype)
+    assert a.shape == b.shape == (2, 22, 26, 3) and a.dtype == out_dtype and a.is_contiguous()
+    diff = (a.double() - b.double()).abs()
+    assert diff.max().item() <= (1.2e-7 if out_dtype == torch.float32 else 1)
+    assert (diff == 0).double().mean().item() >= 0.99
+
+
 def test_fp16_noncontiguous_single_frame_and_per_sample_parameters():
     g = torch.Generator().manual_seed(2)
     base = torch.rand(2, 4, 9, 6, generator=g).to(TRITON_DEVICE)

@@ -26,8 +26,11 @@ multi-step loop, before any CUDA-graph capture):
 The choice is cached on disk (``choice_cache_path``), keyed by the GPU's name (not only its
 architecture: an H100 and an H200 time differently), library versions, network, shape and
 loop options, so a second process skips all of this. Out-of-memory errors are not a
-candidate's fault: they propagate, and the engine falls back to tiles. On a CPU ``"auto"``
-is ``"eager"`` (the kernels would run in Triton's interpreter).
+candidate's fault: they propagate, and the engine falls back to tiles. On a CPU the
+candidates are ``engine.inference.cpu_backends``' (the Triton kernels would run in Triton's
+interpreter), timed on a crop of the first frame, by default in a child process
+(``engine.inference.choice_process``), keyed by the CPU's model name, instruction sets and
+thread count instead of the frame's shape.
 """
 from __future__ import annotations
 
@@ -75,15 +78,15 @@ def choice_cache_path() -> Path:
 
 def device_fingerprint(device: torch.device) -> str:
     """What a timing depends on besides the workload: the device's model (the GPU's name, or
-    the CPU's model and thread count) and the libraries."""
+    the CPU's model, instruction sets and thread count) and the libraries."""
     import triton
 
-    from .cpu_features import cpu_model_name
+    from .cpu_features import cpu_isa_summary, cpu_model_name
 
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
-    else:
-        name = f"{cpu_model_name()} x{torch.get_num_threads()} threads"
+    else:  # the instruction sets too: one model name may cover CPUs of different generations
+        name = f"{cpu_model_name()} [{cpu_isa_summary()}] x{torch.get_num_threads()} threads"
     return f"{name}|torch {torch.__version__}|triton {triton.__version__}"
 
 

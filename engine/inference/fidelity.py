@@ -66,5 +66,10 @@ def low_frequency_fidelity(estimate: torch.Tensor, noisy: torch.Tensor, scale: i
     if sensor_clipped is not None:
         keep &= ~sensor_clipped.to(keep.device)
     weight = keep.float()
-    shift = low_pass(weight * (noisy - estimate), int(scale)) / low_pass(weight, int(scale)).clamp_min(1e-3)
-    return (estimate + weight * shift).clamp_(0.0, 1.0)
+    del keep
+    # Y + w * L(w (A - Y)) / L(w), in place where the operands are our own temporaries (a
+    # 12 MP frame: 4 frame-sized temporaries at once instead of 8; the same float32 values)
+    shift = low_pass(weight * (noisy - estimate), int(scale))
+    shift.div_(low_pass(weight, int(scale)).clamp_min_(1e-3)).mul_(weight)
+    del weight
+    return shift.add_(estimate).clamp_(0.0, 1.0).contiguous()

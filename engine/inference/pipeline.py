@@ -49,6 +49,7 @@ from .auto_ratio import estimate_ratio
 from .backbone_choice import (BACKBONE_PATHS, BackboneFallbackWarning, ChoiceCache, choice_cache_path, choose,
                               cudnn_benchmark, device_fingerprint)
 from .cpu_backends import CPU_BACKENDS, cpu_candidates, install_hint, installed, model_key
+from .choice_process import choose_in_child
 from .cpu_backends import build as build_cpu_backend
 from .cpu_features import native_bf16
 from .fidelity import DEFAULT_SCALE as DEFAULT_FIDELITY_SCALE
@@ -156,16 +157,19 @@ def _locked(method):
 # The CPU backbone choice times its candidates on a crop of at most this many packed pixels a side.
 CPU_TIMING_CROP = 256
 # A CPU frame's peak memory budget (bytes; ``Pipeline(memory_budget=...)``): where the plan
-# below exceeds it, the backbone runs in tiles. Measured at 12 MP: the process holds ~0.42 GB
-# (torch, the model), the loop's own tensors peak at ~0.67 GB above it, and the UNet's fp32
-# activations take ~0.73 KB per packed pixel (3.3 GB peak untiled). The plan uses these fixed
-# figures, not the process's resident memory at the call: what a process did before must not
-# change how a frame is computed (tiled output differs from untiled by ~64 dB), so one frame
-# gives the same bytes in every process.
+# below exceeds it, the backbone runs in tiles. The plan uses fixed figures, measured as peak
+# resident memory (so the allocators' overheads are in them), not the process's resident
+# memory at the call: what a process did before must not change how a frame is computed
+# (tiled output differs from untiled by ~64 dB), so one frame gives the same bytes in every
+# process. Measured on a 2-core Xeon, torch 2.13, the shipped model (``bench/RESULTS.md``).
 CPU_MEMORY_BUDGET = 1.5e9
-PROCESS_BASE_BYTES = 0.45e9  # torch, its CPU kernels and the model, measured after import and load (rounded up)
-UNET_ACTIVATION_BYTES = 800  # per packed pixel and sample, fp32, at the SID UNet's peak (width 32; rounded up)
-LOOP_TENSOR_CHANNELS = 56  # float32 values per packed pixel the loop itself holds at its peak
+PROCESS_BASE_BYTES = 0.45e9  # torch, its CPU kernels and the model, after import and load (0.40 GB; rounded up)
+LOOP_TENSOR_CHANNELS = 48  # float32 values per packed pixel the loop and its tiling hold at their peak
+# The backbone's activations per packed pixel and sample at the SID UNet's width 32, by CPU
+# backend: a 3 MP frame's peak run whole, less the base and the loop, +5-10% (eager 985,
+# ONNX Runtime 1425 with its memory arena, OpenVINO 1070 / bf16 712 / int8 714, ...).
+ACTIVATION_BYTES = {"eager": 1100, "eager-bf16": 600, "compile": 900, "onnxruntime": 1600, "onnxruntime-int8": 650,
+                    "openvino": 1150, "openvino-bf16": 800, "openvino-int8": 800}
 MIN_ACTIVATION_BUDGET = 64e6  # tiles are never made smaller than this much activation memory
 CPU_TILE_MARGIN = 48  # context per tile side and step: 64 dB PSNR against the whole frame
 
@@ -220,6 +224,10 @@ class Pipeline:
             activations for the whole frame would not fit, it runs in tiles with 48 pixels of
             context per step (64 dB PSNR of the untiled result on the bench scene; ~1.3x the
             compute at 12 MP). None: never tiled for memory.
+        isolate_choice: on a CPU, check and time the backbone candidates in a child process
+            (``engine.inference.choice_process``; default True): their runtimes' memory goes
+            back to the system (a 12 MP frame then peaks ~0.4 GB lower) and a runtime that
+            crashes cannot stop this process. False: in this process.
     """
 
     def __init__(self, backbone: nn.Module, config: BackboneConfig, *, device=None, precision: str | None = None,
@@ -227,7 +235,7 @@ class Pipeline:
                  max_tile: int | None = None, backbone_path: str | None = None,
                  compile_candidate: bool | None = None, memory_budget: float | None = CPU_MEMORY_BUDGET,
                  max_graphs: int = 8, max_graph_bytes: float | None = None,
-                 fidelity_scale: int | None = DEFAULT_FIDELITY_SCALE):
+                 fidelity_scale: int | None = DEFAULT_FIDELITY_SCALE, isolate_choice: bool = True):
         self.device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if self.device.type == "meta":
             raise ValueError("device 'meta' holds no data (shapes only); use 'cpu' or 'cuda'")
@@ -273,6 +281,9 @@ class Pipeline:
         # replays under the graph cache's.
         self._lock = threading.RLock()
         self._explicit_precision = precision is not None
+        if not isinstance(isolate_choice, bool):
+            raise ValueError(f"isolate_choice must be True or False, got {isolate_choice!r:.80}")
+        self.isolate_choice = isolate_choice
         self._init_backbone_paths(backbone_path or default_backbone_path(), compile_candidate)
         # steps="auto": engine.inference.adaptive (from_checkpoint takes a stored calibration)
         self.auto_policy = DEFAULT_POLICY
@@ -378,6 +389,16 @@ class Pipeline:
         else:
             key = json.dumps([device_fingerprint(self.device), self.config.to_dict(), list(padded.shape),
                               str(padded.dtype), rho.shape[1] - 1, kw["stochastic"], kw["accumulate"]])
+        cache = ChoiceCache(choice_cache_path())
+        if key not in self._chosen and self.device.type == "cpu" and self.isolate_choice \
+                and cache.get(key) not in self._candidate_names:
+            # in a child process: the candidates' memory goes back to the system with it,
+            # and a runtime that crashes cannot take this process down (choice_process)
+            self._chosen[key], timings = choose_in_child(
+                key, self._candidate_names, self.backbone, self.config, padded,
+                dict(ratio=ratio, K=K, rho=rho, **kw), choice_cache_path())
+            if timings:
+                self.backbone_timings[key] = timings
         if key not in self._chosen:
             first_outputs = {}
 
@@ -395,8 +416,7 @@ class Pipeline:
             def check(name):  # compared in the deterministic mode: Poisson draws are discontinuous
                 return first_outputs[name] if not kw["stochastic"] else loop(name, stochastic=False)
 
-            self._chosen[key], timings = choose(key, self._candidate_names, run, self.device,
-                                                ChoiceCache(choice_cache_path()), check=check)
+            self._chosen[key], timings = choose(key, self._candidate_names, run, self.device, cache, check=check)
             if timings:
                 self.backbone_timings[key] = timings
         return self._chosen[key]
@@ -473,7 +493,7 @@ class Pipeline:
     def _run_path(self, path, padded, ratio, K, rho, generator, kw, progress=None) -> torch.Tensor:
         net = self._candidate(path)
         if self.device.type == "cpu" and self.memory_budget is not None:
-            net = self._within_memory_budget(net, padded)
+            net = self._within_memory_budget(net, padded, path)
         if self.cuda_graphs:
             key = (kw["stochastic"], kw["accumulate"], path)
             with self._lock:
@@ -484,7 +504,7 @@ class Pipeline:
         return run_exposure_diffusion(net, padded, ratio=ratio, K=K, rho=rho, generator=generator, progress=progress,
                                       **kw)
 
-    def _within_memory_budget(self, net, padded: torch.Tensor):
+    def _within_memory_budget(self, net, padded: torch.Tensor, path: str = "eager"):
         """On a CPU: the backbone applied in tiles (``TiledBackbone``, one radius of context per
         tile and step) when its activations for the whole frame would not fit what is left of
         ``memory_budget``; else ``net`` itself. Its output agrees with the whole frame's to
@@ -494,7 +514,7 @@ class Pipeline:
         loop_bytes = padded.element_size() * B * h * w * LOOP_TENSOR_CHANNELS
         free = self.memory_budget - PROCESS_BASE_BYTES - loop_bytes
         width = self.config.options.get("widths", (None,))[0] or self.config.options.get("width", 32)
-        per_pixel = UNET_ACTIVATION_BYTES * B * width / 32  # activations scale with the first level's width
+        per_pixel = ACTIVATION_BYTES.get(path, ACTIVATION_BYTES["eager"]) * B * width / 32  # scales with level 1
         if per_pixel * h * w <= free:
             return net
         side = int(math.sqrt(max(free, MIN_ACTIVATION_BUDGET) / per_pixel)) // SIZE_MULTIPLE * SIZE_MULTIPLE

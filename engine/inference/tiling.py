@@ -33,6 +33,18 @@ def _starts(size: int, core: int, blend: int) -> list[int]:
     return sorted({s + (-s) % SIZE_MULTIPLE for s in starts})
 
 
+def _even_core(size: int, core: int, blend: int) -> int:
+    """The core side that covers ``size`` with as many cores as ``core`` needs, made as equal
+    as the grid allows (a multiple of 16, at most ``core``): e.g. 1424 packed rows with cores
+    of 576 need 3; equal cores of 496 leave the last tile no larger than the others, where
+    576-row cores overlapped by 304 rows (1.8x the compute of the frame at 12 MP, 1.4x now)."""
+    if size <= core:
+        return core
+    count = -(-(size - blend) // (core - blend))
+    even = -(-(size + (count - 1) * blend) // count)
+    return min(core, even + (-even) % SIZE_MULTIPLE)
+
+
 def _ramp(length: int, lo_fade: int, hi_fade: int, device) -> torch.Tensor:
     """Weights 1 inside, rising over ``lo_fade`` and falling over ``hi_fade`` pixels."""
     w = torch.ones(length, device=device)
@@ -68,19 +80,20 @@ def run_tiled(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, *, t
     B, _, h, w = x.shape
     out = torch.zeros(B, out_channels, h, w, dtype=torch.float32, device=x.device)
     weight = torch.zeros(1, 1, h, w, dtype=torch.float32, device=x.device)
-    ys, xs = _starts(h, core, blend), _starts(w, core, blend)
+    core_y, core_x = _even_core(h, core, blend), _even_core(w, core, blend)
+    ys, xs = _starts(h, core_y, blend), _starts(w, core_x, blend)
     for iy, y0 in enumerate(ys):
-        y1 = min(y0 + core, h)
+        y1 = min(y0 + core_y, h)
         for ix, x0 in enumerate(xs):
-            x1 = min(x0 + core, w)
+            x1 = min(x0 + core_x, w)
             ty0, tx0 = max(y0 - margin, 0), max(x0 - margin, 0)
             ty1, tx1 = min(y1 + margin, h), min(x1 + margin, w)
             result = run(x[:, :, ty0:ty1, tx0:tx1])
             core_out = result[:, :, y0 - ty0 : y1 - ty0, x0 - tx0 : x1 - tx0]
             # fade only where a neighbour's core overlaps this one
-            fy_lo = max(0, (ys[iy - 1] + core) - y0) if iy > 0 else 0
+            fy_lo = max(0, (ys[iy - 1] + core_y) - y0) if iy > 0 else 0
             fy_hi = max(0, y1 - ys[iy + 1]) if iy + 1 < len(ys) else 0
-            fx_lo = max(0, (xs[ix - 1] + core) - x0) if ix > 0 else 0
+            fx_lo = max(0, (xs[ix - 1] + core_x) - x0) if ix > 0 else 0
             fx_hi = max(0, x1 - xs[ix + 1]) if ix + 1 < len(xs) else 0
             wy = _ramp(y1 - y0, min(fy_lo, y1 - y0), min(fy_hi, y1 - y0), x.device)
             wx = _ramp(x1 - x0, min(fx_lo, x1 - x0), min(fx_hi, x1 - x0), x.device)
