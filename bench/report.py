@@ -296,7 +296,7 @@ def _report(res: dict) -> str:
                 rows.append([k["stage"], fmt_t(k["reference"]), fmt_t(k["fused"]), "-" if dms is None else f"{dms:.3f}",
                              f"{k['fused_GBps']:.1f}", f"{k['speedup']:.1f}x", f"{k['fraction_of_copy_bw']:.0%}"])
             else:
-                rows.append([k["stage"], fmt_t(k["reference"]), "(CPU: the reference is the production path)", "-",
+                rows.append([k["stage"], fmt_t(k["reference"]), "(CPU: this PyTorch path is the production path)", "-",
                              f"{k['reference_GBps']:.1f}", "-", "-"])
         out.append(table(["kernel", "reference ms", "fused ms", "fused device ms", "GB/s", "x ref", "of copy"], rows))
         samplers = [k for k in res["kernels"] if k.get("sampler_kernel")]
