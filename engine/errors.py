@@ -75,13 +75,18 @@ def warn_input(source, reason: str) -> None:
     warning is issued above the outermost frame, which Python prints as ``sys:1:`` with no
     source line, its convention for warnings that have no location in user code.
     """
-    warning = RawInputWarning(source, reason)
+    warn_at_caller(RawInputWarning(source, reason))
+
+
+def warn_at_caller(message, category: type[Warning] | None = None) -> None:
+    """``warnings.warn(message, category)`` located at the first caller outside this project
+    and Python's own library (see ``warn_input``): every warning the engine issues to a user."""
     frame, level = sys._getframe(0), 1  # stacklevel 1 is this function
     while frame is not None and _internal(frame.f_code.co_filename):
         frame, level = frame.f_back, level + 1
     if frame is None:
         level += 1  # past the outermost frame: "sys:1", no source line
-    warnings.warn(warning, stacklevel=level)
+    warnings.warn(message, category, stacklevel=level)
 
 
 def _project_dirs() -> tuple[str, ...]:

@@ -410,3 +410,54 @@ def test_refuses_a_frame_given_twice(tmp_path):
     write_dng(path, bias[0].cfa, pattern=PATTERN, black_level=BLACK, white_level=WHITE, iso=800)
     with pytest.raises(CalibrationError, match=r"b.dng is given twice \(as bias and as flat frame\)"):
         calibrate([path] + bias[1:], [str(path)] + flats)
+
+
+def test_your_own_camera_end_to_end(capture, tmp_path, capsys):
+    """The README's own-camera recipe on generated raws: calibrate the camera from its bias
+    and flat frames, fine-tune the shipped model on the camera's own clean raws (``train
+    --raw-folder``, noise from the calibrated profile), enhance a dark frame with the result
+    and the profile. A folder with no usable raw is a usage error (exit 2), naming the files."""
+    import argparse
+
+    import numpy as np
+
+    from engine.cli import main as cli_main
+    from engine.inference.pipeline import DEFAULT_CHECKPOINT
+    from tests.dngfactory import make_bayer_dng
+    from training.cli import main as train_main
+
+    root, _ = capture
+    ap = argparse.ArgumentParser(prog="exposure-diffusion")
+    add_calibrate_command(ap.add_subparsers(dest="command", required=True))
+    profile = tmp_path / "mycam.json"
+    args = ap.parse_args(["calibrate", str(root), "--out", str(profile), "--name", "MyCam", "--ppcc-samples", "20000",
+                          "--no-plots", "-q"])
+    assert args.func(args) == 0
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    yy, xx = np.mgrid[0:160, 0:192] / 160.0
+    for k in range(3):  # smooth, well exposed, low-ISO frames of the same camera
+        scene = np.stack([0.2 + 0.5 * xx, 0.3 + 0.4 * yy, 0.25 + 0.3 * np.sin(3 * xx + k) ** 2], axis=-1)
+        make_bayer_dng(clean / f"clean_{k}.dng", height=160, width=192, pattern=PATTERN, black_level=BLACK,
+                       white_level=WHITE, iso=100, make="Testmaker", model="TM-1", scene=scene)
+    (clean / "notes.txt").write_text("not a raw")  # skipped, with a warning naming it
+    run = tmp_path / "run"
+    with pytest.warns(UserWarning, match="notes.txt"):
+        code = train_main(["train", "--out", str(run), "--raw-folder", str(clean), "--camera", str(profile),
+                           "--init", str(DEFAULT_CHECKPOINT), "--patch", "64", "--batch", "2", "--steps", "2",
+                           "--epochs", "1", "--iters-per-epoch", "2", "-q"])
+    assert code == 0 and (run / "model.pt").is_file()
+    dark = tmp_path / "dark.dng"
+    make_bayer_dng(dark, height=96, width=128, pattern=PATTERN, black_level=BLACK, white_level=WHITE, iso=800,
+                   make="Testmaker", model="TM-1", scene=np.full((96, 128, 3), 0.004))
+    assert cli_main(["enhance", str(dark), "--ratio", "100", "--steps", "2", "--checkpoint", str(run / "model.pt"),
+                     "--camera", str(profile), "-o", str(tmp_path / "out"), "--device", "cpu", "-q"]) == 0
+    assert (tmp_path / "out" / "dark.png").is_file()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "a.jpg").write_bytes(b"\xff\xd8 not a raw")
+    capsys.readouterr()
+    with pytest.warns(UserWarning, match="skipped 1 of 1 files"):
+        assert train_main(["train", "--out", str(tmp_path / "run2"), "--raw-folder", str(empty), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "no usable raw file" in err and "a.jpg" in err

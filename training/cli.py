@@ -110,8 +110,9 @@ def _train(args) -> int:
                 init=args.init)
             dataset = build_training_dataset(sid_root=args.sid_root, sid_list=args.sid_list,
                                              srgb_folder=args.srgb_folder, deadleaves_bank=args.deadleaves_bank,
-                                             procedural=not (args.sid_root or args.srgb_folder or args.deadleaves_bank)
-                                             or args.procedural,
+                                             raw_folder=args.raw_folder,
+                                             procedural=not (args.sid_root or args.srgb_folder or args.deadleaves_bank
+                                                             or args.raw_folder) or args.procedural,
                                              patch=args.patch, cache=None if args.cache == "none" else args.cache,
                                              cache_dir=args.cache_dir, seed=args.seed)
             trainer = Trainer(cfg, dataset, args.out, device=device, progress=not args.quiet)
@@ -375,6 +376,9 @@ def add_training_commands(sub) -> None:
     t.add_argument("--sid-root", default=None, help="SID dataset root (Sony/long, Sony/short)")
     t.add_argument("--sid-list", default=None, help="SID list file (default: every file in Sony/long)")
     t.add_argument("--srgb-folder", default=None, help="a folder of sRGB photos turned into raw")
+    t.add_argument("--raw-folder", default=None,
+                   help="a folder of your own clean raws (low ISO, any format LibRaw reads) as ground truth; the "
+                        "noise comes from --camera (your calibrated profile, exposure-diffusion calibrate)")
     t.add_argument("--deadleaves-bank", default=None,
                    help="dead-leaves scenes from this bank (.npy of training.deadleaves_scenes.render_bank)")
     t.add_argument("--procedural", action="store_true", help="add procedural scenes to a dataset given above")

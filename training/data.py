@@ -132,7 +132,7 @@ class EpochTaggedSampler(Sampler):
 
 
 def build_training_dataset(*, sid_root=None, sid_list=None, srgb_folder=None, deadleaves_bank=None,
-                           procedural: bool | int = True,
+                           raw_folder=None, procedural: bool | int = True,
                            patch: int = 512, weights: Sequence[float] | None = None, length: int | None = None,
                            cache="memory", cache_dir=None, seed: int = 0, white_level: float | None = None) -> MixedPatchDataset:
     """The training set from whatever is at hand; with no argument, procedural scenes only
@@ -142,19 +142,26 @@ def build_training_dataset(*, sid_root=None, sid_list=None, srgb_folder=None, de
         sid_root, sid_list: SID long exposures (:class:`SIDLongDataset`; ``sid_list`` None
             takes every file in ``Sony/long``).
         srgb_folder: a folder of sRGB photos (:class:`SRGBFolderDataset`).
+        raw_folder: a folder of the user's own clean raws, any format LibRaw reads
+            (:class:`training.raw_folder.RawFolderDataset`).
         deadleaves_bank: a dead-leaves bank ``.npy`` (``training.deadleaves_scenes``): finished
             dead-leaves scenes (1000 per epoch, or as many as the other sources have samples).
         procedural: include procedural scenes; an int sets how many per epoch (default
             1000, or as many as the other sources have samples).
-        weights: one per included source, in the order SID, sRGB, dead leaves, procedural
-            (default: equal).
+        weights: one per included source, in the order SID, raw folder, sRGB, dead leaves,
+            procedural (default: equal).
         length: samples per epoch (default: the sum over the sources).
-        cache, cache_dir, white_level: for SID (see :class:`SIDLongDataset`).
+        cache, cache_dir, white_level: for SID (see :class:`SIDLongDataset`); cache and
+            cache_dir for the raw folder too.
     """
     sources = []
     if sid_root is not None:
         sources.append(SIDLongDataset(sid_root, sid_list, patch=patch, cache=cache, cache_dir=cache_dir, seed=seed,
                                       white_level=white_level))
+    if raw_folder is not None:
+        from .raw_folder import RawFolderDataset
+
+        sources.append(RawFolderDataset(raw_folder, patch=patch, cache=cache, cache_dir=cache_dir, seed=seed))
     if srgb_folder is not None:
         sources.append(SRGBFolderDataset(srgb_folder, patch=patch, seed=seed))
     if deadleaves_bank is not None:
@@ -165,7 +172,8 @@ def build_training_dataset(*, sid_root=None, sid_list=None, srgb_folder=None, de
         n = procedural if not isinstance(procedural, bool) else max(1000, sum(len(s) for s in sources))
         sources.append(ProceduralSceneDataset(n, patch=patch, seed=seed))
     if not sources:
-        raise ValueError("build_training_dataset: no source selected (give sid_root, srgb_folder or procedural=True)")
+        raise ValueError("build_training_dataset: no source selected (give sid_root, raw_folder, srgb_folder or "
+                         "procedural=True)")
     return MixedPatchDataset(sources, weights, length=length, seed=seed)
 
 

@@ -154,10 +154,16 @@ class SIDLongDataset(Dataset):
         else:
             entries, self.skipped = read_sid_list(self.root, list_file)
             longs = list(dict.fromkeys(e.long for e in entries))
+        where = f"list {list_file}" if list_file is not None else f"{self.root / 'Sony' / 'long'}"
+        self._probe(longs, warn, f"no usable long exposure under {self.root} ({where})")
+
+    def _probe(self, paths, warn: bool, empty_message: str) -> None:
+        """Keep the files of ``paths`` that decode and hold a patch (``files``, ``infos``);
+        the others go to ``skipped`` with the reason, summarised in one warning."""
         n_rows_bad = len(self.skipped)
         self.files: list[str] = []
         self.infos: list[FrameInfo] = []
-        for path in longs:
+        for path in map(os.fspath, paths):
             try:
                 info = self.cache.info(path)
             except Exception as e:  # noqa: BLE001 - bad data is skipped and reported, never fatal
@@ -168,13 +174,12 @@ class SIDLongDataset(Dataset):
                 continue
             self.files.append(path)
             self.infos.append(info)
-        total = len(longs) + n_rows_bad
+        total = len(paths) + n_rows_bad
         if warn:
             warn_skipped(type(self).__name__, self.skipped, total)
         if not self.files:
-            where = f"list {list_file}" if list_file is not None else f"{self.root / 'Sony' / 'long'}"
             detail = "; ".join(f"{p}: {r}" for p, r in self.skipped[:5]) or "no files listed"
-            raise EmptyDatasetError(f"SIDLongDataset: no usable long exposure under {self.root} ({where}): {detail}")
+            raise EmptyDatasetError(f"{type(self).__name__}: {empty_message}: {detail}")
 
     def __len__(self) -> int:
         return len(self.files) * self.repeat
@@ -194,8 +199,10 @@ class SIDLongDataset(Dataset):
                 "iso": float("nan") if info.iso is None else info.iso,
                 "exposure_time": float("nan") if info.exposure_time is None else info.exposure_time}
 
+    _tag = _TAG_LONG
+
     def __getitem__(self, index) -> dict:
-        return seeded_item(self, index, _TAG_LONG, len(self.files))
+        return seeded_item(self, index, self._tag, len(self.files))
 
 
 @dataclass(frozen=True)

@@ -41,12 +41,12 @@ import os
 import statistics
 import threading
 import time
-import warnings
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from ..errors import warn_at_caller
 from ..io.atomic import atomic_path
 
 BACKBONE_PATHS = ("auto", "fused", "eager", "compile", "eager-bf16", "onnxruntime", "onnxruntime-int8", "openvino",
@@ -159,8 +159,7 @@ def psnr_db(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def _drop(name: str, reason: str) -> None:
-    warnings.warn(f"backbone candidate {name!r} dropped: {reason}; going on with the others",
-                  BackboneFallbackWarning, stacklevel=3)
+    warn_at_caller(f"backbone candidate {name!r} dropped: {reason}; going on with the others", BackboneFallbackWarning)
 
 
 def _failure(e: BaseException) -> str:

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import warn_at_caller
 from .backbone_choice import REFERENCE, BackboneFallbackWarning, ChoiceCache, choose
 
 # The whole choice (building, checking and timing every candidate on the crop) takes 10-60 s
@@ -76,13 +77,13 @@ def choose_in_child(key: str, names: list[str], backbone: torch.nn.Module, confi
     if answer is None or answer.get("choice") not in names:
         reason = reason or "it gave no answer"
         tail = stderr.strip().splitlines()[-1:] if stderr else []
-        warnings.warn(f"the CPU backbone choice (in a child process) failed: {reason}"
-                      f"{' (' + tail[0][:300] + ')' if tail else ''}; going on with {REFERENCE!r} "
-                      f"(remembered in {cache_path}; delete it to choose again)", BackboneFallbackWarning, stacklevel=3)
+        warn_at_caller(f"the CPU backbone choice (in a child process) failed: {reason}"
+                       f"{' (' + tail[0][:300] + ')' if tail else ''}; going on with {REFERENCE!r} "
+                       f"(remembered in {cache_path}; delete it to choose again)", BackboneFallbackWarning)
         ChoiceCache(cache_path).put(key, REFERENCE, {})
         return REFERENCE, {}
     for message in answer.get("warnings", []):
-        warnings.warn(message, BackboneFallbackWarning, stacklevel=3)
+        warn_at_caller(message, BackboneFallbackWarning)
     return answer["choice"], answer.get("timings", {})
 
 

@@ -23,7 +23,6 @@ import json
 import math
 import os
 import threading
-import warnings
 from pathlib import Path
 
 import nvtx
@@ -37,7 +36,7 @@ from kernels.numbers import integer, real
 from kernels.poisson import MAX_MEAN
 
 from ..camera import resolve_gain
-from ..errors import InvalidRawError, warn_input
+from ..errors import InvalidRawError, warn_at_caller, warn_input
 from ..io.exif import Provenance
 from ..io.output import save_output, srgb_image
 from ..io.raw import RawFrame, read_raw_batch
@@ -365,8 +364,7 @@ class Pipeline:
     @_locked
     def _drop_path(self, name: str, reason: str) -> None:
         """Stop using backbone ``name`` in this pipeline (it failed), with a warning."""
-        warnings.warn(f"backbone candidate {name!r} dropped: {reason}; going on with 'eager'",
-                      BackboneFallbackWarning, stacklevel=3)
+        warn_at_caller(f"backbone candidate {name!r} dropped: {reason}; going on with 'eager'", BackboneFallbackWarning)
         self._candidate_names = [n for n in self._candidate_names if n != name] or ["eager"]
         self._chosen = {k: ("eager" if v == name else v) for k, v in self._chosen.items()}
 
