@@ -47,8 +47,8 @@ from .adaptive import DEFAULT_POLICY, AutoStepsPolicy, steps_for_batch
 from .auto_ratio import estimate_ratio
 from .backbone_choice import (BACKBONE_PATHS, BackboneFallbackWarning, ChoiceCache, choice_cache_path, choose,
                               cudnn_benchmark, device_fingerprint)
-from .cpu_backends import CPU_BACKENDS, cpu_candidates, install_hint, installed, model_key
 from .choice_process import choose_in_child
+from .cpu_backends import CPU_BACKENDS, cpu_candidates, install_hint, installed, model_key
 from .cpu_backends import build as build_cpu_backend
 from .cpu_features import native_bf16
 from .fidelity import DEFAULT_SCALE as DEFAULT_FIDELITY_SCALE
@@ -218,11 +218,12 @@ class Pipeline:
         max_graphs / max_graph_bytes: bound on the captured CUDA graphs kept (least recently
             used evicted and released; default 8 graphs and a quarter of the GPU's memory).
         memory_budget: on a CPU, the peak memory (bytes) a frame may take (default 1.5e9),
-            planned from the frame's shape alone (the process's base, the loop's tensors, the
-            backbone's activations; the same plan in every process): where the backbone's
-            activations for the whole frame would not fit, it runs in tiles with 48 pixels of
-            context per step (64 dB PSNR of the untiled result on the bench scene; ~1.3x the
-            compute at 12 MP). None: never tiled for memory.
+            planned from the frame's shape and the chosen runtime alone (the process's base,
+            the loop's tensors, the backbone's activations per pixel as measured for that
+            runtime; the same plan in every process): where the backbone's activations for
+            the whole frame would not fit, it runs in evenly cut tiles with 48 pixels of
+            context per step (64 dB PSNR of the untiled result on the bench scene; ~1.4x the
+            frame's pixels at 12 MP). None: never tiled for memory.
         isolate_choice: on a CPU, check and time the backbone candidates in a child process
             (``engine.inference.choice_process``; default True): their runtimes' memory goes
             back to the system (a 12 MP frame then peaks ~0.4 GB lower) and a runtime that
