@@ -176,6 +176,41 @@ def test_a_crash_in_the_choice_process_falls_back_to_eager(model, cache, monkeyp
     torch.testing.assert_close(got, Pipeline(net, cfg, device="cpu", backbone_path="eager")(_frame(), **kw).raw)
 
 
+@pytest.mark.parametrize("where", ["a function", "the caller's script"])
+def test_a_module_the_child_cannot_have_is_chosen_for_here(model, cache, monkeypatch, where):
+    """A backbone whose class lives inside a function (it cannot be pickled) or in a module
+    only the caller has (like a class in the user's own script, which another process cannot
+    import) is chosen for in this process, without a warning: nothing is lost but isolation."""
+    import types
+    import warnings
+
+    net, cfg = model
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x)
+
+    if where == "the caller's script":
+        script = types.ModuleType("users_own_script")  # importable here only
+        Wrapped.__module__, Wrapped.__qualname__ = script.__name__, "Wrapped"
+        script.Wrapped = Wrapped
+        monkeypatch.setitem(sys.modules, script.__name__, script)
+    pipe = Pipeline(Wrapped(net), cfg, device="cpu", backbone_path="auto")
+    pipe._candidate_names = ["eager", "twin"]
+    pipe._builders["twin"] = lambda: pipe._net  # a stand-in that exists in this process only
+    kw = dict(ratio=50, steps=2, stochastic=False, **ARR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BackboneFallbackWarning)
+        got = pipe(_frame(), **kw).raw
+    (timings,) = pipe.backbone_timings.values()
+    assert set(timings) == {"eager", "twin"}  # timed here: the child would not know "twin"
+    torch.testing.assert_close(got, Pipeline(net, cfg, device="cpu", backbone_path="eager")(_frame(), **kw).raw)
+
+
 def test_a_forced_cpu_backend_runs_alone(model):
     _needs("onnxruntime")
     net, cfg = model

@@ -12,7 +12,10 @@ candidates exactly as ``backbone_choice.choose`` does in-process, writes the res
 same disk cache and reports it; the caller then builds the chosen candidate alone. If the
 child fails or ends without an answer, the caller goes on with ``"eager"`` and a
 ``BackboneFallbackWarning`` that says why (and remembers that, until the cache file is
-deleted, so a crashing runtime is not started again in every process).
+deleted, so a crashing runtime is not started again in every process). A backbone the child
+cannot have (a module class defined inside a function, which cannot be pickled, or in the
+caller's own script, which another process cannot import) is chosen for in the caller's
+process, as with ``Pipeline(..., isolate_choice=False)``.
 
 Protocol: the parent writes a pickled payload (the backbone module, its config, the
 candidate names, the timing crop and the loop's arguments) to a private temporary file,
@@ -41,7 +44,8 @@ CHILD_TIMEOUT_S = 900
 
 
 def choose_in_child(key: str, names: list[str], backbone: torch.nn.Module, config, crop: torch.Tensor,
-                    loop_kwargs: dict, cache_path: Path | None, timeout: float = CHILD_TIMEOUT_S) -> tuple[str, dict]:
+                    loop_kwargs: dict, cache_path: Path | None,
+                    timeout: float = CHILD_TIMEOUT_S) -> tuple[str, dict] | None:
     """The choice among CPU candidates ``names`` for ``key``, made in a child process.
 
     Args:
@@ -56,15 +60,22 @@ def choose_in_child(key: str, names: list[str], backbone: torch.nn.Module, confi
 
     Returns:
         ``(choice, timings in ms)`` as ``backbone_choice.choose`` returns them; the child's
-        warnings (dropped candidates) are issued again here.
+        warnings (dropped candidates) are issued again here. None where the child cannot
+        have the backbone (its class cannot be pickled, or cannot be imported in another
+        process, e.g. one defined in the caller's script): the caller then chooses in its
+        own process.
     """
     root = str(Path(__file__).resolve().parents[2])  # the folder that holds the engine package
+    job = {"key": key, "names": list(names), "backbone": backbone, "config": config, "crop": crop,
+           "loop_kwargs": loop_kwargs, "cache_path": None if cache_path is None else str(cache_path),
+           "threads": torch.get_num_threads()}
+    try:  # pickle, not torch.save: that refuses torch.channels_last
+        data = pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:  # noqa: BLE001 - e.g. a module class defined inside a function: choose here
+        return None
     with tempfile.TemporaryDirectory(prefix="exposure-diffusion-choice-") as folder:
         payload = Path(folder) / "payload.pickle"
-        with open(payload, "wb") as f:  # pickle, not torch.save: that refuses torch.channels_last
-            pickle.dump({"key": key, "names": list(names), "backbone": backbone, "config": config, "crop": crop,
-                         "loop_kwargs": loop_kwargs, "cache_path": None if cache_path is None else str(cache_path),
-                         "threads": torch.get_num_threads()}, f, protocol=pickle.HIGHEST_PROTOCOL)
+        payload.write_bytes(data)
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
         try:
             done = subprocess.run([sys.executable, "-m", "engine.inference.choice_process", str(payload)],
@@ -74,6 +85,8 @@ def choose_in_child(key: str, names: list[str], backbone: torch.nn.Module, confi
         except subprocess.TimeoutExpired as e:
             reason, stderr, done = f"it ran past {timeout:g} s and was stopped", str(e.stderr or ""), None
     answer = _answer(done.stdout) if done is not None and reason is None else None
+    if answer is not None and "unloadable" in answer:
+        return None  # the child cannot import the module's class (defined in the caller's script): choose here
     if answer is None or answer.get("choice") not in names:
         reason = reason or "it gave no answer"
         tail = stderr.strip().splitlines()[-1:] if stderr else []
@@ -104,8 +117,11 @@ def _child(payload_path: str) -> dict:
     from .cpu_backends import build
     from .loop import run_exposure_diffusion
 
-    with open(payload_path, "rb") as f:
-        job = pickle.load(f)  # our own file, written by the parent just now in a private folder
+    try:
+        with open(payload_path, "rb") as f:
+            job = pickle.load(f)  # our own file, written by the parent just now in a private folder
+    except (ImportError, AttributeError) as e:  # a class the child cannot import (the caller's __main__)
+        return {"unloadable": f"{type(e).__name__}: {e}"}
     torch.set_num_threads(job["threads"])
     backbone, config, crop, kw = job["backbone"], job["config"], job["crop"], job["loop_kwargs"]
     built: dict[str, object] = {}

@@ -393,11 +393,12 @@ class Pipeline:
                 and cache.get(key) not in self._candidate_names:
             # in a child process: the candidates' memory goes back to the system with it,
             # and a runtime that crashes cannot take this process down (choice_process)
-            self._chosen[key], timings = choose_in_child(
-                key, self._candidate_names, self.backbone, self.config, padded,
-                dict(ratio=ratio, K=K, rho=rho, **kw), choice_cache_path())
-            if timings:
-                self.backbone_timings[key] = timings
+            answer = choose_in_child(key, self._candidate_names, self.backbone, self.config, padded,
+                                     dict(ratio=ratio, K=K, rho=rho, **kw), choice_cache_path())
+            if answer is not None:  # None: the child cannot have this module; chosen here below
+                self._chosen[key], timings = answer
+                if timings:
+                    self.backbone_timings[key] = timings
         if key not in self._chosen:
             first_outputs = {}
 
