@@ -176,13 +176,16 @@ def test_a_crash_in_the_choice_process_falls_back_to_eager(model, cache, monkeyp
     torch.testing.assert_close(got, Pipeline(net, cfg, device="cpu", backbone_path="eager")(_frame(), **kw).raw)
 
 
-@pytest.mark.parametrize("where", ["a function", "the caller's script"])
+@pytest.mark.parametrize("where", ["a function", "the caller's script", "no Python to start"])
 def test_a_module_the_child_cannot_have_is_chosen_for_here(model, cache, monkeypatch, where):
     """A backbone whose class lives inside a function (it cannot be pickled) or in a module
     only the caller has (like a class in the user's own script, which another process cannot
-    import) is chosen for in this process, without a warning: nothing is lost but isolation."""
+    import), or a process that cannot start a child Python (a frozen application), is chosen
+    for in this process, without a warning: nothing is lost but the isolation."""
     import types
     import warnings
+
+    import engine.inference.choice_process as choice_process
 
     net, cfg = model
 
@@ -199,7 +202,11 @@ def test_a_module_the_child_cannot_have_is_chosen_for_here(model, cache, monkeyp
         Wrapped.__module__, Wrapped.__qualname__ = script.__name__, "Wrapped"
         script.Wrapped = Wrapped
         monkeypatch.setitem(sys.modules, script.__name__, script)
-    pipe = Pipeline(Wrapped(net), cfg, device="cpu", backbone_path="auto")
+    backbone = Wrapped(net)
+    if where == "no Python to start":
+        monkeypatch.setattr(choice_process.sys, "executable", "/nonexistent/python")
+        backbone = torch.nn.Sequential(net)  # picklable and importable: only the start fails
+    pipe = Pipeline(backbone, cfg, device="cpu", backbone_path="auto")
     pipe._candidate_names = ["eager", "twin"]
     pipe._builders["twin"] = lambda: pipe._net  # a stand-in that exists in this process only
     kw = dict(ratio=50, steps=2, stochastic=False, **ARR)

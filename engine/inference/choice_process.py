@@ -62,8 +62,8 @@ def choose_in_child(key: str, names: list[str], backbone: torch.nn.Module, confi
         ``(choice, timings in ms)`` as ``backbone_choice.choose`` returns them; the child's
         warnings (dropped candidates) are issued again here. None where the child cannot
         have the backbone (its class cannot be pickled, or cannot be imported in another
-        process, e.g. one defined in the caller's script): the caller then chooses in its
-        own process.
+        process, e.g. one defined in the caller's script) or cannot be started (no Python
+        executable, as in a frozen application): the caller then chooses in its own process.
     """
     root = str(Path(__file__).resolve().parents[2])  # the folder that holds the engine package
     job = {"key": key, "names": list(names), "backbone": backbone, "config": config, "crop": crop,
@@ -84,6 +84,8 @@ def choose_in_child(key: str, names: list[str], backbone: torch.nn.Module, confi
             stderr = done.stderr
         except subprocess.TimeoutExpired as e:
             reason, stderr, done = f"it ran past {timeout:g} s and was stopped", str(e.stderr or ""), None
+        except OSError:  # no Python to start (an embedded interpreter, a frozen application): choose here
+            return None
     answer = _answer(done.stdout) if done is not None and reason is None else None
     if answer is not None and "unloadable" in answer:
         return None  # the child cannot import the module's class (defined in the caller's script): choose here
