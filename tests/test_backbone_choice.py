@@ -258,7 +258,7 @@ def test_a_chosen_candidate_that_fails_later_falls_back_for_good(model, tmp_path
     pipe = _pipeline_with(model, "fused", flaky)
     import engine.inference.pipeline as pipeline_module
 
-    monkeypatch.setattr(pipeline_module, "choose", lambda *a, **k: ("fused", {}))  # as an earlier process chose
+    monkeypatch.setattr(pipeline_module, "choose_by_running", lambda *a, **k: ("fused", {}))  # as an earlier process chose
     generator = torch.Generator().manual_seed(4)
     kw = dict(ratio=50, steps=2, generator=generator, stochastic=True, **ARR)
     with pytest.warns(BackboneFallbackWarning, match=r"'fused' dropped: it failed on a frame of shape"):

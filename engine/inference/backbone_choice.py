@@ -261,3 +261,30 @@ def choose(key: str, names, run: Callable[[str], object], device: torch.device, 
         best = REFERENCE
     cache.put(key, best, timings)
     return best, timings
+
+
+def choose_by_running(key: str, names, candidate: Callable[[str], Callable], first_input: torch.Tensor,
+                      loop_kwargs: dict, device: torch.device, cache: ChoiceCache) -> tuple[str, dict]:
+    """``choose`` with the real workload: the exposure-diffusion loop
+    (``run_exposure_diffusion(candidate(name), first_input, **loop_kwargs)``), its first
+    outputs compared with the reference's in the deterministic photon mode (Poisson draws
+    are discontinuous: a stochastic loop is run again with means for the check)."""
+    from .loop import run_exposure_diffusion
+
+    first_outputs = {}
+
+    def loop(name, **overrides):
+        # The timing runs draw from a generator of their own: the user's generator
+        # (or torch's global one) must give the same result whether timing ran or not.
+        return run_exposure_diffusion(candidate(name), first_input, generator=torch.Generator().manual_seed(0),
+                                      **{**loop_kwargs, **overrides})
+
+    def run(name):
+        out = loop(name)
+        first_outputs.setdefault(name, out)
+        return out
+
+    def check(name):
+        return first_outputs[name] if not loop_kwargs["stochastic"] else loop(name, stochastic=False)
+
+    return choose(key, names, run, device, cache, check=check)

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from ..errors import warn_at_caller
-from .backbone_choice import REFERENCE, BackboneFallbackWarning, ChoiceCache, choose
+from .backbone_choice import REFERENCE, BackboneFallbackWarning, ChoiceCache, choose_by_running
 
 # The whole choice (building, checking and timing every candidate on the crop) takes 10-60 s
 # on a 2-core CPU; a child that runs past this is stopped and the caller goes on with eager.
@@ -115,9 +115,9 @@ def _answer(stdout: str) -> dict | None:
 
 
 def _child(payload_path: str) -> dict:
-    """Check and time the candidates as ``Pipeline._backbone_for`` does in-process."""
+    """Check and time the candidates as ``Pipeline._backbone_for`` does in-process
+    (``backbone_choice.choose_by_running``)."""
     from .cpu_backends import build
-    from .loop import run_exposure_diffusion
 
     try:
         with open(payload_path, "rb") as f:
@@ -125,29 +125,20 @@ def _child(payload_path: str) -> dict:
     except (ImportError, AttributeError) as e:  # a class the child cannot import (the caller's __main__)
         return {"unloadable": f"{type(e).__name__}: {e}"}
     torch.set_num_threads(job["threads"])
-    backbone, config, crop, kw = job["backbone"], job["config"], job["crop"], job["loop_kwargs"]
+    backbone, config = job["backbone"], job["config"]
     built: dict[str, object] = {}
-    first_outputs: dict[str, torch.Tensor] = {}
 
-    def loop(name, **overrides):
+    def candidate(name):
         if name not in built:
             built[name] = backbone if name == REFERENCE else build(name, backbone, config)
-        return run_exposure_diffusion(built[name], crop, generator=torch.Generator().manual_seed(0),
-                                      **{**kw, **overrides})
-
-    def run(name):
-        out = loop(name)
-        first_outputs.setdefault(name, out)
-        return out
-
-    def check(name):  # compared in the deterministic mode: Poisson draws are discontinuous
-        return first_outputs[name] if not kw["stochastic"] else loop(name, stochastic=False)
+        return built[name]
 
     cache_path = job["cache_path"]
     with warnings.catch_warnings(record=True) as caught, torch.inference_mode():
         warnings.simplefilter("always", BackboneFallbackWarning)
-        choice, timings = choose(job["key"], job["names"], run, torch.device("cpu"),
-                                 ChoiceCache(None if cache_path is None else Path(cache_path)), check=check)
+        choice, timings = choose_by_running(job["key"], job["names"], candidate, job["crop"], job["loop_kwargs"],
+                                            torch.device("cpu"),
+                                            ChoiceCache(None if cache_path is None else Path(cache_path)))
     messages = [str(w.message) for w in caught if issubclass(w.category, BackboneFallbackWarning)]
     return {"choice": choice, "timings": timings, "warnings": messages}
 

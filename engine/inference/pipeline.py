@@ -45,8 +45,8 @@ from ..models.checkpoint import CheckpointError, load_checkpoint
 from ..models.fused_unet import FusedUNet
 from .adaptive import DEFAULT_POLICY, AutoStepsPolicy, steps_for_batch
 from .auto_ratio import estimate_ratio
-from .backbone_choice import (BACKBONE_PATHS, BackboneFallbackWarning, ChoiceCache, choice_cache_path, choose,
-                              cudnn_benchmark, device_fingerprint)
+from .backbone_choice import (BACKBONE_PATHS, BackboneFallbackWarning, ChoiceCache, choice_cache_path,
+                              choose_by_running, cudnn_benchmark, device_fingerprint)
 from .choice_process import choose_in_child
 from .cpu_backends import CPU_BACKENDS, cpu_candidates, install_hint, installed, model_key
 from .cpu_backends import build as build_cpu_backend
@@ -388,35 +388,19 @@ class Pipeline:
         else:
             key = json.dumps([device_fingerprint(self.device), self.config.to_dict(), list(padded.shape),
                               str(padded.dtype), rho.shape[1] - 1, kw["stochastic"], kw["accumulate"]])
-        cache = ChoiceCache(choice_cache_path())
-        if key not in self._chosen and self.device.type == "cpu" and self.isolate_choice \
-                and cache.get(key) not in self._candidate_names:
-            # in a child process: the candidates' memory goes back to the system with it,
-            # and a runtime that crashes cannot take this process down (choice_process)
-            answer = choose_in_child(key, self._candidate_names, self.backbone, self.config, padded,
-                                     dict(ratio=ratio, K=K, rho=rho, **kw), choice_cache_path())
-            if answer is not None:  # None: the child cannot have this module; chosen here below
-                self._chosen[key], timings = answer
-                if timings:
-                    self.backbone_timings[key] = timings
         if key not in self._chosen:
-            first_outputs = {}
-
-            def loop(name, **overrides):
-                # The timing runs draw from a generator of their own: the user's generator
-                # (or torch's global one) must give the same result whether timing ran or not.
-                return run_exposure_diffusion(self._candidate(name), padded, ratio=ratio, K=K, rho=rho,
-                                              generator=torch.Generator().manual_seed(0), **{**kw, **overrides})
-
-            def run(name):
-                out = loop(name)
-                first_outputs.setdefault(name, out)
-                return out
-
-            def check(name):  # compared in the deterministic mode: Poisson draws are discontinuous
-                return first_outputs[name] if not kw["stochastic"] else loop(name, stochastic=False)
-
-            self._chosen[key], timings = choose(key, self._candidate_names, run, self.device, cache, check=check)
+            cache, loop_kwargs = ChoiceCache(choice_cache_path()), dict(ratio=ratio, K=K, rho=rho, **kw)
+            answer = None
+            if self.device.type == "cpu" and self.isolate_choice and cache.get(key) not in self._candidate_names:
+                # in a child process: the candidates' memory goes back to the system with it,
+                # and a runtime that crashes cannot take this process down (choice_process);
+                # None: the child cannot have this module, so it is chosen here
+                answer = choose_in_child(key, self._candidate_names, self.backbone, self.config, padded,
+                                         loop_kwargs, choice_cache_path())
+            if answer is None:
+                answer = choose_by_running(key, self._candidate_names, self._candidate, padded, loop_kwargs,
+                                           self.device, cache)
+            self._chosen[key], timings = answer
             if timings:
                 self.backbone_timings[key] = timings
         return self._chosen[key]
