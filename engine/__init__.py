@@ -15,6 +15,8 @@ command line (``engine.cli``).
 # (``exposure-diffusion --help``, argument errors) imports ``engine.cli`` and
 # ``engine.argtypes``, and importing torch and Triton would cost it seconds
 # (issue 22, item 6). ``from engine import Pipeline`` works as before.
+from .lazy import lazy_names
+
 _LAZY = {
     "InvalidRawError": ".errors", "RawDecodeError": ".errors", "RawInputError": ".errors",
     "RawInputWarning": ".errors", "UnsupportedSensorError": ".errors",
@@ -26,20 +28,7 @@ _LAZY = {
     "load_checkpoint": ".models.checkpoint", "save_checkpoint": ".models.checkpoint",
 }
 
-
-def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from importlib import import_module
-
-    value = getattr(import_module(_LAZY[name], __name__), name)
-    globals()[name] = value  # once: later lookups are plain attribute reads
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
-
+__getattr__, __dir__ = lazy_names(__name__, _LAZY, globals())
 
 __all__ = ["Pipeline", "EnhancedFrame", "BackboneConfig", "UNet", "NAFNet", "build_backbone",
            "CheckpointError", "load_checkpoint", "save_checkpoint", "export_public",

@@ -9,6 +9,8 @@ synthetic hold-out set. See ``training/data.py`` for the flow.
 # Imported on first use (PEP 562): the ``exposure-diffusion`` program's entry point is
 # ``training.cli:main``, and importing the data modules (torch) with the package would cost
 # ``--help`` seconds (issue 22, item 6). ``from training import X`` works as before.
+from engine.lazy import lazy_names
+
 _LAZY = {
     "apply_dihedral": ".augment", "augment_and_normalise": ".augment", "normalise_packed": ".augment",
     "random_dihedral": ".augment", "FrameInfo": ".cache", "PackedRawCache": ".cache", "EpochTaggedSampler": ".data",
@@ -20,20 +22,7 @@ _LAZY = {
     "synthetic_holdout": ".synthetic",
 }
 
-
-def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from importlib import import_module
-
-    value = getattr(import_module(_LAZY[name], __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
-
+__getattr__, __dir__ = lazy_names(__name__, _LAZY, globals())
 
 __all__ = [
     # data

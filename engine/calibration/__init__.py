@@ -5,23 +5,12 @@ folders, file lists), ``plots`` (diagnostic charts), ``cli`` (the ``calibrate`` 
 """
 # Imported on first use (PEP 562): ``engine.cli`` registers the ``calibrate`` command from
 # ``engine.calibration.cli`` without importing the fit (numpy, scipy, torch) for ``--help``.
+from ..lazy import lazy_names
+
 _LAZY = {name: ".fit" for name in ("RAW_EXTENSIONS", "CalibrationError", "CalibrationResult", "IsoCalibration",
                                    "calibrate", "find_frames", "raw_files")}
 
-
-def __getattr__(name: str):
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from importlib import import_module
-
-    value = getattr(import_module(_LAZY[name], __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
-
+__getattr__, __dir__ = lazy_names(__name__, _LAZY, globals())
 
 __all__ = ["calibrate", "find_frames", "raw_files", "CalibrationResult", "IsoCalibration",
            "CalibrationError", "RAW_EXTENSIONS"]
