@@ -229,6 +229,33 @@ def _patch_tag_value(path, values: dict) -> None:
 # |                                 | "data corrupted" (restart markers)                       |
 
 
+class _EntropyBits:
+    """A JPEG entropy-coded segment being written: codes most significant bit first, a 0x00
+    stuffed after every 0xFF byte, ``flush`` pads the last byte with ones (ITU T.81 F.1.2.3)."""
+
+    def __init__(self):
+        self.out, self._acc, self._nbits = bytearray(), 0, 0
+
+    def put(self, value: int, n: int) -> None:
+        self._acc, self._nbits = (self._acc << n) | (value & ((1 << n) - 1)), self._nbits + n
+        while self._nbits >= 8:
+            self._nbits -= 8
+            byte = (self._acc >> self._nbits) & 0xFF
+            self.out.append(byte)
+            if byte == 0xFF:
+                self.out.append(0)  # byte stuffing
+        self._acc &= (1 << self._nbits) - 1
+
+    def flush(self) -> None:
+        if self._nbits:
+            self.put((1 << (8 - self._nbits)) - 1, 8 - self._nbits)
+
+
+def _segment(marker: int, body: bytes) -> bytes:
+    """A JPEG marker segment: the marker, the length (body + 2) and the body."""
+    return struct.pack(">HH", marker, len(body) + 2) + body
+
+
 def ljpeg_encode(img: np.ndarray, precision: int = 16) -> bytes:
     """Lossless JPEG (ITU T.81 process 14, SOF3) of a uint16 ``[h, w]`` image: one component,
     predictor 1 (left; the first column from above), one Huffman table giving all 17
@@ -240,35 +267,21 @@ def ljpeg_encode(img: np.ndarray, precision: int = 16) -> bytes:
     pred[1:, 0] = img[:-1, 0]
     pred[0, 0] = 1 << (precision - 1)
     diff = (img - pred).ravel()
-    out = bytearray()
-    acc, nbits = 0, 0
-
-    def put(value: int, n: int) -> None:
-        nonlocal acc, nbits
-        acc, nbits = (acc << n) | (value & ((1 << n) - 1)), nbits + n
-        while nbits >= 8:
-            nbits -= 8
-            byte = (acc >> nbits) & 0xFF
-            out.append(byte)
-            if byte == 0xFF:
-                out.append(0)  # byte stuffing
-        acc &= (1 << nbits) - 1
-
+    bits = _EntropyBits()
     for d in diff.tolist():
         if d == -32768 or d == 32768:
-            put(16, 5)
+            bits.put(16, 5)
             continue
         size = abs(d).bit_length()
-        put(size, 5)  # canonical code of category ``size``: 5 bits equal to size (counts[5] = 17)
+        bits.put(size, 5)  # canonical code of category ``size``: 5 bits equal to size (counts[5] = 17)
         if size:
-            put(d if d > 0 else d - 1, size)
-    if nbits:
-        put((1 << (8 - nbits)) - 1, 8 - nbits)  # pad with ones
+            bits.put(d if d > 0 else d - 1, size)
+    bits.flush()
     dht = bytes([0x00]) + bytes([0, 0, 0, 0, 17] + [0] * 11) + bytes(range(17))
     sof = struct.pack(">BHHB", precision, h, w, 1) + bytes([1, 0x11, 0])
     sos = bytes([1, 1, 0x00, 1, 0, 0])  # 1 component (id 1, table 0), predictor 1, Se 0, Ah/Al 0
-    seg = lambda marker, body: struct.pack(">HH", marker, len(body) + 2) + body  # noqa: E731
-    return b"\xff\xd8" + seg(0xFFC4, dht) + seg(0xFFC3, sof) + seg(0xFFDA, sos) + bytes(out) + b"\xff\xd9"
+    return (b"\xff\xd8" + _segment(0xFFC4, dht) + _segment(0xFFC3, sof) + _segment(0xFFDA, sos) + bytes(bits.out)
+            + b"\xff\xd9")
 
 
 def ljpeg_dng(path, cfa: np.ndarray, *, strips: int = 1, declared_height: int | None = None,
@@ -421,24 +434,8 @@ def dct_jpeg_encode(img: np.ndarray, *, precision: int = 12, sof: int = 0xFFC1, 
     coef = np.rint(dctn(blocks, axes=(-2, -1), norm="ortho") / q).astype(np.int64)
     exact = idctn(coef * q, axes=(-2, -1), norm="ortho").transpose(0, 2, 1, 3).reshape(h, w) + shift
 
-    out = bytearray()
-    acc, nbits = 0, 0
-
-    def put(value: int, n: int) -> None:
-        nonlocal acc, nbits
-        acc, nbits = (acc << n) | (value & ((1 << n) - 1)), nbits + n
-        while nbits >= 8:
-            nbits -= 8
-            byte = (acc >> nbits) & 0xFF
-            out.append(byte)
-            if byte == 0xFF:
-                out.append(0)
-        acc &= (1 << nbits) - 1
-
-    def flush() -> None:
-        if nbits:
-            put((1 << (8 - nbits)) - 1, 8 - nbits)
-
+    bits = _EntropyBits()
+    put = bits.put
     ac_symbols = [0x00, 0xF0] + [(r << 4) | s for r in range(16) for s in range(1, 16)]
     ac_code = {sym: i for i, sym in enumerate(ac_symbols)}  # canonical: all 8 bits long
 
@@ -450,8 +447,8 @@ def dct_jpeg_encode(img: np.ndarray, *, precision: int = 12, sof: int = 0xFFC1, 
     prev, flat = 0, coef.reshape(-1, 64)[:, _ZIGZAG]
     for n, zz in enumerate(flat.tolist()):
         if restart and n and n % restart == 0:
-            flush()
-            out += bytes([0xFF, 0xD0 + (n // restart - 1) % 8])
+            bits.flush()
+            bits.out += bytes([0xFF, 0xD0 + (n // restart - 1) % 8])
             prev = 0
         diff = zz[0] - prev
         prev = zz[0]
@@ -471,9 +468,8 @@ def dct_jpeg_encode(img: np.ndarray, *, precision: int = 12, sof: int = 0xFFC1, 
             run = 0
         if last < 63:
             put(ac_code[0x00], 8)  # EOB
-    flush()
+    bits.flush()
 
-    seg = lambda marker, body: struct.pack(">HH", marker, len(body) + 2) + body  # noqa: E731
     steps = q.reshape(-1)[_ZIGZAG]
     dqt = bytes([(1 if quant_bits == 16 else 0) << 4]) + (struct.pack(">64H", *steps) if quant_bits == 16
                                                            else bytes(steps.tolist()))
@@ -481,10 +477,10 @@ def dct_jpeg_encode(img: np.ndarray, *, precision: int = 12, sof: int = 0xFFC1, 
            + bytes([0x10]) + bytes([0] * 7 + [len(ac_symbols)] + [0] * 8) + bytes(ac_symbols))
     sof_body = struct.pack(">BHHB", precision, h, w, 1) + bytes([1, 0x11, 0])
     sos = bytes([1, 1, 0x00, 0, 63, 0])  # 1 component (id 1, tables 0 / 0), Ss 0, Se 63, Ah / Al 0
-    header = b"\xff\xd8" + seg(0xFFDB, dqt) + seg(sof, sof_body) + seg(0xFFC4, dht)
+    header = b"\xff\xd8" + _segment(0xFFDB, dqt) + _segment(sof, sof_body) + _segment(0xFFC4, dht)
     if restart:
-        header += seg(0xFFDD, struct.pack(">H", restart))
-    return header + seg(0xFFDA, sos) + bytes(out) + b"\xff\xd9", exact
+        header += _segment(0xFFDD, struct.pack(">H", restart))
+    return header + _segment(0xFFDA, sos) + bytes(bits.out) + b"\xff\xd9", exact
 
 
 def blackmagic_rows(tile: np.ndarray) -> np.ndarray:
