@@ -417,22 +417,15 @@ def test_your_own_camera_end_to_end(capture, tmp_path, capsys):
     and flat frames, fine-tune the shipped model on the camera's own clean raws (``train
     --raw-folder``, noise from the calibrated profile), enhance a dark frame with the result
     and the profile. A folder with no usable raw is a usage error (exit 2), naming the files."""
-    import argparse
-
-    import numpy as np
-
     from engine.cli import main as cli_main
     from engine.inference.pipeline import DEFAULT_CHECKPOINT
     from tests.dngfactory import make_bayer_dng
     from training.cli import main as train_main
 
     root, _ = capture
-    ap = argparse.ArgumentParser(prog="exposure-diffusion")
-    add_calibrate_command(ap.add_subparsers(dest="command", required=True))
     profile = tmp_path / "mycam.json"
-    args = ap.parse_args(["calibrate", str(root), "--out", str(profile), "--name", "MyCam", "--ppcc-samples", "20000",
-                          "--no-plots", "-q"])
-    assert args.func(args) == 0
+    assert cli_main(["calibrate", str(root), "--out", str(profile), "--name", "MyCam", "--ppcc-samples", "20000",
+                     "--no-plots", "-q"]) == 0
     clean = tmp_path / "clean"
     clean.mkdir()
     yy, xx = np.mgrid[0:160, 0:192] / 160.0
