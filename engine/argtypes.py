@@ -199,17 +199,26 @@ def _existing_ancestor(path: Path) -> Path:
     return Path(".")
 
 
-def _check_can_create_in(folder: Path, what: str) -> None:
-    """Refuse ``folder`` unless this process can create files in it (a probe file, removed
-    at once: permission bits do not tell, e.g. for root or on a read-only mount)."""
-    if not folder.is_dir():
-        raise OutputPathProblem(f"{what}: {folder} is not a folder")
+def write_probe_error(folder) -> str | None:
+    """Why this process cannot create files in ``folder`` (the OS's words), or None when it
+    can: a probe file, removed at once (permission bits do not tell, e.g. for root or on a
+    read-only mount)."""
     try:
         fd, probe = tempfile.mkstemp(prefix=".write-test-", suffix=".tmp", dir=folder)
     except OSError as e:
-        raise OutputPathProblem(f"{what}: cannot write into {folder} ({e.strerror or e})") from None
+        return str(e.strerror or e)
     os.close(fd)
     os.unlink(probe)
+    return None
+
+
+def _check_can_create_in(folder: Path, what: str) -> None:
+    """Refuse ``folder`` unless this process can create files in it."""
+    if not folder.is_dir():
+        raise OutputPathProblem(f"{what}: {folder} is not a folder")
+    problem = write_probe_error(folder)
+    if problem is not None:
+        raise OutputPathProblem(f"{what}: cannot write into {folder} ({problem})")
 
 
 def check_output_file(path, *, option: str, overwrite: bool = False, make_folders: bool = False,

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -103,14 +102,12 @@ def input_paths(args: list[str], stdin=None) -> list[Path]:
 
 def _check_writable(folder: Path) -> None:
     """Refuse, before any work, an output folder this process cannot create files in."""
+    from engine.argtypes import write_probe_error
     from engine.io.paths import OutputPathError
 
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".write-test-", suffix=".tmp", dir=folder)
-    except OSError as e:
-        raise OutputPathError(f"cannot write into the output folder {folder}: {e.strerror or e}") from None
-    os.close(fd)
-    os.unlink(probe)
+    problem = write_probe_error(folder)
+    if problem is not None:
+        raise OutputPathError(f"cannot write into the output folder {folder}: {problem}")
 
 
 def enhance(args) -> int:
@@ -354,7 +351,7 @@ def _ratio_fits_steps(args) -> str | None:
 
     if isinstance(args.steps, int) and args.steps > 1 and args.ratio != "auto" and float32(args.ratio) <= 1:
         return (f"argument --ratio: must be > 1 with --steps {args.steps} (the exposure must grow between steps), "
-                f"got {args.ratio!r}" + (f" (= 1 in float32)" if args.ratio > 1 else "") +
+                f"got {args.ratio!r}" + (" (= 1 in float32)" if args.ratio > 1 else "") +
                 "; at a ratio <= 1 use --steps 1 (a plain denoise)")
     return None
 
