@@ -57,7 +57,18 @@ def test_bad_shapes_are_refused():
         scene_statistics(torch.zeros(1, 3, 64, 64))
 
 
-def test_the_command_prints_every_family(capsys):
-    assert main(["--n", "2", "--patch", "32"]) == 0
+def test_the_command_prints_every_family(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    for i in range(2):  # a user's photo folder, made into raw as training makes it
+        Image.fromarray((np.random.default_rng(i).random((96, 96, 3)) * 255).astype(np.uint8)).save(tmp_path / f"{i}.png")
+    assert main(["--n", "2", "--patch", "32", "--srgb-folder", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "photo-like hold-out" in out and "procedural" in out and "alpha" in out
+    def alpha(name):
+        row = next(line for line in out.splitlines() if line.startswith(name))
+        return float(row[len(name):].split()[0])
+
+    # photos of white noise: a far flatter spectrum than the smooth hold-out scenes
+    assert alpha(f"sRGB folder {tmp_path}") < alpha("photo-like hold-out") - 1

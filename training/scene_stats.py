@@ -118,13 +118,13 @@ def _families(n: int, patch: int, seed: int, srgb_folder=None, with_skimage: boo
     except ImportError as e:
         print(f"dead leaves: left out ({e})", file=sys.stderr)
     if srgb_folder is not None:
+        from .augment import normalise_packed
+        from .patches import collate_patches
         from .synthetic import SRGBFolderDataset
 
         data = SRGBFolderDataset(srgb_folder, patch=patch, seed=seed)
-        items = [data.sample(i % len(data.files), np.random.default_rng(seed + i)) for i in range(n)]
-        families[f"sRGB folder {srgb_folder}"] = torch.stack(
-            [((it["raw"].float() - it["black"][:, None, None]) / (it["white"] - it["black"][:, None, None])).clamp(0, 1)
-             for it in items])
+        batch = collate_patches([data.sample(i % len(data.files), np.random.default_rng(seed + i)) for i in range(n)])
+        families[f"sRGB folder {srgb_folder}"] = normalise_packed(batch.raw, batch.black, batch.white)
     if with_skimage:
         from .holdout_eval import skimage_photos
 
