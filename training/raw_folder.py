@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .sid import SIDLongDataset, _as_cache
+from .sid import SIDLongDataset
 
 _TAG_RAW_FOLDER = 107  # its own SeedSequence stream (training.sid's tags are 101..)
 
@@ -38,11 +38,6 @@ class RawFolderDataset(SIDLongDataset):
         folder = Path(folder)
         if not folder.is_dir():
             raise ValueError(f"raw folder {str(folder)!r} is not a folder")
-        self.root, self.patch, self.repeat, self.seed, self.epoch = folder, int(patch), int(repeat), int(seed), 0
-        if self.patch < 1 or self.repeat < 1:
-            raise ValueError(f"patch and repeat must be >= 1, got {patch} and {repeat}")
-        self.white_level = None  # each file's own
-        self.cache = _as_cache(cache, cache_dir)
-        self.skipped: list[tuple[str, str]] = []
+        self._init_crops(folder, patch, cache, cache_dir, repeat, seed, white_level=None)  # each file's own levels
         files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
         self._probe(files, warn, f"no usable raw file in {str(folder)!r}")

@@ -138,16 +138,7 @@ class SIDLongDataset(Dataset):
 
     def __init__(self, root, list_file=None, *, patch: int = 512, cache="memory", cache_dir=None, repeat: int = 1,
                  seed: int = 0, white_level: float | None = None, warn: bool = True):
-        self.root = Path(root)
-        self.patch = int(patch)
-        self.repeat = int(repeat)
-        self.seed = int(seed)
-        self.epoch = 0
-        self.white_level = white_level
-        if self.patch < 1 or self.repeat < 1:
-            raise ValueError(f"patch and repeat must be >= 1, got {patch} and {repeat}")
-        self.cache = _as_cache(cache, cache_dir)
-        self.skipped: list[tuple[str, str]] = []
+        self._init_crops(root, patch, cache, cache_dir, repeat, seed, white_level)
         if list_file is None:
             folder = self.root / "Sony" / "long"
             longs = sorted(os.fspath(p) for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
@@ -156,6 +147,15 @@ class SIDLongDataset(Dataset):
             longs = list(dict.fromkeys(e.long for e in entries))
         where = f"list {list_file}" if list_file is not None else f"{self.root / 'Sony' / 'long'}"
         self._probe(longs, warn, f"no usable long exposure under {self.root} ({where})")
+
+    def _init_crops(self, root, patch, cache, cache_dir, repeat, seed, white_level) -> None:
+        """The settings every dataset of random crops of raw files holds (checked)."""
+        self.root, self.patch, self.repeat, self.seed, self.epoch = Path(root), int(patch), int(repeat), int(seed), 0
+        self.white_level = white_level
+        if self.patch < 1 or self.repeat < 1:
+            raise ValueError(f"patch and repeat must be >= 1, got {patch} and {repeat}")
+        self.cache = _as_cache(cache, cache_dir)
+        self.skipped: list[tuple[str, str]] = []
 
     def _probe(self, paths, warn: bool, empty_message: str) -> None:
         """Keep the files of ``paths`` that decode and hold a patch (``files``, ``infos``);
