@@ -26,6 +26,7 @@
 #                the encoders at 12 MP, enhance under torchrun (bench/folder_check.sh)
 #       train    issue 14's training call (not in the default parts): training/recipes/gpu_train.py
 #                from the shipped model for TRAIN_SECONDS (default 420; BANK=deadleaves_bank_256.npy),
+#                procedural, dead-leaves and textured-leaves scenes (issue 23) in thirds,
 #                model_fp16.pt (<= 16 MB) + last.pt + logs in $OUT/train
 #
 # Time limits in seconds (env): BUDGET_S=540 for the whole call; per part CUDA_S=120 KERNELS_S=200
@@ -105,7 +106,7 @@ for part in $parts; do
     folder) run folder "${FOLDER_S:-400}" folder.log bash bench/folder_check.sh "$OUT" ;;
     # shellcheck disable=SC2086  # BANK adds two words when set
     train) run train "$((${TRAIN_SECONDS:-420} + 120))" train.log "$PY" training/recipes/gpu_train.py --out "$OUT/train" \
-             --seconds "${TRAIN_SECONDS:-420}" --init engine/data/default_model.pt ${BANK:+--bank "$BANK"} ;;
+             --seconds "${TRAIN_SECONDS:-420}" --init engine/data/default_model.pt ${BANK:+--bank "$BANK"} --textured ;;
     *) echo "gpu_check: unknown part '$part' (cuda, kernels, suite, bench, training, folder, train)"; status=2 ;;
   esac
 done

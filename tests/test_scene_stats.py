@@ -65,7 +65,7 @@ def test_the_command_prints_every_family(tmp_path, capsys):
         Image.fromarray((np.random.default_rng(i).random((96, 96, 3)) * 255).astype(np.uint8)).save(tmp_path / f"{i}.png")
     assert main(["--n", "2", "--patch", "32", "--srgb-folder", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "photo-like hold-out" in out and "procedural" in out and "alpha" in out
+    assert "photo-like hold-out" in out and "procedural" in out and "textured leaves" in out and "alpha" in out
     def alpha(name):
         row = next(line for line in out.splitlines() if line.startswith(name))
         return float(row[len(name):].split()[0])

@@ -110,9 +110,10 @@ def _train(args) -> int:
                 init=args.init)
             dataset = build_training_dataset(sid_root=args.sid_root, sid_list=args.sid_list,
                                              srgb_folder=args.srgb_folder, deadleaves_bank=args.deadleaves_bank,
-                                             raw_folder=args.raw_folder,
+                                             textured_bank=args.textured_bank, raw_folder=args.raw_folder,
                                              procedural=not (args.sid_root or args.srgb_folder or args.deadleaves_bank
-                                                             or args.raw_folder) or args.procedural,
+                                                             or args.textured_bank or args.raw_folder)
+                                             or args.procedural,
                                              patch=args.patch, cache=None if args.cache == "none" else args.cache,
                                              cache_dir=args.cache_dir, seed=args.seed)
             trainer = Trainer(cfg, dataset, args.out, device=device, progress=not args.quiet)
@@ -381,6 +382,8 @@ def add_training_commands(sub) -> None:
                         "noise comes from --camera (your calibrated profile, exposure-diffusion calibrate)")
     t.add_argument("--deadleaves-bank", default=None,
                    help="dead-leaves scenes from this bank (.npy of training.deadleaves_scenes.render_bank)")
+    t.add_argument("--textured-bank", default=None,
+                   help="textured-leaves scenes from this bank (.npy of python -m training.textured_leaves)")
     t.add_argument("--procedural", action="store_true", help="add procedural scenes to a dataset given above")
     t.add_argument("--cache", default="memory", choices=("memory", "disk", "none"),
                    help="SID long-exposure cache (default memory)")
@@ -460,9 +463,10 @@ def add_training_commands(sub) -> None:
     e.add_argument("--steps", nargs="+", type=steps_or_auto_arg(MAX_STEPS), default=[1, 2, 3, 5],
                    help=f"step counts of each model, 1..{MAX_STEPS} or 'auto' (engine.inference.adaptive) "
                         "(default 1 2 3 5)")
-    e.add_argument("--scenes", default="photo", choices=("photo", "procedural", "skimage"),
-                   help="hold-out scenes: photograph-like (training.holdout, default), procedural, or scikit-image's "
-                        "photographs unprocessed to raw (at most 6; evaluation only)")
+    e.add_argument("--scenes", default="photo", choices=("photo", "procedural", "textured", "skimage"),
+                   help="hold-out scenes: photograph-like (training.holdout, default), procedural, textured leaves "
+                        "(training.textured_leaves, images no training bank holds), or scikit-image's photographs "
+                        "unprocessed to raw (at most 6; evaluation only)")
     e.add_argument("--holdout", type=integer_arg(1), default=16,
                    help="hold-out scenes, >= 1, at most 4 GiB of them in memory (default 16)")
     e.add_argument("--patch", type=integer_arg(16, MAX_PATCH, multiple=16), default=192,

@@ -132,7 +132,7 @@ class EpochTaggedSampler(Sampler):
 
 
 def build_training_dataset(*, sid_root=None, sid_list=None, srgb_folder=None, deadleaves_bank=None,
-                           raw_folder=None, procedural: bool | int = True,
+                           textured_bank=None, raw_folder=None, procedural: bool | int = True,
                            patch: int = 512, weights: Sequence[float] | None = None, length: int | None = None,
                            cache="memory", cache_dir=None, seed: int = 0, white_level: float | None = None) -> MixedPatchDataset:
     """The training set from whatever is at hand; with no argument, procedural scenes only
@@ -146,10 +146,12 @@ def build_training_dataset(*, sid_root=None, sid_list=None, srgb_folder=None, de
             (:class:`training.raw_folder.RawFolderDataset`).
         deadleaves_bank: a dead-leaves bank ``.npy`` (``training.deadleaves_scenes``): finished
             dead-leaves scenes (1000 per epoch, or as many as the other sources have samples).
+        textured_bank: a textured-leaves bank ``.npy`` (``training.textured_leaves``): finished
+            textured-leaves scenes (as many per epoch as the dead leaves).
         procedural: include procedural scenes; an int sets how many per epoch (default
             1000, or as many as the other sources have samples).
         weights: one per included source, in the order SID, raw folder, sRGB, dead leaves,
-            procedural (default: equal).
+            textured leaves, procedural (default: equal).
         length: samples per epoch (default: the sum over the sources).
         cache, cache_dir, white_level: for SID (see :class:`SIDLongDataset`); cache and
             cache_dir for the raw folder too.
@@ -168,12 +170,17 @@ def build_training_dataset(*, sid_root=None, sid_list=None, srgb_folder=None, de
         from .deadleaves_scenes import DeadLeavesDataset
 
         sources.append(DeadLeavesDataset(deadleaves_bank, max(1000, sum(len(s) for s in sources)), patch=patch, seed=seed))
+    if textured_bank is not None:
+        from .textured_leaves import TexturedLeavesDataset
+
+        n = len(sources[-1]) if deadleaves_bank is not None else max(1000, sum(len(s) for s in sources))
+        sources.append(TexturedLeavesDataset(textured_bank, n, patch=patch, seed=seed))
     if procedural:
         n = procedural if not isinstance(procedural, bool) else max(1000, sum(len(s) for s in sources))
         sources.append(ProceduralSceneDataset(n, patch=patch, seed=seed))
     if not sources:
-        raise ValueError("build_training_dataset: no source selected (give sid_root, raw_folder, srgb_folder or "
-                         "procedural=True)")
+        raise ValueError("build_training_dataset: no source selected (give sid_root, raw_folder, srgb_folder, "
+                         "deadleaves_bank, textured_bank or procedural=True)")
     return MixedPatchDataset(sources, weights, length=length, seed=seed)
 
 

@@ -64,10 +64,15 @@ def skimage_photos(n: int, patch: int, seed: int = 0) -> torch.Tensor:
 
 def holdout_clean(kind: str, n: int, patch: int, seed: int = 0) -> torch.Tensor:
     """Clean hold-out scenes, float32 ``[n, 4, patch, patch]``: ``kind`` "photo"
-    (``training.holdout``, the default), "procedural" (``training.synthetic_holdout``) or
+    (``training.holdout``, the default), "procedural" (``training.synthetic_holdout``),
+    "textured" (``training.textured_leaves``, images of a seed stream no training bank draws from) or
     "skimage" (scikit-image's photographs, at most 6; evaluation only: :func:`skimage_photos`)."""
     if kind == "skimage":
         return skimage_photos(n, patch, seed)
+    if kind == "textured":
+        from .textured_leaves import textured_holdout
+
+        return textured_holdout(n, patch, seed)
     if kind == "photo":
         from .holdout import photo_holdout
 
@@ -76,7 +81,7 @@ def holdout_clean(kind: str, n: int, patch: int, seed: int = 0) -> torch.Tensor:
         from .synthetic import synthetic_holdout
 
         return synthetic_holdout(n, patch, seed).normalised()
-    raise ValueError(f"hold-out kind must be 'photo', 'procedural' or 'skimage', got {kind!r}")
+    raise ValueError(f"hold-out kind must be 'photo', 'procedural', 'textured' or 'skimage', got {kind!r}")
 
 
 @dataclasses.dataclass

@@ -24,8 +24,8 @@ image:
 
 ``python -m training.scene_stats`` prints them for the built-in families (the photo-like
 hold-out, the procedural scenes, the dead-leaves scenes where the ``deadleaves`` package is
-installed) and, given ``--srgb-folder``, for a folder of photos made into raw as training
-makes them; ``--skimage`` adds scikit-image's photographs, which are evaluation material: a
+installed, the textured-leaves scenes of ``training.textured_leaves``) and, given
+``--srgb-folder``, for a folder of photos made into raw as training makes them; ``--skimage`` adds scikit-image's photographs, which are evaluation material: a
 reference to read, never a target to tune the families on.
 """
 from __future__ import annotations
@@ -117,6 +117,9 @@ def _families(n: int, patch: int, seed: int, srgb_folder=None, with_skimage: boo
         families["dead leaves"] = torch.stack(scenes)
     except ImportError as e:
         print(f"dead leaves: left out ({e})", file=sys.stderr)
+    from .textured_leaves import textured_holdout
+
+    families["textured leaves"] = textured_holdout(n, patch, seed)
     if srgb_folder is not None:
         from .augment import normalise_packed
         from .patches import collate_patches

@@ -3,13 +3,15 @@
 # ablation arms of its model card, reproducible and resumable (one thread by default).
 #
 #   bash training/recipes/default_model_runs.sh bank RUNS            # render the dead-leaves bank (once)
+#   bash training/recipes/default_model_runs.sh textured-bank RUNS   # render the textured-leaves bank (once)
 #   bash training/recipes/default_model_runs.sh run RUNS DATA [MAX]  # train (or resume) RUNS/DATA; DATA in
 #                                                                    # procedural | deadleaves | mix | onestep-mix |
 #                                                                    # deadleaves-long | onestep-deadleaves |
 #                                                                    # twin-multistep | twin-multistep-ste |
 #                                                                    # twin-origin | twin-origin-means | twin-means |
 #                                                                    # twin-linspace | cascade | cascade-1000 |
-#                                                                    # cascade-origin-1000 | cascade-long
+#                                                                    # cascade-origin-1000 | cascade-long |
+#                                                                    # textured | textured-long | textured-longer
 #   bash training/recipes/default_model_runs.sh eval RUNS CKPT [evaluate options]   # photo hold-out, BM3D cached
 #   bash training/recipes/default_model_runs.sh auto RUNS CKPT OUT   # calibrate steps="auto" into OUT (fp16)
 #
@@ -28,7 +30,10 @@
 # Poisson means between the unrolled steps (--mean-photons), twin-linspace the inference schedule as the
 # inner exposures (--inner-exposures linspace), twin-origin-means the first two; cascade (the model shipped
 # in session 5) means + linspace at lr 1e-4 for 2000 steps (cascade-1000: 1000 steps; cascade-origin-1000:
-# with A_T; cascade-long: cascade continued 1500 steps at lr 5e-5). A run stops after MAX more optimiser steps when given; started again with the same folder it
+# with A_T; cascade-long: cascade continued 1500 steps at lr 5e-5). textured (session 8) continues the model
+# shipped in session 5 (engine/data/default_model.pt of commit 5573d5c) with cascade's recipe at lr 5e-5 for 3000
+# steps on dead leaves and textured leaves (training.textured_leaves) half and half; textured-long continues its
+# final weights 4000 steps more with the same recipe, textured-longer those 4500 more. A run stops after MAX more optimiser steps when given; started again with the same folder it
 # resumes exactly where it stopped (checkpoints every 25 steps). THREADS (default 1): torch CPU threads.
 # The dead-leaves scenes need the deadleaves package; on Python 3.11 set
 # EXPOSURE_DIFFUSION_DEADLEAVES_PATH (see training/deadleaves_scenes.py).
@@ -45,6 +50,8 @@ case "$what" in
     python -c "import torch; torch.set_num_threads(1)
 from training.deadleaves_scenes import render_bank
 render_bank('$bank', 100, 256, seed=0, progress=True)" ;;
+  textured-bank)
+    python -m training.textured_leaves --out "$runs/textured_bank_256.npy" --n 200 --size 256 --seed 0 ;;
   run)
     data=$3; max=${4:-}
     steps=3; from="$init"; lr=2e-4; epochs=12
@@ -71,6 +78,16 @@ render_bank('$bank', 100, 256, seed=0, progress=True)" ;;
         # cascade continued: 1500 more steps of the same recipe at lr 5e-5 from its final weights.
         src=(--deadleaves-bank "$bank" --mean-photons --inner-exposures linspace); lr=5e-5; epochs=15
         from="$runs/cascade/model_final.pt" ;;
+      textured)
+        src=(--deadleaves-bank "$bank" --textured-bank "$runs/textured_bank_256.npy" --mean-photons
+             --inner-exposures linspace); lr=5e-5; epochs=30; from="$runs/init_default_5573d5c.pt"
+        if [ ! -f "$from" ]; then git show 5573d5c:engine/data/default_model.pt > "$from"; fi ;;
+      textured-long)
+        src=(--deadleaves-bank "$bank" --textured-bank "$runs/textured_bank_256.npy" --mean-photons
+             --inner-exposures linspace); lr=5e-5; epochs=40; from="$runs/textured/model_final.pt" ;;
+      textured-longer)
+        src=(--deadleaves-bank "$bank" --textured-bank "$runs/textured_bank_256.npy" --mean-photons
+             --inner-exposures linspace); lr=5e-5; epochs=45; from="$runs/textured-long/model_final.pt" ;;
       twin-origin|twin-origin-means|twin-means|twin-linspace)
         # Session 5: twin-multistep-ste with one change (two for twin-origin-means). With --concat-origin the
         # twin's first layer is widened with zeros (training.init_weights): the run starts from its function.
@@ -94,5 +111,5 @@ render_bank('$bank', 100, 256, seed=0, progress=True)" ;;
     python -m training evaluate --checkpoint "$ckpt" --device cpu --baseline-cache "$runs/baselines_photo16x192.json" "$@" ;;
   auto)
     python -m training.auto_steps --checkpoint "$3" --write "$4" --measured "$4.measured.json" --fp16 ;;
-  *) echo "usage: $0 bank|run|eval|auto RUNS ..." >&2; exit 2 ;;
+  *) echo "usage: $0 bank|textured-bank|run|eval|auto RUNS ..." >&2; exit 2 ;;
 esac

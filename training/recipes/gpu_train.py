@@ -6,7 +6,11 @@
 1. Clean scenes are rendered up front by CPU worker processes into one uint16 pool (the
    trainer draws its samples in-process, which a GPU step of ~60 ms would wait on): half
    procedural scenes (``training.synthetic.procedural_scene``), half finished dead-leaves
-   scenes from ``--bank`` (``training.deadleaves_scenes``; without a bank, all procedural).
+   scenes from ``--bank`` (``training.deadleaves_scenes``; without a bank, all procedural);
+   with ``--textured`` a third each of procedural, dead-leaves (with a bank) and
+   textured-leaves scenes (``training.textured_leaves``, rendered by the workers at
+   ``2 x --patch`` pixels, about 1.5 CPU seconds each at the default patch, some 2 minutes of
+   the budget for 4000 scenes on 14 workers; no bank to carry).
    Scene ``i`` is a pure function of ``(--seed, i)``.
 2. The production ``training.Trainer`` (device synthesis, unrolled steps, exact resume) runs
    the issue-14 recipe of the shipped model (fixed equal step weights, the local-mean term,
@@ -53,15 +57,28 @@ def _init_worker(bank_path):
     _BANK = np.load(bank_path, mmap_mode="r") if bank_path else None
 
 
+def _family(i: int, textured: bool) -> str:
+    """Which family scene ``i`` of the pool comes from (see the module docstring)."""
+    kinds = (["procedural"] + (["deadleaves"] if _BANK is not None else []) + (["textured"] if textured else []))
+    return kinds[i % len(kinds)]
+
+
 def _render(job) -> np.ndarray:
     """Scene ``i`` of the pool: uint16 DN ``[4, p, p]``."""
-    i, patch, seed = job
+    i, patch, seed, textured = job
     g = torch_generator(sample_rng(seed, _TAG_POOL, i))
-    if _BANK is not None and i % 2 == 1:
+    family = _family(i, textured)
+    if family == "deadleaves":
         from training.deadleaves_scenes import finish_scene
 
         k = int(torch.randint(0, len(_BANK), (1,), generator=g))
         x = finish_scene(torch.from_numpy(np.array(_BANK[k])), g, patch)
+    elif family == "textured":
+        from training.deadleaves_scenes import finish_scene
+        from training.textured_leaves import render_textured_leaves
+
+        image = render_textured_leaves(int(torch.randint(0, 2**62, (1,), generator=g)), 2 * patch)
+        x = finish_scene(torch.from_numpy(image), g, patch)
     else:
         from training.synthetic import procedural_scene
 
@@ -84,8 +101,9 @@ class PoolPatches:
                 "source": "pool"}
 
 
-def render_pool(n: int, patch: int, seed: int, bank: str | None, workers: int) -> torch.Tensor:
-    jobs = [(i, patch, seed) for i in range(n)]
+def render_pool(n: int, patch: int, seed: int, bank: str | None, workers: int, textured: bool = False) -> torch.Tensor:
+    """The pool: uint16 DN ``[n, 4, patch, patch]``, scene ``i`` a pure function of ``(seed, i)``."""
+    jobs = [(i, patch, seed, textured) for i in range(n)]
     ctx = mp.get_context("fork")
     with ctx.Pool(workers, initializer=_init_worker, initargs=(bank,)) as pool:
         scenes = pool.map(_render, jobs, chunksize=8)
@@ -99,6 +117,8 @@ def main(argv=None) -> int:
                     help="wall-clock budget from the start (pool, probe and training; saving comes after)")
     ap.add_argument("--init", default=None, help="engine checkpoint to start from")
     ap.add_argument("--bank", default=None, help="dead-leaves bank (.npy); none: procedural scenes only")
+    ap.add_argument("--textured", action="store_true",
+                    help="textured-leaves scenes too (training.textured_leaves): a third of the pool")
     ap.add_argument("--scenes", type=integer_arg(1, 100000), default=4000,
                     help="clean scenes in the pool, 1..100000 (default 4000)")
     ap.add_argument("--patch", type=integer_arg(16, 1024, multiple=16), default=256,
@@ -129,7 +149,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
-    raw = render_pool(args.scenes, args.patch, args.seed, args.bank, args.workers)
+    raw = render_pool(args.scenes, args.patch, args.seed, args.bank, args.workers, args.textured)
     t_pool = time.time() - t_start
     print(f"pool: {len(raw)} scenes of {args.patch}^2 in {t_pool:.1f} s", file=sys.stderr, flush=True)
 
@@ -187,7 +207,8 @@ def main(argv=None) -> int:
     done = trainer.global_step - first
     summary = {"resumed": resumed, "global_step": trainer.global_step, "steps_this_call": done,
                "train_seconds": round(seconds, 1), "pool_seconds": round(t_pool, 1),
-               "ms_per_step": round(1000 * seconds / max(done, 1), 1), "last": last, "config": cfg.to_dict()}
+               "ms_per_step": round(1000 * seconds / max(done, 1), 1), "last": last, "config": cfg.to_dict(),
+               "pool": {"scenes": len(raw), "bank": args.bank, "textured": args.textured}}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps({k: v for k, v in summary.items() if k != "config"}), file=sys.stderr)
     return 0
