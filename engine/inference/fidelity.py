@@ -13,7 +13,7 @@ frame, ``L`` a low-pass (a box of ``scale`` packed pixels, bilinearly interpolat
 a weight that leaves out pixels where the estimate is near white or the sensor clipped (there
 the data's mean is not the scene's). The data's own value must not decide ``w``: leaving out
 its bright noisy samples would bias the mean it is there to give. Fine detail comes from the network, the local means from the data; per plane,
-so colour is held too. Measured with the shipped model at 3 steps, ``scale`` 32 (the default):
+so colour is held too. Measured with the session-5 default model at 3 steps, ``scale`` 32 (the default):
 photograph-like hold-out x100 / x300 40.13 -> 40.83 / 36.94 -> 37.59 dB, scikit-image's
 photographs 34.97 -> 35.67 / 32.07 -> 32.67 dB, mean |per-plane bias| 8-17% -> 2-6%; applied
 after the last step only (correcting every step's estimate was 0.05-0.17 dB worse: the
