@@ -133,3 +133,16 @@ def test_textured_scenes_as_an_evaluation_set(tmp_path, capsys):
     assert cli_main(["evaluate", "--checkpoint", str(tmp_path / "m.pt"), "--scenes", "textured", "--holdout", "2",
                      "--patch", "16", "--steps", "1", "--baselines", "none", "--ratios", "100", "-q"]) == 0
     assert "textured hold-out: 2 scenes" in capsys.readouterr().out
+
+
+def test_no_evaluation_scene_is_a_training_image(tmp_path):
+    # the textured hold-out draws its images from a stream (tag 207) that neither a bank (206)
+    # nor the GPU recipe's pool (its own tag) draws from: the same (seed, index) gives other images
+    import training.textured_leaves as tl
+    from training.recipes import gpu_train
+
+    bank = np.load(render_bank(tmp_path / "bank.npy", 3, size=32, seed=0))
+    seeds = [int(np.random.SeedSequence([0, tl._TAG_TEXTURED_HOLDOUT, i]).generate_state(1)[0]) for i in range(3)]
+    held = [tl.render_textured_leaves(s, 32) for s in seeds]
+    assert all(not np.array_equal(b, h) for b in bank for h in held)
+    assert len({tl._TAG_TEXTURED, tl._TAG_TEXTURED_HOLDOUT, gpu_train._TAG_POOL}) == 3

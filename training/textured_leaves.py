@@ -57,6 +57,9 @@ MIN_RADIUS = 10.0  # px: the smallest leaf
 TEXTURED_RADIUS = 16.0  # px: smaller leaves are flat or fractal
 SMALL_TEXTURES = ("flat", "fractal")  # the two a small leaf draws from, equally
 MAX_LEAVES = 20000  # a frame is normally covered after a few thousand
+# SeedSequence stream tags. 206 is also the photo-like hold-out's (training.holdout), which derives its scenes
+# through sample_rng / torch generators, these images through generate_state: no seed is shared. It stays 206 so
+# that the bank the shipped model was trained on re-renders bit for bit.
 _TAG_TEXTURED = 206
 _TAG_TEXTURED_HOLDOUT = 207
 
@@ -96,10 +99,12 @@ def _rotated_coords(h: int, w: int, angle: float):
 
 
 def _flat(rng, h, w, colour):
+    """The dead leaves' own surface: one colour with faint white noise."""
     return colour * (1.0 + rng.uniform(0.0, 0.04) * rng.standard_normal((h, w, 1)).astype(np.float32))
 
 
 def _fractal(rng, h, w, colour):
+    """Bark, stone, skin, sky: f^-beta noise in log luminance, a weaker one in chroma."""
     beta = rng.uniform(1.5, 3.0)
     contrast = rng.uniform(0.1, 0.6)  # std of log luminance
     lum = _fractal_field(rng, h, w, beta)
@@ -112,9 +117,13 @@ def _fractal(rng, h, w, colour):
 
 
 def _weave(rng, h, w, colour):
+    """Fabric: a plain weave of two thread colours at any angle, with a faint fractal shading."""
     period = math.exp(rng.uniform(math.log(3.0), math.log(20.0)))
     u, v = _rotated_coords(h, w, rng.uniform(0.0, math.pi))
-    second = colour * np.exp(rng.normal(0.0, 0.4, 3)).astype(np.float32) if rng.uniform() < 0.5 else colour * rng.uniform(0.4, 0.9)
+    if rng.uniform() < 0.5:  # a second hue, or a darker shade of the first
+        second = colour * np.exp(rng.normal(0.0, 0.4, 3)).astype(np.float32)
+    else:
+        second = colour * rng.uniform(0.4, 0.9)
     warp = 0.5 + 0.5 * np.cos(2 * math.pi * u / period)  # thread profiles across their width
     weft = 0.5 + 0.5 * np.cos(2 * math.pi * v / period)
     over = np.cos(math.pi * u / period) * np.cos(math.pi * v / period) > 0  # which thread lies on top
@@ -126,6 +135,7 @@ def _weave(rng, h, w, colour):
 
 
 def _strands(rng, h, w, colour):
+    """Hair, fur, grass: thin bent lines along a common direction over a darker ground."""
     img = Image.new("RGB", (w, h), tuple(int(255 * c) for c in np.clip(colour * rng.uniform(0.3, 0.8), 0, 1)))
     draw = ImageDraw.Draw(img)
     angle, spread = rng.uniform(0.0, math.pi), rng.uniform(0.05, 0.6)
@@ -159,6 +169,7 @@ _LETTERS = string.ascii_letters + string.digits + "    .,;:-"
 
 
 def _text(rng, h, w, colour):
+    """Print and signs: rows of random letters, dark on light or light on dark, at any angle."""
     size = int(round(math.exp(rng.uniform(math.log(7.0), math.log(28.0)))))
     ink = colour * rng.uniform(0.05, 0.35) if rng.uniform() < 0.7 else np.clip(colour * 0.3 + 0.7, 0, 1)
     paper = colour if ink.mean() < colour.mean() else colour * rng.uniform(0.1, 0.3)
@@ -179,6 +190,7 @@ def _text(rng, h, w, colour):
 
 
 def _foliage(rng, h, w, colour):
+    """Foliage: dense small leaves (2-8 px) in greens, yellows and browns (or the leaf's hue)."""
     img = Image.new("RGB", (w, h), tuple(int(255 * c) for c in np.clip(colour * 0.3, 0, 1)))
     draw = ImageDraw.Draw(img)
     hue = rng.uniform(0.08, 0.42) if rng.uniform() < 0.7 else colorsys.rgb_to_hsv(*colour)[0]
@@ -253,7 +265,10 @@ def render_textured_leaves(seed: int, size: int = 256) -> np.ndarray:
         paint = mask & free[y0:y1, x0:x1]
         if not paint.any():
             continue
-        kind = TEXTURES[int(rng.choice(len(TEXTURES), p=p))] if r >= TEXTURED_RADIUS else SMALL_TEXTURES[int(rng.integers(0, 2))]
+        if r >= TEXTURED_RADIUS:
+            kind = TEXTURES[int(rng.choice(len(TEXTURES), p=p))]
+        else:
+            kind = SMALL_TEXTURES[int(rng.integers(0, 2))]
         texture = leaf_texture(rng, kind, y1 - y0, x1 - x0, _base_colour(rng))
         canvas[y0:y1, x0:x1][paint] = texture[paint]
         free[y0:y1, x0:x1][paint] = False

@@ -47,7 +47,7 @@ from training.options import INNER_EXPOSURES  # noqa: E402
 from training.patches import DEFAULT_BLACK, DEFAULT_WHITE, sample_rng, to_dn, torch_generator  # noqa: E402
 from training.trainer import TrainConfig, Trainer  # noqa: E402
 
-_TAG_POOL = 207
+_TAG_POOL = 210  # a SeedSequence stream of its own (training's tags are 101..107, 201..209, 301)
 _BANK = None
 
 
