@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from training.data import build_training_dataset
-from training.deadleaves_scenes import DeadLeavesDataset, finish_scene
+from training.deadleaves_scenes import DeadLeavesDataset, finish_scene, image_seed
 from training.scene_stats import scene_statistics
 from training.textured_leaves import (TEXTURES, TexturedLeavesDataset, _fractal_field, leaf_texture, main,
                                       render_bank, render_textured_leaves)
@@ -56,7 +56,7 @@ def test_the_weave_holds_its_variance_at_the_thread_scale(seed):
     assert power[ring].sum() > 0.5 * power.sum() and ring.mean() < 0.35
 
 
-def test_textured_leaves_put_more_variance_at_fine_scales_than_flat_leaves():
+def test_textured_leaves_put_more_variance_at_fine_scales_than_flat_leaves(monkeypatch):
     # the family's purpose (module docstring): detail inside the leaves. The same layouts with every
     # leaf flat hold less of their variance in the 3 finest octaves (2-16 packed pixels).
     import training.textured_leaves as tl
@@ -66,14 +66,9 @@ def test_textured_leaves_put_more_variance_at_fine_scales_than_flat_leaves():
                                          torch.Generator().manual_seed(s), 64) for s in range(6)])
 
     textured = scene_statistics(scenes())
-    weights = tl.TEXTURE_WEIGHTS
-    try:
-        tl.TEXTURE_WEIGHTS = (1.0, 0, 0, 0, 0, 0)
-        small = tl.SMALL_TEXTURES
-        tl.SMALL_TEXTURES = ("flat", "flat")
-        flat = scene_statistics(scenes())
-    finally:
-        tl.TEXTURE_WEIGHTS, tl.SMALL_TEXTURES = weights, small
+    monkeypatch.setattr(tl, "TEXTURE_WEIGHTS", (1.0, 0, 0, 0, 0, 0))
+    monkeypatch.setattr(tl, "SMALL_TEXTURES", ("flat", "flat"))
+    flat = scene_statistics(scenes())
     assert sum(textured["band_energy"][:3]) > sum(flat["band_energy"][:3]) + 0.05
 
 
@@ -142,7 +137,6 @@ def test_no_evaluation_scene_is_a_training_image(tmp_path):
     from training.recipes import gpu_train
 
     bank = np.load(render_bank(tmp_path / "bank.npy", 3, size=32, seed=0))
-    seeds = [int(np.random.SeedSequence([0, tl._TAG_TEXTURED_HOLDOUT, i]).generate_state(1)[0]) for i in range(3)]
-    held = [tl.render_textured_leaves(s, 32) for s in seeds]
+    held = [tl.render_textured_leaves(image_seed(0, tl._TAG_TEXTURED_HOLDOUT, i), 32) for i in range(3)]
     assert all(not np.array_equal(b, h) for b in bank for h in held)
     assert len({tl._TAG_TEXTURED, tl._TAG_TEXTURED_HOLDOUT, gpu_train._TAG_POOL}) == 3

@@ -128,21 +128,33 @@ def render_leaves(seed: int, size: int = 256) -> np.ndarray:
     return (image.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
 
 
-def render_bank(path, n: int, size: int = 256, seed: int = 0, progress: bool = False) -> Path:
-    """Render ``n`` images (:func:`render_leaves` with seeds from ``(seed, i)``) into one
-    uint8 ``[n, size, size, 3]`` ``.npy`` at ``path`` (written atomically); returns it."""
+def image_seed(seed: int, tag: int, i: int) -> int:
+    """The render seed of image ``i`` of a bank or set drawn from stream ``tag``."""
+    return int(np.random.SeedSequence([seed, tag, i]).generate_state(1)[0])
+
+
+def write_bank(path, render, n: int, size: int, seed: int, tag: int, name: str, progress: bool = False) -> Path:
+    """Render ``n`` images ``render(image_seed(seed, tag, i), size)`` (uint8 ``[size, size, 3]``)
+    into one uint8 ``[n, size, size, 3]`` ``.npy`` at ``path`` (written atomically); returns it.
+    ``name`` labels the progress lines (every 25 images, with ``progress``)."""
     from engine.io.atomic import atomic_path
 
     path = Path(path)
     bank = np.empty((n, size, size, 3), np.uint8)
     for i in range(n):
-        bank[i] = render_leaves(int(np.random.SeedSequence([seed, _TAG_DEADLEAVES, i]).generate_state(1)[0]), size)
+        bank[i] = render(image_seed(seed, tag, i), size)
         if progress and (i + 1) % 25 == 0:
-            print(f"dead-leaves bank: {i + 1}/{n}", file=sys.stderr, flush=True)
+            print(f"{name} bank: {i + 1}/{n}", file=sys.stderr, flush=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.save(f, bank)
     return path
+
+
+def render_bank(path, n: int, size: int = 256, seed: int = 0, progress: bool = False) -> Path:
+    """Render ``n`` images (:func:`render_leaves` with seeds from ``(seed, i)``) into one
+    uint8 ``[n, size, size, 3]`` ``.npy`` at ``path`` (written atomically); returns it."""
+    return write_bank(path, render_leaves, n, size, seed, _TAG_DEADLEAVES, "dead-leaves", progress)
 
 
 def _light_field(g: torch.Generator, side: int) -> torch.Tensor:

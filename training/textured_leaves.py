@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .deadleaves_scenes import DeadLeavesDataset, finish_scene
+from .deadleaves_scenes import DeadLeavesDataset, finish_scene, image_seed, write_bank
 from .patches import seeded_item
 
 __all__ = ["TEXTURES", "leaf_texture", "render_textured_leaves", "render_bank", "textured_holdout",
@@ -284,21 +284,9 @@ def render_textured_leaves(seed: int, size: int = 256) -> np.ndarray:
 def render_bank(path, n: int, size: int = 256, seed: int = 0, progress: bool = False) -> Path:
     """Render ``n`` images (:func:`render_textured_leaves` with seeds from ``(seed, i)``) into
     one uint8 ``[n, size, size, 3]`` ``.npy`` at ``path`` (written atomically); returns it."""
-    from engine.io.atomic import atomic_path
-
     if n < 1 or size < 16:
         raise ValueError(f"render_bank needs n >= 1 images of size >= 16, got n={n}, size={size}")
-    path = Path(path)
-    bank = np.empty((n, size, size, 3), np.uint8)
-    for i in range(n):
-        bank[i] = render_textured_leaves(int(np.random.SeedSequence([seed, _TAG_TEXTURED, i]).generate_state(1)[0]),
-                                         size)
-        if progress and (i + 1) % 25 == 0:
-            print(f"textured-leaves bank: {i + 1}/{n}", file=sys.stderr, flush=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.save(f, bank)
-    return path
+    return write_bank(path, render_textured_leaves, n, size, seed, _TAG_TEXTURED, "textured-leaves", progress)
 
 
 def textured_holdout(n: int, patch: int, seed: int = 0) -> torch.Tensor:
@@ -308,7 +296,7 @@ def textured_holdout(n: int, patch: int, seed: int = 0) -> torch.Tensor:
     dead-leaves finish seeded from the same stream."""
     out = []
     for i in range(n):
-        s = int(np.random.SeedSequence([seed, _TAG_TEXTURED_HOLDOUT, i]).generate_state(1)[0])
+        s = image_seed(seed, _TAG_TEXTURED_HOLDOUT, i)
         out.append(finish_scene(torch.from_numpy(render_textured_leaves(s, 2 * patch)),
                                 torch.Generator().manual_seed(s), patch))
     return torch.stack(out)
