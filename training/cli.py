@@ -100,6 +100,7 @@ def _train(args) -> int:
             cfg = TrainConfig(
                 arch=args.arch, widths=tuple(args.widths) if args.widths else None, with_photon=not args.no_photon,
                 concat_origin=args.concat_origin, steps=args.steps, learnable_weights=not args.fixed_weights,
+                step_weights=tuple(args.step_weights) if args.step_weights else None,
                 noise_model=args.noise_model, cameras=tuple(args.camera) if args.camera else None,
                 ratio_range=tuple(args.ratio_range) if args.ratio_range else None, continuous=args.continuous,
                 patch=args.patch, batch=args.batch, accumulate=args.accumulate, epochs=args.epochs,
@@ -416,7 +417,12 @@ def add_training_commands(sub) -> None:
                         "(meta['photons']) and runs with means by default (default: SPEC, draws)")
     t.add_argument("--inner-exposures", choices=INNER_EXPOSURES, default="random",
                    help="the unrolled steps' exposure multiples: random distinct integers in [2, r - 1] (default, "
-                        "SPEC) or the inference schedule linspace(1, r, steps + 1)")
+                        "SPEC) or an inference schedule, linspace(1, r, steps + 1) or geometric r ** (i / steps), "
+                        "which the model records (meta['schedule']) and runs with by default")
+    t.add_argument("--step-weights", type=float, nargs="+", default=None, metavar="W",
+                   help="fixed loss weights of the unrolled steps, one per step, >= 0, normalised to sum 1 (e.g. "
+                        "0.2 0.3 0.5: more on the last step, the output a multi-step run returns; default: "
+                        "learnable, or equal with --fixed-weights)")
     t.add_argument("--init", default=None, help="start from this engine checkpoint's weights (fine-tuning)")
     t.add_argument("--continuous", action="store_true", help="continuous ratio range U(20, 300)")
     t.add_argument("--patch", type=option_arg("patch"), default=512,

@@ -61,19 +61,36 @@ def sample_inner_exposures(ratio: torch.Tensor, steps: int, generator: torch.Gen
 
 class StepWeights(nn.Module):
     """Loss weights of the steps: ``w_0 .. w_{n-2}`` (learnable, clipped to [0, 1], init
-    ``1 / n``) and ``1 - sum`` for the last step; or fixed equal weights ``1 / n``."""
+    ``1 / n``) and ``1 - sum`` for the last step; fixed equal weights ``1 / n``; or fixed
+    given ``values`` (n numbers >= 0, normalised to sum 1: e.g. more on the last step, the
+    output a multi-step run returns)."""
 
-    def __init__(self, steps: int, learnable: bool = True):
+    def __init__(self, steps: int, learnable: bool = True, values=None):
         super().__init__()
         self.steps = steps
-        self.learnable = learnable
-        self.raw = nn.Parameter(torch.full((max(steps - 1, 0),), 1.0 / steps), requires_grad=learnable)
+        self.learnable = learnable and values is None
+        self.raw = nn.Parameter(torch.full((max(steps - 1, 0),), 1.0 / steps), requires_grad=self.learnable)
+        fixed = torch.full((steps,), 1.0 / steps) if values is None else normalised_step_weights(values, steps)
+        self.register_buffer("fixed", fixed, persistent=False)
 
     def forward(self) -> torch.Tensor:
         if not self.learnable:
-            return torch.full((self.steps,), 1.0 / self.steps, device=self.raw.device)
+            return self.fixed
         first = self.raw.clamp(0, 1)
         return torch.cat([first, (1 - first.sum()).reshape(1)])
+
+
+def normalised_step_weights(values, steps: int) -> torch.Tensor:
+    """``values`` (``steps`` finite numbers >= 0, not all 0) divided by their sum, float32
+    ``[steps]``; anything else is a ``ValueError`` saying what is expected."""
+    try:
+        w = torch.as_tensor([float(v) for v in values], dtype=torch.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"step weights must be {steps} numbers >= 0, got {values!r:.80}") from None
+    if w.numel() != steps or not torch.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"step weights must be {steps} finite numbers >= 0 (one per unrolled step), not all 0, "
+                         f"got {[float(v) for v in w]}")
+    return (w / w.sum()).float()
 
 
 def _aux_loss(out: torch.Tensor, state: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:

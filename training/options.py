@@ -28,7 +28,7 @@ MAX_SAMPLES_PER_EPOCH = 100_000_000
 # The evaluation hold-out set is built in memory (uint16, 4 planes): at most 4 GiB of it.
 MAX_HOLDOUT_BYTES = 4 * 2**30
 # TrainConfig.inner_exposures: SPEC §4's random integers in [2, r - 1], or the inference schedule.
-INNER_EXPOSURES = ("random", "linspace")
+INNER_EXPOSURES = ("random", "linspace", "geometric")
 
 LIMITS: dict[str, tuple[str, Any, Any, Any]] = {
     "steps": ("int", 1, MAX_STEPS, None),

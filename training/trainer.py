@@ -52,7 +52,7 @@ from tqdm import tqdm
 from engine.io.atomic import atomic_path, remove_stale_temporaries
 from engine.models.backbones import BackboneConfig
 from engine.models.checkpoint import CheckpointError, read_weights_only, save_checkpoint
-from engine.inference.loop import exposure_schedule
+from engine.inference.loop import SCHEDULES, exposure_schedule
 from engine.inference.pipeline import MAX_RATIO
 from kernels import sample_noise_params, synthesize_noise, value_checks_disabled
 from kernels._common import to_device
@@ -61,7 +61,7 @@ from kernels.numbers import integer
 from kernels.profiles import CONTINUOUS_RATIO_RANGE, DEFAULT_RATIO_RANGE, _check_range
 
 from .augment import augment_and_normalise
-from .objective import StepWeights, sample_inner_exposures, unrolled_loss
+from .objective import StepWeights, normalised_step_weights, sample_inner_exposures, unrolled_loss
 from .options import INNER_EXPOSURES, LIMITS, check_epoch_size, check_option, check_ratio_steps
 from .patches import collate_patches
 
@@ -122,14 +122,15 @@ class TrainConfig:
     Noise: ``noise_model`` ("P+g", "P+G+r+u", ...), ``cameras`` (profile names/paths;
     None = all shipped), ``K_range`` ((lo, hi) or "camera"), ``ratio_range`` or the
     ``continuous`` range (SPEC §3). Schedule: ``steps`` unrolled evaluations, step weights
-    ``learnable_weights``; ``mean_weight`` / ``mean_pool``: the local-mean (brightness) term
-    of ``training.objective`` (0: SPEC §4 as written); ``detach_states``: no gradient between
+    ``learnable_weights`` or fixed given ``step_weights`` (normalised to sum 1); ``mean_weight`` /
+    ``mean_pool``: the local-mean (brightness) term of ``training.objective`` (0: SPEC §4 as written); ``detach_states``: no gradient between
     steps (``training.objective.unrolled_loss``; False: SPEC §4); ``mean_photons``: the unrolled steps
     add the Poisson means instead of draws (``model.pt`` then records ``meta["photons"] = "means"``, the
     mode a ``Pipeline`` runs it in by default; False: SPEC §4); ``inner_exposures``: "random" (SPEC §4:
-    distinct integers from ``[2, r - 1]``, ``training.objective.sample_inner_exposures``) or "linspace"
-    (the inference schedule, ``engine.inference.loop.exposure_schedule``: the states the engine's loop
-    will give the network). ``init``: an engine checkpoint whose
+    distinct integers from ``[2, r - 1]``, ``training.objective.sample_inner_exposures``) or an inference
+    schedule, "linspace" or "geometric" (``engine.inference.loop.exposure_schedule``: the states the engine's
+    loop will give the network; ``model.pt`` records it, ``meta["schedule"]``, the schedule a ``Pipeline``
+    runs it with by default). ``init``: an engine checkpoint whose
     weights start the run (fine-tuning; ignored when resuming, which loads ``last.pt``); the run may add
     input groups the checkpoint lacks (``training.init_weights``: zero weights for them, so the run starts
     from the same function). Optimiser: Adam ``lr`` (betas 0.9, 0.999) multiplied by ``lr_factors`` after
@@ -144,6 +145,7 @@ class TrainConfig:
     out_channels: int = 9
     steps: int = 3
     learnable_weights: bool = True
+    step_weights: tuple | None = None
     accumulate_form: bool = False
     mean_weight: float = 0.0
     mean_pool: int = 8
@@ -177,6 +179,8 @@ class TrainConfig:
         ``clip_grad`` silently turning the gradient around)."""
         for name in LIMITS:
             setattr(self, name, check_option(name, getattr(self, name)))
+        if self.step_weights is not None:
+            self.step_weights = tuple(float(w) for w in normalised_step_weights(self.step_weights, self.steps))
         if self.inner_exposures not in INNER_EXPOSURES:
             raise ValueError(f"inner_exposures must be one of {INNER_EXPOSURES}, got {self.inner_exposures!r}")
         if self.amp not in (None, "bf16", "fp16"):
@@ -272,8 +276,9 @@ class Trainer:
                 raise ValueError(f"init checkpoint {cfg.init}: {e}") from None
             self.model.load_state_dict(state)
         self.model = self.model.to(self.device).to(memory_format=torch.channels_last)
-        self.weights = StepWeights(cfg.steps, learnable=cfg.learnable_weights).to(self.device)
-        params = list(self.model.parameters()) + ([self.weights.raw] if cfg.learnable_weights else [])
+        self.weights = StepWeights(cfg.steps, learnable=cfg.learnable_weights,
+                                   values=cfg.step_weights).to(self.device)
+        params = list(self.model.parameters()) + ([self.weights.raw] if self.weights.learnable else [])
         self.optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
         self.net = self.model
@@ -300,8 +305,8 @@ class Trainer:
 
     def save(self) -> None:
         """Write ``last.pt`` (training state) and ``model.pt`` (engine format), atomically;
-        ``model.pt`` records the photon mode it was trained with (``meta["photons"]``), which a
-        ``Pipeline`` made from it runs by default."""
+        ``model.pt`` records the photon mode and the inference schedule it was trained with
+        (``meta["photons"]``, ``meta["schedule"]``), which a ``Pipeline`` made from it runs by default."""
         self.saved_step = self.global_step
         if self.rank != 0:
             return
@@ -312,7 +317,11 @@ class Trainer:
                         meta={"epoch": self.epoch, "iteration": self.iteration, "global_step": self.global_step,
                               "noise_model": self.cfg.noise_model, "steps": self.cfg.steps,
                               "step_weights": [float(w) for w in self.weights().detach().cpu()],
-                              "photons": "means" if self.cfg.mean_photons else "draws"},
+                              "photons": "means" if self.cfg.mean_photons else "draws",
+                              # the inference schedule it was trained on, which a Pipeline then runs by
+                              # default; SPEC's random multiples leave linspace (no key)
+                              **({"schedule": self.cfg.inner_exposures}
+                                 if self.cfg.inner_exposures in SCHEDULES else {})},
                         overwrite=True)  # the run's own file, replaced at every save
 
     def resume(self, path=None) -> bool:
@@ -517,8 +526,8 @@ class Trainer:
                                      concat_origin=cfg.concat_origin, generator=g)
         if cfg.inner_exposures == "random":
             rho_host = sample_inner_exposures(params_host.ratio, cfg.steps, g)
-        else:  # the inference schedule; draws nothing, so the other draws keep their stream
-            rho_host = exposure_schedule(params_host.ratio, cfg.steps)
+        else:  # an inference schedule; draws nothing, so the other draws keep their stream
+            rho_host = exposure_schedule(params_host.ratio, cfg.steps, cfg.inner_exposures)
         rho = to_device(rho_host, self.device, non_blocking=True)
         return MicroInputs(first, clean, params.ratio, params.K, rho, g)
 
@@ -548,7 +557,7 @@ class Trainer:
                 self.scaler.scale(loss / self.cfg.accumulate).backward()
             losses.append(loss.detach().float())
             steps_l1.append(per_step)
-        if self.cfg.learnable_weights and self.distributed and self.weights.raw.grad is not None:
+        if self.weights.learnable and self.distributed and self.weights.raw.grad is not None:
             dist.all_reduce(self.weights.raw.grad)
             self.weights.raw.grad /= self.world
         if self.cfg.clip_grad:

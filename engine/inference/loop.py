@@ -28,6 +28,22 @@ SIZE_MULTIPLE = 16
 # one, draws.
 PHOTON_MODES = ("draws", "means")
 
+# Named inference schedules (``exposure_schedule``): SPEC §4's "linspace", rho_i = 1 + (r - 1) i / n,
+# and "geometric", rho_i = r^(i / n). Each state holds 1 / rho_i of the noisy input and the rest is the
+# previous estimates' photons, so a geometric schedule keeps more of the input in the early states
+# (at x100, 3 steps: 22% and 4.6% against linspace's 2.9% and 1.5%). A checkpoint names the schedule
+# it was trained for (``meta["schedule"]``); without one, linspace.
+SCHEDULES = ("linspace", "geometric")
+
+
+def schedule_from_meta(meta: dict | None) -> str:
+    """``meta["schedule"]`` of a checkpoint ("linspace" or "geometric"), "linspace" when absent;
+    anything else is a ``ValueError`` naming the value."""
+    kind = (meta or {}).get("schedule", "linspace")
+    if kind not in SCHEDULES:
+        raise ValueError(f"meta['schedule'] must be one of {SCHEDULES}, got {kind!r:.80}")
+    return kind
+
 
 def photon_mode_from_meta(meta: dict | None) -> str:
     """``meta["photons"]`` of a checkpoint ("draws" or "means"), "draws" when absent;
@@ -50,7 +66,8 @@ def exposure_schedule(ratio: torch.Tensor, steps: int, schedule=None) -> torch.T
     Args:
         ratio: float32 ``[B]`` exposure ratios r (> 1 for more than one step).
         steps: number of network evaluations n >= 1.
-        schedule: None for the default ``linspace(1, r, n + 1)``; or the n + 1 multiples
+        schedule: None or "linspace" for SPEC's ``linspace(1, r, n + 1)``; "geometric" for
+            ``r ** linspace(0, 1, n + 1)`` (``SCHEDULES``); or the n + 1 multiples
             ``[1, rho_1, ..., rho_{n-1}, r]`` as a sequence or tensor ``[n + 1]`` /
             ``[B, n + 1]``: starting at 1, strictly increasing, ending at each sample's r.
 
@@ -59,8 +76,17 @@ def exposure_schedule(ratio: torch.Tensor, steps: int, schedule=None) -> torch.T
     """
     steps = integer("steps", steps, low=1)
     ratio = ratio.to(torch.float32).reshape(-1)
-    if schedule is None:
+    if isinstance(schedule, str) and schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES} or the steps + 1 = {steps + 1} exposure multiples, "
+                         f"got {schedule!r:.80}")
+    if schedule is None or isinstance(schedule, str):
         t = torch.linspace(0, 1, steps + 1, device=ratio.device, dtype=torch.float32)
+        if schedule == "geometric":
+            rho = ratio[:, None] ** t[None, :]
+            # the ends exactly (pow rounds): 1 is the input, r the target exposure
+            rho[:, 0] = 1
+            rho[:, -1] = ratio
+            return rho
         return 1 + (ratio[:, None] - 1) * t[None, :]
     try:
         rho = torch.as_tensor(schedule, dtype=torch.float32, device=ratio.device)

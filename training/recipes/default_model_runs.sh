@@ -11,7 +11,8 @@
 #                                                                    # twin-origin | twin-origin-means | twin-means |
 #                                                                    # twin-linspace | cascade | cascade-1000 |
 #                                                                    # cascade-origin-1000 | cascade-long |
-#                                                                    # textured | textured-long | textured-longer
+#                                                                    # textured | textured-long | textured-longer |
+#                                                                    # geometric | last-heavy
 #   bash training/recipes/default_model_runs.sh eval RUNS CKPT [evaluate options]   # photo hold-out, BM3D cached
 #   bash training/recipes/default_model_runs.sh auto RUNS CKPT OUT   # calibrate steps="auto" into OUT (fp16)
 #
@@ -33,8 +34,12 @@
 # with A_T; cascade-long: cascade continued 1500 steps at lr 5e-5). textured (session 8) continues the model
 # shipped in session 5 (engine/data/default_model.pt of commit 5573d5c) with cascade's recipe at lr 5e-5 for 3000
 # steps on dead leaves and textured leaves (training.textured_leaves) half and half; textured-long continues its
-# final weights 4000 steps more with the same recipe, textured-longer those 4500 more. A run stops after MAX more optimiser steps when given; started again with the same folder it
-# resumes exactly where it stopped (checkpoints every 25 steps). THREADS (default 1): torch CPU threads.
+# # final weights 4000 steps more with the same recipe, textured-longer those 4500 more. Session 9's arms continue
+# the model shipped in session 8 (commit 4b4fa78) 2000 steps with textured-longer's recipe and one change each:
+# geometric trains on the geometric inference schedule (--inner-exposures geometric, rho_i = r^(i/3): the states
+# keep more of the noisy input), last-heavy weights the steps 0.2 / 0.3 / 0.5 (--step-weights). A run stops after
+# MAX more optimiser steps when given; started again with the same folder it resumes exactly where it stopped
+# (checkpoints every 25 steps). THREADS (default 1): torch CPU threads.
 # The dead-leaves scenes need the deadleaves package; on Python 3.11 set
 # EXPOSURE_DIFFUSION_DEADLEAVES_PATH (see training/deadleaves_scenes.py).
 set -euo pipefail
@@ -54,7 +59,7 @@ render_bank('$bank', 100, 256, seed=0, progress=True)" ;;
     python -m training.textured_leaves --out "$runs/textured_bank_256.npy" --n 200 --size 256 --seed 0 ;;
   run)
     data=$3; max=${4:-}
-    steps=3; from="$init"; lr=2e-4; epochs=12
+    steps=3; from="$init"; lr=2e-4; epochs=12; extra=()
     case "$data" in
       procedural) src=() ;;
       deadleaves) src=(--deadleaves-bank "$bank") ;;
@@ -88,6 +93,12 @@ render_bank('$bank', 100, 256, seed=0, progress=True)" ;;
       textured-longer)
         src=(--deadleaves-bank "$bank" --textured-bank "$runs/textured_bank_256.npy" --mean-photons
              --inner-exposures linspace); lr=5e-5; epochs=45; from="$runs/textured-long/model_final.pt" ;;
+      geometric|last-heavy)
+        src=(--deadleaves-bank "$bank" --textured-bank "$runs/textured_bank_256.npy" --mean-photons)
+        lr=5e-5; epochs=20; from="$runs/init_default_4b4fa78.pt"
+        if [ ! -f "$from" ]; then git show 4b4fa78:engine/data/default_model.pt > "$from"; fi
+        if [ "$data" = geometric ]; then src+=(--inner-exposures geometric)
+        else src+=(--inner-exposures linspace); extra=(--step-weights 0.2 0.3 0.5); fi ;;
       twin-origin|twin-origin-means|twin-means|twin-linspace)
         # Session 5: twin-multistep-ste with one change (two for twin-origin-means). With --concat-origin the
         # twin's first layer is widened with zeros (training.init_weights): the run starts from its function.
@@ -105,7 +116,7 @@ render_bank('$bank', 100, 256, seed=0, progress=True)" ;;
     python -c "import torch; torch.set_num_threads(${THREADS:-1}); import sys; from training.cli import main; sys.exit(main(sys.argv[1:]))" \
       train --out "$runs/$data" "${src[@]}" --init "$from" --steps $steps --fixed-weights \
       --mean-loss 2 --mean-pool 8 --patch 96 --batch 4 --epochs $epochs --iters-per-epoch 100 --lr $lr \
-      --amp bf16 --save-every 25 --log-every 5 --device cpu -q ${max:+--max-steps $max} ;;
+      --amp bf16 --save-every 25 --log-every 5 --device cpu -q ${max:+--max-steps $max} "${extra[@]}" ;;
   eval)
     ckpt=$3; shift 3
     python -m training evaluate --checkpoint "$ckpt" --device cpu --baseline-cache "$runs/baselines_photo16x192.json" "$@" ;;
