@@ -168,11 +168,12 @@ def test_resume_a_run_written_before_an_option_existed(tmp_path):
         Trainer(tiny_config(detach_states=True), ToyPatches(), tmp_path, device="cpu", progress=False).resume()
 
 
-@pytest.mark.parametrize("inner", ["random", "linspace"])
+@pytest.mark.parametrize("inner", ["random", "linspace", "geometric"])
 def test_inner_exposures_of_a_training_step(tmp_path, inner):
     """``random`` (SPEC §4): distinct sorted integers in [2, r - 1] between 1 and r;
-    ``linspace``: exactly the schedule the engine's loop uses at inference. The first network
-    input does not depend on the choice (the schedule draws after the synthesis)."""
+    ``linspace`` / ``geometric``: exactly the schedule the engine's loop uses at inference, which
+    ``model.pt`` records. The first network input does not depend on the choice (the schedule draws
+    after the synthesis)."""
     from engine.inference.loop import exposure_schedule
 
     trainers = {name: Trainer(tiny_config(steps=4, batch=4, ratio_range=(100, 300), inner_exposures=name),
@@ -180,17 +181,38 @@ def test_inner_exposures_of_a_training_step(tmp_path, inner):
                 for name in ("random", inner)}
     _, batch = trainers[inner]._micro_batches(trainers[inner]._epoch_order(0), 0, 0)[0]
     x = trainers[inner].prepare_inputs(batch, 0)
-    if inner == "linspace":
-        torch.testing.assert_close(x.rho, exposure_schedule(x.ratio, 4))
+    if inner != "random":
+        torch.testing.assert_close(x.rho, exposure_schedule(x.ratio, 4, inner))
         assert not torch.equal(x.rho, x.rho.round())
         assert torch.equal(x.first, trainers["random"].prepare_inputs(batch, 0).first)
+        trainers[inner].save()
+        assert load_checkpoint(tmp_path / inner / "model.pt")[2]["schedule"] == inner
     else:
         inner_rho = x.rho[:, 1:-1]
         assert torch.equal(inner_rho, inner_rho.round()) and (inner_rho >= 2).all()
         assert (inner_rho < x.ratio[:, None]).all() and (x.rho.diff(dim=1) > 0).all()
+        trainers[inner].save()  # SPEC's random multiples: the model runs on linspace, no key
+        assert "schedule" not in load_checkpoint(tmp_path / inner / "model.pt")[2]
     assert torch.equal(x.rho[:, 0], torch.ones(4)) and torch.equal(x.rho[:, -1], x.ratio)
     with pytest.raises(ValueError, match="inner_exposures must be one of"):
-        tiny_config(inner_exposures="geometric")
+        tiny_config(inner_exposures="cosine")
+
+
+def test_given_step_weights_are_fixed_and_normalised(tmp_path):
+    """``step_weights``: fixed (no parameter trains them), divided by their sum, recorded in
+    ``model.pt``; a wrong count, a negative or an all-zero list is refused at once."""
+    trainer = Trainer(tiny_config(steps=3, step_weights=(1, 1, 2)), ToyPatches(), tmp_path, device="cpu",
+                      progress=False)
+    assert trainer.cfg.step_weights == (0.25, 0.25, 0.5)
+    torch.testing.assert_close(trainer.weights(), torch.tensor([0.25, 0.25, 0.5]))
+    assert not trainer.weights.learnable and all(p is not trainer.weights.raw
+                                                 for g in trainer.optimizer.param_groups for p in g["params"])
+    trainer.fit(max_steps=1)
+    assert load_checkpoint(tmp_path / "model.pt")[2]["step_weights"] == [0.25, 0.25, 0.5]
+    for bad, match in (((1, 1), "must be 3 finite numbers"), ((1, -1, 1), "must be 3 finite numbers"),
+                       ((0, 0, 0), "not all 0"), (("a", 1, 1), "must be 3 numbers")):
+        with pytest.raises(ValueError, match=match):
+            tiny_config(steps=3, step_weights=bad)
 
 
 # ------------------------------------------------------------------ issue 22, item 5: stopping

@@ -43,24 +43,31 @@ def test_train_then_resume_then_evaluate_then_enhance(tmp_path, capsys):
     assert (tmp_path / "out" / "a.png").is_file()
 
 
-def test_train_options_reach_the_run(tmp_path):
-    """--init from a narrower checkpoint with --concat-origin, --mean-photons, --detach-states:
-    the run's saved config carries them and its first layer is the init's, widened with zeros."""
+def test_train_options_reach_the_run(tmp_path, capsys):
+    """--init from a narrower checkpoint with --concat-origin, --mean-photons, --detach-states,
+    --inner-exposures geometric, --step-weights: the run's saved config carries them, its model
+    records its photon mode and schedule, and its first layer is the init's, widened with zeros;
+    step weights that do not fit the steps are a usage error."""
     base = tmp_path / "base"
     assert main(["train", "--out", str(base), "--epochs", "1", "--iters-per-epoch", "1", *TINY]) == 0
     run = tmp_path / "run"
     assert main(["train", "--out", str(run), "--epochs", "1", "--iters-per-epoch", "1", "--lr", "1e-9",
                  "--init", str(base / "model.pt"), "--concat-origin", "--mean-photons", "--detach-states",
-                 *TINY]) == 0
+                 "--inner-exposures", "geometric", *TINY, "--step-weights", "1", "3"]) == 0
     config = torch.load(run / "last.pt", weights_only=True)["config"]
     assert config["concat_origin"] and config["mean_photons"] and config["detach_states"]
+    assert config["inner_exposures"] == "geometric" and config["step_weights"] == [0.25, 0.75]
     init, _, _ = load_checkpoint(base / "model.pt")
     model, backbone, meta = load_checkpoint(run / "model.pt")
-    assert backbone.in_channels == 12 and meta["photons"] == "means"
+    assert backbone.in_channels == 12 and meta["photons"] == "means" and meta["schedule"] == "geometric"
+    assert meta["step_weights"] == [0.25, 0.75]
     assert load_checkpoint(base / "model.pt")[2]["photons"] == "draws"
     w = model.conv1_1.weight.float()
     torch.testing.assert_close(w[:, :8], init.conv1_1.weight.float(), rtol=0, atol=1e-6)  # lr 1e-9: one tiny step
     assert w[:, 8:].abs().max() < 1e-6
+    assert main(["train", "--out", str(tmp_path / "bad"), *TINY, "--step-weights", "1", "2", "3"]) == 2
+    assert "step weights must be 2 finite numbers" in capsys.readouterr().err
+    assert not (tmp_path / "bad" / "last.pt").exists()
 
 
 def test_hold_out_noise_parameters_do_not_depend_on_the_sampler(monkeypatch):

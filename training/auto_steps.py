@@ -28,7 +28,7 @@ import torch
 
 from engine.argtypes import device_arg, integer_arg, real_arg, resolve_device
 from engine.inference.adaptive import AutoStepsPolicy, input_psnr
-from engine.inference.loop import PHOTON_MODES, photon_mode_from_meta
+from engine.inference.loop import PHOTON_MODES, photon_mode_from_meta, schedule_from_meta
 from engine.inference.pipeline import MAX_STEPS
 from engine.io.atomic import atomic_path
 from engine.models.checkpoint import load_checkpoint, save_checkpoint
@@ -46,10 +46,12 @@ CALIBRATION_SEED = 7
 
 def measure(backbone, config, *, counts=(1, 2, 3), ratios=(50, 100, 200, 300), n: int = 12, patch: int = 128,
             iso: float = 3200, camera: str = "SonyA7S2", seed: int = CALIBRATION_SEED, scenes: str = "photo",
-            device="cpu", stochastic: bool = True, fidelity_scale: int | None = DEFAULT_FIDELITY_SCALE) -> dict:
+            device="cpu", stochastic: bool = True, fidelity_scale: int | None = DEFAULT_FIDELITY_SCALE,
+            schedule: str = "linspace") -> dict:
     """Per ratio: ``{"input_psnr": [n], "psnr": {count: [n]}}`` on the calibration scenes
-    (``stochastic``: Poisson draws between the steps, else their means); the outputs go through
-    the engine's fidelity step as ``Pipeline`` runs them (``fidelity_scale``; None: not)."""
+    (``stochastic``: Poisson draws between the steps, else their means; on the named inference
+    ``schedule``, the model's own); the outputs go through the engine's fidelity step as
+    ``Pipeline`` runs them (``fidelity_scale``; None: not)."""
     if seed == 0 and scenes == "photo":
         raise ValueError("seed 0 of the photo scenes is the evaluation hold-out: calibrate on another seed")
     clean = holdout_clean(scenes, n, patch, seed)
@@ -60,7 +62,7 @@ def measure(backbone, config, *, counts=(1, 2, 3), ratios=(50, 100, 200, 300), n
         rec = {"input_psnr": input_psnr(data.noisy[r], p.ratio, p.K).tolist(), "psnr": {}}
         for c in counts:
             y, _ = _model_outputs(backbone, config, data, r, c, batch=4, seed=seed, device=device,
-                                  stochastic=stochastic)
+                                  stochastic=stochastic, schedule=schedule)
             if fidelity_scale is not None:
                 y = low_frequency_fidelity(y, data.unclipped[r], fidelity_scale)
             rec["psnr"][c] = psnr(illuminance_correction(y, clean), clean).tolist()
@@ -147,20 +149,29 @@ def main(argv=None) -> int:
         photons = args.photons or photon_mode_from_meta(meta)
     except ValueError as e:
         ap.error(f"--checkpoint {args.checkpoint}: {e}; give --photons")
+    try:
+        schedule = schedule_from_meta(meta)
+    except ValueError as e:
+        ap.error(f"--checkpoint {args.checkpoint}: {e}")
     if args.measured and os.path.isfile(args.measured):
         raw = json.loads(open(args.measured).read())
         recorded = raw.pop("photons", "draws")  # files written before the photon modes: draws
         if recorded != photons:
             ap.error(f"--measured {args.measured} was measured with Poisson {recorded}, this calibration uses "
                      f"{photons}; give another file or --photons {recorded}")
+        recorded = raw.pop("schedule", "linspace")  # files written before the named schedules: linspace
+        if recorded != schedule:
+            ap.error(f"--measured {args.measured} was measured on the {recorded} schedule, this model runs on "
+                     f"{schedule} (meta['schedule']); give another file")
         measured = {float(r): {"input_psnr": v["input_psnr"], "psnr": {int(c): p for c, p in v["psnr"].items()}}
                     for r, v in raw.items()}
     else:
         measured = measure(model, config, counts=args.counts, ratios=args.ratios, n=args.n, patch=args.patch,
-                           scenes=args.scenes, seed=args.seed, device=device, stochastic=photons == "draws")
+                           scenes=args.scenes, seed=args.seed, device=device, stochastic=photons == "draws",
+                           schedule=schedule)
         if args.measured:
             with atomic_path(args.measured, overwrite=False) as tmp, open(tmp, "w") as f:
-                json.dump({"photons": photons, **{str(r): v for r, v in measured.items()}}, f)
+                json.dump({"photons": photons, "schedule": schedule, **{str(r): v for r, v in measured.items()}}, f)
     policy, report = fit_policy(measured, args.counts, args.tolerance)
     print(json.dumps({"policy": policy.to_meta(), "report": {str(k): v for k, v in report.items()}}, indent=1))
     if args.write:

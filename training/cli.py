@@ -90,6 +90,8 @@ def train(args) -> int:
 def _train(args) -> int:
     import torch.distributed as dist
 
+    from engine.inference.loop import SCHEDULES
+
     from .data import build_training_dataset
     from .evaluate import evaluate_synthetic, format_table
     from .trainer import TrainConfig, Trainer
@@ -132,7 +134,8 @@ def _train(args) -> int:
         def on_log(rec):
             if args.eval_every and rec["global_step"] % args.eval_every == 0:
                 table = evaluate_synthetic(trainer.model, trainer.backbone_config, steps=cfg.steps, n=8, patch=128,
-                                           device=device)
+                                           device=device, schedule=cfg.inner_exposures
+                                           if cfg.inner_exposures in SCHEDULES else "linspace")
                 trainer.model.train()
                 print(format_table(table, f"step {rec['global_step']}: synthetic hold-out (8 patches)"), file=sys.stderr)
 
@@ -259,7 +262,7 @@ def evaluate(args) -> int:
         for n in [v for v in steps if v != "auto"]:
             table = evaluate_sid(model, config, pairs, steps=n, camera=args.camera,
                                  correct_illuminance=args.illuminance_correction, device=device,
-                                 progress=not args.quiet, stochastic=draws)
+                                 progress=not args.quiet, stochastic=draws, schedule=models["model"][4])
             out["sid"][str(n)] = {str(r): m for r, m in table.items()}
             print(format_table(table, f"SID ({len(pairs)} pairs, centre 512 crop"
                                       f"{', illuminance-corrected' if args.illuminance_correction else ''}), {n} steps"))
@@ -301,7 +304,7 @@ def export(args) -> int:
     source = args.checkpoint or DEFAULT_CHECKPOINT
     try:
         model, config, meta = load_checkpoint(source)
-        _, photons = inference_settings(meta, source)
+        _, photons, schedule = inference_settings(meta, source)
     except (ValueError, OSError) as e:
         print(f"error: cannot load the model: {e}", file=sys.stderr)
         return 2
@@ -327,8 +330,9 @@ def export(args) -> int:
             print(f"wrote {args.onnx} (ONNX opset {OPSET}, the backbone: input 'input' [N, {config.in_channels}, H, W], "
                   f"output 'output' [N, {config.out_channels}, H, W], H and W multiples of 16)", file=sys.stderr)
         if args.onnx_loop:
-            export_loop(model, config, args.onnx_loop, steps=args.steps)
-            print(f"wrote {args.onnx_loop} (ONNX opset {OPSET}, the {args.steps}-step loop with Poisson means: inputs "
+            export_loop(model, config, args.onnx_loop, steps=args.steps, schedule=schedule)
+            print(f"wrote {args.onnx_loop} (ONNX opset {OPSET}, the {args.steps}-step loop with Poisson means on the "
+                  f"{schedule} schedule: inputs "
                   "'raw' [N, 4, h, w] (packed R, G1, B, G2, (D - black) / (white - black)), 'ratio' [N], 'gain' [N] "
                   "(K, DN per photo-electron); output 'output' [N, 4, h, w] in [0, 1])", file=sys.stderr)
     except ImportError as e:

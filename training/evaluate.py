@@ -27,10 +27,11 @@ from .synthetic import synthetic_holdout
 @torch.inference_mode()
 def restore(backbone: nn.Module, config: BackboneConfig, first_input: torch.Tensor, *, ratio: torch.Tensor,
             K: torch.Tensor, steps: int, stochastic: bool = True, generator: torch.Generator | None = None,
-            dn_scale: float = DEFAULT_DN_SCALE) -> torch.Tensor:
-    """The n-step estimate from a packed first network input ``[B, C, h, w]`` (any h, w)."""
+            dn_scale: float = DEFAULT_DN_SCALE, schedule: str = "linspace") -> torch.Tensor:
+    """The n-step estimate from a packed first network input ``[B, C, h, w]`` (any h, w), on the
+    named inference ``schedule`` (``engine.inference.loop.SCHEDULES``)."""
     padded, (h, w) = pad_to_multiple(first_input)
-    rho = exposure_schedule(ratio, steps)
+    rho = exposure_schedule(ratio, steps, schedule)
     y = run_exposure_diffusion(backbone, padded, ratio=ratio, K=K, rho=rho, with_photon=config.with_photon,
                                concat_origin=config.concat_origin, stochastic=stochastic, generator=generator,
                                dn_scale=dn_scale)
@@ -43,8 +44,10 @@ def _summary(values: list[float]) -> float:
 
 def evaluate_synthetic(backbone: nn.Module, config: BackboneConfig, *, ratios=(100, 300), steps: int = 3,
                        n: int = 32, patch: int = 256, noise_model: str = "P+G+r+u", camera: str = "SonyA7S2",
-                       batch: int = 8, seed: int = 0, device="cpu", progress: bool = False) -> dict:
-    """PSNR / SSIM on ``training.synthetic_holdout(n, patch)``, per ratio.
+                       batch: int = 8, seed: int = 0, device="cpu", progress: bool = False,
+                       schedule: str = "linspace") -> dict:
+    """PSNR / SSIM on ``training.synthetic_holdout(n, patch)``, per ratio, on the named inference
+    ``schedule``.
 
     Noise parameters are drawn per sample from ``camera``'s profile (its K range) with
     the ratio fixed, all up front from a seed of their own, so every model sees the same
@@ -71,7 +74,8 @@ def evaluate_synthetic(backbone: nn.Module, config: BackboneConfig, *, ratios=(1
             params = all_params.select(slice(start, start + clean.shape[0]))
             first = synthesize_noise(clean, noise_model, params=params, with_photon=config.with_photon,
                                      concat_origin=config.concat_origin, generator=noise_gen)
-            y = restore(backbone, config, first, ratio=params.ratio, K=params.K, steps=steps, generator=step_gen)
+            y = restore(backbone, config, first, ratio=params.ratio, K=params.K, steps=steps, generator=step_gen,
+                        schedule=schedule)
             scores["psnr"] += psnr(y, clean).tolist()
             scores["ssim"] += ssim(y, clean).tolist()
             scores["input_psnr"] += psnr(first[:, :4], clean).tolist()
@@ -82,9 +86,10 @@ def evaluate_synthetic(backbone: nn.Module, config: BackboneConfig, *, ratios=(1
 
 def evaluate_sid(backbone: nn.Module, config: BackboneConfig, pairs, *, steps: int = 3, camera: str = "SonyA7S2",
                  correct_illuminance: bool = False, crop: int | None = 512, seed: int = 0, device="cpu",
-                 progress: bool = False, stochastic: bool = True) -> dict:
+                 progress: bool = False, stochastic: bool = True, schedule: str = "linspace") -> dict:
     """The SID protocol on real pairs (``training.SIDPairDataset`` items): centre crop,
-    optional illuminance correction (uses the ground truth: evaluation only), per ratio.
+    optional illuminance correction (uses the ground truth: evaluation only), per ratio; the
+    loop on the named inference ``schedule`` (the model's own).
 
     K comes from each short exposure's ISO through ``camera``'s profile. Returns
     ``{ratio: {"psnr", "ssim", "input_psnr", "input_ssim", "count"}}``.
@@ -105,7 +110,7 @@ def evaluate_sid(backbone: nn.Module, config: BackboneConfig, pairs, *, steps: i
         parts = [x] + ([x / (r * K)] if config.with_photon else []) + ([x] if config.concat_origin else [])
         first = torch.cat(parts, 1)
         y = restore(backbone, config, first, ratio=torch.tensor([r], device=device), K=torch.tensor([K], device=device),
-                    steps=steps, generator=gen, stochastic=stochastic)
+                    steps=steps, generator=gen, stochastic=stochastic, schedule=schedule)
         if correct_illuminance:
             y = illuminance_correction(y, gt)
         if crop:

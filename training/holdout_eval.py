@@ -137,9 +137,10 @@ def _bias(y: torch.Tensor, gt: torch.Tensor) -> list:
 
 
 def _model_outputs(backbone, config, data: NoisyHoldout, r: float, steps, *, batch: int, seed: int, device,
-                   stochastic: bool, policy=None):
+                   stochastic: bool, policy=None, schedule: str = "linspace"):
     """Outputs ``[n, 4, p, p]`` of one model at ``steps`` (int or "auto": with ``policy``,
-    default ``adaptive.DEFAULT_POLICY``) and the step counts used."""
+    default ``adaptive.DEFAULT_POLICY``) on the named inference ``schedule``, and the step
+    counts used."""
     from engine.inference.adaptive import DEFAULT_POLICY, choose_steps
 
     policy = policy or DEFAULT_POLICY
@@ -157,7 +158,7 @@ def _model_outputs(backbone, config, data: NoisyHoldout, r: float, steps, *, bat
         for n in sorted(set(counts)):  # frames with the same count run together
             idx = [i for i, c in enumerate(counts) if c == n]
             y[idx] = restore(backbone, config, first[idx], ratio=ratio[idx], K=K[idx], steps=int(n),
-                             generator=gen, stochastic=stochastic)
+                             generator=gen, stochastic=stochastic, schedule=schedule)
         outs.append(y.cpu())
         used += [int(c) for c in counts]
     return torch.cat(outs), used
@@ -169,9 +170,9 @@ def evaluate_methods(data: NoisyHoldout, models: dict, *, steps=(1, 2, 3, 5), ba
     """Scores of every method on ``data``.
 
     Args:
-        models: ``{name: (backbone, BackboneConfig[, AutoStepsPolicy[, photon mode]])}``; each runs
-            at every entry of ``steps`` (ints, or "auto" with the model's policy, default
-            ``DEFAULT_POLICY``).
+        models: ``{name: (backbone, BackboneConfig[, AutoStepsPolicy[, photon mode[, schedule]]])}``;
+            each runs at every entry of ``steps`` (ints, or "auto" with the model's policy, default
+            ``DEFAULT_POLICY``) on its schedule (default "linspace").
         stochastic: True: Poisson draws between the steps, False: their means, for every model;
             None: each model's photon mode ("draws" when its tuple has none), as a ``Pipeline``
             made from its checkpoint would run it.
@@ -217,12 +218,13 @@ def evaluate_methods(data: NoisyHoldout, models: dict, *, steps=(1, 2, 3, 5), ba
         for name, (backbone, config, *extra) in models.items():
             policy = extra[0] if extra else None
             draws = use_draws(stochastic, extra[1] if len(extra) > 1 else "draws")
+            schedule = extra[2] if len(extra) > 2 else "linspace"
             backbone = backbone.to(device).eval()
             for n in steps:
                 if progress:
                     progress(f"x{r:g}: {name}, {n} steps")
                 y, used = _model_outputs(backbone, config, data, r, n, batch=batch, seed=seed, device=device,
-                                         stochastic=draws, policy=policy)
+                                         stochastic=draws, policy=policy, schedule=schedule)
                 if fidelity_scale is not None:
                     y = low_frequency_fidelity(y, data.unclipped[r], fidelity_scale)
                 ps, ss = _scores(y, gt)
@@ -264,9 +266,9 @@ def format_results(results: dict, *, per_image: bool = True) -> str:
 
 
 def load_models(paths_and_names) -> dict:
-    """``[(name, checkpoint path)]`` -> ``{name: (backbone, config, auto-steps policy, photon mode)}``
-    (engine checkpoints; the policy and the photon mode from the checkpoint's metadata, else the
-    defaults: ``DEFAULT_POLICY``, "draws")."""
+    """``[(name, checkpoint path)]`` -> ``{name: (backbone, config, auto-steps policy, photon mode,
+    schedule)}`` (engine checkpoints; the policy, the photon mode and the inference schedule from the
+    checkpoint's metadata, else the defaults: ``DEFAULT_POLICY``, "draws", "linspace")."""
     from engine.inference.pipeline import inference_settings
     from engine.models.checkpoint import load_checkpoint
 

@@ -55,11 +55,13 @@ from .fidelity import DEFAULT_SCALE as DEFAULT_FIDELITY_SCALE
 from .fidelity import SENSOR_CLIP, low_frequency_fidelity
 from .graphs import GraphCache, GraphedDiffusion
 from .loop import (
+    SCHEDULES,
     SIZE_MULTIPLE,
     exposure_schedule,
     pad_to_multiple,
     photon_mode_from_meta,
     run_exposure_diffusion,
+    schedule_from_meta,
     use_draws,
 )
 from .tiling import UNET_RADIUS, TiledBackbone, run_tiled
@@ -133,12 +135,12 @@ class EnhancedFrame:
                            overwrite=overwrite)
 
 
-def inference_settings(meta: dict | None, source) -> tuple[AutoStepsPolicy, str]:
-    """A checkpoint's ``steps="auto"`` policy (``meta["auto_steps"]``, else ``DEFAULT_POLICY``)
-    and photon mode (``meta["photons"]``, else "draws"); malformed metadata is a
-    ``CheckpointError`` naming ``source`` (the file)."""
+def inference_settings(meta: dict | None, source) -> tuple[AutoStepsPolicy, str, str]:
+    """A checkpoint's ``steps="auto"`` policy (``meta["auto_steps"]``, else ``DEFAULT_POLICY``),
+    photon mode (``meta["photons"]``, else "draws") and inference schedule (``meta["schedule"]``,
+    else "linspace"); malformed metadata is a ``CheckpointError`` naming ``source`` (the file)."""
     try:
-        return AutoStepsPolicy.from_meta(meta), photon_mode_from_meta(meta)
+        return AutoStepsPolicy.from_meta(meta), photon_mode_from_meta(meta), schedule_from_meta(meta)
     except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(str(source), f"unusable metadata: {e}") from None
 
@@ -289,6 +291,9 @@ class Pipeline:
         self.auto_policy = DEFAULT_POLICY
         # stochastic=None: the model's photon mode (from_checkpoint takes meta["photons"]); SPEC §4: draws
         self.photons = "draws"
+        # schedule=None: the schedule the model was trained for (from_checkpoint takes meta["schedule"]);
+        # SPEC §4: linspace
+        self.schedule = "linspace"
 
     @classmethod
     def from_checkpoint(cls, path=None, *, expect: dict | None = None, **kwargs) -> "Pipeline":
@@ -297,15 +302,16 @@ class Pipeline:
 
         ``path=None`` loads the default model shipped with the package
         (``DEFAULT_CHECKPOINT``, model card ``engine/data/README.md``). The checkpoint's
-        metadata may carry its ``steps="auto"`` calibration (``meta["auto_steps"]``) and its
-        photon mode (``meta["photons"]``, the default of ``stochastic``); a malformed one is a
+        metadata may carry its ``steps="auto"`` calibration (``meta["auto_steps"]``), its
+        photon mode (``meta["photons"]``, the default of ``stochastic``) and its inference
+        schedule (``meta["schedule"]``, the default of ``schedule``); a malformed one is a
         ``CheckpointError`` naming the file.
         """
         source = DEFAULT_CHECKPOINT if path is None else path
         model, config, meta = load_checkpoint(source, expect=expect)
-        policy, photons = inference_settings(meta, source)
+        policy, photons, schedule = inference_settings(meta, source)
         pipe = cls(model, config, **kwargs)
-        pipe.auto_policy, pipe.photons = policy, photons
+        pipe.auto_policy, pipe.photons, pipe.schedule = policy, photons, schedule
         return pipe
 
     # ------------------------------------------------------------------ network
@@ -556,8 +562,9 @@ class Pipeline:
         """``ratio="auto"``: each frame's ratio from its own pixels (``engine.inference.auto_ratio``),
         frames of one ratio enhanced together; a frame already well exposed gets ratio 1, one step,
         and a ``RawInputWarning``. Returns what ``__call__`` returns, in the input's order."""
-        if schedule is not None:
-            raise ValueError("ratio='auto' chooses the ratio per frame; give a number with schedule=")
+        if schedule is not None and not isinstance(schedule, str):
+            raise ValueError("ratio='auto' chooses the ratio per frame; give a number with explicit exposure "
+                             "multiples in schedule=, or a schedule name")
         batched = isinstance(source, (list, tuple)) or (getattr(source, "ndim", 0) == 3)
         frames = self._frames(source, raw_metadata)
         ratios = [estimate_ratio(f.cfa.to(self.device), f.pattern, torch.tensor(f.black_level, dtype=torch.float32,
@@ -605,7 +612,10 @@ class Pipeline:
                 model's own mode, ``self.photons`` ("draws", or "means" for a checkpoint whose
                 ``meta["photons"]`` says it was trained and measured with means, as the shipped
                 default model is; ``engine/data/README.md``).
-            schedule: explicit exposure multiples ``[1, rho_1, ..., r]`` (n + 1 values).
+            schedule: the exposure multiples of the steps: "linspace" (SPEC §4), "geometric"
+                (``engine.inference.loop.SCHEDULES``), or explicit ``[1, rho_1, ..., r]`` (n + 1
+                values); None (default): the model's own, ``self.schedule`` ("linspace", or the
+                checkpoint's ``meta["schedule"]``: the schedule it was trained for).
             accumulate: the paper's accumulating update instead of the reference form.
             generator: a torch.Generator for the Philox keys (instead of ``seed``).
             progress: optional callable ``progress(step, steps)``, called after each network
@@ -619,6 +629,9 @@ class Pipeline:
             raise ValueError("give seed= or generator=, not both")
         if stochastic is not None and not isinstance(stochastic, bool):
             raise ValueError(f"stochastic must be True, False or None (the model's mode), got {stochastic!r:.80}")
+        if isinstance(schedule, str) and schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES} or explicit exposure multiples, got "
+                             f"{schedule!r:.80}")
         if isinstance(ratio, str) and ratio == "auto":
             return self._auto_ratio_call(source, raw_metadata, steps=steps, K=K, iso=iso, camera=camera, seed=seed,
                                          stochastic=stochastic, schedule=schedule, accumulate=accumulate,
@@ -634,13 +647,16 @@ class Pipeline:
         if isinstance(steps, str) and steps != "auto":
             raise ValueError(f"steps must be 'auto' or an integer in [1, {MAX_STEPS}], got {steps!r}")
         auto = steps == "auto"
-        if auto and schedule is not None:
-            raise ValueError("steps='auto' chooses the schedule itself; give an integer steps with schedule=")
+        if auto and schedule is not None and not isinstance(schedule, str):
+            raise ValueError("steps='auto' chooses the step count itself; give an integer steps with explicit "
+                             "exposure multiples in schedule=, or a schedule name")
+        if schedule is None:
+            schedule = self.schedule
         if not auto:
             steps = integer("steps", steps, low=1, high=MAX_STEPS)
         if seed is not None:
             seed = integer("seed", seed, low=0, high=MAX_SEED)
-        if not auto and steps > 1 and ratio <= 1 and schedule is None:
+        if not auto and steps > 1 and ratio <= 1 and isinstance(schedule, str):
             rounded = f" ({given_ratio!r} is 1 in float32)" if given_ratio > 1 else ""
             raise ValueError(f"steps > 1 needs ratio > 1 (the exposure must grow between steps), got ratio "
                              f"{ratio:g}{rounded}")
@@ -673,7 +689,7 @@ class Pipeline:
             first = first.contiguous(memory_format=torch.channels_last)
         if auto:  # chosen before the loop (and before any CUDA-graph capture)
             steps = steps_for_batch(first, ratio_t, K_t, self.auto_policy, self.dn_scale) if ratio > 1 else 1
-            rho = exposure_schedule(ratio_t, steps)
+            rho = exposure_schedule(ratio_t, steps, schedule)
         with nvtx.annotate("diffusion", color="red"), torch.inference_mode():
             estimate = self._run(first, ratio_t, K_t, rho, generator, stochastic, accumulate, self.max_tile,
                                  progress=progress)

@@ -9,7 +9,7 @@ Two graphs:
     channel, origin; H, W multiples of 16) and one output ``output`` ``[N, 9 or 4, H, W]``,
     with N, H and W dynamic. The engine's CPU backends (ONNX Runtime, OpenVINO) run this.
 
-``export_loop(net, config, path, steps=...)``
+``export_loop(net, config, path, steps=..., schedule=...)``
     The whole multi-step loop of a model in the Poisson-means photon mode (the shipped model's
     own mode; deterministic, so a graph can hold it): inputs ``raw`` ``[N, 4, h, w]`` (the packed
     R, G1, B, G2 planes, black-subtracted and divided by ``white - black``, not yet amplified),
@@ -17,7 +17,8 @@ Two graphs:
     the engine's ``K``); output ``output`` ``[N, 4, h, w]``, the enhanced packed raw in [0, 1]
     (linear, the same units as ``Pipeline(...)(...).raw``). Inside: the first network input as
     ``kernels.pack_bayer`` makes it, reflect padding to multiples of 16, ``steps`` network
-    evaluations at ``linspace(1, ratio, steps + 1)`` with the means-mode exposure step between
+    evaluations at the model's schedule (``linspace(1, ratio, steps + 1)``, or
+    ``ratio ** linspace(0, 1, steps + 1)`` for "geometric") with the means-mode exposure step between
     them (``kernels.exposure_step_reference``'s arithmetic), the crop back, and the engine's
     low-frequency fidelity step (``engine.inference.fidelity``; ``fidelity_scale=None``: without). h, w >= 2 and
     N any; one graph serves every frame size (h, w >= 16: reflect padding needs the pad
@@ -41,6 +42,7 @@ from kernels._common import DEFAULT_DN_SCALE
 
 from ..inference.fidelity import DEFAULT_SCALE as DEFAULT_FIDELITY_SCALE
 from ..inference.fidelity import SATURATION, SENSOR_CLIP
+from ..inference.loop import SCHEDULES
 from .backbones import BackboneConfig
 
 OPSET = 17
@@ -102,10 +104,13 @@ class MeansLoop(nn.Module):
     """
 
     def __init__(self, net: nn.Module, config: BackboneConfig, steps: int, dn_scale: float = DEFAULT_DN_SCALE,
-                 fidelity_scale: int | None = DEFAULT_FIDELITY_SCALE):
+                 fidelity_scale: int | None = DEFAULT_FIDELITY_SCALE, schedule: str = "linspace"):
         super().__init__()
         if not 1 <= int(steps) <= 100:
             raise ValueError(f"steps must be an integer in [1, 100], got {steps}")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r:.80}")
+        self.schedule = schedule
         self.fidelity_scale = None if fidelity_scale is None else int(fidelity_scale)
         self.net = _Float32(net)
         self.steps, self.dn_scale = int(steps), float(dn_scale)
@@ -130,8 +135,11 @@ class MeansLoop(nn.Module):
                 estimate = out.clamp(0, 1)
             if i == self.steps - 1:
                 break
-            # rho_i = 1 + (r - 1) i / n (exposure_schedule); means mode: P = mu exactly
-            rho_next = 1.0 + (r - 1.0) * ((i + 1) / self.steps)
+            # exposure_schedule's rho_{i+1}; means mode: P = mu exactly
+            if self.schedule == "geometric":
+                rho_next = torch.pow(r, (i + 1) / self.steps)
+            else:
+                rho_next = 1.0 + (r - 1.0) * ((i + 1) / self.steps)
             mu = (rho_next - 1.0) * self.dn_scale * estimate.clamp(0, 1) / rk
             state = (origin + mu * rk / self.dn_scale) / rho_next
             x = self._network_input(state, origin, rho_next / rk)
@@ -181,11 +189,13 @@ def _low_pass(x: torch.Tensor, scale: int) -> torch.Tensor:
 
 
 def export_loop(net: nn.Module, config: BackboneConfig, path: str | os.PathLike | None = None, *, steps: int = 3,
-                dn_scale: float = DEFAULT_DN_SCALE, fidelity_scale: int | None = DEFAULT_FIDELITY_SCALE) -> bytes:
-    """Write the whole means-mode loop as ONNX to ``path`` (when given); return its bytes."""
+                dn_scale: float = DEFAULT_DN_SCALE, fidelity_scale: int | None = DEFAULT_FIDELITY_SCALE,
+                schedule: str = "linspace") -> bytes:
+    """Write the whole means-mode loop on the named inference ``schedule`` (the model's own:
+    ``meta["schedule"]``) as ONNX to ``path`` (when given); return its bytes."""
     import io
 
-    loop = MeansLoop(net, config, steps, dn_scale, fidelity_scale).eval()
+    loop = MeansLoop(net, config, steps, dn_scale, fidelity_scale, schedule).eval()
     raw = torch.rand(1, 4, 40, 56) * 0.01  # a size that needs padding: the traced graph must pad
     args = (raw, torch.tensor([100.0]), torch.tensor([2.0]))
     buffer = io.BytesIO()
