@@ -12,7 +12,8 @@
 #                                                                    # twin-linspace | cascade | cascade-1000 |
 #                                                                    # cascade-origin-1000 | cascade-long |
 #                                                                    # textured | textured-long | textured-longer |
-#                                                                    # geometric | last-heavy
+#                                                                    # geometric | last-heavy | last-heavy-long |
+#                                                                    # last-heavy-textured
 #   bash training/recipes/default_model_runs.sh eval RUNS CKPT [evaluate options]   # photo hold-out, BM3D cached
 #   bash training/recipes/default_model_runs.sh auto RUNS CKPT OUT   # calibrate steps="auto" into OUT (fp16)
 #
@@ -37,7 +38,9 @@
 # # final weights 4000 steps more with the same recipe, textured-longer those 4500 more. Session 9's arms continue
 # the model shipped in session 8 (commit 4b4fa78) 2000 steps with textured-longer's recipe and one change each:
 # geometric trains on the geometric inference schedule (--inner-exposures geometric, rho_i = r^(i/3): the states
-# keep more of the noisy input), last-heavy weights the steps 0.2 / 0.3 / 0.5 (--step-weights). A run stops after
+# keep more of the noisy input), last-heavy weights the steps 0.2 / 0.3 / 0.5 (--step-weights); last-heavy-long
+# continues last-heavy's final weights 5000 steps with its recipe, last-heavy-textured the same on textured leaves
+# alone (no dead-leaves bank). A run stops after
 # MAX more optimiser steps when given; started again with the same folder it resumes exactly where it stopped
 # (checkpoints every 25 steps). THREADS (default 1): torch CPU threads.
 # The dead-leaves scenes need the deadleaves package; on Python 3.11 set
@@ -99,6 +102,10 @@ render_bank('$bank', 100, 256, seed=0, progress=True)" ;;
         if [ ! -f "$from" ]; then git show 4b4fa78:engine/data/default_model.pt > "$from"; fi
         if [ "$data" = geometric ]; then src+=(--inner-exposures geometric)
         else src+=(--inner-exposures linspace); extra=(--step-weights 0.2 0.3 0.5); fi ;;
+      last-heavy-long|last-heavy-textured)
+        src=(--textured-bank "$runs/textured_bank_256.npy" --mean-photons --inner-exposures linspace)
+        if [ "$data" = last-heavy-long ]; then src+=(--deadleaves-bank "$bank"); fi
+        lr=5e-5; epochs=50; from="$runs/last-heavy/model_final.pt"; extra=(--step-weights 0.2 0.3 0.5) ;;
       twin-origin|twin-origin-means|twin-means|twin-linspace)
         # Session 5: twin-multistep-ste with one change (two for twin-origin-means). With --concat-origin the
         # twin's first layer is widened with zeros (training.init_weights): the run starts from its function.
