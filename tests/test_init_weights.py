@@ -98,3 +98,38 @@ def test_trainer_starts_a_wider_run_from_a_checkpoint(tmp_path):
                          iters_per_epoch=1, noise_model="P+g", ratio_range=(50, 100), init=str(tmp_path / "init.pt"))
     with pytest.raises(ValueError, match="init checkpoint .*init.pt: cannot start"):
         Trainer(narrow, ToyPatches(), tmp_path / "run2", device="cpu", progress=False)
+
+
+def test_an_origin_started_from_the_state_keeps_the_first_step_only():
+    """``origin_share`` s: the origin columns are s x the init's state columns, the state keeps
+    1 - s; the first estimate (state = A_T) is the init's, the later ones see A_T and differ."""
+    init_config = BackboneConfig(options=WIDTHS)
+    target_config = BackboneConfig(concat_origin=True, options=WIDTHS)
+    torch.manual_seed(0)
+    init = init_config.build()
+    with torch.no_grad():
+        for p in init.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    target = target_config.build()
+    target.load_state_dict(init_state_dict(init.state_dict(), init_config, target_config, target.state_dict(),
+                                           origin_share=0.25))
+    w_old, w_new = init.conv1_1.weight, target.conv1_1.weight
+    torch.testing.assert_close(w_new[:, 0:4], 0.75 * w_old[:, 0:4])
+    assert torch.equal(w_new[:, 4:8], w_old[:, 4:8])
+    torch.testing.assert_close(w_new[:, 8:12], 0.25 * w_old[:, 0:4])
+    clean = torch.rand(2, 4, 32, 32) * 0.5 + 0.02
+    ratio, K = torch.tensor([100.0, 300.0]), torch.tensor([2.0, 0.7])
+    outs = {}
+    for steps in (1, 3):
+        for net, config in ((init.eval(), init_config), (target.eval(), target_config)):
+            first = _first_input(clean, ratio, K, with_photon=True, concat_origin=config.concat_origin)
+            with torch.no_grad():
+                outs[steps, config.concat_origin] = run_exposure_diffusion(
+                    net, first, ratio=ratio, K=K, rho=exposure_schedule(ratio, steps), with_photon=True,
+                    concat_origin=config.concat_origin, stochastic=False)
+    torch.testing.assert_close(outs[1, True], outs[1, False], rtol=0, atol=1e-5)
+    assert (outs[3, True] - outs[3, False]).abs().max() > 1e-3
+    with pytest.raises(ValueError, match=r"origin_share must be in \[0, 1\], got 1.5"):
+        init_state_dict(init.state_dict(), init_config, target_config, target.state_dict(), origin_share=1.5)
+    with pytest.raises(ValueError, match="origin_share .* needs concat_origin and an init checkpoint"):
+        TrainConfig(widths=WIDTHS["widths"], patch=32, origin_share=0.3)

@@ -110,7 +110,7 @@ def _train(args) -> int:
                 compile=args.compile, seed=args.seed, save_every=args.save_every, log_every=args.log_every,
                 mean_weight=args.mean_loss, mean_pool=args.mean_pool, detach_states=args.detach_states,
                 mean_photons=args.mean_photons, inner_exposures=args.inner_exposures,
-                init=args.init)
+                init=args.init, origin_share=args.origin_share)
             dataset = build_training_dataset(sid_root=args.sid_root, sid_list=args.sid_list,
                                              srgb_folder=args.srgb_folder, deadleaves_bank=args.deadleaves_bank,
                                              textured_bank=args.textured_bank, raw_folder=args.raw_folder,
@@ -428,6 +428,10 @@ def add_training_commands(sub) -> None:
                         "0.2 0.3 0.5: more on the last step, the output a multi-step run returns; default: "
                         "learnable, or equal with --fixed-weights)")
     t.add_argument("--init", default=None, help="start from this engine checkpoint's weights (fine-tuning)")
+    t.add_argument("--origin-share", type=float, default=0.0, metavar="S",
+                   help="with --init and --concat-origin from a checkpoint without the origin: its columns start "
+                        "as S times the state's and the state keeps 1 - S (the first step's function unchanged; "
+                        "default 0: zeros; training/init_weights.py)")
     t.add_argument("--continuous", action="store_true", help="continuous ratio range U(20, 300)")
     t.add_argument("--patch", type=option_arg("patch"), default=512,
                    help=f"packed patch side, a multiple of 16 in 16..{MAX_PATCH} (default 512)")

@@ -8,6 +8,13 @@ multiplied by zero), and training starts from that function instead of from scra
 how the issue-14 origin runs started from the 8-channel one-step twin (whether the later steps
 learn to use ``A_T`` is a matter of budget: in 1000-1150 CPU steps they did not; model card).
 
+``origin_share`` s > 0 starts the origin group elsewhere: its columns are s times the init's
+state columns and the state columns keep (1 - s) of them. At the first step the state *is* the
+origin (``A_T``), so that network too computes exactly what the init computed there; at the
+later steps it sees ``(1 - s) x state + s x A_T`` through those columns, the noisy input the
+later states have lost (a third of it at s = 1/3), and training decides from there how much of
+it to keep, instead of having to grow it from zero.
+
 Anything else that differs (architecture, sizes, output head, or an input group the run
 drops) is refused with a ``ValueError`` naming both configurations.
 """
@@ -25,7 +32,8 @@ def _input_groups(config: BackboneConfig) -> list[str]:
 
 
 def init_state_dict(init_state: dict[str, torch.Tensor], init_config: BackboneConfig,
-                    target_config: BackboneConfig, target_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+                    target_config: BackboneConfig, target_state: dict[str, torch.Tensor],
+                    origin_share: float = 0.0) -> dict[str, torch.Tensor]:
     """The init weights for a model of ``target_config``.
 
     ``init_state`` / ``target_state``: state dicts of the init model and of a freshly built
@@ -33,8 +41,13 @@ def init_state_dict(init_state: dict[str, torch.Tensor], init_config: BackboneCo
     that adds input groups: every tensor copied; the one tensor whose input-channel dimension
     (dim 1) grows from ``init_config.in_channels`` to ``target_config.in_channels`` (the first
     convolution's weight, ``[C_out, C_in, kh, kw]``) gets the init's columns at its groups'
-    new positions and zeros for the added groups.
+    new positions and zeros for the added groups; with ``origin_share`` s in (0, 1] an added
+    origin group gets s times the state columns instead, and the state columns 1 - s of them
+    (module docstring).
     """
+    origin_share = float(origin_share)
+    if not 0.0 <= origin_share <= 1.0:
+        raise ValueError(f"origin_share must be in [0, 1], got {origin_share:g}")
     if init_config == target_config:
         return dict(init_state)
     same_rest = (init_config.arch == target_config.arch and init_config.options == target_config.options
@@ -59,6 +72,11 @@ def init_state_dict(init_state: dict[str, torch.Tensor], init_config: BackboneCo
         for g, group in enumerate(old):
             at = new.index(group)
             wide[:, at * PLANES:(at + 1) * PLANES] = tensor[:, g * PLANES:(g + 1) * PLANES]
+        if origin_share and "origin" not in old and "origin" in new:
+            state, origin = new.index("state"), new.index("origin")
+            columns = tensor[:, 0:PLANES]  # the init's state group (always first)
+            wide[:, state * PLANES:(state + 1) * PLANES] = (1.0 - origin_share) * columns
+            wide[:, origin * PLANES:(origin + 1) * PLANES] = origin_share * columns
         out[key] = wide
         widened.append(key)
     if len(widened) != 1:

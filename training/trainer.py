@@ -133,7 +133,8 @@ class TrainConfig:
     runs it with by default). ``init``: an engine checkpoint whose
     weights start the run (fine-tuning; ignored when resuming, which loads ``last.pt``); the run may add
     input groups the checkpoint lacks (``training.init_weights``: zero weights for them, so the run starts
-    from the same function). Optimiser: Adam ``lr`` (betas 0.9, 0.999) multiplied by ``lr_factors`` after
+    from the same function; ``origin_share`` > 0: an added origin group starts from that share of the
+    state columns, ``training.init_weights``). Optimiser: Adam ``lr`` (betas 0.9, 0.999) multiplied by ``lr_factors`` after
     the epoch fractions ``lr_milestones`` (SPEC §4: halved at epoch 150 and 1e-5 from epoch 270 of 300).
     ``batch`` is the global batch.
     """
@@ -153,6 +154,7 @@ class TrainConfig:
     mean_photons: bool = False
     inner_exposures: str = "random"
     init: str | None = None
+    origin_share: float = 0.0
     noise_model: str = "P+G+r+u"
     cameras: tuple | None = None
     K_range: tuple | str = (0.1, 30.0)
@@ -179,6 +181,11 @@ class TrainConfig:
         ``clip_grad`` silently turning the gradient around)."""
         for name in LIMITS:
             setattr(self, name, check_option(name, getattr(self, name)))
+        if not 0.0 <= float(self.origin_share) <= 1.0:
+            raise ValueError(f"origin_share must be in [0, 1], got {self.origin_share!r}")
+        if self.origin_share and not (self.concat_origin and self.init):
+            raise ValueError("origin_share starts an added origin group from the init's state columns: it needs "
+                             "concat_origin and an init checkpoint without the origin")
         if self.step_weights is not None:
             self.step_weights = tuple(float(w) for w in normalised_step_weights(self.step_weights, self.steps))
         if self.inner_exposures not in INNER_EXPOSURES:
@@ -271,7 +278,7 @@ class Trainer:
             init_model, init_config, _ = load_checkpoint(cfg.init)
             try:
                 state = init_state_dict(init_model.state_dict(), init_config, self.backbone_config,
-                                        self.model.state_dict())
+                                        self.model.state_dict(), origin_share=cfg.origin_share)
             except ValueError as e:
                 raise ValueError(f"init checkpoint {cfg.init}: {e}") from None
             self.model.load_state_dict(state)
