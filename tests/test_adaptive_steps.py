@@ -59,7 +59,7 @@ def test_pipeline_auto_steps_follow_the_policy():
         fixed = pipe(frame, ratio=100, steps=expected, **common)
         assert torch.equal(out.raw, fixed.raw)  # the same loop as the fixed count
     frame = torch.full((64, 64), 600, dtype=torch.int32).to(torch.uint16).numpy()
-    with pytest.raises(ValueError, match="chooses the schedule itself"):
+    with pytest.raises(ValueError, match="steps=.auto. chooses the step count itself; give an integer steps with explicit"):
         pipe(frame, ratio=100, steps="auto", schedule=[1, 50, 100], **common)
     with pytest.raises(ValueError, match=r"steps must be 'auto' or an integer in \[1, 100\], got 'many'"):
         pipe(frame, ratio=100, steps="many", **common)

@@ -15,12 +15,14 @@ def test_default_checkpoint_loads_with_the_documented_options():
     assert config.arch == "unet" and config.in_channels == 8 and config.out_channels == 9
     assert meta["stored_dtype"] == "float16"
     assert meta["steps"] == 3
-    # issue 14: trained with fixed equal step weights and carries its steps="auto" calibration
-    assert meta["step_weights"] == [1 / 3] * 3 or all(abs(w - 1 / 3) < 1e-6 for w in meta["step_weights"])
+    # session 9 (model card): trained last with fixed step weights 0.2 / 0.3 / 0.5, and carries its
+    # steps="auto" calibration (issue 14)
+    assert [round(w, 6) for w in meta["step_weights"]] == [0.2, 0.3, 0.5]
     policy = AutoStepsPolicy.from_meta(meta)
     assert policy.counts == (1, 2, 3, 5) and policy == AutoStepsPolicy(tuple(meta["auto_steps"]["thresholds"]), (1, 2, 3, 5))
     # issue 14, session 5: trained with Poisson means between the steps, and run with them by default
     assert meta["photons"] == "means" and Pipeline.from_checkpoint(device="cpu").photons == "means"
+    assert meta["schedule"] == "linspace" and Pipeline.from_checkpoint(device="cpu").schedule == "linspace"
 
 
 def test_default_model_beats_the_noisy_input_on_holdout_patches():
