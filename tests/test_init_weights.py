@@ -131,5 +131,7 @@ def test_an_origin_started_from_the_state_keeps_the_first_step_only():
     assert (outs[3, True] - outs[3, False]).abs().max() > 1e-3
     with pytest.raises(ValueError, match=r"origin_share must be in \[0, 1\], got 1.5"):
         init_state_dict(init.state_dict(), init_config, target_config, target.state_dict(), origin_share=1.5)
+    with pytest.raises(ValueError, match="the init checkpoint must be without the origin"):
+        init_state_dict(target.state_dict(), target_config, target_config, target.state_dict(), origin_share=0.25)
     with pytest.raises(ValueError, match="origin_share .* needs concat_origin and an init checkpoint"):
         TrainConfig(widths=WIDTHS["widths"], patch=32, origin_share=0.3)

@@ -48,6 +48,9 @@ def init_state_dict(init_state: dict[str, torch.Tensor], init_config: BackboneCo
     origin_share = float(origin_share)
     if not 0.0 <= origin_share <= 1.0:
         raise ValueError(f"origin_share must be in [0, 1], got {origin_share:g}")
+    if origin_share and (init_config.concat_origin or not target_config.concat_origin):
+        raise ValueError("origin_share starts an origin group the run adds: the init checkpoint must be without "
+                         "the origin and the run with it (concat_origin)")
     if init_config == target_config:
         return dict(init_state)
     same_rest = (init_config.arch == target_config.arch and init_config.options == target_config.options
