@@ -26,13 +26,8 @@ import torch.nn.functional as F
 
 DEFAULT_SCALE = 32
 # Pixels whose estimate is above this (normalised) take no part: the scene is near or past
-# white there, where the clipped truth's mean is below the data's. 0.97 (0.9 until session 9):
-# an estimate biased up by a few percent near white left the bench chart's white patch
-# (0.89 of white in the green planes, estimated 0.92-0.93) out of its own correction, a green
-# cast of CIEDE2000 10.2; with 0.97 the chart's x100 mean / max are 2.56 / 7.24 (were 2.68 /
-# 10.20) and the validation splits are + 0.03-0.04 dB on photo-like scenes, equal on textured
-# ones (0.99 measured within 0.01 dB of 0.97; model card, session 9).
-SATURATION = 0.97
+# white there, where the clipped truth's mean is below the data's.
+SATURATION = 0.9
 # A raw value at this fraction of the white level or above counts as clipped by the sensor.
 SENSOR_CLIP = 0.999
 
