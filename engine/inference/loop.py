@@ -36,22 +36,23 @@ PHOTON_MODES = ("draws", "means")
 SCHEDULES = ("linspace", "geometric")
 
 
-def schedule_from_meta(meta: dict | None) -> str:
-    """``meta["schedule"]`` of a checkpoint ("linspace" or "geometric"), "linspace" when absent;
+def _named_meta_value(meta: dict | None, key: str, choices: tuple[str, ...]) -> str:
+    """``meta[key]`` of a checkpoint, one of ``choices``; the first choice (SPEC's) when absent;
     anything else is a ``ValueError`` naming the value."""
-    kind = (meta or {}).get("schedule", "linspace")
-    if kind not in SCHEDULES:
-        raise ValueError(f"meta['schedule'] must be one of {SCHEDULES}, got {kind!r:.80}")
-    return kind
+    value = (meta or {}).get(key, choices[0])
+    if value not in choices:
+        raise ValueError(f"meta[{key!r}] must be one of {choices}, got {value!r:.80}")
+    return value
+
+
+def schedule_from_meta(meta: dict | None) -> str:
+    """``meta["schedule"]`` of a checkpoint ("linspace" or "geometric"), "linspace" when absent."""
+    return _named_meta_value(meta, "schedule", SCHEDULES)
 
 
 def photon_mode_from_meta(meta: dict | None) -> str:
-    """``meta["photons"]`` of a checkpoint ("draws" or "means"), "draws" when absent;
-    anything else is a ``ValueError`` naming the value."""
-    mode = (meta or {}).get("photons", "draws")
-    if mode not in PHOTON_MODES:
-        raise ValueError(f"meta['photons'] must be one of {PHOTON_MODES}, got {mode!r:.80}")
-    return mode
+    """``meta["photons"]`` of a checkpoint ("draws" or "means"), "draws" when absent."""
+    return _named_meta_value(meta, "photons", PHOTON_MODES)
 
 
 def use_draws(stochastic: bool | None, mode: str) -> bool:
