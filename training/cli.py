@@ -90,8 +90,6 @@ def train(args) -> int:
 def _train(args) -> int:
     import torch.distributed as dist
 
-    from engine.inference.loop import SCHEDULES
-
     from .data import build_training_dataset
     from .evaluate import evaluate_synthetic, format_table
     from .trainer import TrainConfig, Trainer
@@ -134,8 +132,7 @@ def _train(args) -> int:
         def on_log(rec):
             if args.eval_every and rec["global_step"] % args.eval_every == 0:
                 table = evaluate_synthetic(trainer.model, trainer.backbone_config, steps=cfg.steps, n=8, patch=128,
-                                           device=device, schedule=cfg.inner_exposures
-                                           if cfg.inner_exposures in SCHEDULES else "linspace")
+                                           device=device, schedule=cfg.inference_schedule or "linspace")
                 trainer.model.train()
                 print(format_table(table, f"step {rec['global_step']}: synthetic hold-out (8 patches)"), file=sys.stderr)
 

@@ -205,6 +205,13 @@ class TrainConfig:
             _check_range("K_range", self.K_range)
         self.backbone_config()  # widths, channels and size limits (engine.models.backbones)
 
+    @property
+    def inference_schedule(self) -> str | None:
+        """The named inference schedule the run trains on ("linspace" / "geometric"), which its
+        model records and runs with; None for SPEC's random inner exposures (the model then runs
+        on linspace, the engine's default)."""
+        return self.inner_exposures if self.inner_exposures in SCHEDULES else None
+
     def backbone_config(self) -> BackboneConfig:
         options = {"widths": tuple(self.widths)} if self.widths else {}
         return BackboneConfig(arch=self.arch, out_channels=self.out_channels, with_photon=self.with_photon,
@@ -327,8 +334,7 @@ class Trainer:
                               "photons": "means" if self.cfg.mean_photons else "draws",
                               # the inference schedule it was trained on, which a Pipeline then runs by
                               # default; SPEC's random multiples leave linspace (no key)
-                              **({"schedule": self.cfg.inner_exposures}
-                                 if self.cfg.inner_exposures in SCHEDULES else {})},
+                              **({"schedule": self.cfg.inference_schedule} if self.cfg.inference_schedule else {})},
                         overwrite=True)  # the run's own file, replaced at every save
 
     def resume(self, path=None) -> bool:
