@@ -86,7 +86,8 @@ class EagerLoop:
             if self.fidelity_scale is not None:  # written out plainly: the local means of the unclipped frame
                 noisy = pack_bayer_reference(cfa, frame.pattern, torch.tensor([frame.black_level], device=self.device),
                                              float(frame.white_level), float(ratio), clip=False)
-                keep = ((estimate < 0.9) & (noisy < 0.999 * float(ratio))).float()
+                # the near-white ramp: weight 1 below 0.95 of white, 0 from 0.99, linear between
+                keep = ((0.99 - estimate) / 0.04).clamp(0, 1) * (noisy < 0.999 * float(ratio)).float()
                 s = self.fidelity_scale
                 hp, wp = (-h) % s, (-w) % s
 

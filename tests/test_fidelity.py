@@ -45,8 +45,8 @@ def test_the_correction_keeps_detail_and_leaves_saturation_alone():
     fixed = low_frequency_fidelity(biased, noisy, 32)
     assert (fixed.mean((2, 3)) / truth.mean((2, 3)) - 1).abs().max() < 0.01
     assert (fixed - truth).abs().mean() < 0.25 * (biased - truth).abs().mean()
-    # where the estimate is near white, or the sensor clipped, the estimate is kept as it is
-    bright = torch.full((1, 4, 32, 32), 0.95)
+    # where the estimate is at the end of the near-white ramp, or the sensor clipped, the estimate is kept as it is
+    bright = torch.full((1, 4, 32, 32), 0.99)
     assert torch.equal(low_frequency_fidelity(bright, bright * 0.5, 16), bright)
     clipped = torch.zeros(1, 4, 64, 64, dtype=torch.bool)
     clipped[..., :32, :] = True
@@ -56,6 +56,30 @@ def test_the_correction_keeps_detail_and_leaves_saturation_alone():
         low_frequency_fidelity(biased, noisy[..., :32], 16)
     with pytest.raises(ValueError, match="scale must be an integer >= 2"):
         low_frequency_fidelity(biased, noisy, 1)
+    for bad in [(0.99, 0.95), (0.0, 0.9), (0.9, 0.9)]:
+        with pytest.raises(ValueError, match="0 < start < end"):
+            low_frequency_fidelity(biased, noisy, 16, near_white=bad)
+
+
+def test_near_white_estimates_are_corrected_in_proportion_to_a_ramp():
+    """A flat patch of true 0.894 (the bench chart's white patch) estimated 0.93: below the
+    ramp it is brought all the way back, inside it in part, at its end not at all; and the output
+    is a continuous function of the estimate (two runtimes' rounding near a threshold moves the
+    output by about as much as the estimate, not by the whole correction)."""
+    from engine.inference.fidelity import NEAR_WHITE, near_white_weight
+
+    start, end = NEAR_WHITE
+    assert 0.9 < start < end < 1.0
+    estimate = torch.tensor([0.5, start, (start + end) / 2, end, 1.0])
+    assert torch.allclose(near_white_weight(estimate), torch.tensor([1.0, 1.0, 0.5, 0.0, 0.0]))
+    data = torch.full((1, 4, 32, 32), 0.894)
+    fixed = low_frequency_fidelity(torch.full_like(data, 0.93), data, 16)
+    assert torch.allclose(fixed, data, atol=1e-5)
+    middle = (start + end) / 2
+    half = low_frequency_fidelity(torch.full_like(data, middle), data, 16)
+    assert torch.allclose(half, torch.full_like(data, middle - 0.5 * (middle - 0.894)), atol=1e-5)
+    nudged = low_frequency_fidelity(torch.full_like(data, middle + 1e-4), data, 16)
+    assert (nudged - half).abs().max() < 1e-3
 
 
 def test_the_pipelines_default_is_the_loop_then_the_fidelity_step():

@@ -11,8 +11,16 @@ up). Averaged over a ``scale x scale`` neighbourhood its noise is ``scale`` time
 So the final estimate ``Y`` becomes ``Y + L(w (A - Y)) / L(w)``: ``A`` the unclipped noisy
 frame, ``L`` a low-pass (a box of ``scale`` packed pixels, bilinearly interpolated back), ``w``
 a weight that leaves out pixels where the estimate is near white or the sensor clipped (there
-the data's mean is not the scene's). The data's own value must not decide ``w``: leaving out
-its bright noisy samples would bias the mean it is there to give. Fine detail comes from the network, the local means from the data; per plane,
+the data's mean is not the scene's: a scene past white has a clipped truth of 1 and a data mean
+above it, which the low-pass would spread into its neighbours). The data's own value must not
+decide ``w``: leaving out its bright noisy samples would bias the mean it is there to give.
+
+The near-white weight falls *linearly* from 1 at ``NEAR_WHITE[0]`` to 0 at ``NEAR_WHITE[1]``
+rather than stepping at one threshold: a hard step at 0.9 left the bench chart's white patch
+(green planes 0.894 of white, estimated 0.92-0.93) out of its own correction (a green cast,
+CIEDE2000 10.2), and a hard step higher up lets two runtimes' rounding (eager and the fp32 CPU
+runtime) move a pixel across it and change its output by the whole correction. A ramp makes the
+output a continuous function of the estimate. Fine detail comes from the network, the local means from the data; per plane,
 so colour is held too. Measured with the session-5 default model at 3 steps, ``scale`` 32 (the default):
 photograph-like hold-out x100 / x300 40.13 -> 40.83 / 36.94 -> 37.59 dB, scikit-image's
 photographs 34.97 -> 35.67 / 32.07 -> 32.67 dB, mean |per-plane bias| 8-17% -> 2-6%; applied
@@ -25,9 +33,9 @@ import torch
 import torch.nn.functional as F
 
 DEFAULT_SCALE = 32
-# Pixels whose estimate is above this (normalised) take no part: the scene is near or past
-# white there, where the clipped truth's mean is below the data's.
-SATURATION = 0.9
+# The near-white ramp (normalised estimate): full weight below the first value, none at or
+# above the second, linear between (module docstring; the choice is measured in NOTES.md).
+NEAR_WHITE = (0.95, 0.99)
 # A raw value at this fraction of the white level or above counts as clipped by the sensor.
 SENSOR_CLIP = 0.999
 
@@ -40,8 +48,17 @@ def low_pass(x: torch.Tensor, scale: int) -> torch.Tensor:
     return F.interpolate(blocks, scale_factor=scale, mode="bilinear", align_corners=False)[..., :h, :w]
 
 
+def near_white_weight(estimate: torch.Tensor, near_white: tuple[float, float] = NEAR_WHITE) -> torch.Tensor:
+    """The fidelity weight of each pixel from its estimate: float32, same shape, 1 below
+    ``near_white[0]``, 0 at or above ``near_white[1]``, linear between. Plain tensor
+    operations, so that the ONNX export traces the same formula."""
+    start, end = near_white
+    return (end - estimate).div_(end - start).clamp_(0.0, 1.0)  # in place on its own temporary
+
+
 def low_frequency_fidelity(estimate: torch.Tensor, noisy: torch.Tensor, scale: int = DEFAULT_SCALE,
-                           saturation: float = SATURATION, sensor_clipped: torch.Tensor | None = None) -> torch.Tensor:
+                           near_white: tuple[float, float] = NEAR_WHITE,
+                           sensor_clipped: torch.Tensor | None = None) -> torch.Tensor:
     """The estimate with its local means replaced by the data's (module docstring).
 
     Args:
@@ -49,7 +66,8 @@ def low_frequency_fidelity(estimate: torch.Tensor, noisy: torch.Tensor, scale: i
         noisy: float32 ``[B, 4, h, w]``, the frame's packed planes ``(D - black) * ratio /
             (white - black)``, NOT clipped (``kernels.pack_bayer(..., clip=False)``).
         scale: side of the averaging box in packed pixels (>= 2).
-        saturation: estimates at or above it keep their own local mean.
+        near_white: ``(start, end)`` of the near-white ramp, ``0 < start < end``: estimates at
+            or above ``end`` keep their own local mean, those between take part partly.
         sensor_clipped: bool ``[B, 4, h, w]``, True where the raw reached the white level
             (left out too), or None.
 
@@ -60,13 +78,14 @@ def low_frequency_fidelity(estimate: torch.Tensor, noisy: torch.Tensor, scale: i
         raise ValueError(f"estimate {tuple(estimate.shape)} and noisy {tuple(noisy.shape)} must have the same shape")
     if int(scale) < 2:
         raise ValueError(f"scale must be an integer >= 2 packed pixels, got {scale}")
+    start, end = (float(v) for v in near_white)
+    if not 0.0 < start < end:
+        raise ValueError(f"near_white must be (start, end) with 0 < start < end, got {near_white}")
     estimate = estimate.float()
     noisy = noisy.to(estimate.device, torch.float32)
-    keep = estimate < saturation
+    weight = near_white_weight(estimate, (start, end))
     if sensor_clipped is not None:
-        keep &= ~sensor_clipped.to(keep.device)
-    weight = keep.float()
-    del keep
+        weight.masked_fill_(sensor_clipped.to(weight.device), 0.0)
     # Y + w * L(w (A - Y)) / L(w), in place where the operands are our own temporaries (a
     # 12 MP frame: 4 frame-sized temporaries at once instead of 8; the same float32 values)
     shift = low_pass(weight * (noisy - estimate), int(scale))

@@ -41,7 +41,7 @@ from torch import nn
 from kernels._common import DEFAULT_DN_SCALE
 
 from ..inference.fidelity import DEFAULT_SCALE as DEFAULT_FIDELITY_SCALE
-from ..inference.fidelity import SATURATION, SENSOR_CLIP
+from ..inference.fidelity import SENSOR_CLIP, near_white_weight
 from ..inference.loop import SCHEDULES
 from .backbones import BackboneConfig
 
@@ -146,7 +146,7 @@ class MeansLoop(nn.Module):
         estimate = estimate[:, :, :h, :w]
         if self.fidelity_scale is not None:  # as the engine's Pipeline (engine.inference.fidelity)
             noisy = raw * r
-            keep = ((estimate < SATURATION) & (raw < SENSOR_CLIP)).float()
+            keep = near_white_weight(estimate) * (raw < SENSOR_CLIP).float()
             shift = _low_pass(keep * (noisy - estimate), self.fidelity_scale) / \
                 _low_pass(keep, self.fidelity_scale).clamp_min(1e-3)
             estimate = (estimate + keep * shift).clamp(0.0, 1.0)
