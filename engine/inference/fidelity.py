@@ -8,7 +8,7 @@ estimate towards the posterior median, so flat regions come back with per-plane 
 clip at 0 (read noise is zero-mean; the network's input clips it, which biases dark pixels
 up). Averaged over a ``scale x scale`` neighbourhood its noise is ``scale`` times smaller.
 
-So the final estimate ``Y`` becomes ``Y + L(w (A - Y)) / L(w)``: ``A`` the unclipped noisy
+So the final estimate ``Y`` becomes ``Y + w L(w (A - Y)) / L(w)``: ``A`` the unclipped noisy
 frame, ``L`` a low-pass (a box of ``scale`` packed pixels, bilinearly interpolated back), ``w``
 a weight that leaves out pixels where the estimate is near white or the sensor clipped (there
 the data's mean is not the scene's: a scene past white has a clipped truth of 1 and a data mean
@@ -18,10 +18,13 @@ decide ``w``: leaving out its bright noisy samples would bias the mean it is the
 The near-white weight falls *linearly* from 1 at ``NEAR_WHITE[0]`` to 0 at ``NEAR_WHITE[1]``
 rather than stepping at one threshold: a hard step at 0.9 left the bench chart's white patch
 (green planes 0.894 of white, estimated 0.92-0.93) out of its own correction (a green cast,
-CIEDE2000 10.2), and a hard step higher up lets two runtimes' rounding (eager and the fp32 CPU
-runtime) move a pixel across it and change its output by the whole correction. A ramp makes the
-output a continuous function of the estimate. Fine detail comes from the network, the local means from the data; per plane,
-so colour is held too. Measured with the session-5 default model at 3 steps, ``scale`` 32 (the default):
+CIEDE2000 10.2); and with a step anywhere the output jumps by the whole correction where an
+estimate crosses it, so two computations that differ only in rounding (two runtimes, fp16 and
+fp32) could differ there by far more. The ramp makes the output a continuous function of the
+estimate.
+
+Fine detail comes from the network, the local means from the data; per plane, so colour is held
+too. Measured with the session-5 default model at 3 steps, ``scale`` 32 (the default):
 photograph-like hold-out x100 / x300 40.13 -> 40.83 / 36.94 -> 37.59 dB, scikit-image's
 photographs 34.97 -> 35.67 / 32.07 -> 32.67 dB, mean |per-plane bias| 8-17% -> 2-6%; applied
 after the last step only (correcting every step's estimate was 0.05-0.17 dB worse: the
