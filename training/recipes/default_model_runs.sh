@@ -44,9 +44,10 @@
 # continues last-heavy's final weights 5000 steps with its recipe, last-heavy-textured the same on textured leaves
 # alone (no dead-leaves bank), last-heavy-textured-long continues that 3000 steps more (the model shipped in
 # session 9); last-heavy-textured-longer (session 10, not kept) continues that model 8000 steps more with the same
-# recipe; mix-polish (session 10) continues it 3000 steps on dead and textured leaves half and half at lr 2.5e-5; origin-share adds the noisy input A_T beside every state (--concat-origin), its
-# columns started at 0.2 of the state's (--origin-share 0.2, training/init_weights.py), 3000 steps from last-heavy's
-# final weights with its recipe. A run stops after
+# recipe; mix-polish (session 10, not kept) continues it 3000 steps on dead and textured leaves half and half at
+# lr 2.5e-5; origin-share adds the noisy input A_T beside every state (--concat-origin), its columns started at 0.2
+# of the state's (--origin-share 0.2, training/init_weights.py), 3000 steps from last-heavy's final weights with
+# its recipe. A run stops after
 # MAX more optimiser steps when given; started again with the same folder it resumes exactly where it stopped
 # (checkpoints every 25 steps). THREADS (default 1): torch CPU threads.
 # The dead-leaves scenes need the deadleaves package; on Python 3.11 set
@@ -112,16 +113,14 @@ render_bank('$bank', 100, 256, seed=0, progress=True)" ;;
         src=(--textured-bank "$runs/textured_bank_256.npy" --mean-photons --inner-exposures linspace)
         if [ "$data" = last-heavy-long ]; then src+=(--deadleaves-bank "$bank"); fi
         lr=5e-5; epochs=50; from="$runs/last-heavy/model_final.pt"; extra=(--step-weights 0.2 0.3 0.5) ;;
-      last-heavy-textured-long)
+      last-heavy-textured-long|last-heavy-textured-longer|mix-polish)
         src=(--textured-bank "$runs/textured_bank_256.npy" --mean-photons --inner-exposures linspace)
-        lr=5e-5; epochs=30; from="$runs/last-heavy-textured/model_final.pt"; extra=(--step-weights 0.2 0.3 0.5) ;;
-      last-heavy-textured-longer)
-        src=(--textured-bank "$runs/textured_bank_256.npy" --mean-photons --inner-exposures linspace)
-        lr=5e-5; epochs=80; from="$runs/last-heavy-textured-long/model_final.pt"; extra=(--step-weights 0.2 0.3 0.5) ;;
-      mix-polish)
-        src=(--deadleaves-bank "$bank" --textured-bank "$runs/textured_bank_256.npy" --mean-photons
-             --inner-exposures linspace)
-        lr=2.5e-5; epochs=30; from="$runs/last-heavy-textured-long/model_final.pt"; extra=(--step-weights 0.2 0.3 0.5) ;;
+        lr=5e-5; epochs=30; from="$runs/last-heavy-textured-long/model_final.pt"; extra=(--step-weights 0.2 0.3 0.5)
+        case "$data" in
+          last-heavy-textured-long) from="$runs/last-heavy-textured/model_final.pt" ;;
+          last-heavy-textured-longer) epochs=80 ;;
+          mix-polish) src=(--deadleaves-bank "$bank" "${src[@]}"); lr=2.5e-5 ;;
+        esac ;;
       origin-share)
         src=(--deadleaves-bank "$bank" --textured-bank "$runs/textured_bank_256.npy" --mean-photons
              --inner-exposures linspace --concat-origin --origin-share 0.2)
