@@ -15,7 +15,8 @@
 #                                                                    # geometric | last-heavy | last-heavy-long |
 #                                                                    # last-heavy-textured | origin-share |
 #                                                                    # last-heavy-textured-long |
-#                                                                    # last-heavy-textured-longer | mix-polish
+#                                                                    # last-heavy-textured-longer | mix-polish |
+#                                                                    # mix-polish-128 | step-bias | step-bias-later
 #   bash training/recipes/default_model_runs.sh eval RUNS CKPT [evaluate options]   # photo hold-out, BM3D cached
 #   bash training/recipes/default_model_runs.sh auto RUNS CKPT OUT   # calibrate steps="auto" into OUT (fp16)
 #
@@ -47,7 +48,11 @@
 # recipe; mix-polish (session 10, not kept) continues it 3000 steps on dead and textured leaves half and half at
 # lr 2.5e-5; origin-share adds the noisy input A_T beside every state (--concat-origin), its columns started at 0.2
 # of the state's (--origin-share 0.2, training/init_weights.py), 3000 steps from last-heavy's final weights with
-# its recipe. A run stops after
+# its recipe. Session 11's arms (none kept) start from the session-9 default too: mix-polish-128 is mix-polish on
+# 128^2 patches, batch 2 (the same pixels per step, more context per patch); step-bias and step-bias-later screen a
+# step embedding (training/recipes/step_bias_screen.py: per-step bias offsets on every convolution, trained alone
+# over the frozen network for 1500 steps on mix-polish's data at lr 5e-5; step-bias-later keeps the first step's
+# offsets at zero). A run stops after
 # MAX more optimiser steps when given; started again with the same folder it resumes exactly where it stopped
 # (checkpoints every 25 steps). THREADS (default 1): torch CPU threads.
 # The dead-leaves scenes need the deadleaves package; on Python 3.11 set
@@ -69,7 +74,8 @@ render_bank('$bank', 100, 256, seed=0, progress=True)" ;;
     python -m training.textured_leaves --out "$runs/textured_bank_256.npy" --n 200 --size 256 --seed 0 ;;
   run)
     data=$3; max=${4:-}
-    steps=3; from="$init"; lr=2e-4; epochs=12; extra=()
+    steps=3; from="$init"; lr=2e-4; epochs=12; extra=(); patch=96; batch=4
+    train=(python -c "import torch; torch.set_num_threads(${THREADS:-1}); import sys; from training.cli import main; sys.exit(main(sys.argv[1:]))")
     case "$data" in
       procedural) src=() ;;
       deadleaves) src=(--deadleaves-bank "$bank") ;;
@@ -113,13 +119,23 @@ render_bank('$bank', 100, 256, seed=0, progress=True)" ;;
         src=(--textured-bank "$runs/textured_bank_256.npy" --mean-photons --inner-exposures linspace)
         if [ "$data" = last-heavy-long ]; then src+=(--deadleaves-bank "$bank"); fi
         lr=5e-5; epochs=50; from="$runs/last-heavy/model_final.pt"; extra=(--step-weights 0.2 0.3 0.5) ;;
-      last-heavy-textured-long|last-heavy-textured-longer|mix-polish)
+      last-heavy-textured-long|last-heavy-textured-longer|mix-polish|mix-polish-128|step-bias|step-bias-later)
         src=(--textured-bank "$runs/textured_bank_256.npy" --mean-photons --inner-exposures linspace)
         lr=5e-5; epochs=30; from="$runs/last-heavy-textured-long/model_final.pt"; extra=(--step-weights 0.2 0.3 0.5)
         case "$data" in
           last-heavy-textured-long) from="$runs/last-heavy-textured/model_final.pt" ;;
           last-heavy-textured-longer) epochs=80 ;;
-          mix-polish) src=(--deadleaves-bank "$bank" "${src[@]}"); lr=2.5e-5 ;;
+          mix-polish|mix-polish-128) src=(--deadleaves-bank "$bank" "${src[@]}"); lr=2.5e-5
+            if [ "$data" = mix-polish-128 ]; then patch=128; batch=2; fi ;;&
+          step-bias|step-bias-later)
+            src=(--deadleaves-bank "$bank" "${src[@]}"); epochs=15
+            train=(python training/recipes/step_bias_screen.py --threads "${THREADS:-1}" --freeze-base)
+            if [ "$data" = step-bias-later ]; then train+=(--keep-first); fi
+            train+=(--) ;;&
+          mix-polish-128|step-bias|step-bias-later)
+            # session 11: from the shipped file itself (float16 weights; the session-9 default, commit d99bc1b)
+            from="$runs/init_default_d99bc1b.pt"
+            if [ ! -f "$from" ]; then git show d99bc1b:engine/data/default_model.pt > "$from"; fi ;;
         esac ;;
       origin-share)
         src=(--deadleaves-bank "$bank" --textured-bank "$runs/textured_bank_256.npy" --mean-photons
@@ -139,9 +155,9 @@ render_bank('$bank', 100, 256, seed=0, progress=True)" ;;
       onestep-mix) src=(--deadleaves-bank "$bank" --procedural); steps=1 ;;
       *) echo "unknown data $data" >&2; exit 2 ;;
     esac
-    python -c "import torch; torch.set_num_threads(${THREADS:-1}); import sys; from training.cli import main; sys.exit(main(sys.argv[1:]))" \
+    "${train[@]}" \
       train --out "$runs/$data" "${src[@]}" --init "$from" --steps $steps --fixed-weights \
-      --mean-loss 2 --mean-pool 8 --patch 96 --batch 4 --epochs $epochs --iters-per-epoch 100 --lr $lr \
+      --mean-loss 2 --mean-pool 8 --patch $patch --batch $batch --epochs $epochs --iters-per-epoch 100 --lr $lr \
       --amp bf16 --save-every 25 --log-every 5 --device cpu -q ${max:+--max-steps $max} "${extra[@]}" ;;
   eval)
     ckpt=$3; shift 3

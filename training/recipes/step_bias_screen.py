@@ -1,0 +1,206 @@
+"""A screening experiment, not a product feature: does a step embedding make later steps better?
+
+Every convolution of the UNet (the 1x1 head included) gets a bias *offset* that depends on the
+step's place in the loop, ``t = (rho_i - 1) / (r - 1)`` (0 at the first evaluation; on SPEC's
+linspace schedule with 3 steps 0, 1/3, 2/3): ``ANCHORS`` offset vectors per layer at
+``t = k / ANCHORS``, interpolated linearly between them (clamped at the last), scaled by
+``--scale`` (so Adam moves them ``scale`` times faster than the weights). With the offsets at
+zero the network is the one it was loaded as. The offsets are trained with the ordinary
+``train`` command (``--freeze-base``: them alone; ``--keep-first``: the first step's anchor stays
+zero, so a 1-step run is the loaded model's exactly) and saved beside the run's ``model.pt`` as
+``model.stepbias.pt``; ``evaluate`` loads ``<checkpoint stem>.stepbias.pt`` when it exists.
+
+The engine does not run such a model (its checkpoints have no step-dependent weights); NOTES.md
+("A step embedding, screened") says what it measured and why it stopped here. Usage::
+
+    python training/recipes/step_bias_screen.py --freeze-base --keep-first -- train --out RUNS/sb ...
+    python training/recipes/step_bias_screen.py -- evaluate --checkpoint RUNS/sb/model.pt --seed 7 ...
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ANCHORS = 3
+SIDE_SUFFIX = ".stepbias.pt"
+
+
+class StepBias(nn.Module):
+    """The offsets of every conv / transposed conv of ``net``: float32 ``[anchors, out_channels]``
+    each (zeros at construction), and the step plan of the run in progress."""
+
+    def __init__(self, net: nn.Module, anchors: int = ANCHORS, scale: float = 10.0):
+        super().__init__()
+        if anchors < 2:
+            raise ValueError(f"anchors must be >= 2, got {anchors}")
+        self.anchors, self.scale = int(anchors), float(scale)
+        self.layers = [n for n, m in net.named_modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+        # ParameterDict keys may not hold dots: conv names of the UNet have none
+        self.offsets = nn.ParameterDict({n: nn.Parameter(torch.zeros(self.anchors, m.out_channels))
+                                         for n, m in net.named_modules() if n in self.layers})
+        self.plan: torch.Tensor | None = None  # float32 [B, steps]: t of every evaluation of the run
+        self.calls = 0
+        self.mix: torch.Tensor | None = None  # float32 [B, anchors]: the current evaluation's weights
+
+    def anchor_weights(self, t: torch.Tensor) -> torch.Tensor:
+        """Linear interpolation weights ``[B, anchors]`` of the step places ``t`` ``[B]`` (in [0, 1])."""
+        pos = (t.float() * self.anchors).clamp(0, self.anchors - 1)
+        lo = pos.floor().long().clamp(max=self.anchors - 2)
+        frac = (pos - lo.float())[:, None]
+        w = torch.zeros(t.numel(), self.anchors, device=t.device)
+        w.scatter_(1, lo[:, None], 1 - frac)
+        w.scatter_add_(1, lo[:, None] + 1, frac)
+        return w
+
+    def offset(self, layer: str) -> torch.Tensor:
+        """The current evaluation's offset of ``layer``: ``[B, C]``."""
+        return (self.mix.to(self.offsets[layer].device) @ self.offsets[layer]) * self.scale
+
+
+def attach(net: nn.Module, anchors: int = ANCHORS, scale: float = 10.0) -> StepBias:
+    """Hooks the offsets into ``net`` (each forward pass is the next evaluation of the plan set by
+    ``set_plan``); returns them. They are kept off ``net``'s own modules, so its state dict (the
+    engine's checkpoint) is unchanged."""
+    sb = StepBias(net, anchors, scale)
+    object.__setattr__(net, "_step_bias", sb)
+
+    def next_evaluation(module, args):
+        if sb.plan is None:
+            raise RuntimeError("step_bias_screen: no step plan set for this run (set_plan)")
+        sb.mix = sb.anchor_weights(sb.plan[:, sb.calls % sb.plan.shape[1]])
+        sb.calls += 1
+
+    net.register_forward_pre_hook(next_evaluation)
+    for name, module in net.named_modules():
+        if name in sb.layers:
+            module.register_forward_hook(lambda m, inp, out, name=name: out + sb.offset(name)[:, :, None, None].to(out.dtype))
+    return sb
+
+
+def keep_first_anchor(sb: StepBias) -> None:
+    """The first anchor's offsets get no gradient, so Adam leaves them where they are (zero): the
+    first evaluation stays the loaded network's."""
+    for p in sb.parameters():
+        p.register_hook(lambda g: g.index_fill(0, torch.tensor([0], device=g.device), 0.0))
+
+
+def set_plan(backbone, rho: torch.Tensor) -> None:
+    """The step places of a run on the schedule ``rho`` ``[B, steps + 1]`` (no-op for a network
+    without offsets)."""
+    sb = getattr(backbone, "_step_bias", None) or getattr(getattr(backbone, "module", None), "_step_bias", None)
+    if sb is None:
+        return
+    r = rho[:, -1:]
+    sb.plan = ((rho[:, :-1] - 1) / (r - 1).clamp(min=1e-6)).detach()
+    sb.calls = 0
+
+
+def _patch_loops() -> None:
+    """Every unrolled training loss and every evaluation run sets its plan first."""
+    import training.evaluate as evaluate
+    import training.objective as objective
+    import training.trainer as trainer
+
+    loss = objective.unrolled_loss
+    run = evaluate.run_exposure_diffusion
+
+    def planned_loss(backbone, *args, rho, **kwargs):
+        set_plan(backbone, rho)
+        return loss(backbone, *args, rho=rho, **kwargs)
+
+    def planned_run(backbone, *args, rho, **kwargs):
+        set_plan(backbone, rho)
+        return run(backbone, *args, rho=rho, **kwargs)
+
+    trainer.unrolled_loss = planned_loss
+    evaluate.run_exposure_diffusion = planned_run
+
+
+def _patch_trainer(anchors: int, scale: float, freeze_base: bool, keep_first: bool) -> None:
+    import training.trainer as trainer
+
+    Trainer = trainer.Trainer
+    init, state_dict, save, resume = Trainer.__init__, Trainer.state_dict, Trainer.save, Trainer.resume
+
+    def patched_init(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self._step_bias = attach(self.model, anchors, scale).to(next(self.model.parameters()).device)
+        if freeze_base:
+            self.model.requires_grad_(False)
+        if keep_first:
+            keep_first_anchor(self._step_bias)
+        self.optimizer.add_param_group({"params": list(self._step_bias.parameters())})
+
+    def patched_state_dict(self):
+        return {**state_dict(self), "step_bias": self._step_bias.state_dict()}
+
+    def patched_save(self):
+        save(self)
+        if self.rank == 0:
+            torch.save(self._step_bias.state_dict(), self.out / f"model{SIDE_SUFFIX}")
+
+    def patched_resume(self, path=None):
+        resumed = resume(self, path)
+        if resumed:
+            state = torch.load(path or (self.out / "last.pt"), map_location="cpu", weights_only=False)
+            self._step_bias.load_state_dict(state["step_bias"])
+        return resumed
+
+    Trainer.__init__, Trainer.state_dict, Trainer.save, Trainer.resume = (
+        patched_init, patched_state_dict, patched_save, patched_resume)
+
+
+def side_file(checkpoint) -> Path:
+    """Where the offsets of ``checkpoint`` (a ``.pt`` file) are kept."""
+    path = Path(checkpoint)
+    return path.with_name(path.stem + SIDE_SUFFIX)
+
+
+def _patch_loader(anchors: int, scale: float) -> None:
+    import engine.models.checkpoint as checkpoint
+
+    load = checkpoint.load_checkpoint
+
+    def patched_load(source, *args, **kwargs):
+        model, config, meta = load(source, *args, **kwargs)
+        side = side_file(source)
+        if side.exists():
+            attach(model, anchors, scale).load_state_dict(torch.load(side, map_location="cpu"))
+            print(f"step_bias_screen: offsets from {side}", file=sys.stderr)
+        return model, config, meta
+
+    checkpoint.load_checkpoint = patched_load
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     usage="%(prog)s [options] -- train|evaluate ARGS (exposure-diffusion's own)")
+    parser.add_argument("--anchors", type=int, default=ANCHORS, help="offset vectors per layer (default 3)")
+    parser.add_argument("--scale", type=float, default=10.0, help="offset multiplier (default 10)")
+    parser.add_argument("--freeze-base", action="store_true", help="train the offsets alone")
+    parser.add_argument("--keep-first", action="store_true", help="the first step's offsets stay zero")
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("THREADS", 1)))
+    if "--" not in argv:
+        parser.error("after --, give exposure-diffusion's train or evaluate command")
+    split = argv.index("--")
+    args, command = parser.parse_args(argv[:split]), argv[split + 1:]
+    if not command or command[0] not in ("train", "evaluate"):
+        parser.error("after --, give exposure-diffusion's train or evaluate command")
+    torch.set_num_threads(args.threads)
+    _patch_loops()
+    if command[0] == "train":
+        _patch_trainer(args.anchors, args.scale, args.freeze_base, args.keep_first)
+    else:
+        _patch_loader(args.anchors, args.scale)
+    from training.cli import main as cli_main
+
+    return cli_main(command)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
