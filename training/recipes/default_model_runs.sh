@@ -48,7 +48,7 @@
 # recipe; mix-polish (session 10, not kept) continues it 3000 steps on dead and textured leaves half and half at
 # lr 2.5e-5; origin-share adds the noisy input A_T beside every state (--concat-origin), its columns started at 0.2
 # of the state's (--origin-share 0.2, training/init_weights.py), 3000 steps from last-heavy's final weights with
-# its recipe. Session 11's arms (none kept) start from the session-9 default too: mix-polish-128 is mix-polish on
+# its recipe. Session 11's arms (none kept) start from the session-9 default as shipped: mix-polish-128 is mix-polish on
 # 128^2 patches, batch 2 (the same pixels per step, more context per patch); step-bias and step-bias-later screen a
 # step embedding (training/recipes/step_bias_screen.py: per-step bias offsets on every convolution, trained alone
 # over the frozen network for 1500 steps on mix-polish's data at lr 5e-5; step-bias-later keeps the first step's

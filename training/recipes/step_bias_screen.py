@@ -76,9 +76,13 @@ def attach(net: nn.Module, anchors: int = ANCHORS, scale: float = 10.0) -> StepB
         sb.calls += 1
 
     net.register_forward_pre_hook(next_evaluation)
+
+    def add_offset(name):
+        return lambda module, inputs, out: out + sb.offset(name)[:, :, None, None].to(out.dtype)
+
     for name, module in net.named_modules():
         if name in sb.layers:
-            module.register_forward_hook(lambda m, inp, out, name=name: out + sb.offset(name)[:, :, None, None].to(out.dtype))
+            module.register_forward_hook(add_offset(name))
     return sb
 
 
