@@ -16,7 +16,8 @@
 #                                                                    # last-heavy-textured | origin-share |
 #                                                                    # last-heavy-textured-long |
 #                                                                    # last-heavy-textured-longer | mix-polish |
-#                                                                    # mix-polish-128 | step-bias | step-bias-later
+#                                                                    # mix-polish-128 | mix-polish-wide | step-bias |
+#                                                                    # step-bias-later
 #   bash training/recipes/default_model_runs.sh eval RUNS CKPT [evaluate options]   # photo hold-out, BM3D cached
 #   bash training/recipes/default_model_runs.sh auto RUNS CKPT OUT   # calibrate steps="auto" into OUT (fp16)
 #
@@ -49,7 +50,8 @@
 # lr 2.5e-5; origin-share adds the noisy input A_T beside every state (--concat-origin), its columns started at 0.2
 # of the state's (--origin-share 0.2, training/init_weights.py), 3000 steps from last-heavy's final weights with
 # its recipe. Session 11's arms (none kept) start from the session-9 default as shipped: mix-polish-128 is mix-polish on
-# 128^2 patches, batch 2 (the same pixels per step, more context per patch); step-bias and step-bias-later screen a
+# 128^2 patches, batch 2 (the same pixels per step, more context per patch), mix-polish-wide on ratios U(50, 300)
+# instead of U(100, 300) (x100 inside the training range rather than at its edge); step-bias and step-bias-later screen a
 # step embedding (training/recipes/step_bias_screen.py: per-step bias offsets on every convolution, trained alone
 # over the frozen network for 1500 steps on mix-polish's data at lr 5e-5; step-bias-later keeps the first step's
 # offsets at zero). A run stops after
@@ -119,20 +121,21 @@ render_bank('$bank', 100, 256, seed=0, progress=True)" ;;
         src=(--textured-bank "$runs/textured_bank_256.npy" --mean-photons --inner-exposures linspace)
         if [ "$data" = last-heavy-long ]; then src+=(--deadleaves-bank "$bank"); fi
         lr=5e-5; epochs=50; from="$runs/last-heavy/model_final.pt"; extra=(--step-weights 0.2 0.3 0.5) ;;
-      last-heavy-textured-long|last-heavy-textured-longer|mix-polish|mix-polish-128|step-bias|step-bias-later)
+      last-heavy-textured-long|last-heavy-textured-longer|mix-polish|mix-polish-128|mix-polish-wide|step-bias|step-bias-later)
         src=(--textured-bank "$runs/textured_bank_256.npy" --mean-photons --inner-exposures linspace)
         lr=5e-5; epochs=30; from="$runs/last-heavy-textured-long/model_final.pt"; extra=(--step-weights 0.2 0.3 0.5)
         case "$data" in
           last-heavy-textured-long) from="$runs/last-heavy-textured/model_final.pt" ;;
           last-heavy-textured-longer) epochs=80 ;;
-          mix-polish|mix-polish-128) src=(--deadleaves-bank "$bank" "${src[@]}"); lr=2.5e-5
-            if [ "$data" = mix-polish-128 ]; then patch=128; batch=2; fi ;;&
+          mix-polish|mix-polish-128|mix-polish-wide) src=(--deadleaves-bank "$bank" "${src[@]}"); lr=2.5e-5
+            if [ "$data" = mix-polish-128 ]; then patch=128; batch=2; fi
+            if [ "$data" = mix-polish-wide ]; then extra+=(--ratio-range 50 300); fi ;;&
           step-bias|step-bias-later)
             src=(--deadleaves-bank "$bank" "${src[@]}"); epochs=15
             train=(python training/recipes/step_bias_screen.py --threads "${THREADS:-1}" --freeze-base)
             if [ "$data" = step-bias-later ]; then train+=(--keep-first); fi
             train+=(--) ;;&
-          mix-polish-128|step-bias|step-bias-later)
+          mix-polish-128|mix-polish-wide|step-bias|step-bias-later)
             # session 11: from the shipped file itself (float16 weights; the session-9 default, commit d99bc1b)
             from="$runs/init_default_d99bc1b.pt"
             if [ ! -f "$from" ]; then git show d99bc1b:engine/data/default_model.pt > "$from"; fi ;;
