@@ -145,8 +145,11 @@ def _patch_trainer(anchors: int, scale: float, freeze_base: bool, keep_first: bo
 
     def patched_save(self):
         save(self)
-        if self.rank == 0:
-            torch.save(self._step_bias.state_dict(), self.out / f"model{SIDE_SUFFIX}")
+        if self.rank == 0:  # atomically, as the run's own files: a stopped run leaves no half-written file
+            from engine.io.atomic import atomic_path
+
+            with atomic_path(self.out / f"model{SIDE_SUFFIX}") as tmp:
+                torch.save(self._step_bias.state_dict(), tmp)
 
     def patched_resume(self, path=None):
         resumed = resume(self, path)
