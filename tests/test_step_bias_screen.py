@@ -1,17 +1,10 @@
 """The step-embedding screen (training/recipes/step_bias_screen.py): zero offsets leave the
 network unchanged, each evaluation of a run gets its own offsets, the first anchor can be kept."""
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
 from engine.models.unet import UNet
-
-_PATH = Path(__file__).resolve().parents[1] / "training" / "recipes" / "step_bias_screen.py"
-_spec = importlib.util.spec_from_file_location("step_bias_screen", _PATH)
-screen = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(screen)
+from training.recipes import step_bias_screen as screen
 
 
 def _net(seed=0):

@@ -49,12 +49,12 @@
 # recipe; mix-polish (session 10, not kept) continues it 3000 steps on dead and textured leaves half and half at
 # lr 2.5e-5; origin-share adds the noisy input A_T beside every state (--concat-origin), its columns started at 0.2
 # of the state's (--origin-share 0.2, training/init_weights.py), 3000 steps from last-heavy's final weights with
-# its recipe. Session 11's arms (none kept) start from the session-9 default as shipped: mix-polish-128 is mix-polish on
-# 128^2 patches, batch 2 (the same pixels per step, more context per patch), mix-polish-wide on ratios U(50, 300)
-# instead of U(100, 300) (x100 inside the training range rather than at its edge); step-bias and step-bias-later screen a
-# step embedding (training/recipes/step_bias_screen.py: per-step bias offsets on every convolution, trained alone
-# over the frozen network for 1500 steps on mix-polish's data at lr 5e-5; step-bias-later keeps the first step's
-# offsets at zero). A run stops after
+# its recipe. Session 11's arms (none kept) start from the session-9 default as shipped: mix-polish-128 is
+# mix-polish on 128^2 patches, batch 2 (the same pixels per step, more context per patch), mix-polish-wide on ratios
+# U(50, 300) instead of U(100, 300) (x100 inside the training range rather than at its edge); step-bias and
+# step-bias-later screen a step embedding (training/recipes/step_bias_screen.py: per-step bias offsets on every
+# convolution, trained alone over the frozen network for 1500 steps on mix-polish's data at lr 5e-5; step-bias-later
+# keeps the first step's offsets at zero). A run stops after
 # MAX more optimiser steps when given; started again with the same folder it resumes exactly where it stopped
 # (checkpoints every 25 steps). THREADS (default 1): torch CPU threads.
 # The dead-leaves scenes need the deadleaves package; on Python 3.11 set

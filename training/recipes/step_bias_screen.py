@@ -39,10 +39,11 @@ class StepBias(nn.Module):
         if anchors < 2:
             raise ValueError(f"anchors must be >= 2, got {anchors}")
         self.anchors, self.scale = int(anchors), float(scale)
-        self.layers = [n for n, m in net.named_modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+        convs = {n: m for n, m in net.named_modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))}
+        self.layers = list(convs)
         # ParameterDict keys may not hold dots: conv names of the UNet have none
         self.offsets = nn.ParameterDict({n: nn.Parameter(torch.zeros(self.anchors, m.out_channels))
-                                         for n, m in net.named_modules() if n in self.layers})
+                                         for n, m in convs.items()})
         self.plan: torch.Tensor | None = None  # float32 [B, steps]: t of every evaluation of the run
         self.calls = 0
         self.mix: torch.Tensor | None = None  # float32 [B, anchors]: the current evaluation's weights
@@ -80,9 +81,8 @@ def attach(net: nn.Module, anchors: int = ANCHORS, scale: float = 10.0) -> StepB
     def add_offset(name):
         return lambda module, inputs, out: out + sb.offset(name)[:, :, None, None].to(out.dtype)
 
-    for name, module in net.named_modules():
-        if name in sb.layers:
-            module.register_forward_hook(add_offset(name))
+    for name in sb.layers:
+        net.get_submodule(name).register_forward_hook(add_offset(name))
     return sb
 
 
@@ -127,6 +127,7 @@ def _patch_loops() -> None:
 
 def _patch_trainer(anchors: int, scale: float, freeze_base: bool, keep_first: bool) -> None:
     import training.trainer as trainer
+    from engine.models.checkpoint import read_weights_only
 
     Trainer = trainer.Trainer
     init, state_dict, save, resume = Trainer.__init__, Trainer.state_dict, Trainer.save, Trainer.resume
@@ -154,7 +155,7 @@ def _patch_trainer(anchors: int, scale: float, freeze_base: bool, keep_first: bo
     def patched_resume(self, path=None):
         resumed = resume(self, path)
         if resumed:
-            state = torch.load(path or (self.out / "last.pt"), map_location="cpu", weights_only=False)
+            state = read_weights_only(path or (self.out / "last.pt"))
             self._step_bias.load_state_dict(state["step_bias"])
         return resumed
 
@@ -177,7 +178,7 @@ def _patch_loader(anchors: int, scale: float) -> None:
         model, config, meta = load(source, *args, **kwargs)
         side = side_file(source)
         if side.exists():
-            attach(model, anchors, scale).load_state_dict(torch.load(side, map_location="cpu"))
+            attach(model, anchors, scale).load_state_dict(checkpoint.read_weights_only(side))
             print(f"step_bias_screen: offsets from {side}", file=sys.stderr)
         return model, config, meta
 
