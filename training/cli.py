@@ -112,6 +112,7 @@ def _train(args) -> int:
             dataset = build_training_dataset(sid_root=args.sid_root, sid_list=args.sid_list,
                                              srgb_folder=args.srgb_folder, deadleaves_bank=args.deadleaves_bank,
                                              textured_bank=args.textured_bank, raw_folder=args.raw_folder,
+                                             illumination=args.illumination,
                                              procedural=not (args.sid_root or args.srgb_folder or args.deadleaves_bank
                                                              or args.textured_bank or args.raw_folder)
                                              or args.procedural,
@@ -386,6 +387,10 @@ def add_training_commands(sub) -> None:
                    help="dead-leaves scenes from this bank (.npy of training.deadleaves_scenes.render_bank)")
     t.add_argument("--textured-bank", default=None,
                    help="textured-leaves scenes from this bank (.npy of python -m training.textured_leaves)")
+    t.add_argument("--illumination", default="frame", choices=("frame", "crop"),
+                   help="how the dead- and textured-leaves scenes are lit: 'frame' (default), each scene a whole "
+                        "frame under a smooth field ~17x across it; 'crop', each a sensor-resolution crop of a frame "
+                        "up to 6000 pixels wide, seeing only its part of that frame's field")
     t.add_argument("--procedural", action="store_true", help="add procedural scenes to a dataset given above")
     t.add_argument("--cache", default="memory", choices=("memory", "disk", "none"),
                    help="SID long-exposure cache (default memory)")

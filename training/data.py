@@ -133,6 +133,7 @@ class EpochTaggedSampler(Sampler):
 
 def build_training_dataset(*, sid_root=None, sid_list=None, srgb_folder=None, deadleaves_bank=None,
                            textured_bank=None, raw_folder=None, procedural: bool | int = True,
+                           illumination: str = "frame",
                            patch: int = 512, weights: Sequence[float] | None = None, length: int | None = None,
                            cache="memory", cache_dir=None, seed: int = 0, white_level: float | None = None) -> MixedPatchDataset:
     """The training set from whatever is at hand; with no argument, procedural scenes only
@@ -148,6 +149,8 @@ def build_training_dataset(*, sid_root=None, sid_list=None, srgb_folder=None, de
             dead-leaves scenes (1000 per epoch, or as many as the other sources have samples).
         textured_bank: a textured-leaves bank ``.npy`` (``training.textured_leaves``): finished
             textured-leaves scenes (as many per epoch as the dead leaves).
+        illumination: how the two leaves families are lit, ``"frame"`` or ``"crop"``
+            (``training.deadleaves_scenes._light_field``).
         procedural: include procedural scenes; an int sets how many per epoch (default
             1000, or as many as the other sources have samples).
         weights: one per included source, in the order SID, raw folder, sRGB, dead leaves,
@@ -169,12 +172,13 @@ def build_training_dataset(*, sid_root=None, sid_list=None, srgb_folder=None, de
     if deadleaves_bank is not None:
         from .deadleaves_scenes import DeadLeavesDataset
 
-        sources.append(DeadLeavesDataset(deadleaves_bank, max(1000, sum(len(s) for s in sources)), patch=patch, seed=seed))
+        sources.append(DeadLeavesDataset(deadleaves_bank, max(1000, sum(len(s) for s in sources)), patch=patch, seed=seed,
+                                          illumination=illumination))
     if textured_bank is not None:
         from .textured_leaves import TexturedLeavesDataset
 
         n = len(sources[-1]) if deadleaves_bank is not None else max(1000, sum(len(s) for s in sources))
-        sources.append(TexturedLeavesDataset(textured_bank, n, patch=patch, seed=seed))
+        sources.append(TexturedLeavesDataset(textured_bank, n, patch=patch, seed=seed, illumination=illumination))
     if procedural:
         n = procedural if not isinstance(procedural, bool) else max(1000, sum(len(s) for s in sources))
         sources.append(ProceduralSceneDataset(n, patch=patch, seed=seed))
