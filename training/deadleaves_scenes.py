@@ -183,21 +183,35 @@ def _light_field(g: torch.Generator, side: int, illumination: str = "frame") -> 
     """
     if illumination not in ILLUMINATIONS:
         raise ValueError(f"illumination must be one of {ILLUMINATIONS}, got {illumination!r}")
-    c = (torch.arange(side, dtype=torch.float32) + 0.5) / side - 0.5  # pixel centres, frame units in [-0.5, 0.5]
     gy, gx = (2.0 * torch.rand(2, generator=g) - 1.0).tolist()
     knots = torch.randn(1, 1, 4, 4, generator=g) * 0.5
     if illumination == "frame":
-        coarse = torch.nn.functional.interpolate(knots, size=(side, side), mode="bicubic", align_corners=False)[0]
-        return torch.exp(gy * 2.0 * c[:, None] + gx * 2.0 * c[None, :] + coarse)
+        return _field_window(gy, gx, knots, side)
     u = torch.rand(3, generator=g).tolist()
-    frac = math.exp(math.log(min(1.0, side / MAX_FRAME_WIDTH)) * u[0])  # crop width / frame width
-    cy = (u[1] - 0.5) * (1.0 - frac) + frac * c  # the crop's pixel centres in frame units
-    cx = (u[2] - 0.5) * (1.0 - frac) + frac * c
-    # grid_sample's normalised coordinates are 2 x frame units; bicubic with border padding
-    # samples the knots as interpolate(..., align_corners=False) does (frac = 1 gives the same field)
-    grid = torch.stack(torch.broadcast_tensors(2.0 * cx[None, :], 2.0 * cy[:, None]), dim=-1)[None]
-    coarse = torch.nn.functional.grid_sample(knots, grid, mode="bicubic", padding_mode="border",
-                                             align_corners=False)[0]
+    frac = math.exp(math.log(min(1.0, side / MAX_FRAME_WIDTH)) * u[0])
+    return _field_window(gy, gx, knots, side, frac, u[1] * (1.0 - frac), u[2] * (1.0 - frac))
+
+
+def _field_window(gy: float, gx: float, knots: torch.Tensor, side: int, frac: float = 1.0,
+                  top: float = 0.0, left: float = 0.0) -> torch.Tensor:
+    """The frame's illumination over a square window of it, ``[1, side, side]`` float32.
+
+    Frame units: the frame is ``[0, 1]`` on each axis. ``gy``, ``gx``: half the log
+    gradient (the log field changes by ``2 gy`` from the frame's top to its bottom); ``knots``: ``[1, 1, 4, 4]`` log shading; the window is ``frac`` of the
+    frame wide with its top-left corner at ``(top, left)``, sampled at ``side`` pixel centres.
+    """
+    c = (torch.arange(side, dtype=torch.float32) + 0.5) / side  # pixel centres in window units
+    if frac == 1.0 and top == 0.0 and left == 0.0:
+        # the whole frame, as every model before the crop option was trained (kept bit for bit)
+        coarse = torch.nn.functional.interpolate(knots, size=(side, side), mode="bicubic", align_corners=False)[0]
+        cy = cx = c - 0.5
+    else:
+        cy, cx = top + frac * c - 0.5, left + frac * c - 0.5  # frame units, centred
+        # grid_sample's normalised coordinates are 2 x centred frame units; bicubic with border
+        # padding samples the knots as interpolate(..., align_corners=False) does
+        grid = torch.stack(torch.broadcast_tensors(2.0 * cx[None, :], 2.0 * cy[:, None]), dim=-1)[None]
+        coarse = torch.nn.functional.grid_sample(knots, grid, mode="bicubic", padding_mode="border",
+                                                 align_corners=False)[0]
     return torch.exp(gy * 2.0 * cy[:, None] + gx * 2.0 * cx[None, :] + coarse)
 
 

@@ -100,8 +100,10 @@ def scene_statistics(packed: torch.Tensor) -> dict:
             "chroma_detail": float(detail.flatten(2).std(dim=2).mean())}
 
 
-def _families(n: int, patch: int, seed: int, srgb_folder=None, with_skimage: bool = False) -> dict:
-    """Name -> ``[n, 4, patch, patch]`` clean scenes of each family that is available here."""
+def _families(n: int, patch: int, seed: int, srgb_folder=None, with_skimage: bool = False,
+              illumination: str = "frame") -> dict:
+    """Name -> ``[n, 4, patch, patch]`` clean scenes of each family that is available here
+    (the leaves families lit as ``illumination`` says: ``training.deadleaves_scenes``)."""
     from .synthetic import procedural_scene
 
     g = torch.Generator().manual_seed(seed)
@@ -113,13 +115,13 @@ def _families(n: int, patch: int, seed: int, srgb_folder=None, with_skimage: boo
         scenes = []
         for i in range(n):
             rgb = torch.from_numpy(render_leaves(seed * 1000 + i, size=2 * patch))
-            scenes.append(finish_scene(rgb, torch.Generator().manual_seed(seed * 1000 + i), patch))
+            scenes.append(finish_scene(rgb, torch.Generator().manual_seed(seed * 1000 + i), patch, illumination))
         families["dead leaves"] = torch.stack(scenes)
     except ImportError as e:
         print(f"dead leaves: left out ({e})", file=sys.stderr)
     from .textured_leaves import textured_holdout
 
-    families["textured leaves"] = textured_holdout(n, patch, seed)
+    families["textured leaves"] = textured_holdout(n, patch, seed, illumination)
     if srgb_folder is not None:
         from .augment import normalise_packed
         from .patches import collate_patches
@@ -150,9 +152,12 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--srgb-folder", default=None, help="also a folder of photos, made into raw as training does")
     ap.add_argument("--skimage", action="store_true", help="also scikit-image's photographs (evaluation only)")
+    ap.add_argument("--illumination", default="frame", choices=("frame", "crop"),
+                    help="how the leaves families are lit (as train --illumination; default frame)")
     args = ap.parse_args(argv)
     rows = []
-    for name, scenes in _families(args.n, args.patch, args.seed, args.srgb_folder, args.skimage).items():
+    for name, scenes in _families(args.n, args.patch, args.seed, args.srgb_folder, args.skimage,
+                                  args.illumination).items():
         s = scene_statistics(scenes)
         rows.append((name, s))
     bands = max(len(s["band_energy"]) for _, s in rows)

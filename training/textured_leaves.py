@@ -289,16 +289,17 @@ def render_bank(path, n: int, size: int = 256, seed: int = 0, progress: bool = F
     return write_bank(path, render_textured_leaves, n, size, seed, _TAG_TEXTURED, "textured-leaves", progress)
 
 
-def textured_holdout(n: int, patch: int, seed: int = 0) -> torch.Tensor:
+def textured_holdout(n: int, patch: int, seed: int = 0, illumination: str = "frame") -> torch.Tensor:
     """Clean textured-leaves scenes for evaluation, float32 ``[n, 4, patch, patch]`` in [0, 1]:
     images of ``2 x patch`` pixels from a seed stream of their own (``(seed, tag 207, i)``; a bank
     of :func:`render_bank` draws from tag 206, so no scene here was trained on), each with the
-    dead-leaves finish seeded from the same stream."""
+    dead-leaves finish seeded from the same stream (``illumination`` as there; the evaluation
+    set is ``"frame"``)."""
     out = []
     for i in range(n):
         s = image_seed(seed, _TAG_TEXTURED_HOLDOUT, i)
         out.append(finish_scene(torch.from_numpy(render_textured_leaves(s, 2 * patch)),
-                                torch.Generator().manual_seed(s), patch))
+                                torch.Generator().manual_seed(s), patch, illumination))
     return torch.stack(out)
 
 
