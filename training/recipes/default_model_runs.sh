@@ -18,7 +18,8 @@
 #                                                                    # last-heavy-textured-longer | mix-polish |
 #                                                                    # mix-polish-128 | mix-polish-wide | step-bias |
 #                                                                    # step-bias-later | mix-polish-crop |
-#                                                                    # textured-crop
+#                                                                    # textured-crop | mix-polish-last70 |
+#                                                                    # mix-polish-last100
 #   bash training/recipes/default_model_runs.sh eval RUNS CKPT [evaluate options]   # photo hold-out, BM3D cached
 #   bash training/recipes/default_model_runs.sh auto RUNS CKPT OUT   # calibrate steps="auto" into OUT (fp16)
 #
@@ -57,7 +58,9 @@
 # convolution, trained alone over the frozen network for 1500 steps on mix-polish's data at lr 5e-5; step-bias-later
 # keeps the first step's offsets at zero). Session 12's arms light the leaves scenes as crops of larger frames
 # (train --illumination crop, training/deadleaves_scenes.py) from the same start: mix-polish-crop is mix-polish so
-# lit, textured-crop the session-9 default's own last recipe (textured leaves alone, lr 5e-5, 3000 steps) so lit.
+# lit, textured-crop the session-9 default's own last recipe (textured leaves alone, lr 5e-5, 3000 steps) so lit;
+# mix-polish-last70 and mix-polish-last100 are mix-polish with more of the loss on the last step (step weights
+# 0.1 / 0.2 / 0.7 and 0 / 0 / 1: where SPEC's learnable weights run, the step with the lowest loss).
 # A run stops after
 # MAX more optimiser steps when given; started again with the same folder it resumes exactly where it stopped
 # (checkpoints every 25 steps). THREADS (default 1): torch CPU threads.
@@ -126,14 +129,16 @@ render_bank('$bank', 100, 256, seed=0, progress=True)" ;;
         if [ "$data" = last-heavy-long ]; then src+=(--deadleaves-bank "$bank"); fi
         lr=5e-5; epochs=50; from="$runs/last-heavy/model_final.pt"; extra=(--step-weights 0.2 0.3 0.5) ;;
       last-heavy-textured-long|last-heavy-textured-longer|mix-polish|mix-polish-128|mix-polish-wide|step-bias|\
-      step-bias-later|mix-polish-crop|textured-crop)
+      step-bias-later|mix-polish-crop|textured-crop|mix-polish-last70|mix-polish-last100)
         src=(--textured-bank "$runs/textured_bank_256.npy" --mean-photons --inner-exposures linspace)
         lr=5e-5; epochs=30; from="$runs/last-heavy-textured-long/model_final.pt"; extra=(--step-weights 0.2 0.3 0.5)
         case "$data" in
           last-heavy-textured-long) from="$runs/last-heavy-textured/model_final.pt" ;;
           last-heavy-textured-longer) epochs=80 ;;
-          mix-polish|mix-polish-128|mix-polish-wide|mix-polish-crop) src=(--deadleaves-bank "$bank" "${src[@]}")
-            lr=2.5e-5
+          mix-polish|mix-polish-128|mix-polish-wide|mix-polish-crop|mix-polish-last70|mix-polish-last100)
+            src=(--deadleaves-bank "$bank" "${src[@]}"); lr=2.5e-5
+            if [ "$data" = mix-polish-last70 ]; then extra=(--step-weights 0.1 0.2 0.7); fi
+            if [ "$data" = mix-polish-last100 ]; then extra=(--step-weights 0 0 1); fi
             if [ "$data" = mix-polish-128 ]; then patch=128; batch=2; fi
             if [ "$data" = mix-polish-wide ]; then extra+=(--ratio-range 50 300); fi ;;&
           mix-polish-crop|textured-crop) extra+=(--illumination crop) ;;&
@@ -142,7 +147,8 @@ render_bank('$bank', 100, 256, seed=0, progress=True)" ;;
             train=(python training/recipes/step_bias_screen.py --threads "${THREADS:-1}" --freeze-base)
             if [ "$data" = step-bias-later ]; then train+=(--keep-first); fi
             train+=(--) ;;&
-          mix-polish-128|mix-polish-wide|step-bias|step-bias-later|mix-polish-crop|textured-crop)
+          mix-polish-128|mix-polish-wide|step-bias|step-bias-later|mix-polish-crop|textured-crop|\
+          mix-polish-last70|mix-polish-last100)
             # session 11 (and 12): from the shipped file itself (float16 weights; the session-9 default, commit d99bc1b)
             from="$runs/init_default_d99bc1b.pt"
             if [ ! -f "$from" ]; then git show d99bc1b:engine/data/default_model.pt > "$from"; fi ;;
