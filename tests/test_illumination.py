@@ -86,3 +86,18 @@ def test_the_train_command_refuses_an_unknown_illumination(capsys):
     with pytest.raises(SystemExit) as e:
         main(["train", "--out", "unused", "--illumination", "window", "--max-steps", "1"])
     assert e.value.code == 2 and "invalid choice: 'window'" in capsys.readouterr().err
+
+
+def test_the_gpu_recipe_pool_lights_its_leaves_as_asked(tmp_path):
+    from training.recipes.gpu_train import main, render_pool
+
+    bank = render_bank(tmp_path / "bank.npy", 2, size=32)
+    frame = render_pool(6, 16, 1, str(bank), 1, textured=True)
+    crop = render_pool(6, 16, 1, str(bank), 1, textured=True, illumination="crop")
+    assert frame.shape == crop.shape == (6, 4, 16, 16) and frame.dtype == torch.uint16
+    # scenes 0 and 3 are procedural (no illumination field), the others leaves
+    for i in range(6):
+        assert torch.equal(frame[i], crop[i]) == (i % 3 == 0), i
+    assert torch.equal(crop, render_pool(6, 16, 1, str(bank), 1, textured=True, illumination="crop"))
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path / "run"), "--illumination", "window"])

@@ -10,7 +10,8 @@
    with ``--textured`` a third each of procedural, dead-leaves (with a bank) and
    textured-leaves scenes (``training.textured_leaves``, rendered by the workers at
    ``2 x --patch`` pixels, about 1.5 CPU seconds each at the default patch, some 2 minutes of
-   the budget for 4000 scenes on 14 workers; no bank to carry).
+   the budget for 4000 scenes on 14 workers; no bank to carry). ``--illumination crop`` lights
+   both leaves families as crops of larger frames (``train --illumination``; default ``frame``).
    Scene ``i`` is a pure function of ``(--seed, i)``.
 2. The production ``training.Trainer`` (device synthesis, unrolled steps, exact resume) runs
    the issue-14 recipe of the shipped model (fixed equal step weights, the local-mean term,
@@ -65,20 +66,20 @@ def _family(i: int, textured: bool) -> str:
 
 def _render(job) -> np.ndarray:
     """Scene ``i`` of the pool: uint16 DN ``[4, p, p]``."""
-    i, patch, seed, textured = job
+    i, patch, seed, textured, illumination = job
     g = torch_generator(sample_rng(seed, _TAG_POOL, i))
     family = _family(i, textured)
     if family == "deadleaves":
         from training.deadleaves_scenes import finish_scene
 
         k = int(torch.randint(0, len(_BANK), (1,), generator=g))
-        x = finish_scene(torch.from_numpy(np.array(_BANK[k])), g, patch)
+        x = finish_scene(torch.from_numpy(np.array(_BANK[k])), g, patch, illumination)
     elif family == "textured":
         from training.deadleaves_scenes import finish_scene
         from training.textured_leaves import render_textured_leaves
 
         image = render_textured_leaves(int(torch.randint(0, 2**62, (1,), generator=g)), 2 * patch)
-        x = finish_scene(torch.from_numpy(image), g, patch)
+        x = finish_scene(torch.from_numpy(image), g, patch, illumination)
     else:
         from training.synthetic import procedural_scene
 
@@ -101,9 +102,11 @@ class PoolPatches:
                 "source": "pool"}
 
 
-def render_pool(n: int, patch: int, seed: int, bank: str | None, workers: int, textured: bool = False) -> torch.Tensor:
-    """The pool: uint16 DN ``[n, 4, patch, patch]``, scene ``i`` a pure function of ``(seed, i)``."""
-    jobs = [(i, patch, seed, textured) for i in range(n)]
+def render_pool(n: int, patch: int, seed: int, bank: str | None, workers: int, textured: bool = False,
+                illumination: str = "frame") -> torch.Tensor:
+    """The pool: uint16 DN ``[n, 4, patch, patch]``, scene ``i`` a pure function of ``(seed, i)``
+    (and ``illumination``, ``"frame"`` or ``"crop"``: ``training.deadleaves_scenes._light_field``)."""
+    jobs = [(i, patch, seed, textured, illumination) for i in range(n)]
     ctx = mp.get_context("fork")
     with ctx.Pool(workers, initializer=_init_worker, initargs=(bank,)) as pool:
         scenes = pool.map(_render, jobs, chunksize=8)
@@ -119,6 +122,8 @@ def main(argv=None) -> int:
     ap.add_argument("--bank", default=None, help="dead-leaves bank (.npy); none: procedural scenes only")
     ap.add_argument("--textured", action="store_true",
                     help="textured-leaves scenes too (training.textured_leaves): a third of the pool")
+    ap.add_argument("--illumination", default="frame", choices=("frame", "crop"),
+                    help="how the leaves scenes are lit (as train --illumination; default frame)")
     ap.add_argument("--scenes", type=integer_arg(1, 100000), default=4000,
                     help="clean scenes in the pool, 1..100000 (default 4000)")
     ap.add_argument("--patch", type=integer_arg(16, 1024, multiple=16), default=256,
@@ -149,7 +154,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
-    raw = render_pool(args.scenes, args.patch, args.seed, args.bank, args.workers, args.textured)
+    raw = render_pool(args.scenes, args.patch, args.seed, args.bank, args.workers, args.textured, args.illumination)
     t_pool = time.time() - t_start
     print(f"pool: {len(raw)} scenes of {args.patch}^2 in {t_pool:.1f} s", file=sys.stderr, flush=True)
 
@@ -208,7 +213,8 @@ def main(argv=None) -> int:
     summary = {"resumed": resumed, "global_step": trainer.global_step, "steps_this_call": done,
                "train_seconds": round(seconds, 1), "pool_seconds": round(t_pool, 1),
                "ms_per_step": round(1000 * seconds / max(done, 1), 1), "last": last, "config": cfg.to_dict(),
-               "pool": {"scenes": len(raw), "bank": args.bank, "textured": args.textured}}
+               "pool": {"scenes": len(raw), "bank": args.bank, "textured": args.textured,
+                        "illumination": args.illumination}}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps({k: v for k, v in summary.items() if k != "config"}), file=sys.stderr)
     return 0
