@@ -164,7 +164,7 @@ def test_gpu_training_recipe_runs_on_a_cpu_and_checks_its_options(tmp_path, caps
                       "--batch", "2", "--total-steps", "10", "--workers", "1", "--device", "cpu", "--amp", "none",
                       "--textured"]) == 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["pool"] == {"scenes": 4, "bank": None, "textured": True}
+    assert summary["pool"] == {"scenes": 4, "bank": None, "textured": True, "illumination": "frame"}
     assert summary["global_step"] == 10 and (tmp_path / "run" / "model_fp16.pt").is_file()
     assert summary["config"]["mean_photons"] and summary["config"]["inner_exposures"] == "linspace"
     assert load_checkpoint(tmp_path / "run" / "model_fp16.pt")[2]["photons"] == "means"

@@ -197,8 +197,9 @@ def _field_window(gy: float, gx: float, knots: torch.Tensor, side: int, frac: fl
     """The frame's illumination over a square window of it, ``[1, side, side]`` float32.
 
     Frame units: the frame is ``[0, 1]`` on each axis. ``gy``, ``gx``: half the log
-    gradient (the log field changes by ``2 gy`` from the frame's top to its bottom); ``knots``: ``[1, 1, 4, 4]`` log shading; the window is ``frac`` of the
-    frame wide with its top-left corner at ``(top, left)``, sampled at ``side`` pixel centres.
+    gradient (the log field changes by ``2 gy`` from the frame's top to its bottom);
+    ``knots``: ``[1, 1, 4, 4]`` log shading; the window is ``frac`` of the frame wide with its
+    top-left corner at ``(top, left)``, sampled at ``side`` pixel centres.
     """
     c = (torch.arange(side, dtype=torch.float32) + 0.5) / side  # pixel centres in window units
     if frac == 1.0 and top == 0.0 and left == 0.0:
