@@ -359,6 +359,7 @@ def add_training_commands(sub) -> None:
     from engine.limits import MAX_RATIO, MAX_STEPS
 
     from .options import (
+        ILLUMINATIONS,
         INNER_EXPOSURES,
         MAX_BATCH,
         MAX_EPOCHS,
@@ -387,7 +388,7 @@ def add_training_commands(sub) -> None:
                    help="dead-leaves scenes from this bank (.npy of training.deadleaves_scenes.render_bank)")
     t.add_argument("--textured-bank", default=None,
                    help="textured-leaves scenes from this bank (.npy of python -m training.textured_leaves)")
-    t.add_argument("--illumination", default="frame", choices=("frame", "crop"),
+    t.add_argument("--illumination", default="frame", choices=ILLUMINATIONS,
                    help="how the dead- and textured-leaves scenes are lit: 'frame' (default), each scene a whole "
                         "frame under a smooth field ~17x across it; 'crop', each a sensor-resolution crop of a frame "
                         "up to 6000 pixels wide, seeing only its part of that frame's field")

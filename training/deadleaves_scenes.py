@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .options import ILLUMINATIONS
 from .patches import DEFAULT_BLACK, DEFAULT_WHITE, seeded_item, to_dn, torch_generator
 from .synthetic import srgb_to_linear
 from .unprocess import gaussian_blur, linear_to_packed_raw, random_exposure_mean, random_wb
@@ -160,7 +161,13 @@ def render_bank(path, n: int, size: int = 256, seed: int = 0, progress: bool = F
 
 # Widest frame a training scene may be a crop of, in sensor pixels (a 24 MP full-frame sensor, 6000 x 4000).
 MAX_FRAME_WIDTH = 6000
-ILLUMINATIONS = ("frame", "crop")
+
+
+def check_illumination(illumination: str) -> str:
+    """``illumination`` if it is one of ``ILLUMINATIONS``, else a ValueError saying which are."""
+    if illumination not in ILLUMINATIONS:
+        raise ValueError(f"illumination must be one of {ILLUMINATIONS}, got {illumination!r}")
+    return illumination
 
 
 def _light_field(g: torch.Generator, side: int, illumination: str = "frame") -> torch.Tensor:
@@ -181,8 +188,7 @@ def _light_field(g: torch.Generator, side: int, illumination: str = "frame") -> 
     ``"frame"`` draws from ``g`` exactly as before the option existed (three draws); ``"crop"``
     draws three more after them.
     """
-    if illumination not in ILLUMINATIONS:
-        raise ValueError(f"illumination must be one of {ILLUMINATIONS}, got {illumination!r}")
+    check_illumination(illumination)
     gy, gx = (2.0 * torch.rand(2, generator=g) - 1.0).tolist()
     knots = torch.randn(1, 1, 4, 4, generator=g) * 0.5
     if illumination == "frame":
@@ -269,8 +275,7 @@ class DeadLeavesDataset(Dataset):
 
     def __init__(self, bank, size: int = 10000, *, patch: int = 128, seed: int = 0,
                  black: float = DEFAULT_BLACK, white: float = DEFAULT_WHITE, illumination: str = "frame"):
-        if illumination not in ILLUMINATIONS:
-            raise ValueError(f"illumination must be one of {ILLUMINATIONS}, got {illumination!r}")
+        self.illumination = check_illumination(illumination)  # refused here, not at the first sample
         self.bank = np.load(bank, mmap_mode="r") if isinstance(bank, (str, os.PathLike)) else np.asarray(bank)
         if self.bank.ndim != 4 or self.bank.shape[3] != 3 or self.bank.dtype != np.uint8 or len(self.bank) < 1:
             raise ValueError(f"bank must be uint8 [n >= 1, S, S, 3], got {self.bank.dtype} {self.bank.shape}")
@@ -278,7 +283,6 @@ class DeadLeavesDataset(Dataset):
             raise ValueError(f"bank images {self.bank.shape[1:3]} are smaller than 2 x patch = {2 * patch}")
         self.size, self.patch, self.seed, self.epoch = int(size), int(patch), int(seed), 0
         self.black, self.white = float(black), float(white)
-        self.illumination = illumination
 
     def __len__(self) -> int:
         return self.size

@@ -29,6 +29,9 @@ MAX_SAMPLES_PER_EPOCH = 100_000_000
 MAX_HOLDOUT_BYTES = 4 * 2**30
 # TrainConfig.inner_exposures: SPEC §4's random integers in [2, r - 1], or the inference schedule.
 INNER_EXPOSURES = ("random", "linspace", "geometric")
+# How the leaves scenes' illumination field spans a scene (training.deadleaves_scenes._light_field):
+# the whole frame, or a sensor-resolution crop of a larger one.
+ILLUMINATIONS = ("frame", "crop")
 
 LIMITS: dict[str, tuple[str, Any, Any, Any]] = {
     "steps": ("int", 1, MAX_STEPS, None),

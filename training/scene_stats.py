@@ -37,6 +37,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .options import ILLUMINATIONS
+
 __all__ = ["scene_statistics", "STATISTICS"]
 
 STATISTICS = ("spectrum_slope", "edge_density", "chroma_spread", "chroma_detail")
@@ -152,7 +154,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--srgb-folder", default=None, help="also a folder of photos, made into raw as training does")
     ap.add_argument("--skimage", action="store_true", help="also scikit-image's photographs (evaluation only)")
-    ap.add_argument("--illumination", default="frame", choices=("frame", "crop"),
+    ap.add_argument("--illumination", default="frame", choices=ILLUMINATIONS,
                     help="how the leaves families are lit (as train --illumination; default frame)")
     args = ap.parse_args(argv)
     rows = []

@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from engine.argtypes import device_arg, integer_arg, real_arg, resolve_device  # noqa: E402
 from engine.inference.loop import PHOTON_MODES  # noqa: E402
 from engine.models.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from training.options import INNER_EXPOSURES  # noqa: E402
+from training.options import ILLUMINATIONS, INNER_EXPOSURES  # noqa: E402
 from training.patches import DEFAULT_BLACK, DEFAULT_WHITE, sample_rng, to_dn, torch_generator  # noqa: E402
 from training.trainer import TrainConfig, Trainer  # noqa: E402
 
@@ -122,7 +122,7 @@ def main(argv=None) -> int:
     ap.add_argument("--bank", default=None, help="dead-leaves bank (.npy); none: procedural scenes only")
     ap.add_argument("--textured", action="store_true",
                     help="textured-leaves scenes too (training.textured_leaves): a third of the pool")
-    ap.add_argument("--illumination", default="frame", choices=("frame", "crop"),
+    ap.add_argument("--illumination", default="frame", choices=ILLUMINATIONS,
                     help="how the leaves scenes are lit (as train --illumination; default frame)")
     ap.add_argument("--scenes", type=integer_arg(1, 100000), default=4000,
                     help="clean scenes in the pool, 1..100000 (default 4000)")
