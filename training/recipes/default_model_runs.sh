@@ -20,7 +20,8 @@
 #                                                                    # step-bias-later | mix-polish-crop |
 #                                                                    # textured-crop | mix-polish-last70 |
 #                                                                    # mix-polish-last100 | textured-frame |
-#                                                                    # textured-crop-long | textured-crop-longer
+#                                                                    # textured-crop-long | textured-crop-longer |
+#                                                                    # textured-anchored
 #   bash training/recipes/default_model_runs.sh eval RUNS CKPT [evaluate options]   # photo hold-out, BM3D cached
 #   bash training/recipes/default_model_runs.sh auto RUNS CKPT OUT   # calibrate steps="auto" into OUT (fp16)
 #
@@ -63,7 +64,9 @@
 # mix-polish-last70 and mix-polish-last100 are mix-polish with more of the loss on the last step (step weights
 # 0.1 / 0.2 / 0.7 and 0 / 0 / 1: where SPEC's learnable weights run, the step with the lowest loss); textured-frame
 # is textured-crop lit as before (its control), textured-crop-long continues textured-crop 3000 steps more.
-# Session 13: textured-crop-longer continues textured-crop-long 3000 steps more (the same recipe).
+# Session 13: textured-crop-longer continues textured-crop-long 3000 steps more (the same recipe); textured-anchored
+# is that run with every intermediate estimate brought to the data's local means before the next state is made
+# (training/recipes/step_fidelity_screen.py, a screen; evaluate it with the same script).
 # A run stops after
 # MAX more optimiser steps when given; started again with the same folder it resumes exactly where it stopped
 # (checkpoints every 25 steps). THREADS (default 1): torch CPU threads.
@@ -133,7 +136,7 @@ render_bank('$bank', 100, 256, seed=0, progress=True)" ;;
         lr=5e-5; epochs=50; from="$runs/last-heavy/model_final.pt"; extra=(--step-weights 0.2 0.3 0.5) ;;
       last-heavy-textured-long|last-heavy-textured-longer|mix-polish|mix-polish-128|mix-polish-wide|step-bias|\
       step-bias-later|mix-polish-crop|textured-crop|mix-polish-last70|mix-polish-last100|textured-frame|\
-      textured-crop-long|textured-crop-longer)
+      textured-crop-long|textured-crop-longer|textured-anchored)
         src=(--textured-bank "$runs/textured_bank_256.npy" --mean-photons --inner-exposures linspace)
         lr=5e-5; epochs=30; from="$runs/last-heavy-textured-long/model_final.pt"; extra=(--step-weights 0.2 0.3 0.5)
         case "$data" in
@@ -145,7 +148,9 @@ render_bank('$bank', 100, 256, seed=0, progress=True)" ;;
             if [ "$data" = mix-polish-last100 ]; then extra=(--step-weights 0 0 1); fi
             if [ "$data" = mix-polish-128 ]; then patch=128; batch=2; fi
             if [ "$data" = mix-polish-wide ]; then extra+=(--ratio-range 50 300); fi ;;&
-          mix-polish-crop|textured-crop|textured-crop-long|textured-crop-longer) extra+=(--illumination crop) ;;&
+          mix-polish-crop|textured-crop|textured-crop-long|textured-crop-longer|textured-anchored)
+            extra+=(--illumination crop) ;;&
+          textured-anchored) train=(python training/recipes/step_fidelity_screen.py --threads "${THREADS:-1}" --) ;;&
           step-bias|step-bias-later)
             src=(--deadleaves-bank "$bank" "${src[@]}"); epochs=15
             train=(python training/recipes/step_bias_screen.py --threads "${THREADS:-1}" --freeze-base)
@@ -157,7 +162,7 @@ render_bank('$bank', 100, 256, seed=0, progress=True)" ;;
             from="$runs/init_default_d99bc1b.pt"
             if [ ! -f "$from" ]; then git show d99bc1b:engine/data/default_model.pt > "$from"; fi ;;
           textured-crop-long) from="$runs/textured-crop/model_final.pt" ;;
-          textured-crop-longer) from="$runs/textured-crop-long/model_final.pt" ;;
+          textured-crop-longer|textured-anchored) from="$runs/textured-crop-long/model_final.pt" ;;
         esac ;;
       origin-share)
         src=(--deadleaves-bank "$bank" --textured-bank "$runs/textured_bank_256.npy" --mean-photons
