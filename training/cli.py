@@ -108,7 +108,7 @@ def _train(args) -> int:
                 compile=args.compile, seed=args.seed, save_every=args.save_every, log_every=args.log_every,
                 mean_weight=args.mean_loss, mean_pool=args.mean_pool, detach_states=args.detach_states,
                 mean_photons=args.mean_photons, inner_exposures=args.inner_exposures,
-                init=args.init, origin_share=args.origin_share)
+                anchor_states=args.anchor_states, init=args.init, origin_share=args.origin_share)
             dataset = build_training_dataset(sid_root=args.sid_root, sid_list=args.sid_list,
                                              srgb_folder=args.srgb_folder, deadleaves_bank=args.deadleaves_bank,
                                              textured_bank=args.textured_bank, raw_folder=args.raw_folder,
@@ -422,6 +422,10 @@ def add_training_commands(sub) -> None:
     t.add_argument("--mean-photons", action="store_true",
                    help="the unrolled steps add the Poisson means instead of draws; the model records it "
                         "(meta['photons']) and runs with means by default (default: SPEC, draws)")
+    t.add_argument("--anchor-states", action="store_true",
+                   help="bring every intermediate estimate to the noisy input's local means (the engine's fidelity "
+                        "step) before the next state is made from it; training only, the model runs in the "
+                        "ordinary loop (needs --steps >= 2; training/objective.py)")
     t.add_argument("--inner-exposures", choices=INNER_EXPOSURES, default="random",
                    help="the unrolled steps' exposure multiples: random distinct integers in [2, r - 1] (default, "
                         "SPEC) or an inference schedule, linspace(1, r, steps + 1) or geometric r ** (i / steps), "

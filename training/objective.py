@@ -24,6 +24,16 @@ does to the later states as well as for itself. Measured on the photo hold-out: 
 3-step training from the previous default lowered its 1-step PSNR at x100 (36.44 -> 35.32 dB)
 while the same data with 1 step (5700 steps) reached 40.00 dB. With the states detached, each
 evaluation is trained by its own step's loss only, on the inputs the loop gives it.
+
+Why ``anchor`` (issue 23, session 13; NOTES.md, "Where the later steps help"): with Poisson
+means between the steps, the state after step i is ``(A_T + (rho - 1) Y_i) / rho``, so from the
+second evaluation on the data weigh ``1 / rho`` and each estimate's low-frequency error is
+carried into the next state; the engine puts the data's local means back only after the last
+step (``engine.inference.fidelity``). With ``anchor`` (the noisy input before its clip) every
+intermediate estimate gets that fidelity step before its next state is made, in training only:
+the network learns from states whose coarse content is the data's. The correction carries no
+gradient (``Y + stop_gradient(F(Y) - Y)``). The engine's loop is unchanged: measured on the
+validation splits, a network so trained is better without anchoring at inference too.
 """
 from __future__ import annotations
 
@@ -31,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.inference.fidelity import DEFAULT_SCALE as DEFAULT_ANCHOR_SCALE
+from engine.inference.fidelity import low_frequency_fidelity
 from kernels import exposure_step
 from kernels._common import DEFAULT_DN_SCALE
 
@@ -112,12 +124,34 @@ def local_mean_error(estimate: torch.Tensor, gt: torch.Tensor, pool: int) -> tor
     return F.avg_pool2d(e, pool).abs().mean() if pool > 1 else e.abs().mean()
 
 
+def network_input(unclipped: torch.Tensor, ratio: torch.Tensor, K: torch.Tensor, with_photon: bool,
+                  concat_origin: bool) -> torch.Tensor:
+    """The first network input from the noisy input before its clip, as ``kernels.synthesize_noise``
+    writes it: ``A_T = clip(unclipped, 0, 1)``, then ``A_T / (r K)`` if ``with_photon``, then ``A_T``
+    if ``concat_origin`` (float32 ``[B, 4 | 8 | 12, p, p]``; ``ratio``, ``K`` float32 ``[B]``)."""
+    a_t = unclipped.clamp(0.0, 1.0)
+    parts = [a_t] + ([a_t / (ratio * K).view(-1, 1, 1, 1)] if with_photon else []) + ([a_t] if concat_origin else [])
+    return torch.cat(parts, 1)
+
+
+def anchored_estimate(estimate: torch.Tensor, unclipped: torch.Tensor, scale: int = DEFAULT_ANCHOR_SCALE) -> torch.Tensor:
+    """``estimate`` (float ``[B, 4, p, p]`` in [0, 1]) with its local means over ``scale``-pixel boxes
+    brought to the data's (``engine.inference.fidelity.low_frequency_fidelity``, computed in float32
+    outside autocast); the correction carries no gradient, so the result's gradient is the
+    estimate's. ``unclipped``: float32 ``[B, 4, p, p]``, the noisy input ``z r / s`` before its clip."""
+    with torch.no_grad(), torch.autocast(estimate.device.type, enabled=False):
+        plain = estimate.detach().float()
+        shift = low_frequency_fidelity(plain, unclipped, scale).sub_(plain)
+    return estimate.float() + shift
+
+
 def unrolled_loss(backbone: nn.Module, first_input: torch.Tensor, gt: torch.Tensor, *, ratio: torch.Tensor,
                   K: torch.Tensor, rho: torch.Tensor, weights: torch.Tensor, with_photon: bool, concat_origin: bool,
                   generator: torch.Generator | None = None, accumulate: bool = False,
                   mean_weight: float = 0.0, mean_pool: int = 8, detach_states: bool = False,
                   stochastic: bool = True, dn_scale: float = DEFAULT_DN_SCALE,
-                  memory_format: torch.memory_format = torch.channels_last) -> tuple[torch.Tensor, torch.Tensor]:
+                  memory_format: torch.memory_format = torch.channels_last, anchor: torch.Tensor | None = None,
+                  anchor_scale: int = DEFAULT_ANCHOR_SCALE) -> tuple[torch.Tensor, torch.Tensor]:
     """Loss of one batch with all steps unrolled (gradients through every step).
 
     Args:
@@ -133,6 +167,9 @@ def unrolled_loss(backbone: nn.Module, first_input: torch.Tensor, gt: torch.Tens
             engine's ``stochastic=False`` inference uses them (gradients flow through the mean).
         memory_format: layout of the intermediate network inputs (channels_last: the
             faster convolution layout on GPUs and oneDNN CPUs).
+        anchor: float32 ``[B, 4, p, p]``, the noisy input before its clip (``z r / s``): every
+            intermediate estimate is brought to its local means over ``anchor_scale``-pixel boxes
+            before the next state is made from it (module docstring); None: not (SPEC §4).
 
     Returns:
         (total loss, per-step L1 values: detached float32 ``[n]`` on the data's device, for
@@ -146,11 +183,15 @@ def unrolled_loss(backbone: nn.Module, first_input: torch.Tensor, gt: torch.Tens
     for i in range(steps):
         out = backbone(x)
         last = i == steps - 1
-        estimate, nxt = exposure_step(out, state, origin, ratio=ratio, K=K, rho=rho[:, i],
-                                      rho_next=None if last else rho[:, i + 1], stochastic=stochastic,
-                                      generator=generator, accumulate=accumulate, with_photon=with_photon,
-                                      concat_origin=concat_origin, dn_scale=dn_scale, out_dtype=torch.float32,
-                                      out_memory_format=memory_format)
+        step = dict(ratio=ratio, K=K, rho=rho[:, i], stochastic=stochastic, generator=generator, accumulate=accumulate,
+                    with_photon=with_photon, concat_origin=concat_origin, dn_scale=dn_scale, out_dtype=torch.float32,
+                    out_memory_format=memory_format)
+        if anchor is None or last:
+            estimate, nxt = exposure_step(out, state, origin, rho_next=None if last else rho[:, i + 1], **step)
+        else:  # the estimate, then the next state from its anchored copy (a plain 4-channel "head output")
+            estimate, _ = exposure_step(out, state, origin, rho_next=None, **step)
+            _, nxt = exposure_step(anchored_estimate(estimate, anchor, anchor_scale), state, origin,
+                                   rho_next=rho[:, i + 1], **step)
         l1 = (estimate - gt).abs().mean()
         aux = _aux_loss(out, state, gt) if out.shape[1] == 9 else torch.zeros_like(l1)
         if mean_weight:

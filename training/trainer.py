@@ -55,13 +55,14 @@ from engine.models.checkpoint import CheckpointError, read_weights_only, save_ch
 from engine.inference.loop import SCHEDULES, exposure_schedule
 from engine.inference.pipeline import MAX_RATIO
 from kernels import sample_noise_params, synthesize_noise, value_checks_disabled
-from kernels._common import to_device
+from kernels._common import DEFAULT_DN_SCALE, to_device
 from kernels.noise_model import parse_noise_model
 from kernels.numbers import integer
 from kernels.profiles import CONTINUOUS_RATIO_RANGE, DEFAULT_RATIO_RANGE, _check_range
 
 from .augment import augment_and_normalise
-from .objective import StepWeights, normalised_step_weights, sample_inner_exposures, unrolled_loss
+from .objective import (StepWeights, network_input, normalised_step_weights, sample_inner_exposures,
+                        unrolled_loss)
 from .options import INNER_EXPOSURES, LIMITS, check_epoch_size, check_option, check_ratio_steps
 from .patches import collate_patches
 
@@ -104,7 +105,9 @@ class MicroInputs(NamedTuple):
 
     first: first network input ``[b, C, p, p]``; clean: ground truth ``[b, 4, p, p]``
     float32; ratio, K: float32 ``[b]``; rho: float32 ``[b, steps + 1]``; generator: the
-    micro-batch's CPU generator (its Poisson draws in the steps come from it too).
+    micro-batch's CPU generator (its Poisson draws in the steps come from it too);
+    unclipped: with ``anchor_states``, the noisy input before its clip, float32
+    ``[b, 4, p, p]`` (``z r / s``), else None.
     """
 
     first: torch.Tensor
@@ -113,6 +116,7 @@ class MicroInputs(NamedTuple):
     K: torch.Tensor
     rho: torch.Tensor
     generator: torch.Generator
+    unclipped: torch.Tensor | None = None
 
 
 @dataclasses.dataclass
@@ -130,7 +134,9 @@ class TrainConfig:
     distinct integers from ``[2, r - 1]``, ``training.objective.sample_inner_exposures``) or an inference
     schedule, "linspace" or "geometric" (``engine.inference.loop.exposure_schedule``: the states the engine's
     loop will give the network; ``model.pt`` records it, ``meta["schedule"]``, the schedule a ``Pipeline``
-    runs it with by default). ``init``: an engine checkpoint whose
+    runs it with by default). ``anchor_states``: every intermediate estimate is brought to the noisy
+    input's local means before the next state is made from it (``training.objective.unrolled_loss``'s
+    ``anchor``; needs ``steps`` >= 2; the model runs in the engine's ordinary loop). ``init``: an engine checkpoint whose
     weights start the run (fine-tuning; ignored when resuming, which loads ``last.pt``); the run may add
     input groups the checkpoint lacks (``training.init_weights``: zero weights for them, so the run starts
     from the same function; ``origin_share`` > 0: an added origin group starts from that share of the
@@ -153,6 +159,7 @@ class TrainConfig:
     detach_states: bool = False
     mean_photons: bool = False
     inner_exposures: str = "random"
+    anchor_states: bool = False
     init: str | None = None
     origin_share: float = 0.0
     noise_model: str = "P+G+r+u"
@@ -188,6 +195,8 @@ class TrainConfig:
                              "concat_origin and an init checkpoint without the origin")
         if self.step_weights is not None:
             self.step_weights = tuple(float(w) for w in normalised_step_weights(self.step_weights, self.steps))
+        if self.anchor_states and self.steps < 2:
+            raise ValueError(f"anchor_states anchors the states between steps: it needs steps >= 2, got {self.steps}")
         if self.inner_exposures not in INNER_EXPOSURES:
             raise ValueError(f"inner_exposures must be one of {INNER_EXPOSURES}, got {self.inner_exposures!r}")
         if self.amp not in (None, "bf16", "fp16"):
@@ -534,15 +543,21 @@ class Trainer:
         params = params_host.to(self.device, non_blocking=True)
         # sample_noise_params and sample_inner_exposures produce valid values by construction:
         # the ops' value checks (one host read per op call on a GPU) are skipped here.
+        unclipped = None
         with value_checks_disabled():
-            first = synthesize_noise(clean, cfg.noise_model, params=params, with_photon=cfg.with_photon,
-                                     concat_origin=cfg.concat_origin, generator=g)
+            if cfg.anchor_states:  # the same draws as DN above black, then the network input from them
+                dn = synthesize_noise(clean, cfg.noise_model, params=params, output="dn", black_level=0.0, generator=g)
+                unclipped = dn.mul_(params.ratio.view(-1, 1, 1, 1)).div_(DEFAULT_DN_SCALE)
+                first = network_input(unclipped, params.ratio, params.K, cfg.with_photon, cfg.concat_origin)
+            else:
+                first = synthesize_noise(clean, cfg.noise_model, params=params, with_photon=cfg.with_photon,
+                                         concat_origin=cfg.concat_origin, generator=g)
         if cfg.inner_exposures == "random":
             rho_host = sample_inner_exposures(params_host.ratio, cfg.steps, g)
         else:  # an inference schedule; draws nothing, so the other draws keep their stream
             rho_host = exposure_schedule(params_host.ratio, cfg.steps, cfg.inner_exposures)
         rho = to_device(rho_host, self.device, non_blocking=True)
-        return MicroInputs(first, clean, params.ratio, params.K, rho, g)
+        return MicroInputs(first, clean, params.ratio, params.K, rho, g, unclipped)
 
     def _micro_loss(self, batch, m: int) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.cfg
@@ -553,7 +568,7 @@ class Trainer:
             return unrolled_loss(self.net, x.first, x.clean, ratio=x.ratio, K=x.K, rho=x.rho, weights=self.weights(),
                                  with_photon=cfg.with_photon, concat_origin=cfg.concat_origin, generator=x.generator,
                                  accumulate=cfg.accumulate_form, mean_weight=cfg.mean_weight, mean_pool=cfg.mean_pool,
-                                 detach_states=cfg.detach_states, stochastic=not cfg.mean_photons)
+                                 detach_states=cfg.detach_states, stochastic=not cfg.mean_photons, anchor=x.unclipped)
 
     def train_step(self, order: torch.Tensor) -> dict:
         """One optimiser step over the global batch; returns the logged values."""

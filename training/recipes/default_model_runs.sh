@@ -21,7 +21,8 @@
 #                                                                    # textured-crop | mix-polish-last70 |
 #                                                                    # mix-polish-last100 | textured-frame |
 #                                                                    # textured-crop-long | textured-crop-longer |
-#                                                                    # textured-anchored | textured-crop-longest
+#                                                                    # textured-anchored | textured-crop-longest |
+#                                                                    # anchored-longest
 #   bash training/recipes/default_model_runs.sh eval RUNS CKPT [evaluate options]   # photo hold-out, BM3D cached
 #   bash training/recipes/default_model_runs.sh auto RUNS CKPT OUT   # calibrate steps="auto" into OUT (fp16)
 #
@@ -67,7 +68,8 @@
 # Session 13: textured-crop-longer continues textured-crop-long 3000 steps more (the same recipe); textured-anchored
 # is that run with every intermediate estimate brought to the data's local means before the next state is made
 # (training/recipes/step_fidelity_screen.py, a screen; evaluate it with the same script). textured-crop-longest
-# continues textured-crop-longer (the session-13 default) 3000 steps more with its recipe.
+# continues textured-crop-longer (the session-13 default) 3000 steps more with its recipe; anchored-longest is that
+# run with train --anchor-states (the screen's anchoring as a train option).
 # A run stops after
 # MAX more optimiser steps when given; started again with the same folder it resumes exactly where it stopped
 # (checkpoints every 25 steps). THREADS (default 1): torch CPU threads.
@@ -137,7 +139,7 @@ render_bank('$bank', 100, 256, seed=0, progress=True)" ;;
         lr=5e-5; epochs=50; from="$runs/last-heavy/model_final.pt"; extra=(--step-weights 0.2 0.3 0.5) ;;
       last-heavy-textured-long|last-heavy-textured-longer|mix-polish|mix-polish-128|mix-polish-wide|step-bias|\
       step-bias-later|mix-polish-crop|textured-crop|mix-polish-last70|mix-polish-last100|textured-frame|\
-      textured-crop-long|textured-crop-longer|textured-anchored|textured-crop-longest)
+      textured-crop-long|textured-crop-longer|textured-anchored|textured-crop-longest|anchored-longest)
         src=(--textured-bank "$runs/textured_bank_256.npy" --mean-photons --inner-exposures linspace)
         lr=5e-5; epochs=30; from="$runs/last-heavy-textured-long/model_final.pt"; extra=(--step-weights 0.2 0.3 0.5)
         case "$data" in
@@ -149,7 +151,8 @@ render_bank('$bank', 100, 256, seed=0, progress=True)" ;;
             if [ "$data" = mix-polish-last100 ]; then extra=(--step-weights 0 0 1); fi
             if [ "$data" = mix-polish-128 ]; then patch=128; batch=2; fi
             if [ "$data" = mix-polish-wide ]; then extra+=(--ratio-range 50 300); fi ;;&
-          mix-polish-crop|textured-crop|textured-crop-long|textured-crop-longer|textured-anchored|textured-crop-longest)
+          mix-polish-crop|textured-crop|textured-crop-long|textured-crop-longer|textured-anchored|textured-crop-longest|\
+          anchored-longest)
             extra+=(--illumination crop) ;;&
           textured-anchored) train=(python training/recipes/step_fidelity_screen.py --threads "${THREADS:-1}" --) ;;&
           step-bias|step-bias-later)
@@ -164,7 +167,8 @@ render_bank('$bank', 100, 256, seed=0, progress=True)" ;;
             if [ ! -f "$from" ]; then git show d99bc1b:engine/data/default_model.pt > "$from"; fi ;;
           textured-crop-long) from="$runs/textured-crop/model_final.pt" ;;
           textured-crop-longer|textured-anchored) from="$runs/textured-crop-long/model_final.pt" ;;
-          textured-crop-longest) from="$runs/textured-crop-longer/model_final.pt" ;;
+          textured-crop-longest|anchored-longest) from="$runs/textured-crop-longer/model_final.pt" ;;&
+          anchored-longest) extra+=(--anchor-states) ;;
         esac ;;
       origin-share)
         src=(--deadleaves-bank "$bank" --textured-bank "$runs/textured_bank_256.npy" --mean-photons

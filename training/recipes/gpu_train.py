@@ -142,6 +142,9 @@ def main(argv=None) -> int:
     ap.add_argument("--inner-exposures", choices=INNER_EXPOSURES, default="linspace",
                     help="the unrolled steps' exposure multiples: the inference schedule (default; the shipped "
                          "model's recipe) or random integers in [2, r - 1] (SPEC)")
+    ap.add_argument("--anchor-states", action="store_true",
+                    help="every intermediate estimate brought to the data's local means before the next state "
+                         "(as train --anchor-states)")
     ap.add_argument("--amp", default="bf16", choices=("bf16", "fp16", "none"), help="autocast dtype (default bf16)")
     ap.add_argument("--workers", type=integer_arg(1, 1024), default=max(1, (mp.cpu_count() or 2) - 2),
                     help="CPU processes rendering the pool (default: cores - 2)")
@@ -161,7 +164,7 @@ def main(argv=None) -> int:
     def config(total: int) -> TrainConfig:
         return TrainConfig(steps=args.steps, learnable_weights=False, mean_weight=args.mean_loss, mean_pool=8,
                            mean_photons=args.photons == "means", inner_exposures=args.inner_exposures,
-                           init=args.init, patch=args.patch, batch=args.batch, epochs=10,
+                           anchor_states=args.anchor_states, init=args.init, patch=args.patch, batch=args.batch, epochs=10,
                            iters_per_epoch=max(1, total // 10), lr=args.lr,
                            amp=None if args.amp == "none" else args.amp, seed=args.seed, save_every=500, log_every=50)
 
