@@ -13,7 +13,10 @@ before (the loss on the network's estimate; the evaluation's fidelity step after
 correction's own gradient is not followed (the next state is ``Y + stop_gradient(F(Y) - Y)``): the
 estimate is trained through the states as before.
 
-A 1-step run is unchanged by construction (no intermediate estimate). Usage::
+A 1-step run is unchanged by construction (no intermediate estimate). The training half is now an
+option of ``train`` (``--anchor-states``, ``training.objective``); it is kept here because the recipe arm
+``textured-anchored`` ran through it (the option's losses agree with it to about 1e-5 after a few steps,
+not to the bit), and for the evaluation half, which the engine has no option for. Usage::
 
     python training/recipes/step_fidelity_screen.py -- train --out RUNS/sf ... (train's options)
     python training/recipes/step_fidelity_screen.py -- evaluate --checkpoint RUNS/sf/model.pt --seed 7 ...
