@@ -68,7 +68,7 @@
 # Session 13: textured-crop-longer continues textured-crop-long 3000 steps more (the same recipe); textured-anchored
 # is that run with every intermediate estimate brought to the data's local means before the next state is made
 # (training/recipes/step_fidelity_screen.py, a screen; evaluate it with the same script). textured-crop-longest
-# continues textured-crop-longer (the session-13 default) 3000 steps more with its recipe; anchored-longest is that
+# continues textured-crop-longer (shipped at commit adcaa6a) 3000 steps more with its recipe; anchored-longest is that
 # run with train --anchor-states (the screen's anchoring as a train option).
 # A run stops after
 # MAX more optimiser steps when given; started again with the same folder it resumes exactly where it stopped
