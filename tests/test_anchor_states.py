@@ -108,3 +108,12 @@ def test_train_anchor_states_option(tmp_path, capsys):
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["config"]["anchor_states"] is True
     assert main(["train", "--out", str(tmp_path / "bad"), "--steps", "1", "--anchor-states", *tiny]) == 2
     assert "needs steps >= 2" in capsys.readouterr().err
+
+
+def test_gpu_recipe_refuses_anchor_states_with_one_step_before_rendering(tmp_path, capsys):
+    from training.recipes.gpu_train import main as gpu_main
+
+    with pytest.raises(SystemExit) as e:
+        gpu_main(["--out", str(tmp_path / "run"), "--steps", "1", "--anchor-states", "--device", "cpu"])
+    assert e.value.code == 2 and "needs steps >= 2" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -67,9 +67,9 @@
 # is textured-crop lit as before (its control), textured-crop-long continues textured-crop 3000 steps more.
 # Session 13: textured-crop-longer continues textured-crop-long 3000 steps more (the same recipe); textured-anchored
 # is that run with every intermediate estimate brought to the data's local means before the next state is made
-# (training/recipes/step_fidelity_screen.py, a screen; evaluate it with the same script). textured-crop-longest
-# continues textured-crop-longer (shipped at commit adcaa6a) 3000 steps more with its recipe; anchored-longest is that
-# run with train --anchor-states (the screen's anchoring as a train option).
+# (train --anchor-states; session 13 ran it through the screen training/recipes/step_fidelity_screen.py, whose own
+# copy of that loss had the same gradients, to rounding). textured-crop-longest continues textured-crop-longer
+# (shipped at commit adcaa6a) 3000 steps more with its recipe; anchored-longest is that run with --anchor-states.
 # A run stops after
 # MAX more optimiser steps when given; started again with the same folder it resumes exactly where it stopped
 # (checkpoints every 25 steps). THREADS (default 1): torch CPU threads.
@@ -154,7 +154,6 @@ render_bank('$bank', 100, 256, seed=0, progress=True)" ;;
           mix-polish-crop|textured-crop|textured-crop-long|textured-crop-longer|textured-anchored|textured-crop-longest|\
           anchored-longest)
             extra+=(--illumination crop) ;;&
-          textured-anchored) train=(python training/recipes/step_fidelity_screen.py --threads "${THREADS:-1}" --) ;;&
           step-bias|step-bias-later)
             src=(--deadleaves-bank "$bank" "${src[@]}"); epochs=15
             train=(python training/recipes/step_bias_screen.py --threads "${THREADS:-1}" --freeze-base)
@@ -166,9 +165,9 @@ render_bank('$bank', 100, 256, seed=0, progress=True)" ;;
             from="$runs/init_default_d99bc1b.pt"
             if [ ! -f "$from" ]; then git show d99bc1b:engine/data/default_model.pt > "$from"; fi ;;
           textured-crop-long) from="$runs/textured-crop/model_final.pt" ;;
-          textured-crop-longer|textured-anchored) from="$runs/textured-crop-long/model_final.pt" ;;
+          textured-crop-longer|textured-anchored) from="$runs/textured-crop-long/model_final.pt" ;;&
           textured-crop-longest|anchored-longest) from="$runs/textured-crop-longer/model_final.pt" ;;&
-          anchored-longest) extra+=(--anchor-states) ;;
+          textured-anchored|anchored-longest) extra+=(--anchor-states) ;;
         esac ;;
       origin-share)
         src=(--deadleaves-bank "$bank" --textured-bank "$runs/textured_bank_256.npy" --mean-photons

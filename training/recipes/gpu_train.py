@@ -154,19 +154,23 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     args.device = str(resolve_device(args.device))
 
+    def config(total: int) -> TrainConfig:
+        return TrainConfig(steps=args.steps, learnable_weights=False, mean_weight=args.mean_loss, mean_pool=8,
+                           mean_photons=args.photons == "means", inner_exposures=args.inner_exposures,
+                           anchor_states=args.anchor_states, init=args.init, patch=args.patch, batch=args.batch,
+                           epochs=10, iters_per_epoch=max(1, total // 10), lr=args.lr,
+                           amp=None if args.amp == "none" else args.amp, seed=args.seed, save_every=500, log_every=50)
+
+    try:  # the options TrainConfig refuses (e.g. --anchor-states with --steps 1), before minutes of pool rendering
+        config(10)
+    except ValueError as e:
+        ap.error(str(e))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
     raw = render_pool(args.scenes, args.patch, args.seed, args.bank, args.workers, args.textured, args.illumination)
     t_pool = time.time() - t_start
     print(f"pool: {len(raw)} scenes of {args.patch}^2 in {t_pool:.1f} s", file=sys.stderr, flush=True)
-
-    def config(total: int) -> TrainConfig:
-        return TrainConfig(steps=args.steps, learnable_weights=False, mean_weight=args.mean_loss, mean_pool=8,
-                           mean_photons=args.photons == "means", inner_exposures=args.inner_exposures,
-                           anchor_states=args.anchor_states, init=args.init, patch=args.patch, batch=args.batch, epochs=10,
-                           iters_per_epoch=max(1, total // 10), lr=args.lr,
-                           amp=None if args.amp == "none" else args.amp, seed=args.seed, save_every=500, log_every=50)
 
     total_steps = args.total_steps
     if total_steps <= 0 and not (out / "last.pt").is_file():  # a resumed run keeps its schedule
