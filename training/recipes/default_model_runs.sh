@@ -22,7 +22,7 @@
 #                                                                    # mix-polish-last100 | textured-frame |
 #                                                                    # textured-crop-long | textured-crop-longer |
 #                                                                    # textured-anchored | textured-crop-longest |
-#                                                                    # anchored-longest
+#                                                                    # anchored-longest | refiner
 #   bash training/recipes/default_model_runs.sh eval RUNS CKPT [evaluate options]   # photo hold-out, BM3D cached
 #   bash training/recipes/default_model_runs.sh auto RUNS CKPT OUT   # calibrate steps="auto" into OUT (fp16)
 #
@@ -70,6 +70,9 @@
 # (train --anchor-states; session 13 ran it through the screen training/recipes/step_fidelity_screen.py, whose own
 # copy of that loss had the same gradients, to rounding). textured-crop-longest continues textured-crop-longer
 # (shipped at commit adcaa6a) 3000 steps more with its recipe; anchored-longest is that run with --anchor-states.
+# Session 14: refiner screens weights of their own for the later steps (training/recipes/refiner_screen.py: the
+# evaluations after the first run through a copy of the network, trained alone over the frozen default
+# textured-crop-longest for 3000 steps of its recipe at lr 1e-4).
 # A run stops after
 # MAX more optimiser steps when given; started again with the same folder it resumes exactly where it stopped
 # (checkpoints every 25 steps). THREADS (default 1): torch CPU threads.
@@ -80,9 +83,17 @@ cd "$(dirname "$0")/../.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" OMP_NUM_THREADS="${OMP_NUM_THREADS:-${THREADS:-1}}" MKL_NUM_THREADS=1
 what=$1; runs=$2
 bank="$runs/deadleaves_bank_256.npy"
+# shipped_default COMMIT FILE: the default model as shipped at COMMIT, written to FILE once (through a
+# temporary name, so a failed git show leaves no empty FILE behind for the next run to load).
+shipped_default() {
+  if [ ! -f "$2" ]; then
+    mkdir -p "$(dirname "$2")"
+    git show "$1:engine/data/default_model.pt" > "$2.part" && mv "$2.part" "$2" || { rm -f "$2.part"; exit 1; }
+  fi
+}
 # The init weights: the default model as shipped before these runs (commit 3d4e87b).
 init="$runs/init_default_3d4e87b.pt"
-if [ ! -f "$init" ]; then mkdir -p "$runs"; git show 3d4e87b:engine/data/default_model.pt > "$init"; fi
+shipped_default 3d4e87b "$init"
 case "$what" in
   bank)
     python -c "import torch; torch.set_num_threads(1)
@@ -99,7 +110,7 @@ render_bank('$bank', 100, 256, seed=0, progress=True)" ;;
       deadleaves) src=(--deadleaves-bank "$bank") ;;
       deadleaves-long)
         src=(--deadleaves-bank "$bank"); lr=1e-4; epochs=45; from="$runs/init_default_33350c6.pt"
-        if [ ! -f "$from" ]; then git show 33350c6:engine/data/default_model.pt > "$from"; fi ;;
+        shipped_default 33350c6 "$from" ;;
       onestep-deadleaves) src=(--deadleaves-bank "$bank"); steps=1; epochs=57 ;;
       twin-multistep|twin-multistep-ste)
         src=(--deadleaves-bank "$bank"); lr=5e-5; epochs=10; from="$runs/onestep-deadleaves/model_final.pt"
@@ -120,7 +131,7 @@ render_bank('$bank', 100, 256, seed=0, progress=True)" ;;
       textured)
         src=(--deadleaves-bank "$bank" --textured-bank "$runs/textured_bank_256.npy" --mean-photons
              --inner-exposures linspace); lr=5e-5; epochs=30; from="$runs/init_default_5573d5c.pt"
-        if [ ! -f "$from" ]; then git show 5573d5c:engine/data/default_model.pt > "$from"; fi ;;
+        shipped_default 5573d5c "$from" ;;
       textured-long)
         src=(--deadleaves-bank "$bank" --textured-bank "$runs/textured_bank_256.npy" --mean-photons
              --inner-exposures linspace); lr=5e-5; epochs=40; from="$runs/textured/model_final.pt" ;;
@@ -130,7 +141,7 @@ render_bank('$bank', 100, 256, seed=0, progress=True)" ;;
       geometric|last-heavy)
         src=(--deadleaves-bank "$bank" --textured-bank "$runs/textured_bank_256.npy" --mean-photons)
         lr=5e-5; epochs=20; from="$runs/init_default_4b4fa78.pt"
-        if [ ! -f "$from" ]; then git show 4b4fa78:engine/data/default_model.pt > "$from"; fi
+        shipped_default 4b4fa78 "$from"
         if [ "$data" = geometric ]; then src+=(--inner-exposures geometric)
         else src+=(--inner-exposures linspace); extra=(--step-weights 0.2 0.3 0.5); fi ;;
       last-heavy-long|last-heavy-textured)
@@ -139,7 +150,7 @@ render_bank('$bank', 100, 256, seed=0, progress=True)" ;;
         lr=5e-5; epochs=50; from="$runs/last-heavy/model_final.pt"; extra=(--step-weights 0.2 0.3 0.5) ;;
       last-heavy-textured-long|last-heavy-textured-longer|mix-polish|mix-polish-128|mix-polish-wide|step-bias|\
       step-bias-later|mix-polish-crop|textured-crop|mix-polish-last70|mix-polish-last100|textured-frame|\
-      textured-crop-long|textured-crop-longer|textured-anchored|textured-crop-longest|anchored-longest)
+      textured-crop-long|textured-crop-longer|textured-anchored|textured-crop-longest|anchored-longest|refiner)
         src=(--textured-bank "$runs/textured_bank_256.npy" --mean-photons --inner-exposures linspace)
         lr=5e-5; epochs=30; from="$runs/last-heavy-textured-long/model_final.pt"; extra=(--step-weights 0.2 0.3 0.5)
         case "$data" in
@@ -152,7 +163,7 @@ render_bank('$bank', 100, 256, seed=0, progress=True)" ;;
             if [ "$data" = mix-polish-128 ]; then patch=128; batch=2; fi
             if [ "$data" = mix-polish-wide ]; then extra+=(--ratio-range 50 300); fi ;;&
           mix-polish-crop|textured-crop|textured-crop-long|textured-crop-longer|textured-anchored|textured-crop-longest|\
-          anchored-longest)
+          anchored-longest|refiner)
             extra+=(--illumination crop) ;;&
           step-bias|step-bias-later)
             src=(--deadleaves-bank "$bank" "${src[@]}"); epochs=15
@@ -163,11 +174,14 @@ render_bank('$bank', 100, 256, seed=0, progress=True)" ;;
           mix-polish-last70|mix-polish-last100|textured-frame)
             # session 11 (and 12): from the shipped file itself (float16 weights; the session-9 default, commit d99bc1b)
             from="$runs/init_default_d99bc1b.pt"
-            if [ ! -f "$from" ]; then git show d99bc1b:engine/data/default_model.pt > "$from"; fi ;;
+            shipped_default d99bc1b "$from" ;;
           textured-crop-long) from="$runs/textured-crop/model_final.pt" ;;
           textured-crop-longer|textured-anchored) from="$runs/textured-crop-long/model_final.pt" ;;&
           textured-crop-longest|anchored-longest) from="$runs/textured-crop-longer/model_final.pt" ;;&
           textured-anchored|anchored-longest) extra+=(--anchor-states) ;;
+          refiner)
+            lr=1e-4; from="$runs/textured-crop-longest/model_final.pt"
+            train=(python training/recipes/refiner_screen.py --threads "${THREADS:-1}" --) ;;
         esac ;;
       origin-share)
         src=(--deadleaves-bank "$bank" --textured-bank "$runs/textured_bank_256.npy" --mean-photons
