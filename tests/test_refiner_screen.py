@@ -11,6 +11,7 @@ from engine.models.checkpoint import read_weights_only
 from engine.models.unet import UNet
 from training.cli import main as cli_main
 from training.recipes import refiner_screen as screen
+from training.recipes import screen_hooks
 
 
 def _net(seed=0):
@@ -73,7 +74,7 @@ def test_training_moves_the_refiner_alone_and_the_loader_attaches_it(tmp_path, r
     refiner = read_weights_only(run / "model.refiner.pt")
     assert all(torch.equal(frozen[k], start[k]) for k in start)
     assert any(not torch.equal(refiner[k].to(start[k].dtype), start[k]) for k in start)
-    screen._patch_loader()
+    screen_hooks.patch_loader(screen.SIDE_SUFFIX, screen._attach_saved, "refiner")
     model, _, _ = checkpoint.load_checkpoint(run / "model.pt")
     assert all(torch.equal(v, refiner[k]) for k, v in model._refiner.state_dict().items())
 

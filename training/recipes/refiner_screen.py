@@ -20,10 +20,11 @@ import argparse
 import copy
 import os
 import sys
-from pathlib import Path
 
 import torch
 from torch import nn
+
+from training.recipes import screen_hooks
 
 SIDE_SUFFIX = ".refiner.pt"
 
@@ -69,106 +70,36 @@ def set_plan(backbone, rho: torch.Tensor) -> None:
         plan.steps, plan.calls = rho.shape[1] - 1, 0
 
 
-def _patch_loops() -> None:
-    """Every unrolled training loss and every evaluation run sets its plan first."""
-    import training.evaluate as evaluate
-    import training.objective as objective
-    import training.trainer as trainer
-
-    loss = objective.unrolled_loss
-    run = evaluate.run_exposure_diffusion
-
-    def planned_loss(backbone, *args, rho, **kwargs):
-        set_plan(backbone, rho)
-        return loss(backbone, *args, rho=rho, **kwargs)
-
-    def planned_run(backbone, *args, rho, **kwargs):
-        set_plan(backbone, rho)
-        return run(backbone, *args, rho=rho, **kwargs)
-
-    trainer.unrolled_loss = planned_loss
-    evaluate.run_exposure_diffusion = planned_run
+def _setup_refiner(trainer) -> nn.Module:
+    """The refiner of a ``Trainer`` just made: a copy of its network, trained alone (the loaded
+    network frozen; its parameters stay in the optimizer without gradients, which Adam skips)."""
+    if trainer.cfg.steps < 2:
+        raise SystemExit("refiner_screen: a refiner needs --steps >= 2")
+    refiner = copy.deepcopy(trainer.model)
+    trainer.model.requires_grad_(False)
+    refiner.requires_grad_(True)
+    attach(trainer.model, refiner)
+    trainer.optimizer.add_param_group({"params": list(refiner.parameters())})
+    return refiner
 
 
-def _patch_trainer() -> None:
-    import training.trainer as trainer
-    from engine.io.atomic import atomic_path
-    from engine.models.checkpoint import read_weights_only
-
-    Trainer = trainer.Trainer
-    init, state_dict, save, resume = Trainer.__init__, Trainer.state_dict, Trainer.save, Trainer.resume
-
-    def patched_init(self, *args, **kwargs):
-        init(self, *args, **kwargs)
-        if self.cfg.steps < 2:
-            raise SystemExit("refiner_screen: a refiner needs --steps >= 2")
-        refiner = copy.deepcopy(self.model)
-        self.model.requires_grad_(False)
-        refiner.requires_grad_(True)
-        self._refiner = refiner
-        attach(self.model, refiner)
-        # the loaded network's parameters stay in the optimizer without gradients: Adam skips them
-        self.optimizer.add_param_group({"params": list(refiner.parameters())})
-
-    def patched_state_dict(self):
-        return {**state_dict(self), "refiner": self._refiner.state_dict()}
-
-    def patched_save(self):
-        save(self)
-        if self.rank == 0:  # atomically, as the run's own files: a stopped run leaves no half-written file
-            with atomic_path(self.out / f"model{SIDE_SUFFIX}") as tmp:
-                torch.save(self._refiner.state_dict(), tmp)
-
-    def patched_resume(self, path=None):
-        resumed = resume(self, path)
-        if resumed:
-            self._refiner.load_state_dict(read_weights_only(path or (self.out / "last.pt"))["refiner"])
-        return resumed
-
-    Trainer.__init__, Trainer.state_dict, Trainer.save, Trainer.resume = (
-        patched_init, patched_state_dict, patched_save, patched_resume)
-
-
-def side_file(checkpoint) -> Path:
-    """Where the refiner of ``checkpoint`` (a ``.pt`` file) is kept."""
-    path = Path(checkpoint)
-    return path.with_name(path.stem + SIDE_SUFFIX)
-
-
-def _patch_loader() -> None:
-    import engine.models.checkpoint as checkpoint
-
-    load = checkpoint.load_checkpoint
-
-    def patched_load(source, *args, **kwargs):
-        model, config, meta = load(source, *args, **kwargs)
-        side = side_file(source)
-        if side.exists():
-            refiner = copy.deepcopy(model)
-            refiner.load_state_dict(checkpoint.read_weights_only(side))
-            attach(model, refiner)
-            print(f"refiner_screen: later steps through {side}", file=sys.stderr)
-        return model, config, meta
-
-    checkpoint.load_checkpoint = patched_load
+def _attach_saved(model: nn.Module, state: dict) -> None:
+    refiner = copy.deepcopy(model)
+    refiner.load_state_dict(state)
+    attach(model, refiner)
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      usage="%(prog)s [options] -- train|evaluate ARGS (exposure-diffusion's own)")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("THREADS", 1)))
-    if "--" not in argv:
-        parser.error("after --, give exposure-diffusion's train or evaluate command")
-    split = argv.index("--")
-    args, command = parser.parse_args(argv[:split]), argv[split + 1:]
-    if not command or command[0] not in ("train", "evaluate"):
-        parser.error("after --, give exposure-diffusion's train or evaluate command")
+    args, command = screen_hooks.split_command(parser, argv, ("train", "evaluate"))
     torch.set_num_threads(args.threads)
-    _patch_loops()
+    screen_hooks.patch_loops(set_plan)
     if command[0] == "train":
-        _patch_trainer()
+        screen_hooks.patch_trainer("refiner", SIDE_SUFFIX, _setup_refiner)
     else:
-        _patch_loader()
+        screen_hooks.patch_loader(SIDE_SUFFIX, _attach_saved, "refiner_screen: later steps through the refiner")
     from training.cli import main as cli_main
 
     return cli_main(command)

@@ -26,6 +26,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from training.recipes import screen_hooks
+
 ANCHORS = 3
 SIDE_SUFFIX = ".stepbias.pt"
 
@@ -104,85 +106,24 @@ def set_plan(backbone, rho: torch.Tensor) -> None:
     sb.calls = 0
 
 
-def _patch_loops() -> None:
-    """Every unrolled training loss and every evaluation run sets its plan first."""
-    import training.evaluate as evaluate
-    import training.objective as objective
-    import training.trainer as trainer
-
-    loss = objective.unrolled_loss
-    run = evaluate.run_exposure_diffusion
-
-    def planned_loss(backbone, *args, rho, **kwargs):
-        set_plan(backbone, rho)
-        return loss(backbone, *args, rho=rho, **kwargs)
-
-    def planned_run(backbone, *args, rho, **kwargs):
-        set_plan(backbone, rho)
-        return run(backbone, *args, rho=rho, **kwargs)
-
-    trainer.unrolled_loss = planned_loss
-    evaluate.run_exposure_diffusion = planned_run
-
-
-def _patch_trainer(anchors: int, scale: float, freeze_base: bool, keep_first: bool) -> None:
-    import training.trainer as trainer
-    from engine.models.checkpoint import read_weights_only
-
-    Trainer = trainer.Trainer
-    init, state_dict, save, resume = Trainer.__init__, Trainer.state_dict, Trainer.save, Trainer.resume
-
-    def patched_init(self, *args, **kwargs):
-        init(self, *args, **kwargs)
-        self._step_bias = attach(self.model, anchors, scale).to(next(self.model.parameters()).device)
+def _setup(anchors: int, scale: float, freeze_base: bool, keep_first: bool):
+    """``setup(trainer)`` for ``screen_hooks.patch_trainer``: the offsets hooked into the trainer's
+    network and added to its optimizer (with ``freeze_base``, them alone)."""
+    def setup(trainer) -> StepBias:
+        sb = attach(trainer.model, anchors, scale).to(next(trainer.model.parameters()).device)
         if freeze_base:
-            self.model.requires_grad_(False)
+            trainer.model.requires_grad_(False)
         if keep_first:
-            keep_first_anchor(self._step_bias)
-        self.optimizer.add_param_group({"params": list(self._step_bias.parameters())})
+            keep_first_anchor(sb)
+        trainer.optimizer.add_param_group({"params": list(sb.parameters())})
+        return sb
 
-    def patched_state_dict(self):
-        return {**state_dict(self), "step_bias": self._step_bias.state_dict()}
-
-    def patched_save(self):
-        save(self)
-        if self.rank == 0:  # atomically, as the run's own files: a stopped run leaves no half-written file
-            from engine.io.atomic import atomic_path
-
-            with atomic_path(self.out / f"model{SIDE_SUFFIX}") as tmp:
-                torch.save(self._step_bias.state_dict(), tmp)
-
-    def patched_resume(self, path=None):
-        resumed = resume(self, path)
-        if resumed:
-            state = read_weights_only(path or (self.out / "last.pt"))
-            self._step_bias.load_state_dict(state["step_bias"])
-        return resumed
-
-    Trainer.__init__, Trainer.state_dict, Trainer.save, Trainer.resume = (
-        patched_init, patched_state_dict, patched_save, patched_resume)
+    return setup
 
 
 def side_file(checkpoint) -> Path:
     """Where the offsets of ``checkpoint`` (a ``.pt`` file) are kept."""
-    path = Path(checkpoint)
-    return path.with_name(path.stem + SIDE_SUFFIX)
-
-
-def _patch_loader(anchors: int, scale: float) -> None:
-    import engine.models.checkpoint as checkpoint
-
-    load = checkpoint.load_checkpoint
-
-    def patched_load(source, *args, **kwargs):
-        model, config, meta = load(source, *args, **kwargs)
-        side = side_file(source)
-        if side.exists():
-            attach(model, anchors, scale).load_state_dict(checkpoint.read_weights_only(side))
-            print(f"step_bias_screen: offsets from {side}", file=sys.stderr)
-        return model, config, meta
-
-    checkpoint.load_checkpoint = patched_load
+    return screen_hooks.side_file(checkpoint, SIDE_SUFFIX)
 
 
 def main(argv: list[str]) -> int:
@@ -193,18 +134,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--freeze-base", action="store_true", help="train the offsets alone")
     parser.add_argument("--keep-first", action="store_true", help="the first step's offsets stay zero")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("THREADS", 1)))
-    if "--" not in argv:
-        parser.error("after --, give exposure-diffusion's train or evaluate command")
-    split = argv.index("--")
-    args, command = parser.parse_args(argv[:split]), argv[split + 1:]
-    if not command or command[0] not in ("train", "evaluate"):
-        parser.error("after --, give exposure-diffusion's train or evaluate command")
+    args, command = screen_hooks.split_command(parser, argv, ("train", "evaluate"))
     torch.set_num_threads(args.threads)
-    _patch_loops()
+    screen_hooks.patch_loops(set_plan)
     if command[0] == "train":
-        _patch_trainer(args.anchors, args.scale, args.freeze_base, args.keep_first)
+        screen_hooks.patch_trainer("step_bias", SIDE_SUFFIX,
+                                   _setup(args.anchors, args.scale, args.freeze_base, args.keep_first))
     else:
-        _patch_loader(args.anchors, args.scale)
+        screen_hooks.patch_loader(SIDE_SUFFIX, lambda model, state: attach(model, args.anchors, args.scale)
+                                  .load_state_dict(state), "step_bias_screen: offsets")
     from training.cli import main as cli_main
 
     return cli_main(command)

@@ -28,6 +28,7 @@ import torch
 from kernels import exposure_step
 from kernels._common import DEFAULT_DN_SCALE
 from training.objective import anchored_estimate
+from training.recipes import screen_hooks
 
 
 def anchored_next_input(estimate, unclipped, state, origin, **step) -> torch.Tensor:
@@ -91,12 +92,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      usage="%(prog)s [options] -- evaluate ARGS (exposure-diffusion's own)")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("THREADS", 1)))
-    if "--" not in argv:
-        parser.error("after --, give exposure-diffusion's evaluate command")
-    split = argv.index("--")
-    args, command = parser.parse_args(argv[:split]), argv[split + 1:]
-    if not command or command[0] != "evaluate":
-        parser.error("after --, give exposure-diffusion's evaluate command (train: train --anchor-states)")
+    args, command = screen_hooks.split_command(parser, argv, ("evaluate",), " (train: train --anchor-states)")
     torch.set_num_threads(args.threads)
     _patch_evaluation()
     from training.cli import main as cli_main
