@@ -76,7 +76,7 @@
 # textured-crop-longest for 3000 steps of its recipe at lr 1e-4); refiner-origin is that run with the noisy input
 # beside every state (--concat-origin; the refiner's origin columns start at 0.2 of its state columns, --origin-share
 # 0.2, so the frozen first evaluation is the default's exactly). textured-crop-5 continues textured-crop-longest
-# (shipped at commit 63fba14) 3000 steps more with its recipe: the fifth such stage.
+# (shipped at commit efefa92) 3000 steps more with its recipe: the fifth such stage.
 # A run stops after
 # MAX more optimiser steps when given; started again with the same folder it resumes exactly where it stopped
 # (checkpoints every 25 steps). THREADS (default 1): torch CPU threads.

@@ -8,8 +8,8 @@ is the loaded model's exactly), and the ordinary ``train`` command trains the re
 unrolled loss of steps 2 .. n. The refiner is saved beside the run's ``model.pt`` as
 ``model.refiner.pt``; ``evaluate`` loads ``<checkpoint stem>.refiner.pt`` when it exists.
 
-The engine does not run such a model (its checkpoints hold one network); NOTES.md ("A refiner for
-the later steps, screened") says what it measured. Usage::
+The engine does not run such a model (its checkpoints hold one network); NOTES.md ("The steps'
+estimates combined; a refiner for the later steps") says what it measured. Usage::
 
     python training/recipes/refiner_screen.py -- train --out RUNS/refiner --init CKPT ...
     python training/recipes/refiner_screen.py -- evaluate --checkpoint RUNS/refiner/model.pt --seed 7 ...

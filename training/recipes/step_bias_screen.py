@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -119,11 +118,6 @@ def _setup(anchors: int, scale: float, freeze_base: bool, keep_first: bool):
         return sb
 
     return setup
-
-
-def side_file(checkpoint) -> Path:
-    """Where the offsets of ``checkpoint`` (a ``.pt`` file) are kept."""
-    return screen_hooks.side_file(checkpoint, SIDE_SUFFIX)
 
 
 def main(argv: list[str]) -> int:
