@@ -23,7 +23,7 @@
 #                                                                    # textured-crop-long | textured-crop-longer |
 #                                                                    # textured-anchored | textured-crop-longest |
 #                                                                    # anchored-longest | refiner | refiner-origin |
-#                                                                    # textured-crop-5
+#                                                                    # textured-crop-5 | textured-crop-6
 #   bash training/recipes/default_model_runs.sh eval RUNS CKPT [evaluate options]   # photo hold-out, BM3D cached
 #   bash training/recipes/default_model_runs.sh auto RUNS CKPT OUT   # calibrate steps="auto" into OUT (fp16)
 #
@@ -76,7 +76,7 @@
 # textured-crop-longest for 3000 steps of its recipe at lr 1e-4); refiner-origin is that run with the noisy input
 # beside every state (--concat-origin; the refiner's origin columns start at 0.2 of its state columns, --origin-share
 # 0.2, so the frozen first evaluation is the default's exactly). textured-crop-5 continues textured-crop-longest
-# (shipped at commit efefa92) 3000 steps more with its recipe: the fifth such stage.
+# (shipped at commit efefa92) 3000 steps more with its recipe: the fifth such stage; textured-crop-6 the sixth.
 # A run stops after
 # MAX more optimiser steps when given; started again with the same folder it resumes exactly where it stopped
 # (checkpoints every 25 steps). THREADS (default 1): torch CPU threads.
@@ -154,7 +154,7 @@ render_bank('$bank', 100, 256, seed=0, progress=True)" ;;
         lr=5e-5; epochs=50; from="$runs/last-heavy/model_final.pt"; extra=(--step-weights 0.2 0.3 0.5) ;;
       last-heavy-textured-long|last-heavy-textured-longer|mix-polish|mix-polish-128|mix-polish-wide|step-bias|\
       step-bias-later|mix-polish-crop|textured-crop|mix-polish-last70|mix-polish-last100|textured-frame|\
-      textured-crop-long|textured-crop-longer|textured-anchored|textured-crop-longest|anchored-longest|refiner|refiner-origin|textured-crop-5)
+      textured-crop-long|textured-crop-longer|textured-anchored|textured-crop-longest|anchored-longest|refiner|refiner-origin|textured-crop-5|textured-crop-6)
         src=(--textured-bank "$runs/textured_bank_256.npy" --mean-photons --inner-exposures linspace)
         lr=5e-5; epochs=30; from="$runs/last-heavy-textured-long/model_final.pt"; extra=(--step-weights 0.2 0.3 0.5)
         case "$data" in
@@ -167,7 +167,7 @@ render_bank('$bank', 100, 256, seed=0, progress=True)" ;;
             if [ "$data" = mix-polish-128 ]; then patch=128; batch=2; fi
             if [ "$data" = mix-polish-wide ]; then extra+=(--ratio-range 50 300); fi ;;&
           mix-polish-crop|textured-crop|textured-crop-long|textured-crop-longer|textured-anchored|textured-crop-longest|\
-          anchored-longest|refiner|refiner-origin|textured-crop-5)
+          anchored-longest|refiner|refiner-origin|textured-crop-5|textured-crop-6)
             extra+=(--illumination crop) ;;&
           step-bias|step-bias-later)
             src=(--deadleaves-bank "$bank" "${src[@]}"); epochs=15
@@ -184,6 +184,7 @@ render_bank('$bank', 100, 256, seed=0, progress=True)" ;;
           textured-crop-longest|anchored-longest) from="$runs/textured-crop-longer/model_final.pt" ;;&
           textured-anchored|anchored-longest) extra+=(--anchor-states) ;;
           textured-crop-5) from="$runs/textured-crop-longest/model_final.pt" ;;
+          textured-crop-6) from="$runs/textured-crop-5/model_final.pt" ;;
           refiner-origin) extra+=(--concat-origin --origin-share 0.2) ;;&
           refiner|refiner-origin)
             lr=1e-4; from="$runs/textured-crop-longest/model_final.pt"
