@@ -41,6 +41,16 @@ def test_first_evaluation_of_each_run_through_the_network_the_rest_through_the_r
     assert not refiner.training
 
 
+def test_the_plan_is_found_through_a_wrapper_holding_the_network():
+    net, refiner = _net(0), _net(1)
+    plan = screen.attach(net, refiner)
+    wrapper = torch.nn.Module()
+    wrapper.module = net  # as DistributedDataParallel holds it
+    screen.set_plan(wrapper, _rho(3))
+    assert plan.steps == 3 and plan.calls == 0
+    assert screen_hooks.attached(_net(), "_refiner_plan") is None
+
+
 def test_a_run_without_a_plan_is_refused():
     net = _net()
     screen.attach(net, _net(1))

@@ -64,8 +64,7 @@ def attach(net: nn.Module, refiner: nn.Module) -> StepPlan:
 
 def set_plan(backbone, rho: torch.Tensor) -> None:
     """A run of ``rho.shape[1] - 1`` evaluations starts (no-op for a network without a refiner)."""
-    plan = getattr(backbone, "_refiner_plan", None) or getattr(getattr(backbone, "module", None),
-                                                              "_refiner_plan", None)
+    plan = screen_hooks.attached(backbone, "_refiner_plan")
     if plan is not None:
         plan.steps, plan.calls = rho.shape[1] - 1, 0
 

@@ -7,7 +7,8 @@ runs the ordinary ``train`` / ``evaluate`` commands with it hooked in.
   schedule of the run it starts (``set_plan(backbone, rho)``), so it knows which evaluation is which;
 - ``patch_trainer``: the screen's extra module is built after ``Trainer.__init__``, kept in
   ``last.pt`` (exact resume) and saved beside the run's ``model.pt`` as ``model<suffix>``;
-- ``patch_loader``: ``load_checkpoint`` attaches ``<checkpoint stem><suffix>`` when it exists.
+- ``patch_loader``: ``load_checkpoint`` attaches ``<checkpoint stem><suffix>`` when it exists;
+- ``attached``: what a screen attached to a network, through a ``DistributedDataParallel`` wrapper too.
 
 The patches replace module and class attributes for the rest of the process: a screen is a
 command of its own, never imported by the product.
@@ -57,6 +58,15 @@ def patch_loops(set_plan: Callable[[nn.Module, torch.Tensor], None]) -> None:
 
     trainer.unrolled_loss = planned_loss
     evaluate.run_exposure_diffusion = planned_run
+
+
+def attached(backbone: nn.Module, name: str):
+    """What a screen attached to the network as ``name``, looked up on ``backbone`` or on the
+    network a ``DistributedDataParallel`` wrapper holds (``backbone.module``); None when absent."""
+    found = getattr(backbone, name, None)
+    if found is None:
+        found = getattr(getattr(backbone, "module", None), name, None)
+    return found
 
 
 def side_file(checkpoint, suffix: str) -> Path:

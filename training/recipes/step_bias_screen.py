@@ -97,7 +97,7 @@ def keep_first_anchor(sb: StepBias) -> None:
 def set_plan(backbone, rho: torch.Tensor) -> None:
     """The step places of a run on the schedule ``rho`` ``[B, steps + 1]`` (no-op for a network
     without offsets)."""
-    sb = getattr(backbone, "_step_bias", None) or getattr(getattr(backbone, "module", None), "_step_bias", None)
+    sb = screen_hooks.attached(backbone, "_step_bias")
     if sb is None:
         return
     r = rho[:, -1:]
